@@ -1,0 +1,24 @@
+# The two commands of the README:  `make demo`  and  `make test`.
+# Both set everything up on a fresh Debian machine (apt packages when root, a virtualenv).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: setup demo test lint
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml setup.py scripts/install-system-packages
+	scripts/install-system-packages
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[all,test]'
+	touch $@
+
+demo: setup
+	$(BIN)/radflow demo
+
+lint: setup
+	PYTHON=$(BIN)/python scripts/lint-imports
+
+test: lint
+	TCP_NODELAY=1 $(BIN)/python -m pytest

@@ -1,0 +1,1 @@
+"""radflow.demo: synthetic studies and the `radflow demo` runner."""

@@ -1,0 +1,78 @@
+"""Structured, correlated, PHI-free logging.
+
+Libraries only ``logging.getLogger(__name__)``; composition roots call
+:func:`configure_logging` once. Each line is one JSON object carrying the fields bound with
+:func:`bind` (job id, stage, W3C trace id, event id). Never pass datasets, headers, bodies or
+DICOM attribute values to a log call: name the tag or field instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import datetime as _dt
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("radflow_log_context", default={})
+
+_RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
+@contextlib.contextmanager
+def bind(**fields: Any) -> Iterator[None]:
+    """Add ``fields`` to every log line written inside the block (this thread/task only)."""
+    token = _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+def trace_id(traceparent: str | None) -> str | None:
+    """The trace id of a W3C ``traceparent`` (``00-<trace>-<span>-<flags>``), if well formed."""
+    if not traceparent:
+        return None
+    parts = traceparent.split("-")
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": _dt.datetime.fromtimestamp(record.created, _dt.UTC).isoformat(timespec="milliseconds"),
+            "severity": record.levelname,
+            "service": self.service,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        line.update(_context.get())
+        for key, value in record.__dict__.items():
+            if key not in _RESERVED and not key.startswith("_"):
+                line[key] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> None:
+    """Configure the root logger once for this process (stderr, JSON lines by default)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter(service))
+    else:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # pynetdicom logs identifiers of requests at debug level; radflow never does
+    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
+    for noisy in ("botocore", "urllib3", "s3transfer", "werkzeug", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,32 @@
+"""What an operator's pure logic receives: Clara's operator contract as a value.
+
+Every radflow function's ``logic.run(ctx: StageContext) -> dict`` reads its inputs from local
+folders, writes its outputs to local folders and returns a small PHI-free summary. The shared
+runtime (``radflow.shared.runtime``) stages the folders from and to the object store, so logic
+never touches S3, HTTP or CloudEvents. Raise :class:`~radflow.shared.errors.InvalidInput` for a
+permanent failure and :class:`~radflow.shared.errors.Unavailable` for a transient one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: Clara's unnamed input/output (``/input``, ``/output``) is called this.
+DEFAULT = "default"
+
+
+@dataclass(frozen=True)
+class StageContext:
+    job_id: str
+    pipeline: str
+    stage: str
+    #: input name -> local folder holding that input's files (Clara ``input[].name``)
+    inputs: Mapping[str, Path]
+    #: output name -> empty local folder to fill (Clara ``output[].name``)
+    outputs: Mapping[str, Path]
+    #: the operator's pipeline variables (Clara ``variables``), also its environment
+    variables: Mapping[str, str] = field(default_factory=dict)
+    #: scratch space, removed after the stage
+    work_dir: Path = Path("/tmp")

@@ -1,0 +1,36 @@
+"""The object store against a real SeaweedFS."""
+
+import pytest
+
+from radflow.shared.storage import AlreadyExists, Keys, NotFound, ObjectStore
+
+
+def test_put_get_list_delete(store: ObjectStore) -> None:
+    store.put_bytes("a/1", b"one")
+    store.put_bytes("a/2", b"two")
+    assert store.get_bytes("a/1") == b"one"
+    assert [o.key for o in store.list("a/")] == ["a/1", "a/2"]
+    store.delete("a/1")
+    with pytest.raises(NotFound):
+        store.get_bytes("a/1")
+
+
+def test_put_if_absent_claims_once(store: ObjectStore) -> None:
+    store.put_if_absent("claim", b"first")
+    with pytest.raises(AlreadyExists):
+        store.put_if_absent("claim", b"second")
+    assert store.get_bytes("claim") == b"first"
+
+
+def test_put_if_match_detects_a_concurrent_change(store: ObjectStore) -> None:
+    etag = store.put_bytes("k", b"v1")
+    store.put_bytes("k", b"v2")
+    with pytest.raises(AlreadyExists):
+        store.put_if_match("k", b"v3", etag)
+
+
+def test_hostile_uids_stay_inside_their_prefix() -> None:
+    key = Keys.instance("study", "../../etc", "a/b/../c")
+    assert key.startswith("studies/study/series/")
+    assert ".." not in key.split("/")
+    assert key.count("/") == 4

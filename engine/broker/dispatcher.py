@@ -215,7 +215,9 @@ class Dispatcher:
         assert self._session is not None
         timeout = aiohttp.ClientTimeout(total=trigger.delivery.timeout)
         try:
-            async with self._session.post(dest.url, data=body, headers=send_headers, timeout=timeout) as resp:
+            async with self._session.post(
+                dest.url, data=body, headers=send_headers, timeout=timeout, allow_redirects=False
+            ) as resp:
                 answer = await resp.read()
                 status = resp.status
                 resp_headers = {k.lower(): v for k, v in resp.headers.items()}

@@ -116,7 +116,9 @@ class Dispatcher:
         self._stopping = True
         self._wake.set()
         if self._loop_task is not None:
-            await self._loop_task
+            # the scheduler may be parked on the in-flight semaphore: cancelling it loses nothing
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
         if self._tasks:
             _, still = await asyncio.wait(set(self._tasks), timeout=grace)
             for task in still:
@@ -225,6 +227,9 @@ class Dispatcher:
             return _Attempt(Kind.RETRY, 500, b"dispatch error: timeout", dest=dest.url)
         except aiohttp.ClientError as exc:
             return _Attempt(Kind.RETRY, 500, f"dispatch error: {type(exc).__name__}".encode(), dest=dest.url)
+        except ValueError:
+            # an attribute value HTTP cannot carry (e.g. a line break in a header): retrying cannot help
+            return _Attempt(Kind.FAIL, 500, b"dispatch error: event cannot be encoded as an HTTP request", dest=dest.url)
         kind, code = classify(status, resp_headers, answer)
         reply = None
         if kind is Kind.REPLY and delivery.phase == "subscriber":

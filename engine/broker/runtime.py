@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from radflow.shared.errors import Unavailable
 log = logging.getLogger(__name__)
 
 DB_NAME = "broker.sqlite3"
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _ALLOW = "POST, OPTIONS"
 _NOT_A_CLOUDEVENT = (
     "not a valid CloudEvent: send binary mode (ce-id, ce-source, ce-type, ce-specversion headers) "
@@ -172,6 +174,10 @@ class BrokerRuntime:
             raise Rejected(400, f"{TTL_ATTR} exhausted: the event went round the broker too often (reply loop?)\n")
         event = ev.with_attributes(event, **{TTL_ATTR: ttl, ARRIVAL_ATTR: arrival_time()})
         attrs = ev.attributes(event)
+        for name, value in attrs.items():
+            if isinstance(value, str) and _CONTROL.search(value):
+                # binary mode carries attributes in HTTP headers, which cannot hold these
+                raise Rejected(400, f"attribute {name!r} contains a control character (line break?)\n")
         chosen = [t.key for t in self._by_broker[broker] if matches(t.filter, attrs)]
         return Prepared(event, ev.to_json(event) if chosen else b"", chosen)
 
@@ -204,6 +210,8 @@ class BrokerRuntime:
             prepared = self.prepare(broker, ev.with_attributes(reply.event, **{TTL_ATTR: ttl}))
         except Rejected as exc:
             raise ReplyRejected(exc.status, str(exc).strip()) from None
+        except (TypeError, ValueError) as exc:
+            raise ReplyRejected(400, f"invalid reply: {type(exc).__name__}") from None
         if not prepared.triggers:
             return None, _noop
         now = time.time()

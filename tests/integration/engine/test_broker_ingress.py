@@ -51,6 +51,11 @@ def test_status_codes(tmp_path: Path) -> None:
                 async with s.post(f"{base}/default/default", data=json.dumps(structured),
                                   headers={"content-type": "application/cloudevents+json"}) as r:
                     assert r.status == 400
+                # a line break cannot travel in a binary-mode header: refused up front, not dropped later
+                with_newline = {**structured, "id": "nl", "subject": "a\nb"}
+                async with s.post(f"{base}/default/default", data=json.dumps(with_newline),
+                                  headers={"content-type": "application/cloudevents+json"}) as r:
+                    assert r.status == 400
                 # TTL exhausted on arrival: 1 -> 0
                 async with s.post(f"{base}/default/default", data=body, headers={**h, "ce-knativebrokerttl": "1"}) as r:
                     assert r.status == 400

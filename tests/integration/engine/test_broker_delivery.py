@@ -9,6 +9,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from radflow.engine import metrics
+
 from _broker_harness import (
     Subscriber,
     broker_manifest,
@@ -110,10 +112,21 @@ def test_dead_letter_carries_original_event_and_error_attributes(tmp_path: Path)
         delivery = {"retry": 1, "backoffPolicy": "linear", "backoffDelay": "PT0.05S", "deadLetterSink": {"uri": dls.url}}
         rt = await started(tmp_path, [broker_manifest(delivery=delivery)], [trigger_manifest("t", sub.url)])
         try:
+            labels = {"trigger": "default/t", "function": f"127.0.0.1:{sub.port}"}
+
+            def sample(name: str, **extra: str) -> float:
+                return metrics.REGISTRY.get_sample_value(name, {**labels, **extra}) or 0.0
+
+            before = (sample("radflow_broker_retries_total"), sample("radflow_broker_dead_letters_total"),
+                      sample("radflow_broker_deliveries_total", outcome="retry"))
             original = event(id_="orig-1", radflowjob="job-9")
             await post_event(rt.ingress_url("default", "default"), original)
             (letter,) = await dls.wait_for(1)
             await settle(rt)
+            after = (sample("radflow_broker_retries_total"), sample("radflow_broker_dead_letters_total"),
+                     sample("radflow_broker_deliveries_total", outcome="retry"))
+            assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 2]
+            assert sample("radflow_broker_queue_depth") == 0
             assert len(sub.received) == 2
             h = letter.headers
             assert h["ce-id"] == "orig-1" and h["ce-type"] == "dev.radflow.test.v1" and h["ce-radflowjob"] == "job-9"

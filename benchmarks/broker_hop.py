@@ -17,7 +17,6 @@ import os
 import platform
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,6 @@ from pathlib import Path
 import aiohttp
 import yaml
 from aiohttp import web
-
 from radflow.engine.ports import free_port
 from radflow.shared import events as ev
 
@@ -43,7 +41,7 @@ def cpu_model() -> str:
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def summary(ms: list[float]) -> dict[str, float]:
@@ -75,18 +73,31 @@ async def run(events: int, warmup: int, burst: int, concurrency: int) -> dict[st
     (tmp / "m").mkdir()
     docs = [
         {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "metadata": {"name": "default"}},
-        {"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger", "metadata": {"name": "t"},
-         "spec": {"broker": "default", "filters": [{"exact": {"type": "bench.v1"}}], "subscriber": {"uri": sub_url}}},
+        {
+            "apiVersion": "eventing.knative.dev/v1",
+            "kind": "Trigger",
+            "metadata": {"name": "t"},
+            "spec": {"broker": "default", "filters": [{"exact": {"type": "bench.v1"}}], "subscriber": {"uri": sub_url}},
+        },
     ]
     (tmp / "m" / "broker.yaml").write_text(yaml.safe_dump_all(docs))
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "radflow.engine.broker", "--manifests", str(tmp / "m"), "--state", str(tmp / "s"),
-         "--port", str(port), "--log-level", "WARNING"],
-        stdout=subprocess.PIPE,
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "radflow.engine.broker",
+        "--manifests",
+        str(tmp / "m"),
+        "--state",
+        str(tmp / "s"),
+        "--port",
+        str(port),
+        "--log-level",
+        "WARNING",
+        stdout=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
-    ready = await asyncio.get_running_loop().run_in_executor(None, proc.stdout.readline)
+    ready = await asyncio.wait_for(proc.stdout.readline(), 30)
     assert ready.decode().startswith("READY"), ready
     ingress = f"http://127.0.0.1:{port}/default/default"
     loop = asyncio.get_running_loop()
@@ -128,11 +139,15 @@ async def run(events: int, warmup: int, burst: int, concurrency: int) -> dict[st
 
                 await asyncio.gather(*(one(i) for i in range(burst)))
                 elapsed = time.perf_counter() - start
-                burst_result = {"events": burst, "concurrency": concurrency, "seconds": round(elapsed, 3),
-                                "events_per_s": round(burst / elapsed, 1)}
+                burst_result = {
+                    "events": burst,
+                    "concurrency": concurrency,
+                    "seconds": round(elapsed, 3),
+                    "events_per_s": round(burst / elapsed, 1),
+                }
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(15)
+        await asyncio.wait_for(proc.wait(), 15)
         await runner.cleanup()
 
     direct, broker = summary(results["direct"]), summary(results["broker"])

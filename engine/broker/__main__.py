@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from radflow.engine.broker.runtime import BrokerRuntime
 from radflow.shared.errors import ConfigError
 from radflow.shared.logging import configure_logging
@@ -44,7 +43,9 @@ def read_manifests(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, A
 
 async def _serve(args: argparse.Namespace) -> None:
     brokers, triggers = read_manifests(Path(args.manifests))
-    runtime = BrokerRuntime(brokers=brokers, triggers=triggers, state_dir=Path(args.state), host=args.host, port=args.port)
+    runtime = BrokerRuntime(
+        brokers=brokers, triggers=triggers, state_dir=Path(args.state), host=args.host, port=args.port
+    )
     await runtime.start()
     print(f"READY {runtime.port}", flush=True)
     done = asyncio.Event()

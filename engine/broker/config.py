@@ -141,7 +141,9 @@ def resolve_destination(dest: Any, namespace: str, field: str, where: str, resol
         except ConfigError as exc:
             raise ConfigError(f"{where}: {field}.ref: {exc}") from None
         except (KeyError, LookupError, ValueError) as exc:
-            raise ConfigError(f"{where}: {field}.ref {ref.get('kind')}/{ref.get('name')} cannot be resolved: {exc}") from None
+            raise ConfigError(
+                f"{where}: {field}.ref {ref.get('kind')}/{ref.get('name')} cannot be resolved: {exc}"
+            ) from None
         url = urljoin(base, uri) if uri else base
         label = str(ref["name"])
     else:

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-
 from radflow.engine import metrics
 from radflow.engine.broker import store as st
 from radflow.engine.broker.config import Destination, TriggerConfig
@@ -204,7 +203,9 @@ class Dispatcher:
             delivery.due = time.time() + 1.0
             self._push(delivery)
 
-    async def _send(self, delivery: Delivery, trigger: TriggerConfig, dest: Destination, extra: dict[str, Any]) -> _Attempt:
+    async def _send(
+        self, delivery: Delivery, trigger: TriggerConfig, dest: Destination, extra: dict[str, Any]
+    ) -> _Attempt:
         outgoing = ev.with_attributes(delivery.event.event, **{TTL_ATTR: None}, **extra)
         if trigger.delivery.format == "json":
             headers, body = ev.to_structured(outgoing)
@@ -229,14 +230,18 @@ class Dispatcher:
             return _Attempt(Kind.RETRY, 500, f"dispatch error: {type(exc).__name__}".encode(), dest=dest.url)
         except ValueError:
             # an attribute value HTTP cannot carry (e.g. a line break in a header): retrying cannot help
-            return _Attempt(Kind.FAIL, 500, b"dispatch error: event cannot be encoded as an HTTP request", dest=dest.url)
+            return _Attempt(
+                Kind.FAIL, 500, b"dispatch error: event cannot be encoded as an HTTP request", dest=dest.url
+            )
         kind, code = classify(status, resp_headers, answer)
         reply = None
         if kind is Kind.REPLY and delivery.phase == "subscriber":
             try:
                 reply = Reply(ev.from_http(resp_headers, answer), pass_through(resp_headers.items()))
             except ev.InvalidEvent:
-                return _Attempt(Kind.FAIL, 400, b"invalid reply: not a valid CloudEvent", dest=self.reply_url(trigger.broker))
+                return _Attempt(
+                    Kind.FAIL, 400, b"invalid reply: not a valid CloudEvent", dest=self.reply_url(trigger.broker)
+                )
         elif kind is Kind.REPLY:
             kind = Kind.SUCCESS  # a dead-letter sink's reply is not routed anywhere
         return _Attempt(kind, code, answer, reply, dest.url)
@@ -266,7 +271,10 @@ class Dispatcher:
                 metrics.DEAD_LETTERS.labels(*delivery.labels).inc()
                 log.warning(
                     "event id=%s type=%s dead-lettered by trigger %s (code %s)",
-                    event.event.get("id"), event.event.get("type"), trigger.key, (delivery.error or {}).get("knativeerrorcode"),
+                    event.event.get("id"),
+                    event.event.get("type"),
+                    trigger.key,
+                    (delivery.error or {}).get("knativeerrorcode"),
                 )
             return
         attempts = delivery.attempt + 1
@@ -289,6 +297,10 @@ class Dispatcher:
         self._forget(delivery)
         log.error(
             "dropped event id=%s type=%s for trigger %s after %d attempt(s): last code %s, %s",
-            event.event.get("id"), event.event.get("type"), trigger.key, attempts, result.code,
+            event.event.get("id"),
+            event.event.get("type"),
+            trigger.key,
+            attempts,
+            result.code,
             "dead-letter sink failed too" if delivery.phase == "dls" else "no deadLetterSink configured",
         )

@@ -246,4 +246,3 @@ def _compile_entry(entry: Any, field: str, where: str) -> Filter:
         raise ConfigError(f"Trigger {where}: {field}.{dialect} must be a list of filter entries")
     inner = tuple(_compile_entry(e, f"{field}.{dialect}[{i}]", where) for i, e in enumerate(body))
     return AllOf(inner) if dialect == "all" else AnyOf(inner)
-

@@ -11,7 +11,6 @@ Everything else (retries, dead letters, replies) is the :class:`Dispatcher`'s.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -21,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-
 from radflow.engine import metrics
 from radflow.engine.broker import config as cfg
 from radflow.engine.broker import store as st
@@ -147,8 +145,13 @@ class BrokerRuntime:
         site = web.TCPSite(self._runner, self.host, self._port)
         await site.start()
         self._port = int(self._runner.addresses[0][1])
-        log.info("broker ingress on http://%s:%d (%d brokers, %d triggers)", self.host, self._port,
-                 len(self.brokers), len(self.triggers))
+        log.info(
+            "broker ingress on http://%s:%d (%d brokers, %d triggers)",
+            self.host,
+            self._port,
+            len(self.brokers),
+            len(self.triggers),
+        )
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight attempts finish for ``stop_grace`` s (else they stay pending)."""
@@ -252,7 +255,13 @@ class BrokerRuntime:
         try:
             prepared = self.prepare(broker, event)
         except Rejected as exc:
-            log.info("ingress %s rejected event id=%s type=%s: %s", broker, event.get("id"), event.get("type"), str(exc).strip())
+            log.info(
+                "ingress %s rejected event id=%s type=%s: %s",
+                broker,
+                event.get("id"),
+                event.get("type"),
+                str(exc).strip(),
+            )
             return self._answer(broker, exc.status, str(exc))
         try:
             await self._commit(broker, prepared, pass_through(request.headers.items()))

@@ -158,7 +158,9 @@ class Store:
         }
         deliveries = [
             StoredDelivery(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]) if r[6] else None)
-            for r in conn.execute("SELECT id, event_id, trigger, phase, attempt, due, error FROM deliveries ORDER BY id")
+            for r in conn.execute(
+                "SELECT id, event_id, trigger, phase, attempt, due, error FROM deliveries ORDER BY id"
+            )
         ]
         return events, deliveries
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-
 from radflow.engine.broker import BrokerRuntime
 from radflow.shared import events as ev
 
@@ -65,7 +64,9 @@ class Subscriber:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         n = len(self.received)
-        self.received.append(Received({k.lower(): v for k, v in request.headers.items()}, body, time.monotonic(), request.path))
+        self.received.append(
+            Received({k.lower(): v for k, v in request.headers.items()}, body, time.monotonic(), request.path)
+        )
         assert self._arrived is not None
         async with self._arrived:
             self._arrived.notify_all()
@@ -83,7 +84,9 @@ class Subscriber:
         return self.received
 
 
-def broker_manifest(name: str = "default", ns: str = "default", delivery: dict[str, Any] | None = None) -> dict[str, Any]:
+def broker_manifest(
+    name: str = "default", ns: str = "default", delivery: dict[str, Any] | None = None
+) -> dict[str, Any]:
     spec = {"delivery": delivery} if delivery else {}
     return {"apiVersion": API, "kind": "Broker", "metadata": {"name": name, "namespace": ns}, "spec": spec}
 

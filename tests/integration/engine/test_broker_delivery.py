@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 from pathlib import Path
-
-from aiohttp import web
-
-from radflow.engine import metrics
 
 from _broker_harness import (
     Subscriber,
@@ -21,13 +18,15 @@ from _broker_harness import (
     started,
     trigger_manifest,
 )
+from aiohttp import web
+from radflow.engine import metrics
 
 TOLERANCE = 0.25  # seconds late an attempt may be on a busy 2-core machine
 
 
 def gaps(sub: Subscriber) -> list[float]:
     times = [r.at for r in sub.received]
-    return [b - a for a, b in zip(times, times[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(times)]
 
 
 def failing(status: int) -> web.Response:
@@ -109,7 +108,12 @@ def test_dead_letter_carries_original_event_and_error_attributes(tmp_path: Path)
     async def scenario() -> None:
         sub = await Subscriber(lambda req, n: web.Response(status=503, text="model loading")).start()
         dls = await Subscriber().start()
-        delivery = {"retry": 1, "backoffPolicy": "linear", "backoffDelay": "PT0.05S", "deadLetterSink": {"uri": dls.url}}
+        delivery = {
+            "retry": 1,
+            "backoffPolicy": "linear",
+            "backoffDelay": "PT0.05S",
+            "deadLetterSink": {"uri": dls.url},
+        }
         rt = await started(tmp_path, [broker_manifest(delivery=delivery)], [trigger_manifest("t", sub.url)])
         try:
             labels = {"trigger": "default/t", "function": f"127.0.0.1:{sub.port}"}
@@ -117,14 +121,20 @@ def test_dead_letter_carries_original_event_and_error_attributes(tmp_path: Path)
             def sample(name: str, **extra: str) -> float:
                 return metrics.REGISTRY.get_sample_value(name, {**labels, **extra}) or 0.0
 
-            before = (sample("radflow_broker_retries_total"), sample("radflow_broker_dead_letters_total"),
-                      sample("radflow_broker_deliveries_total", outcome="retry"))
+            before = (
+                sample("radflow_broker_retries_total"),
+                sample("radflow_broker_dead_letters_total"),
+                sample("radflow_broker_deliveries_total", outcome="retry"),
+            )
             original = event(id_="orig-1", radflowjob="job-9")
             await post_event(rt.ingress_url("default", "default"), original)
             (letter,) = await dls.wait_for(1)
             await settle(rt)
-            after = (sample("radflow_broker_retries_total"), sample("radflow_broker_dead_letters_total"),
-                     sample("radflow_broker_deliveries_total", outcome="retry"))
+            after = (
+                sample("radflow_broker_retries_total"),
+                sample("radflow_broker_dead_letters_total"),
+                sample("radflow_broker_deliveries_total", outcome="retry"),
+            )
             assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 2]
             assert sample("radflow_broker_queue_depth") == 0
             assert len(sub.received) == 2
@@ -242,7 +252,9 @@ def test_transport_error_retried_until_subscriber_appears(tmp_path: Path) -> Non
 
         port = free_port()
         delivery = {"retry": 20, "backoffPolicy": "linear", "backoffDelay": "PT0.05S"}
-        rt = await started(tmp_path, [broker_manifest()], [trigger_manifest("t", f"http://127.0.0.1:{port}/", delivery=delivery)])
+        rt = await started(
+            tmp_path, [broker_manifest()], [trigger_manifest("t", f"http://127.0.0.1:{port}/", delivery=delivery)]
+        )
         sub = Subscriber()
         try:
             await post_event(rt.ingress_url("default", "default"), event())

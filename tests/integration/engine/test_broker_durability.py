@@ -11,9 +11,8 @@ from pathlib import Path
 
 import aiohttp
 import yaml
-from aiohttp import web
-
 from _broker_harness import Subscriber, broker_manifest, event, post_event, settle, trigger_manifest
+from aiohttp import web
 from radflow.engine.broker import BrokerRuntime
 from radflow.engine.ports import free_port
 from radflow.shared import events as ev
@@ -21,8 +20,17 @@ from radflow.shared import events as ev
 
 async def spawn_broker(manifests: Path, state: Path, port: int) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "radflow.engine.broker", "--manifests", str(manifests), "--state", str(state),
-        "--port", str(port), "--log-level", "WARNING",
+        sys.executable,
+        "-m",
+        "radflow.engine.broker",
+        "--manifests",
+        str(manifests),
+        "--state",
+        str(state),
+        "--port",
+        str(port),
+        "--log-level",
+        "WARNING",
         stdout=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None
@@ -140,7 +148,10 @@ def test_store_file_is_wal_and_synchronous_full(tmp_path: Path) -> None:
         await rt.start()
         try:
             mode, sync = await rt.store.run(
-                lambda c: (c.execute("PRAGMA journal_mode").fetchone()[0], c.execute("PRAGMA synchronous").fetchone()[0])
+                lambda c: (
+                    c.execute("PRAGMA journal_mode").fetchone()[0],
+                    c.execute("PRAGMA synchronous").fetchone()[0],
+                )
             )
             assert (mode, sync) == ("wal", 2)  # 2 = FULL
         finally:

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import aiohttp
-
 from _broker_harness import Subscriber, broker_manifest, event, post_event, settle, started, trigger_manifest
 from radflow.engine.broker.runtime import DB_NAME
 from radflow.shared import events as ev
@@ -40,7 +39,9 @@ def test_status_codes(tmp_path: Path) -> None:
                 async with s.post(f"{base}/other/default", data=body, headers=h) as r:
                     assert r.status == 404
                 # not a CloudEvent at all, and CloudEvents missing a required attribute
-                async with s.post(f"{base}/default/default", data=b'{"hello": 1}', headers={"content-type": "application/json"}) as r:
+                async with s.post(
+                    f"{base}/default/default", data=b'{"hello": 1}', headers={"content-type": "application/json"}
+                ) as r:
                     assert r.status == 400
                     assert "hello" not in await r.text()  # the body is never echoed
                 for missing in ("ce-id", "ce-source", "ce-type", "ce-specversion"):
@@ -48,13 +49,19 @@ def test_status_codes(tmp_path: Path) -> None:
                     async with s.post(f"{base}/default/default", data=body, headers=partial) as r:
                         assert r.status == 400, missing
                 structured = {"specversion": "1.0", "source": "/x", "type": "t"}  # no id
-                async with s.post(f"{base}/default/default", data=json.dumps(structured),
-                                  headers={"content-type": "application/cloudevents+json"}) as r:
+                async with s.post(
+                    f"{base}/default/default",
+                    data=json.dumps(structured),
+                    headers={"content-type": "application/cloudevents+json"},
+                ) as r:
                     assert r.status == 400
                 # a line break cannot travel in a binary-mode header: refused up front, not dropped later
                 with_newline = {**structured, "id": "nl", "subject": "a\nb"}
-                async with s.post(f"{base}/default/default", data=json.dumps(with_newline),
-                                  headers={"content-type": "application/cloudevents+json"}) as r:
+                async with s.post(
+                    f"{base}/default/default",
+                    data=json.dumps(with_newline),
+                    headers={"content-type": "application/cloudevents+json"},
+                ) as r:
                     assert r.status == 400
                 # TTL exhausted on arrival: 1 -> 0
                 async with s.post(f"{base}/default/default", data=body, headers={**h, "ce-knativebrokerttl": "1"}) as r:
@@ -74,11 +81,18 @@ def test_status_codes(tmp_path: Path) -> None:
 def test_binary_and_structured_in_binary_out(tmp_path: Path) -> None:
     async def scenario() -> None:
         sub = await Subscriber().start()
-        rt = await started(tmp_path, [broker_manifest(ns="radiology")], [trigger_manifest("t", sub.url, ns="radiology")])
+        rt = await started(
+            tmp_path, [broker_manifest(ns="radiology")], [trigger_manifest("t", sub.url, ns="radiology")]
+        )
         url = rt.ingress_url("radiology", "default")
         assert url == f"http://127.0.0.1:{rt.port}/radiology/default"
         try:
-            passthrough = {"X-Request-Id": "req-1", "X-B3-TraceId": "abc", "Knative-Custom": "k", "Authorization": "secret"}
+            passthrough = {
+                "X-Request-Id": "req-1",
+                "X-B3-TraceId": "abc",
+                "Knative-Custom": "k",
+                "Authorization": "secret",
+            }
             assert (await post_event(url, event(id_="bin", radflowjob="j1"), headers=passthrough))[0] == 202
             assert (await post_event(url, event(id_="str"), structured=True))[0] == 202
             got = await sub.wait_for(2)
@@ -94,7 +108,9 @@ def test_binary_and_structured_in_binary_out(tmp_path: Path) -> None:
                 assert r.headers["ce-knativearrivaltime"].endswith("Z")
             first = by_id["bin"].headers
             assert first["ce-radflowjob"] == "j1"
-            assert first["x-request-id"] == "req-1" and first["x-b3-traceid"] == "abc" and first["knative-custom"] == "k"
+            assert (
+                first["x-request-id"] == "req-1" and first["x-b3-traceid"] == "abc" and first["knative-custom"] == "k"
+            )
             assert "authorization" not in first
         finally:
             await rt.stop()

@@ -6,8 +6,6 @@ import asyncio
 import base64
 from pathlib import Path
 
-from aiohttp import web
-
 from _broker_harness import (
     Subscriber,
     broker_manifest,
@@ -19,6 +17,7 @@ from _broker_harness import (
     started,
     trigger_manifest,
 )
+from aiohttp import web
 
 
 def test_reply_chain_through_triggers(tmp_path: Path) -> None:
@@ -35,7 +34,9 @@ def test_reply_chain_through_triggers(tmp_path: Path) -> None:
         ]
         rt = await started(tmp_path, [broker_manifest()], triggers)
         try:
-            status, _ = await post_event(rt.ingress_url("default", "default"), event("a.v1"), headers={"X-Request-Id": "r1"})
+            status, _ = await post_event(
+                rt.ingress_url("default", "default"), event("a.v1"), headers={"X-Request-Id": "r1"}
+            )
             assert status == 202
             (last,) = await c.wait_for(1)
             await settle(rt)
@@ -60,11 +61,15 @@ def test_self_matching_reply_loop_stops_at_ttl(tmp_path: Path) -> None:
     async def scenario() -> None:
         loop = await Subscriber(lambda req, n: reply_response("loop.v1")).start()
         dls = await Subscriber().start()
-        trig = trigger_manifest("loop", loop.url, filters=exact_type("loop.v1"), delivery={"deadLetterSink": {"uri": dls.url}})
+        trig = trigger_manifest(
+            "loop", loop.url, filters=exact_type("loop.v1"), delivery={"deadLetterSink": {"uri": dls.url}}
+        )
         rt = await started(tmp_path, [broker_manifest()], [trig])
         try:
             # posted with TTL 5 -> 4 at ingress; replies enter with 3, 2, 1; the next would be 0
-            status, _ = await post_event(rt.ingress_url("default", "default"), event("loop.v1"), headers={"ce-knativebrokerttl": "5"})
+            status, _ = await post_event(
+                rt.ingress_url("default", "default"), event("loop.v1"), headers={"ce-knativebrokerttl": "5"}
+            )
             assert status == 202
             (letter,) = await dls.wait_for(1)
             await settle(rt)
@@ -87,7 +92,9 @@ def test_self_matching_reply_loop_stops_at_ttl(tmp_path: Path) -> None:
 def test_invalid_reply_fails_original_delivery_without_retry(tmp_path: Path) -> None:
     def broken(req: web.Request, n: int) -> web.Response:
         # claims to be a CloudEvent but lacks ce-id/ce-source/ce-type
-        return web.Response(status=200, body=b"{}", headers={"ce-specversion": "1.0", "content-type": "application/json"})
+        return web.Response(
+            status=200, body=b"{}", headers={"ce-specversion": "1.0", "content-type": "application/json"}
+        )
 
     async def scenario() -> None:
         sub = await Subscriber(broken).start()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from radflow.engine.broker.filters import Result, compile_trigger_filter, matches
 from radflow.shared.errors import ConfigError
 
@@ -100,8 +99,12 @@ def test_empty_key_or_value_is_skipped() -> None:
 
 
 def test_all() -> None:
-    assert ok({"filters": [{"all": [{"exact": {"type": "dev.radflow.study.received.v1"}}, {"prefix": {"source": "/dicom"}}]}]})
-    assert not ok({"filters": [{"all": [{"exact": {"type": "dev.radflow.study.received.v1"}}, {"prefix": {"source": "/x"}}]}]})
+    assert ok(
+        {"filters": [{"all": [{"exact": {"type": "dev.radflow.study.received.v1"}}, {"prefix": {"source": "/dicom"}}]}]}
+    )
+    assert not ok(
+        {"filters": [{"all": [{"exact": {"type": "dev.radflow.study.received.v1"}}, {"prefix": {"source": "/x"}}]}]}
+    )
     assert ok({"filters": [{"all": []}]})
 
 
@@ -133,7 +136,9 @@ def test_filters_win_over_filter() -> None:
 
 
 def test_one_dialect_per_entry() -> None:
-    with pytest.raises(ConfigError, match=r"default/t: spec.filters\[0\] must set exactly one dialect.*'exact', 'suffix'"):
+    with pytest.raises(
+        ConfigError, match=r"default/t: spec.filters\[0\] must set exactly one dialect.*'exact', 'suffix'"
+    ):
         compile_trigger_filter({"filters": [{"exact": {"type": "a"}, "suffix": {"type": "b"}}]}, "default/t")
     with pytest.raises(ConfigError, match=r"spec.filters\[0\].all\[1\] must set exactly one dialect"):
         compile_trigger_filter({"filters": [{"all": [{"exact": {"type": "a"}}, {}]}]}, "default/t")

@@ -6,7 +6,6 @@ import base64
 from typing import Any
 
 import pytest
-
 from radflow.engine.broker.config import DEFAULT_DELIVERY, DeliveryPolicy, load, parse_duration
 from radflow.engine.broker.policy import (
     Kind,
@@ -86,7 +85,9 @@ def test_delivery_validation_names_field_and_rule() -> None:
 
 
 def test_trigger_validation() -> None:
-    with pytest.raises(ConfigError, match=r"Trigger default/t: spec.broker 'other' names no Broker in namespace default"):
+    with pytest.raises(
+        ConfigError, match=r"Trigger default/t: spec.broker 'other' names no Broker in namespace default"
+    ):
         load([broker()], [trigger(spec={"broker": "other"})], None)
     with pytest.raises(ConfigError, match=r"Trigger prod/t: spec.broker 'default' names no Broker in namespace prod"):
         load([broker()], [trigger(ns="prod")], None)
@@ -143,7 +144,14 @@ def test_error_attributes_base64_truncated() -> None:
 
 def test_pass_through_headers() -> None:
     kept = pass_through(
-        [("X-Request-Id", "r"), ("Retry-After", "5"), ("Knative-Foo", "f"), ("X-B3-TraceId", "t"),
-         ("Authorization", "secret"), ("Cookie", "c"), ("ce-id", "1")]
+        [
+            ("X-Request-Id", "r"),
+            ("Retry-After", "5"),
+            ("Knative-Foo", "f"),
+            ("X-B3-TraceId", "t"),
+            ("Authorization", "secret"),
+            ("Cookie", "c"),
+            ("ce-id", "1"),
+        ]
     )
     assert kept == {"x-request-id": "r", "retry-after": "5", "knative-foo": "f", "x-b3-traceid": "t"}

@@ -37,7 +37,6 @@ class LiveEvent:
     broker: str
     event: ev.CloudEvent
     headers: dict[str, str]
-    remaining: int = 0
 
 
 @dataclass
@@ -97,6 +96,7 @@ class Dispatcher:
     _session: aiohttp.ClientSession | None = None
     _loop_task: asyncio.Task[None] | None = None
     _stopping: bool = False
+    _sem: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(256))
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -134,7 +134,6 @@ class Dispatcher:
         """Track a committed delivery and wake the scheduler."""
         trigger = self.triggers[delivery.trigger]
         delivery.labels = (trigger.key, trigger.subscriber.label)
-        delivery.event.remaining += 1
         self._pending[delivery.id] = delivery
         metrics.QUEUE_DEPTH.labels(*delivery.labels).inc()
         self._push(delivery)
@@ -145,7 +144,6 @@ class Dispatcher:
 
     def _forget(self, delivery: Delivery) -> None:
         self._pending.pop(delivery.id, None)
-        delivery.event.remaining -= 1
         metrics.QUEUE_DEPTH.labels(*delivery.labels).dec()
 
     @property
@@ -181,10 +179,20 @@ class Dispatcher:
             if delivery.phase == "subscriber":
                 dest = trigger.subscriber
                 extra: dict[str, Any] = {}
-            else:
-                assert trigger.delivery.dead_letter is not None
+            elif trigger.delivery.dead_letter is not None:
                 dest = trigger.delivery.dead_letter
                 extra = dict(delivery.error or {})
+            else:
+                # stored in the dead-letter phase, but the Trigger no longer has a sink (config changed)
+                await self.store.run(lambda c: st.finish(c, delivery.id, delivery.event.id))
+                self._forget(delivery)
+                log.error(
+                    "dropped event id=%s type=%s for trigger %s: its deadLetterSink was removed",
+                    delivery.event.event.get("id"),
+                    delivery.event.event.get("type"),
+                    trigger.key,
+                )
+                return
             result = await self._send(delivery, trigger, dest, extra)
             metrics.DELIVERIES.labels(*delivery.labels, result.kind.value).inc()
             await self._settle(delivery, trigger, result)

@@ -121,7 +121,7 @@ class Revision:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, 0))
         self.port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock, shutdown_timeout=1.0, backlog=1024).start()
+        await web.SockSite(self._runner, sock, backlog=1024).start()
         for _ in range(max(self.spec.min_scale, self.spec.initial_scale or 0)):
             self._spawn(reason="min-scale" if self.spec.min_scale else "initial-scale")
         self._scaler = asyncio.create_task(self._scale_loop(), name=f"scaler {self.spec.name}")

@@ -25,6 +25,7 @@ import aiohttp
 from aiohttp import web
 
 from radflow.engine import metrics
+from radflow.engine.host.prewarm import ForkedProcess, Zygote, ff_args_of
 from radflow.engine.host.process import ManagedProcess, log_line
 from radflow.engine.host.spec import ServiceSpec, container_argv, knative_env
 from radflow.engine.ports import free_port
@@ -54,7 +55,7 @@ class StartupFailed(Exception):
 
 @dataclass(eq=False)
 class Instance:
-    process: ManagedProcess
+    process: ManagedProcess | ForkedProcess
     port: int
     in_flight: int = 0
     ready: bool = False
@@ -80,8 +81,10 @@ class Revision:
         default_max_scale: int = DEFAULT_MAX_SCALE,
         max_queue: int = DEFAULT_MAX_QUEUE,
         grace_cap_s: float = GRACE_CAP_S,
+        zygote: Zygote | None = None,
     ) -> None:
         self.spec = spec
+        self.zygote = zygote
         self.workdir = workdir
         self.log_path = log_path
         self.python = python
@@ -183,7 +186,13 @@ class Revision:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HOST": self.host, **self.base_env, **self.spec.env}
         env.update(knative_env(self.spec, port))
         argv = container_argv(self.spec.container, env, self.python, self.host, f"Service {self.spec.namespace}/{self.spec.name}")
-        inst = Instance(ManagedProcess(argv, env=env, cwd=self.workdir, log_path=self.log_path), port)
+        ff_args = ff_args_of(argv, self.python)
+        process: ManagedProcess | ForkedProcess
+        if ff_args is not None and self.zygote is not None and self.zygote.alive:
+            process = ForkedProcess(self.zygote, ff_args, env=env, cwd=self.workdir, log_path=self.log_path)
+        else:
+            process = ManagedProcess(argv, env=env, cwd=self.workdir, log_path=self.log_path)
+        inst = Instance(process, port)
         self.instances.append(inst)
         metrics.INSTANCES.labels(**self._labels).set(len(self.instances))
         inst.task = asyncio.create_task(self._run(inst, reason), name=f"{self.spec.name}:{port}")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from radflow.engine.host.activator import DEFAULT_MAX_QUEUE, DEFAULT_MAX_SCALE, GRACE_CAP_S, Revision
+from radflow.engine.host.prewarm import Zygote, zygote_env
 from radflow.engine.host.spec import parse_service
 from radflow.shared.errors import ConfigError
 
@@ -41,6 +42,7 @@ class FunctionHost:
         default_max_scale: int = DEFAULT_MAX_SCALE,
         max_queue: int = DEFAULT_MAX_QUEUE,
         grace_cap_s: float = GRACE_CAP_S,
+        prewarm: Sequence[str] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.state_dir = Path(state_dir)
@@ -58,6 +60,8 @@ class FunctionHost:
             seen.add(key)
         self._revisions: dict[tuple[str, str], Revision] = {}
         self._session: aiohttp.ClientSession | None = None
+        self.prewarm = None if prewarm is None else list(prewarm)
+        self._zygote: Zygote | None = None
 
     async def start(self) -> None:
         """Bind one activator port per service; spawn only what min-scale / initial-scale ask for."""
@@ -69,11 +73,16 @@ class FunctionHost:
             auto_decompress=False,
         )
         try:
+            if self.prewarm is not None:
+                # forks functions-framework instances from an interpreter with these modules imported;
+                # until it is ready (about the cost of one full import) instances are spawned normally
+                self._zygote = Zygote(self.python, self.prewarm, zygote_env(self.base_env), self.workdir)
+                await self._zygote.start()
             for spec in self.specs:
                 revision = Revision(
                     spec, workdir=self.workdir, log_path=log_file(self.state_dir, spec.name, spec.namespace),
                     python=self.python, base_env=self.base_env, host=self.host, session=self._session,
-                    idle_override_s=self.idle_override_s, **self._options,
+                    idle_override_s=self.idle_override_s, zygote=self._zygote, **self._options,
                 )  # fmt: skip
                 self._revisions[(spec.namespace, spec.name)] = revision
                 await revision.start()
@@ -84,6 +93,9 @@ class FunctionHost:
     async def stop(self) -> None:
         """SIGTERM every process, wait the grace period, SIGKILL the rest; close the activator ports."""
         await asyncio.gather(*(r.stop() for r in self._revisions.values()), return_exceptions=True)
+        if self._zygote is not None:
+            await self._zygote.stop()
+            self._zygote = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -98,6 +110,16 @@ class FunctionHost:
 
     def status(self) -> list[dict[str, Any]]:
         return [r.status() for r in self._revisions.values()]
+
+    async def wait_prewarmed(self, timeout: float = 60.0) -> bool:
+        """Wait until the fork server (``prewarm``) has imported its modules; False if it is off or failed."""
+        if self._zygote is None:
+            return False
+        try:
+            await asyncio.wait_for(self._zygote.ready.wait(), timeout)
+        except TimeoutError:
+            return False
+        return self._zygote.alive
 
     def log_path(self, name: str, namespace: str = "default") -> Path:
         return log_file(self.state_dir, name, namespace)

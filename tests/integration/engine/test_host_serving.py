@@ -322,3 +322,39 @@ def test_bodies_and_headers_pass_through_unchanged(tmp_path: Path) -> None:
         assert doc["headers"]["x-trace"] == "t-1" and doc["headers"]["ce-id"] == "e-1"
 
     run_host(tmp_path, services, body)
+
+
+def test_prewarmed_instances_are_forked_with_their_own_env_session_and_log(tmp_path: Path) -> None:
+    services = [ksvc("warm-echo", "echo", env={"GREETING": "forked"}), ksvc("warm-crash", "crash"), ksvc("warm-talk", "talk")]
+    seen: list[int] = []
+
+    async def main() -> None:
+        host = FunctionHost(services=services, workdir=REPO, state_dir=tmp_path / "state", prewarm=["json"], grace_cap_s=2)
+        await host.start()
+        try:
+            assert await host.wait_prewarmed(30)
+            async with aiohttp.ClientSession() as session:
+                status, _, payload = await call(session, host.url("warm-echo"))
+                assert status == 200
+                doc = json.loads(payload)
+                inst = service_status(host, "warm-echo")["instances"][0]
+                assert doc["pgid"] == inst["pid"]  # its own session, like a spawned one
+                assert doc["env"]["GREETING"] == "forked" and doc["env"]["K_SERVICE"] == "warm-echo"
+                assert doc["env"]["PORT"] == str(inst["port"])
+                assert (await call(session, host.url("warm-talk") + "?marker=z-9"))[0] == 202
+                assert (await call(session, host.url("warm-crash")))[0] == 200
+                crashed = service_status(host, "warm-crash")["instances"][0]["pid"]
+                assert (await call(session, host.url("warm-crash") + "?now=1"))[0] == 502
+                await wait_until(lambda: service_status(host, "warm-crash")["instances"] == [], 5, "reaped via zygote")
+                assert (await call(session, host.url("warm-crash")))[0] == 200
+                assert not alive(crashed)
+                for st in host.status():
+                    for i in st["instances"]:
+                        seen.extend(group_members(i["pid"]))
+        finally:
+            await host.stop()
+
+    asyncio.run(main())
+    assert len(seen) >= 6 and [pid for pid in seen if alive(pid)] == []
+    text = (tmp_path / "state" / "logs" / "warm-talk.log").read_text()
+    assert "stdout says z-9" in text and "stderr says z-9" in text and "<prewarmed>" in text

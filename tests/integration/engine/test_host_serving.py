@@ -358,3 +358,18 @@ def test_prewarmed_instances_are_forked_with_their_own_env_session_and_log(tmp_p
     assert len(seen) >= 6 and [pid for pid in seen if alive(pid)] == []
     text = (tmp_path / "state" / "logs" / "warm-talk.log").read_text()
     assert "stdout says z-9" in text and "stderr says z-9" in text and "<prewarmed>" in text
+
+
+def test_process_that_dies_before_ready_fails_held_requests_with_502(tmp_path: Path) -> None:
+    svc = ksvc("broken", "handle")
+    svc["spec"]["template"]["spec"]["containers"][0]["env"][1]["value"] = "tests/fixtures/functions/host_broken.py"
+
+    async def body(host: FunctionHost, session: aiohttp.ClientSession) -> None:
+        t0 = time.monotonic()
+        replies = await asyncio.gather(*(call(session, host.url("broken")) for _ in range(2)))
+        assert [r[0] for r in replies] == [502, 502] and time.monotonic() - t0 < 20  # not the 300 s timeout
+        assert b"exited with code" in replies[0][2] and b"broken.log" in replies[0][2]
+        assert service_status(host, "broken")["instances"] == []
+
+    run_host(tmp_path, [svc], body)
+    assert "failing at import on purpose" in (tmp_path / "state" / "logs" / "broken.log").read_text()

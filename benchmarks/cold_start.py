@@ -1,0 +1,127 @@
+"""Function-host cold start and warm latency.
+
+(a) cold: a fresh FunctionHost per run; time from the first request (which spawns the process)
+    to its reply through the activator, for a light function and one importing the full stack
+    (pydicom, pynetdicom, SimpleITK, highdicom, numpy, boto3). Also the host's own spawn->ready.
+    Mode ``spawn`` starts each process from scratch; mode ``prewarm`` forks it from the host's
+    fork server, which imported the full stack once (FunctionHost(prewarm=[...])).
+(b) warm: sequential requests to a warm instance through the activator vs directly to its port.
+
+    .venv/bin/python benchmarks/cold_start.py --runs 5 --warm 300   # about 1 minute on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from radflow.engine.host import FunctionHost
+
+REPO = Path(__file__).resolve().parents[1]
+PREWARM = ["pydicom", "pynetdicom", "SimpleITK", "highdicom", "numpy", "boto3"]
+FUNCTIONS = {"light": "benchmarks/functions/cold_light.py", "full": "benchmarks/functions/cold_full.py"}
+
+
+def manifest(name: str, source: str) -> dict[str, Any]:
+    env = [{"name": "FUNCTION_TARGET", "value": "handle"}, {"name": "FUNCTION_SOURCE", "value": source},
+           {"name": "FUNCTION_SIGNATURE_TYPE", "value": "http"}]  # fmt: skip
+    return {
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"template": {"spec": {"containerConcurrency": 1, "containers": [{"image": f"bench/{name}", "env": env}]}}},
+    }
+
+
+async def cold_once(kind: str, state: Path, session: aiohttp.ClientSession, **host_kw: Any) -> tuple[float, float]:
+    host = FunctionHost(services=[manifest(kind, FUNCTIONS[kind])], workdir=REPO, state_dir=state, **host_kw)
+    await host.start()
+    try:
+        if "prewarm" in host_kw:
+            assert await host.wait_prewarmed(60), "fork server did not come up"
+        t0 = time.perf_counter()
+        async with session.post(host.url(kind), data=b"{}", headers={"Content-Type": "application/json"}) as resp:
+            await resp.read()
+            assert resp.status == 200, resp.status
+        total = time.perf_counter() - t0
+        return total, float(host.status()[0]["last_cold_start_s"])
+    finally:
+        await host.stop()
+
+
+async def warm(n: int, state: Path, session: aiohttp.ClientSession, **host_kw: Any) -> dict[str, list[float]]:
+    host = FunctionHost(services=[manifest("light", FUNCTIONS["light"])], workdir=REPO, state_dir=state, **host_kw)
+    await host.start()
+    try:
+        activator = host.url("light")
+        async with session.post(activator, data=b"{}") as resp:
+            await resp.read()
+        direct = f"http://127.0.0.1:{host.status()[0]['instances'][0]['port']}"
+        out: dict[str, list[float]] = {"activator": [], "direct": []}
+        for _ in range(n):
+            for label, url in (("activator", activator), ("direct", direct)):
+                t0 = time.perf_counter()
+                async with session.post(url, data=b"{}", headers={"Content-Type": "application/json"}) as resp:
+                    await resp.read()
+                out[label].append(time.perf_counter() - t0)
+        return out
+    finally:
+        await host.stop()
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "median_s": round(statistics.median(ordered), 4),
+        "min_s": round(ordered[0], 4),
+        "max_s": round(ordered[-1], 4),
+        "p95_s": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 4),
+    }
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
+        "python": platform.python_version(),
+        "cpus": __import__("os").cpu_count(),
+        "load_avg": __import__("os").getloadavg(),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        async with aiohttp.ClientSession() as session:
+            for mode in args.modes:
+                host_kw: dict[str, Any] = {"prewarm": PREWARM} if mode == "prewarm" else {}
+                for kind in args.kinds:
+                    await cold_once(kind, Path(tmp) / "warmup", session, **host_kw)  # page cache, .pyc
+                    totals, spawns = [], []
+                    for i in range(args.runs):
+                        total, spawn = await cold_once(kind, Path(tmp) / f"{mode}{kind}{i}", session, **host_kw)
+                        totals.append(total)
+                        spawns.append(spawn)
+                    results[f"cold_{mode}_{kind}_first_reply"] = summary(totals)
+                    results[f"cold_{mode}_{kind}_spawn_to_ready"] = summary(spawns)
+            host_kw = {}
+            if args.warm:
+                lat = await warm(args.warm, Path(tmp) / "warm", session, **host_kw)
+                results["warm_activator"] = summary(lat["activator"])
+                results["warm_direct"] = summary(lat["direct"])
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--warm", type=int, default=300, help="warm requests per path (0 = skip)")
+    parser.add_argument("--modes", nargs="+", default=["spawn", "prewarm"], choices=["spawn", "prewarm"])
+    parser.add_argument("--kinds", nargs="+", default=["light", "full"], choices=sorted(FUNCTIONS))
+    print(json.dumps(asyncio.run(main(parser.parse_args())), indent=2))
+    sys.exit(0)

@@ -1,0 +1,161 @@
+"""Nothing acknowledged is lost: kill -9 of the standalone broker, restarts, abandoned attempts (rule 2)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import yaml
+from _broker_harness import Subscriber, broker_manifest, event, post_event, settle, trigger_manifest
+from aiohttp import web
+from radflow.engine.broker import BrokerRuntime
+from radflow.engine.ports import free_port
+from radflow.shared import events as ev
+
+
+async def spawn_broker(manifests: Path, state: Path, port: int) -> asyncio.subprocess.Process:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "radflow.engine.broker",
+        "--manifests",
+        str(manifests),
+        "--state",
+        str(state),
+        "--port",
+        str(port),
+        "--log-level",
+        "WARNING",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    assert line.decode().strip() == f"READY {port}", line
+    return proc
+
+
+def test_kill_9_after_202_loses_nothing(tmp_path: Path) -> None:
+    """Events acked while the subscriber is down survive SIGKILL and are delivered after a restart."""
+
+    async def scenario() -> None:
+        sub_port = free_port()
+        manifests = tmp_path / "manifests"
+        manifests.mkdir()
+        delivery = {"retry": 100, "backoffPolicy": "linear", "backoffDelay": "PT0.05S"}
+        docs = [
+            broker_manifest(delivery=delivery),
+            trigger_manifest("all", f"http://127.0.0.1:{sub_port}/"),
+            {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": {"name": "ignored"}},
+        ]
+        (manifests / "broker.yaml").write_text(yaml.safe_dump_all(docs))
+        port = free_port()
+        proc = await spawn_broker(manifests, tmp_path / "state", port)
+        url = f"http://127.0.0.1:{port}/default/default"
+        ids = [f"evt-{i}" for i in range(60)]
+        sub = Subscriber()
+        try:
+            async with aiohttp.ClientSession() as session:
+
+                async def post(i: str) -> int:
+                    headers, body = ev.to_binary(event(id_=i))
+                    async with session.post(url, data=body, headers={k: str(v) for k, v in headers.items()}) as r:
+                        return r.status
+
+                statuses = await asyncio.gather(*(post(i) for i in ids))
+            assert statuses == [202] * len(ids)
+            proc.send_signal(signal.SIGKILL)  # no chance to flush anything
+            assert await proc.wait() == -signal.SIGKILL
+            await sub.start(sub_port)
+            proc = await spawn_broker(manifests, tmp_path / "state", port)
+            await sub.wait_for(len(ids), timeout=20)
+            await asyncio.sleep(0.3)
+            delivered = [r.headers["ce-id"] for r in sub.received]
+            assert set(delivered) == set(ids)  # every acked event, at least once
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(proc.wait(), 15)
+            await sub.stop()
+
+    asyncio.run(scenario())
+
+
+def test_waiting_retry_resumes_after_restart_at_its_due_time(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        sub = await Subscriber(lambda req, n: web.Response(status=503) if n == 0 else web.Response(status=202)).start()
+        delivery = {"retry": 3, "backoffPolicy": "exponential", "backoffDelay": "PT0.8S"}
+        manifests = ([broker_manifest(delivery=delivery)], [trigger_manifest("t", sub.url)])
+        rt = BrokerRuntime(brokers=manifests[0], triggers=manifests[1], state_dir=tmp_path)
+        await rt.start()
+        try:
+            await post_event(rt.ingress_url("default", "default"), event(id_="wait"))
+            await sub.wait_for(1)
+            await asyncio.sleep(0.1)
+            await rt.stop()
+            assert len(sub.received) == 1
+            rt = BrokerRuntime(brokers=manifests[0], triggers=manifests[1], state_dir=tmp_path)
+            await rt.start()
+            assert rt.pending == 1
+            await sub.wait_for(2, timeout=5)
+            await settle(rt)
+            gap = sub.received[1].at - sub.received[0].at
+            assert 0.78 <= gap <= 0.8 + 0.3, gap  # the persisted due time, not "immediately"
+        finally:
+            await rt.stop()
+            await sub.stop()
+
+    asyncio.run(scenario())
+
+
+def test_stop_abandons_in_flight_attempt_which_is_redelivered(tmp_path: Path) -> None:
+    async def slow_first(req: web.Request, n: int) -> web.Response:
+        if n == 0:
+            await asyncio.sleep(1.5)
+        return web.Response(status=202)
+
+    async def scenario() -> None:
+        sub = await Subscriber(slow_first).start()
+        manifests = ([broker_manifest()], [trigger_manifest("t", sub.url)])
+        rt = BrokerRuntime(brokers=manifests[0], triggers=manifests[1], state_dir=tmp_path, stop_grace=0.1)
+        await rt.start()
+        try:
+            await post_event(rt.ingress_url("default", "default"), event(id_="inflight"))
+            await sub.wait_for(1)
+            started = time.monotonic()
+            await rt.stop()
+            assert time.monotonic() - started < 1.0  # did not wait for the hanging subscriber
+            rt = BrokerRuntime(brokers=manifests[0], triggers=manifests[1], state_dir=tmp_path)
+            await rt.start()
+            await sub.wait_for(2, timeout=5)
+            await settle(rt)
+            assert [r.headers["ce-id"] for r in sub.received] == ["inflight", "inflight"]
+            assert await rt.store.count() == (0, 0)
+        finally:
+            await rt.stop()
+            await sub.stop()
+
+    asyncio.run(scenario())
+
+
+def test_store_file_is_wal_and_synchronous_full(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        rt = BrokerRuntime(brokers=[broker_manifest()], triggers=[], state_dir=tmp_path)
+        await rt.start()
+        try:
+            mode, sync = await rt.store.run(
+                lambda c: (
+                    c.execute("PRAGMA journal_mode").fetchone()[0],
+                    c.execute("PRAGMA synchronous").fetchone()[0],
+                )
+            )
+            assert (mode, sync) == ("wal", 2)  # 2 = FULL
+        finally:
+            await rt.stop()
+
+    asyncio.run(scenario())
+    assert os.path.exists(tmp_path / "broker.sqlite3")

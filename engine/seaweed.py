@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from radflow.engine.children import die_with_parent
 from radflow.engine.ports import free_port
 
 
@@ -43,8 +45,31 @@ class SeaweedServer:
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.s3_port}"
 
+    def _reap_previous(self, grace: float = 15.0) -> None:
+        """Stop a ``weed`` left running on this data directory by an engine that was killed.
+
+        It holds the filer's leveldb lock, so a new server on the same directory would fail.
+        It was sent SIGTERM when its parent died (engine/children.py); wait for it, then kill.
+        """
+        pid_file = self.data_dir / "weed.pid"
+        try:
+            pid = int(pid_file.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if b"weed" not in cmdline or str(self.data_dir).encode() not in cmdline:
+            return
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            time.sleep(0.1)
+        if Path(f"/proc/{pid}").exists():
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(0.2)
+
     def start(self, timeout: float = 60.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._reap_previous()
         if not self.s3_port:
             self.s3_port = free_port()
         ports = [free_port() for _ in range(10)]
@@ -56,12 +81,14 @@ class SeaweedServer:
             f"-volume.port={ports[2]}", f"-volume.port.grpc={ports[3]}",
             f"-filer.port={ports[4]}", f"-filer.port.grpc={ports[5]}",
             "-s3", f"-s3.port={self.s3_port}", f"-s3.port.grpc={ports[6]}",
-            "-s3.port.iceberg=0",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
         ]  # fmt: skip
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy()
+            args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy(),
+            preexec_fn=die_with_parent,
         )
+        (self.data_dir / "weed.pid").write_text(str(self.process.pid))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

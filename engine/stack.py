@@ -143,7 +143,7 @@ class Engine:
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         if not self.config.s3.endpoint_url:
             self.s3 = SeaweedServer(data_dir=self.state_dir / "s3", log_path=self.state_dir / "logs" / "seaweedfs.log")
-            await asyncio.to_thread(self.s3.start)
+            self.s3.start()  # from the main thread: its parent-death signal follows this thread
         await asyncio.to_thread(ObjectStore(self.store_settings()).ensure_bucket)
         await self._start_triton()
 
@@ -194,7 +194,7 @@ class Engine:
             log.warning("Triton cannot run here (%s): operators fall back to in-process ONNX Runtime", reason)
             return
         self.triton = TritonServer(self.config.model_repository, self.state_dir / "triton")
-        await asyncio.to_thread(self.triton.start)
+        self.triton.start()  # main thread, see engine/children.py
         http_port = int(self.triton.http_url.rsplit(":", 1)[1].split("/")[0])
         grpc_port = getattr(self.triton, "grpc_port", None)
         for dep in wanted:
@@ -211,13 +211,16 @@ class Engine:
         app = web.Application()
         app.router.add_get("/status", self._status_handler)
         app.router.add_get("/metrics", self._metrics_handler)
-        app.router.add_get("/healthz", lambda _r: web.json_response({"status": "ok"}))
+        app.router.add_get("/healthz", self._health_handler)
         self._control = web.AppRunner(app, access_log=None)
         await self._control.setup()
         site = web.TCPSite(self._control, "127.0.0.1", self.config.control_port)
         await site.start()
         port = self._control.addresses[0][1]
         self.control_url = f"http://127.0.0.1:{port}"
+
+    async def _health_handler(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
 
     async def _status_handler(self, _request: web.Request) -> web.Response:
         return web.json_response(self.status())

@@ -184,7 +184,7 @@ class Dispatcher:
                 extra = dict(delivery.error or {})
             else:
                 # stored in the dead-letter phase, but the Trigger no longer has a sink (config changed)
-                await self.store.run(lambda c: st.finish(c, delivery.id, delivery.event.id))
+                await self.store.run(lambda c: st.finish(c, delivery.id, delivery.event.id), durable=False)
                 self._forget(delivery)
                 log.error(
                     "dropped event id=%s type=%s for trigger %s: its deadLetterSink was removed",
@@ -268,12 +268,12 @@ class Dispatcher:
                     st.finish(conn, delivery.id, event.id)
                     return ops(conn) if ops is not None else None
 
-                stored = await self.store.run(finish_and_store)
+                stored = await self.store.run(finish_and_store, durable=False)
                 self._forget(delivery)
                 await after(stored)
                 return
         if result.kind in (Kind.SUCCESS, Kind.REPLY):
-            await self.store.run(lambda c: st.finish(c, delivery.id, event.id))
+            await self.store.run(lambda c: st.finish(c, delivery.id, event.id), durable=False)
             self._forget(delivery)
             if delivery.phase == "dls":
                 metrics.DEAD_LETTERS.labels(*delivery.labels).inc()
@@ -289,7 +289,7 @@ class Dispatcher:
         policy = trigger.delivery
         if result.kind is Kind.RETRY and attempts <= policy.retry:
             due = time.time() + policy.backoff(attempts)
-            await self.store.run(lambda c: st.reschedule(c, delivery.id, attempts, due))
+            await self.store.run(lambda c: st.reschedule(c, delivery.id, attempts, due), durable=False)
             metrics.RETRIES.labels(*delivery.labels).inc()
             delivery.attempt, delivery.due = attempts, due
             self._push(delivery)
@@ -297,11 +297,11 @@ class Dispatcher:
         if delivery.phase == "subscriber" and policy.dead_letter is not None:
             error = error_attributes(result.dest, result.code, result.body)
             now = time.time()
-            await self.store.run(lambda c: st.to_dead_letter(c, delivery.id, error, now))
+            await self.store.run(lambda c: st.to_dead_letter(c, delivery.id, error, now), durable=False)
             delivery.phase, delivery.attempt, delivery.due, delivery.error = "dls", 0, now, error
             self._push(delivery)
             return
-        await self.store.run(lambda c: st.finish(c, delivery.id, event.id))
+        await self.store.run(lambda c: st.finish(c, delivery.id, event.id), durable=False)
         self._forget(delivery)
         log.error(
             "dropped event id=%s type=%s for trigger %s after %d attempt(s): last code %s, %s",

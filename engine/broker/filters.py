@@ -7,8 +7,9 @@ Two dialects exist on a Trigger:
   is present *and non-empty*; anything else is an exact, case-sensitive comparison.
 * ``spec.filters`` (Subscriptions API): a list of entries, ANDed, each with exactly one of
   ``exact``/``prefix``/``suffix``/``all``/``any``/``not``/``cesql``. ``filters`` wins over
-  ``filter`` when both are set. Entries whose key or value is empty are not materialised
-  (they match). Results are three-valued (pass/fail/no filter) so that ``not`` of an empty
+  ``filter`` when both are set. An ``exact``/``prefix``/``suffix`` entry with an empty key or
+  value anywhere is not materialised at all (the whole entry matches), as MT's
+  ``materializeSubscriptionsAPIFilter`` drops filters its constructors refuse. Results are three-valued (pass/fail/no filter) so that ``not`` of an empty
   filter still passes, as in eventing's ``pkg/eventfilter``.
 
 The compiled filters evaluate a plain attribute mapping, so this module knows nothing of
@@ -230,11 +231,12 @@ def _compile_entry(entry: Any, field: str, where: str) -> Filter:
     if dialect in ("exact", "prefix", "suffix"):
         if not isinstance(body, Mapping):
             raise ConfigError(f"Trigger {where}: {field}.{dialect} must be a mapping of attribute -> value")
+        pairs = [(str(name), "" if value is None else _text(value)) for name, value in body.items()]
+        if any(name == "" or text == "" for name, text in pairs):
+            # MT does not materialise an entry with an empty key or value: the whole entry matches
+            return MatchAll()
         parts: list[Filter] = []
-        for name, value in body.items():
-            name, text = str(name), "" if value is None else _text(value)
-            if name == "" or text == "":
-                continue  # MT does not materialise an empty key or value: it matches
+        for name, text in pairs:
             _check_name(name, f"{field}.{dialect}.{name}", where)
             parts.append(StringMatch(dialect, name, text))
         if len(parts) == 1:

@@ -28,6 +28,27 @@ _PASS_PREFIXES = ("knative-", "x-b3-")
 _PASS_EXACT = frozenset({"x-request-id", "retry-after"})
 
 
+_STRING_ATTRIBUTES = ("id", "source", "type", "specversion", "subject", "datacontenttype", "dataschema")
+
+
+def attribute_problem(attrs: Mapping[str, Any]) -> str | None:
+    """What ``event.Validate()`` in the Go SDK would reject that the Python v1 SDK lets through.
+
+    Names the attribute and the rule, never the value. None when the attributes are fine.
+    """
+    for name in _STRING_ATTRIBUTES:
+        value = attrs.get(name)
+        if value is not None and not isinstance(value, str):
+            return f"attribute {name!r} must be a string"
+    moment = attrs.get("time")
+    if moment is not None:
+        try:
+            _dt.datetime.fromisoformat(str(moment).replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            return "attribute 'time' must be an RFC 3339 timestamp"
+    return None
+
+
 class Kind(enum.Enum):
     SUCCESS = "success"  # 2xx, empty or ignorable body
     REPLY = "reply"  # 2xx carrying a CloudEvent

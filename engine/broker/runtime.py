@@ -25,7 +25,14 @@ from radflow.engine.broker import config as cfg
 from radflow.engine.broker import store as st
 from radflow.engine.broker.dispatcher import Delivery, Dispatcher, LiveEvent, Reply, ReplyRejected
 from radflow.engine.broker.filters import matches
-from radflow.engine.broker.policy import ARRIVAL_ATTR, TTL_ATTR, arrival_time, next_ttl, pass_through
+from radflow.engine.broker.policy import (
+    ARRIVAL_ATTR,
+    TTL_ATTR,
+    arrival_time,
+    attribute_problem,
+    next_ttl,
+    pass_through,
+)
 from radflow.shared import events as ev
 from radflow.shared.errors import Unavailable
 
@@ -169,6 +176,9 @@ class BrokerRuntime:
 
     def prepare(self, broker: str, event: ev.CloudEvent) -> Prepared:
         """TTL, arrival time and Trigger matching for one event entering ``broker`` (pure)."""
+        problem = attribute_problem(ev.attributes(event))
+        if problem:
+            raise Rejected(400, f"not a valid CloudEvent: {problem}\n")
         try:
             ttl = next_ttl(event.get(TTL_ATTR))
         except ValueError:

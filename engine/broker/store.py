@@ -128,7 +128,8 @@ class Store:
         self.path = path
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="broker-sqlite")
         self._conn: sqlite3.Connection | None = None
-        self._queue: asyncio.Queue[tuple[Op, asyncio.Future[Any]] | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[Op, asyncio.Future[Any], bool] | None] = asyncio.Queue()
+        self._synchronous = "FULL"
         self._writer: asyncio.Task[None] | None = None
 
     async def open(self) -> tuple[dict[int, StoredEvent], list[StoredDelivery]]:
@@ -164,12 +165,20 @@ class Store:
         ]
         return events, deliveries
 
-    async def run(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``op`` in a transaction; return after its COMMIT. Raises Unavailable on sqlite errors."""
+    async def run(self, op: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
+        """Run ``op`` in a transaction; return after its COMMIT. Raises Unavailable on sqlite errors.
+
+        ``durable=True`` (the ingress' commits) returns only after the WAL is fsync'ed
+        (``synchronous=FULL``). ``durable=False`` is for delivery bookkeeping (done, retry
+        scheduled, dead-letter phase, reply stored with its delivery done): it skips the fsync
+        (``synchronous=NORMAL``). WAL commits are never reordered, so a power cut can only lose
+        the newest such commits, which puts those deliveries back to their previous state:
+        they are attempted again (a duplicate, never a loss). A process crash loses nothing.
+        """
         if self._writer is None or self._writer.done():
             raise Unavailable("broker store is closed")
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        await self._queue.put((op, fut))
+        await self._queue.put((op, fut, durable))
         return await fut
 
     async def _write_loop(self) -> None:
@@ -190,11 +199,12 @@ class Store:
                     break
                 batch.append(item)
             try:
-                results = await loop.run_in_executor(self._executor, self._apply, [op for op, _ in batch])
+                durable = any(d for _, _, d in batch)
+                results = await loop.run_in_executor(self._executor, self._apply, [op for op, _, _ in batch], durable)
             except sqlite3.Error as exc:
                 error = Unavailable(f"broker store {self.path}: commit failed: {exc}")
                 results = [(False, error)] * len(batch)
-            for (_, fut), (ok, value) in zip(batch, results, strict=True):
+            for (_, fut, _), (ok, value) in zip(batch, results, strict=True):
                 if fut.done():
                     continue
                 if ok:
@@ -202,9 +212,13 @@ class Store:
                 else:
                     fut.set_exception(value)
 
-    def _apply(self, ops: list[Op]) -> list[tuple[bool, Any]]:
+    def _apply(self, ops: list[Op], durable: bool) -> list[tuple[bool, Any]]:
         conn = self._conn
         assert conn is not None
+        wanted = "FULL" if durable else "NORMAL"
+        if wanted != self._synchronous:
+            conn.execute(f"PRAGMA synchronous={wanted}")
+            self._synchronous = wanted
         results: list[tuple[bool, Any]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:

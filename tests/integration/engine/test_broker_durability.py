@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -159,3 +160,26 @@ def test_store_file_is_wal_and_synchronous_full(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     assert os.path.exists(tmp_path / "broker.sqlite3")
+
+
+def test_standalone_refuses_invalid_manifest(tmp_path: Path) -> None:
+    bad = trigger_manifest("t", "http://127.0.0.1:9/", filters=[{"exact": {"type": "a"}, "suffix": {"type": "b"}}])
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "all.yaml").write_text(yaml.safe_dump_all([broker_manifest(), bad]))
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "radflow.engine.broker",
+            "--manifests",
+            str(tmp_path / "m"),
+            "--state",
+            str(tmp_path / "s"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "Trigger default/t: spec.filters[0] must set exactly one dialect" in done.stderr

@@ -9,6 +9,7 @@ import pytest
 from radflow.engine.broker.config import DEFAULT_DELIVERY, DeliveryPolicy, load, parse_duration
 from radflow.engine.broker.policy import (
     Kind,
+    attribute_problem,
     classify,
     error_attributes,
     is_cloudevent_response,
@@ -155,3 +156,11 @@ def test_pass_through_headers() -> None:
         ]
     )
     assert kept == {"x-request-id": "r", "retry-after": "5", "knative-foo": "f", "x-b3-traceid": "t"}
+
+
+def test_attribute_problems_the_go_sdk_would_reject() -> None:
+    good = {"specversion": "1.0", "id": "1", "source": "/s", "type": "t", "time": "2026-01-02T03:04:05.123456789Z"}
+    assert attribute_problem(good) is None
+    assert attribute_problem({**good, "id": 1}) == "attribute 'id' must be a string"
+    assert attribute_problem({**good, "time": "yesterday"}) == "attribute 'time' must be an RFC 3339 timestamp"
+    assert attribute_problem({**good, "time": "2026-01-02T03:04:05+01:00"}) is None

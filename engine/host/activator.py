@@ -303,6 +303,8 @@ class Revision:
             spare += self.spec.slot_limit
 
     async def _acquire(self) -> Instance:
+        if self._closing:
+            raise QueueFull("the host is shutting down")
         inst = self._free_instance()
         if inst is not None and not any(not f.done() for f in self.waiters):
             inst.in_flight += 1

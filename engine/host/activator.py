@@ -26,7 +26,7 @@ from aiohttp import web
 
 from radflow.engine import metrics
 from radflow.engine.host.prewarm import ForkedProcess, Zygote, ff_args_of
-from radflow.engine.host.process import ManagedProcess, log_line
+from radflow.engine.host.process import ManagedProcess, PidRegistry, log_line
 from radflow.engine.host.spec import ServiceSpec, container_argv, knative_env
 from radflow.engine.ports import free_port
 
@@ -82,8 +82,10 @@ class Revision:
         max_queue: int = DEFAULT_MAX_QUEUE,
         grace_cap_s: float = GRACE_CAP_S,
         zygote: Zygote | None = None,
+        registry: PidRegistry | None = None,
     ) -> None:
         self.spec = spec
+        self.registry = registry
         self.zygote = zygote
         self.workdir = workdir
         self.log_path = log_path
@@ -189,9 +191,9 @@ class Revision:
         ff_args = ff_args_of(argv, self.python)
         process: ManagedProcess | ForkedProcess
         if ff_args is not None and self.zygote is not None and self.zygote.alive:
-            process = ForkedProcess(self.zygote, ff_args, env=env, cwd=self.workdir, log_path=self.log_path)
+            process = ForkedProcess(self.zygote, ff_args, env=env, cwd=self.workdir, log_path=self.log_path, registry=self.registry)
         else:
-            process = ManagedProcess(argv, env=env, cwd=self.workdir, log_path=self.log_path)
+            process = ManagedProcess(argv, env=env, cwd=self.workdir, log_path=self.log_path, registry=self.registry)
         inst = Instance(process, port)
         self.instances.append(inst)
         metrics.INSTANCES.labels(**self._labels).set(len(self.instances))

@@ -373,3 +373,46 @@ def test_process_that_dies_before_ready_fails_held_requests_with_502(tmp_path: P
 
     run_host(tmp_path, [svc], body)
     assert "failing at import on purpose" in (tmp_path / "state" / "logs" / "broken.log").read_text()
+
+
+ENGINE_THAT_DIES = """
+import asyncio, json, os, sys
+from pathlib import Path
+from radflow.engine.host import FunctionHost
+
+async def main():
+    host = FunctionHost(services=[json.loads(sys.argv[1])], workdir=Path(sys.argv[2]), state_dir=Path(sys.argv[3]))
+    await host.start()
+    while host.status()[0]["state"] != "ready":
+        await asyncio.sleep(0.05)
+    print(host.status()[0]["instances"][0]["pid"], flush=True)
+    os._exit(9)  # like kill -9 / the OOM killer: stop() never runs
+
+asyncio.run(main())
+"""
+
+
+def test_groups_left_by_a_killed_engine_are_killed_on_the_next_start(tmp_path: Path) -> None:
+    import subprocess
+
+    svc = ksvc("orphan", "echo", annotations={"autoscaling.knative.dev/min-scale": "1"})
+    state = tmp_path / "state"
+    done = subprocess.run(
+        [sys.executable, "-c", ENGINE_THAT_DIES, json.dumps(svc), str(REPO), str(state)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 9, done.stderr
+    pid = int(done.stdout.split()[0])
+    members = group_members(pid)
+    assert pid in members and len(members) >= 2  # gunicorn master + worker survived the engine
+
+    async def restart() -> None:
+        host = FunctionHost(services=[], workdir=REPO, state_dir=state)
+        await host.start()
+        await host.stop()
+
+    asyncio.run(restart())
+    deadline = time.monotonic() + 5
+    while any(alive(p) for p in members) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [p for p in members if alive(p)] == []

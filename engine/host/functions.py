@@ -14,7 +14,7 @@ import aiohttp
 from radflow.engine.host.activator import DEFAULT_MAX_QUEUE, DEFAULT_MAX_SCALE, GRACE_CAP_S, Revision
 from radflow.engine.host.prewarm import Zygote, zygote_env
 from radflow.engine.host.process import PidRegistry
-from radflow.engine.host.spec import parse_service
+from radflow.engine.host.spec import container_argv, parse_service
 from radflow.shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ class FunctionHost:
             if key in seen:
                 raise ConfigError(f"Service {spec.namespace}/{spec.name} is defined twice")
             seen.add(key)
+            # refuse a container the host cannot map now, not at the first request
+            container_argv(spec.container, {**spec.env, "PORT": "0"}, python, host, f"Service {spec.namespace}/{spec.name}")
         self._revisions: dict[tuple[str, str], Revision] = {}
         self._session: aiohttp.ClientSession | None = None
         self.prewarm = None if prewarm is None else list(prewarm)

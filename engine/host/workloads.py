@@ -241,7 +241,10 @@ class WorkloadRunner:
                     f"Deployment {spec.namespace}/{spec.name}: radflow.dev/embedded: {kind!r} has no local launcher "
                     f"(known: {known}); install the extra that provides it or remove the annotation"
                 )
-            planned.append(_Supervised(self, spec, self.environment(spec)))
+            env = self.environment(spec)
+            if kind is None:
+                container_argv(spec.container, env, self.python, "127.0.0.1", f"Deployment {spec.namespace}/{spec.name}")
+            planned.append(_Supervised(self, spec, env))
         for sup in planned:
             self._supervised.append(sup)
             if sup.spec.replicas == 0:

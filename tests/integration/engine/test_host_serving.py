@@ -7,6 +7,8 @@ and talks HTTP to the activator port, the way the broker does.
 from __future__ import annotations
 
 import asyncio
+import gzip
+import hashlib
 import io
 import json
 import os
@@ -320,6 +322,12 @@ def test_bodies_and_headers_pass_through_unchanged(tmp_path: Path) -> None:
         assert doc["body_len"] == len(blob) and doc["body_sha"] == __import__("hashlib").sha256(blob).hexdigest()
         assert doc["method"] == "PUT" and doc["path"] == "/deep/path?q=a%20b"
         assert doc["headers"]["x-trace"] == "t-1" and doc["headers"]["ce-id"] == "e-1"
+        # content codings are end to end: neither side of the proxy may decode them
+        packed = gzip.compress(b'{"a": 1}')
+        status, _, payload = await call(
+            session, host.url("echo"), "POST", data=packed, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        )
+        assert status == 200 and json.loads(payload)["body_sha"] == hashlib.sha256(packed).hexdigest()
 
     run_host(tmp_path, services, body)
 

@@ -25,10 +25,10 @@ from typing import Any
 
 import aiohttp
 
-from radflow.engine.host import FunctionHost
+from radflow.engine.host import IMAGING_STACK, FunctionHost
 
 REPO = Path(__file__).resolve().parents[1]
-PREWARM = ["pydicom", "pynetdicom", "SimpleITK", "highdicom", "numpy", "boto3"]
+PREWARM = list(IMAGING_STACK)
 FUNCTIONS = {"light": "benchmarks/functions/cold_light.py", "full": "benchmarks/functions/cold_full.py"}
 
 

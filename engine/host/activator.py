@@ -224,8 +224,10 @@ class Revision:
             metrics.COLD_START_SECONDS.labels(**self._labels).observe(seconds)
             log_line(self.log_path, f"pid {proc.pid} ready after {seconds:.3f}s")
             self._dispatch()
-        elif not exited.done() and not inst.stopping:  # progress deadline passed without an HTTP answer
-            log_line(self.log_path, f"pid {proc.pid} not ready after {self.spec.progress_deadline_s}s; stopping it")
+        elif not exited.done():
+            if not inst.stopping:  # the progress deadline passed without an HTTP answer
+                log_line(self.log_path, f"pid {proc.pid} not ready after {self.spec.progress_deadline_s}s; stopping it")
+            # also when stop() came while it was being spawned (it had no pid to signal then)
             await proc.stop(self.grace_s)
         code = await exited
         if inst.stopping:

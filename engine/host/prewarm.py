@@ -24,6 +24,8 @@ from typing import Any
 from radflow.engine.host.process import PidRegistry
 
 log = logging.getLogger(__name__)
+#: What radflow's operators import at module level (boto3 via shared.storage, SimpleITK via shared.imaging, …).
+IMAGING_STACK = ("pydicom", "pynetdicom", "SimpleITK", "highdicom", "numpy", "boto3")
 ZYGOTE_SCRIPT = Path(__file__).with_name("zygote.py")
 
 

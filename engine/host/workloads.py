@@ -137,12 +137,14 @@ class _Supervised:
     async def run(self) -> None:
         backoff = self.runner.backoff_initial_s
         while not self.stopping.is_set():
-            self.workload = self._make()
             started = time.monotonic()
             try:
+                self.workload = self._make()
                 await self.workload.start()
-            except OSError as exc:
-                log_line(self.log_path, f"cannot start: {exc}")
+            except Exception as exc:  # a bad launcher or a missing executable: report, back off, retry
+                log_line(self.log_path, f"cannot start: {type(exc).__name__}: {exc}")
+                log.error("Deployment %s: cannot start: %s", self.spec.name, exc)
+                self.workload = None
                 code = 127
             else:
                 if self.stopping.is_set():  # stop() came while it was starting

@@ -29,6 +29,7 @@ from radflow.engine.host.prewarm import ForkedProcess, Zygote, ff_args_of
 from radflow.engine.host.process import ManagedProcess, PidRegistry, log_line
 from radflow.engine.host.spec import ServiceSpec, container_argv, knative_env
 from radflow.engine.ports import free_port
+from radflow.shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,10 @@ class Revision:
         grace_cap_s: float = GRACE_CAP_S,
         zygote: Zygote | None = None,
         registry: PidRegistry | None = None,
+        port: int = 0,
     ) -> None:
         self.spec = spec
+        self.requested_port = port
         self.registry = registry
         self.zygote = zygote
         self.workdir = workdir
@@ -125,7 +128,14 @@ class Revision:
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, 0))
+        try:
+            sock.bind((self.host, self.requested_port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(
+                f"Service {self.spec.namespace}/{self.spec.name}: activator port {self.requested_port} on {self.host} "
+                f"is not free ({exc.strerror}); pick another or leave it to the host"
+            ) from None
         self.port = sock.getsockname()[1]
         await web.SockSite(self._runner, sock, backlog=1024).start()
         for _ in range(max(self.spec.min_scale, self.spec.initial_scale or 0)):

@@ -47,6 +47,7 @@ class FunctionHost:
         max_queue: int = DEFAULT_MAX_QUEUE,
         grace_cap_s: float = GRACE_CAP_S,
         prewarm: Sequence[str] | None = None,
+        activator_ports: Mapping[str, int] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.state_dir = Path(state_dir)
@@ -67,6 +68,8 @@ class FunctionHost:
         self._revisions: dict[tuple[str, str], Revision] = {}
         self._session: aiohttp.ClientSession | None = None
         self.prewarm = None if prewarm is None else list(prewarm)
+        # fixed activator ports, keyed "<name>" or "<namespace>/<name>"; others get a free port
+        self.activator_ports = dict(activator_ports or {})
         self._zygote: Zygote | None = None
         self.registry = PidRegistry(self.state_dir / "run" / "functions")
 
@@ -92,7 +95,9 @@ class FunctionHost:
                 revision = Revision(
                     spec, workdir=self.workdir, log_path=log_file(self.state_dir, spec.name, spec.namespace),
                     python=self.python, base_env=self.base_env, host=self.host, session=self._session,
-                    idle_override_s=self.idle_override_s, zygote=self._zygote, registry=self.registry, **self._options,
+                    idle_override_s=self.idle_override_s, zygote=self._zygote, registry=self.registry,
+                    port=self.activator_ports.get(f"{spec.namespace}/{spec.name}", self.activator_ports.get(spec.name, 0)),
+                    **self._options,
                 )  # fmt: skip
                 self._revisions[(spec.namespace, spec.name)] = revision
                 await revision.start()

@@ -243,13 +243,17 @@ def test_env_from_base_manifest_and_knative(tmp_path: Path) -> None:
         status, _, payload = await call(session, host.url("envy"))
         assert status == 200
         env = json.loads(payload)["env"]
+        assert host.url("envy") == f"http://127.0.0.1:{pinned}"
         port = service_status(host, "envy")["instances"][0]["port"]
         assert env == {
             "PORT": str(port), "K_SERVICE": "envy", "K_REVISION": "envy-00001", "K_CONFIGURATION": "envy",
             "GREETING": "hello", "BASE_ONLY": "base", "OVERRIDDEN": "manifest",
         }  # fmt: skip
 
-    run_host(tmp_path, [svc], body, base_env={"BASE_ONLY": "base", "OVERRIDDEN": "base"})
+    from radflow.engine.ports import free_port
+
+    pinned = free_port()
+    run_host(tmp_path, [svc], body, base_env={"BASE_ONLY": "base", "OVERRIDDEN": "base"}, activator_ports={"envy": pinned})
 
 
 def test_stop_leaves_no_child_process(tmp_path: Path) -> None:

@@ -263,7 +263,7 @@ class Revision:
             except (aiohttp.ClientError, OSError, TimeoutError):
                 pass
             await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.05)
+            delay = min(delay * 1.5, 0.01)  # a refused connect costs ~0.1 ms; a late probe costs latency
         return False
 
     def _remove(self, inst: Instance, startup_error: str | None = None) -> None:

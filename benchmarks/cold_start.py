@@ -3,11 +3,12 @@
 (a) cold: a fresh FunctionHost per run; time from the first request (which spawns the process)
     to its reply through the activator, for a light function and one importing the full stack
     (pydicom, pynetdicom, SimpleITK, highdicom, numpy, boto3). Also the host's own spawn->ready.
-    Mode ``spawn`` starts each process from scratch; mode ``prewarm`` forks it from the host's
+    Mode ``bare`` is the baseline without the host: spawn functions-framework directly, poll
+    until the first 2xx (the method of shared/docs/performance-baselines.md §1.8). Mode ``spawn`` starts each process from scratch; mode ``prewarm`` forks it from the host's
     fork server, which imported the full stack once (FunctionHost(prewarm=[...])).
 (b) warm: sequential requests to a warm instance through the activator vs directly to its port.
 
-    .venv/bin/python benchmarks/cold_start.py --runs 5 --warm 300   # about 1 minute on 2 cores
+    .venv/bin/python benchmarks/cold_start.py --runs 5 --warm 300   # about 1.5 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
+import signal
 import statistics
 import sys
 import tempfile
@@ -25,10 +28,11 @@ from typing import Any
 
 import aiohttp
 
-from radflow.engine.host import FunctionHost
+from radflow.engine.host import IMAGING_STACK, FunctionHost
+from radflow.engine.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-PREWARM = ["pydicom", "pynetdicom", "SimpleITK", "highdicom", "numpy", "boto3"]
+PREWARM = list(IMAGING_STACK)
 FUNCTIONS = {"light": "benchmarks/functions/cold_light.py", "full": "benchmarks/functions/cold_full.py"}
 
 
@@ -57,6 +61,30 @@ async def cold_once(kind: str, state: Path, session: aiohttp.ClientSession, **ho
         return total, float(host.status()[0]["last_cold_start_s"])
     finally:
         await host.stop()
+
+
+async def bare_once(kind: str, session: aiohttp.ClientSession) -> tuple[float, float]:
+    """No host: spawn functions-framework directly and poll it until the first 2xx (baseline method)."""
+    port = free_port()
+    t0 = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "functions_framework", "--target", "handle", "--source", FUNCTIONS[kind],
+        "--host", "127.0.0.1", "--port", str(port), cwd=str(REPO), start_new_session=True,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        while True:
+            try:
+                async with session.post(f"http://127.0.0.1:{port}/", data=b"{}") as resp:
+                    await resp.read()
+                    if resp.status == 200:
+                        total = time.perf_counter() - t0
+                        return total, total
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.005)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
 
 
 async def warm(n: int, state: Path, session: aiohttp.ClientSession, **host_kw: Any) -> dict[str, list[float]]:
@@ -93,27 +121,34 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {
         "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
         "python": platform.python_version(),
-        "cpus": __import__("os").cpu_count(),
-        "load_avg": __import__("os").getloadavg(),
+        "cpus": os.cpu_count(),
+        "load_avg_before": os.getloadavg(),
     }
     with tempfile.TemporaryDirectory() as tmp:
         async with aiohttp.ClientSession() as session:
+
+            async def once(mode: str, kind: str, state: Path) -> tuple[float, float]:
+                if mode == "bare":
+                    return await bare_once(kind, session)
+                return await cold_once(kind, state, session, **({"prewarm": PREWARM} if mode == "prewarm" else {}))
+
+            samples: dict[str, list[float]] = {}
             for mode in args.modes:
-                host_kw: dict[str, Any] = {"prewarm": PREWARM} if mode == "prewarm" else {}
                 for kind in args.kinds:
-                    await cold_once(kind, Path(tmp) / "warmup", session, **host_kw)  # page cache, .pyc
-                    totals, spawns = [], []
-                    for i in range(args.runs):
-                        total, spawn = await cold_once(kind, Path(tmp) / f"{mode}{kind}{i}", session, **host_kw)
-                        totals.append(total)
-                        spawns.append(spawn)
-                    results[f"cold_{mode}_{kind}_first_reply"] = summary(totals)
-                    results[f"cold_{mode}_{kind}_spawn_to_ready"] = summary(spawns)
-            host_kw = {}
+                    await once(mode, kind, Path(tmp) / "warmup")  # page cache, .pyc
+            # modes interleaved run by run, so load drift on a shared machine hits them alike
+            for i in range(args.runs):
+                for mode in args.modes:
+                    for kind in args.kinds:
+                        total, spawn = await once(mode, kind, Path(tmp) / f"{mode}{kind}{i}")
+                        samples.setdefault(f"cold_{mode}_{kind}_first_reply", []).append(total)
+                        samples.setdefault(f"cold_{mode}_{kind}_spawn_to_ready", []).append(spawn)
+            results.update({key: summary(values) for key, values in samples.items()})
             if args.warm:
-                lat = await warm(args.warm, Path(tmp) / "warm", session, **host_kw)
+                lat = await warm(args.warm, Path(tmp) / "warm", session)
                 results["warm_activator"] = summary(lat["activator"])
                 results["warm_direct"] = summary(lat["direct"])
+    results["load_avg_after"] = os.getloadavg()
     return results
 
 
@@ -121,7 +156,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warm", type=int, default=300, help="warm requests per path (0 = skip)")
-    parser.add_argument("--modes", nargs="+", default=["spawn", "prewarm"], choices=["spawn", "prewarm"])
+    parser.add_argument("--modes", nargs="+", default=["bare", "spawn", "prewarm"], choices=["bare", "spawn", "prewarm"])
     parser.add_argument("--kinds", nargs="+", default=["light", "full"], choices=sorted(FUNCTIONS))
     print(json.dumps(asyncio.run(main(parser.parse_args())), indent=2))
     sys.exit(0)

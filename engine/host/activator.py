@@ -26,9 +26,10 @@ from aiohttp import web
 
 from radflow.engine import metrics
 from radflow.engine.host.prewarm import ForkedProcess, Zygote, ff_args_of
-from radflow.engine.host.process import ManagedProcess, log_line
+from radflow.engine.host.process import ManagedProcess, PidRegistry, log_line
 from radflow.engine.host.spec import ServiceSpec, container_argv, knative_env
 from radflow.engine.ports import free_port
+from radflow.shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,12 @@ class Revision:
         max_queue: int = DEFAULT_MAX_QUEUE,
         grace_cap_s: float = GRACE_CAP_S,
         zygote: Zygote | None = None,
+        registry: PidRegistry | None = None,
+        port: int = 0,
     ) -> None:
         self.spec = spec
+        self.requested_port = port
+        self.registry = registry
         self.zygote = zygote
         self.workdir = workdir
         self.log_path = log_path
@@ -118,11 +123,19 @@ class Revision:
         """Bind the activator port (race-free: the socket is bound here) and honour min/initial scale."""
         app = web.Application(client_max_size=0)
         app.router.add_route("*", "/{tail:.*}", self.handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        # auto_decompress=False: a gzip request body must reach the function as sent, Content-Encoding and all
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0, auto_decompress=False)
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, 0))
+        try:
+            sock.bind((self.host, self.requested_port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(
+                f"Service {self.spec.namespace}/{self.spec.name}: activator port {self.requested_port} on {self.host} "
+                f"is not free ({exc.strerror}); pick another or leave it to the host"
+            ) from None
         self.port = sock.getsockname()[1]
         await web.SockSite(self._runner, sock, backlog=1024).start()
         for _ in range(max(self.spec.min_scale, self.spec.initial_scale or 0)):
@@ -189,9 +202,9 @@ class Revision:
         ff_args = ff_args_of(argv, self.python)
         process: ManagedProcess | ForkedProcess
         if ff_args is not None and self.zygote is not None and self.zygote.alive:
-            process = ForkedProcess(self.zygote, ff_args, env=env, cwd=self.workdir, log_path=self.log_path)
+            process = ForkedProcess(self.zygote, ff_args, env=env, cwd=self.workdir, log_path=self.log_path, registry=self.registry)
         else:
-            process = ManagedProcess(argv, env=env, cwd=self.workdir, log_path=self.log_path)
+            process = ManagedProcess(argv, env=env, cwd=self.workdir, log_path=self.log_path, registry=self.registry)
         inst = Instance(process, port)
         self.instances.append(inst)
         metrics.INSTANCES.labels(**self._labels).set(len(self.instances))
@@ -221,8 +234,10 @@ class Revision:
             metrics.COLD_START_SECONDS.labels(**self._labels).observe(seconds)
             log_line(self.log_path, f"pid {proc.pid} ready after {seconds:.3f}s")
             self._dispatch()
-        elif not exited.done() and not inst.stopping:  # progress deadline passed without an HTTP answer
-            log_line(self.log_path, f"pid {proc.pid} not ready after {self.spec.progress_deadline_s}s; stopping it")
+        elif not exited.done():
+            if not inst.stopping:  # the progress deadline passed without an HTTP answer
+                log_line(self.log_path, f"pid {proc.pid} not ready after {self.spec.progress_deadline_s}s; stopping it")
+            # also when stop() came while it was being spawned (it had no pid to signal then)
             await proc.stop(self.grace_s)
         code = await exited
         if inst.stopping:
@@ -248,7 +263,7 @@ class Revision:
             except (aiohttp.ClientError, OSError, TimeoutError):
                 pass
             await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.05)
+            delay = min(delay * 1.5, 0.01)  # a refused connect costs ~0.1 ms; a late probe costs latency
         return False
 
     def _remove(self, inst: Instance, startup_error: str | None = None) -> None:
@@ -303,6 +318,8 @@ class Revision:
             spare += self.spec.slot_limit
 
     async def _acquire(self) -> Instance:
+        if self._closing:
+            raise QueueFull("the host is shutting down")
         inst = self._free_instance()
         if inst is not None and not any(not f.done() for f in self.waiters):
             inst.in_flight += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,8 +13,11 @@ import aiohttp
 
 from radflow.engine.host.activator import DEFAULT_MAX_QUEUE, DEFAULT_MAX_SCALE, GRACE_CAP_S, Revision
 from radflow.engine.host.prewarm import Zygote, zygote_env
-from radflow.engine.host.spec import parse_service
+from radflow.engine.host.process import PidRegistry
+from radflow.engine.host.spec import container_argv, parse_service
 from radflow.shared.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def log_file(state_dir: Path, name: str, namespace: str = "default") -> Path:
@@ -43,6 +47,7 @@ class FunctionHost:
         max_queue: int = DEFAULT_MAX_QUEUE,
         grace_cap_s: float = GRACE_CAP_S,
         prewarm: Sequence[str] | None = None,
+        activator_ports: Mapping[str, int] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.state_dir = Path(state_dir)
@@ -58,10 +63,15 @@ class FunctionHost:
             if key in seen:
                 raise ConfigError(f"Service {spec.namespace}/{spec.name} is defined twice")
             seen.add(key)
+            # refuse a container the host cannot map now, not at the first request
+            container_argv(spec.container, {**spec.env, "PORT": "0"}, python, host, f"Service {spec.namespace}/{spec.name}")
         self._revisions: dict[tuple[str, str], Revision] = {}
         self._session: aiohttp.ClientSession | None = None
         self.prewarm = None if prewarm is None else list(prewarm)
+        # fixed activator ports, keyed "<name>" or "<namespace>/<name>"; others get a free port
+        self.activator_ports = dict(activator_ports or {})
         self._zygote: Zygote | None = None
+        self.registry = PidRegistry(self.state_dir / "run" / "functions")
 
     async def start(self) -> None:
         """Bind one activator port per service; spawn only what min-scale / initial-scale ask for."""
@@ -72,17 +82,22 @@ class FunctionHost:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
             auto_decompress=False,
         )
+        stale = self.registry.reap_stale()
+        if stale:
+            log.warning("killed %d function process group(s) left by an engine that did not stop cleanly: %s", len(stale), stale)
         try:
             if self.prewarm is not None:
                 # forks functions-framework instances from an interpreter with these modules imported;
                 # until it is ready (about the cost of one full import) instances are spawned normally
-                self._zygote = Zygote(self.python, self.prewarm, zygote_env(self.base_env), self.workdir)
+                self._zygote = Zygote(self.python, self.prewarm, zygote_env(self.base_env), self.workdir, self.registry)
                 await self._zygote.start()
             for spec in self.specs:
                 revision = Revision(
                     spec, workdir=self.workdir, log_path=log_file(self.state_dir, spec.name, spec.namespace),
                     python=self.python, base_env=self.base_env, host=self.host, session=self._session,
-                    idle_override_s=self.idle_override_s, zygote=self._zygote, **self._options,
+                    idle_override_s=self.idle_override_s, zygote=self._zygote, registry=self.registry,
+                    port=self.activator_ports.get(f"{spec.namespace}/{spec.name}", self.activator_ports.get(spec.name, 0)),
+                    **self._options,
                 )  # fmt: skip
                 self._revisions[(spec.namespace, spec.name)] = revision
                 await revision.start()

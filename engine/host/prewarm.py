@@ -21,14 +21,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from radflow.engine.host.process import PidRegistry
+
 log = logging.getLogger(__name__)
+#: What radflow's operators import at module level (boto3 via shared.storage, SimpleITK via shared.imaging, …).
+IMAGING_STACK = ("pydicom", "pynetdicom", "SimpleITK", "highdicom", "numpy", "boto3")
 ZYGOTE_SCRIPT = Path(__file__).with_name("zygote.py")
 
 
 class Zygote:
     """The fork server process and the bookkeeping of the children it forked for us."""
 
-    def __init__(self, python: str, preload: Sequence[str], env: Mapping[str, str], cwd: Path) -> None:
+    def __init__(
+        self, python: str, preload: Sequence[str], env: Mapping[str, str], cwd: Path, registry: PidRegistry | None = None
+    ) -> None:
+        self.registry = registry
         self.python = python
         self.preload = list(preload)
         self.env = dict(env)
@@ -52,6 +59,8 @@ class Zygote:
             self.python, str(ZYGOTE_SCRIPT), *self.preload, cwd=str(self.cwd), env=self.env,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None, start_new_session=True,
         )  # fmt: skip
+        if self.registry is not None:
+            self.registry.add(self.proc.pid)
         self._reader = asyncio.create_task(self._read(), name="zygote reader")
 
     async def _read(self) -> None:
@@ -114,6 +123,8 @@ class Zygote:
             except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
+        if self.registry is not None:
+            self.registry.remove(self.proc.pid)
         if self._reader is not None:
             await asyncio.gather(self._reader, return_exceptions=True)
 
@@ -121,7 +132,11 @@ class Zygote:
 class ForkedProcess:
     """Same surface as :class:`~radflow.engine.host.process.ManagedProcess`, forked by a :class:`Zygote`."""
 
-    def __init__(self, zygote: Zygote, ff_args: Sequence[str], *, env: Mapping[str, str], cwd: Path, log_path: Path) -> None:
+    def __init__(
+        self, zygote: Zygote, ff_args: Sequence[str], *, env: Mapping[str, str], cwd: Path, log_path: Path,
+        registry: PidRegistry | None = None,
+    ) -> None:  # fmt: skip
+        self.registry = registry
         self.zygote = zygote
         self.ff_args = list(ff_args)
         self.argv = ["<prewarmed>", "functions-framework", *self.ff_args]
@@ -142,6 +157,8 @@ class ForkedProcess:
         self.started_mono = time.monotonic()
         self.started_at = time.time()
         self._pid = await self.zygote.fork(self.ff_args, self.env, self.cwd, self.log_path)
+        if self.registry is not None:
+            self.registry.add(self._pid)
 
     async def wait(self) -> int:
         assert self._pid is not None
@@ -154,6 +171,8 @@ class ForkedProcess:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._pid, signal.SIGKILL)
             self.exit_code = self.zygote._exits.pop(self._pid).result()
+            if self.registry is not None:
+                self.registry.remove(self._pid)
 
     async def stop(self, grace_s: float) -> int | None:
         if self._pid is None:

@@ -27,7 +27,10 @@ def log_line(log_path: Path, text: str) -> None:
 class ManagedProcess:
     """A child process in its own process group; :meth:`stop` is idempotent."""
 
-    def __init__(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, log_path: Path) -> None:
+    def __init__(
+        self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, log_path: Path, registry: PidRegistry | None = None
+    ) -> None:
+        self.registry = registry
         self.argv = list(argv)
         self.env = dict(env)
         self.cwd = cwd
@@ -59,6 +62,8 @@ class ManagedProcess:
             )  # fmt: skip
         finally:
             os.close(fd)
+        if self.registry is not None:
+            self.registry.add(self.proc.pid)
 
     async def wait(self) -> int:
         """The leader's exit code, once it exits; whatever it left in its group is killed right then."""
@@ -73,6 +78,8 @@ class ManagedProcess:
             self._signal_group(signal.SIGKILL)
             self._group_reaped = True
             self.exit_code = self.proc.returncode
+            if self.registry is not None:
+                self.registry.remove(self.proc.pid)
 
     def _signal_group(self, sig: int) -> None:
         if self.proc is None:
@@ -98,3 +105,49 @@ class ManagedProcess:
         # the leader may be gone while a forked worker lingers: the group still exists then
         self._reap_group()
         return self.exit_code
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot): tells a recycled pid apart."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+class PidRegistry:
+    """Process groups this engine started, one file each, so a later start can clean up after a crash.
+
+    ``stop()`` leaves nothing behind, but an engine killed with SIGKILL (OOM killer, ``kill -9``)
+    never runs it; its children live on in their own sessions. The next start kills those
+    groups, after checking the recorded start time so a recycled pid is never hit.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def add(self, pid: int) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / str(pid)).write_text(_start_time(pid) or "")
+
+    def remove(self, pid: int) -> None:
+        (self.directory / str(pid)).unlink(missing_ok=True)
+
+    def reap_stale(self) -> list[int]:
+        """SIGKILL the groups left by a previous run that did not stop cleanly; return their pids."""
+        killed: list[int] = []
+        if not self.directory.is_dir():
+            return killed
+        for entry in self.directory.iterdir():
+            if not entry.name.isdigit():
+                continue
+            pid = int(entry.name)
+            recorded = entry.read_text().strip()
+            if recorded and _start_time(pid) == recorded:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                    killed.append(pid)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            entry.unlink(missing_ok=True)
+        return killed

@@ -10,6 +10,7 @@ registered for that kind (:func:`register_launcher`) says what to start instead.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from radflow.engine.host.functions import log_file
-from radflow.engine.host.process import ManagedProcess, log_line
+from radflow.engine.host.process import ManagedProcess, PidRegistry, log_line
 from radflow.engine.host.spec import (
     DeploymentSpec,
     binding_matches,
@@ -28,6 +29,8 @@ from radflow.engine.host.spec import (
     parse_deployment,
 )
 from radflow.shared.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 #: kubelet's CrashLoopBackOff: 10 s, doubling, capped at 5 min, reset after 10 min of running.
 BACKOFF_INITIAL_S = 10.0
@@ -128,17 +131,20 @@ class _Supervised:
             argv = [str(a) for a in made]
         else:
             argv = container_argv(self.spec.container, self.env, self.runner.python, "127.0.0.1", where)
-        return _ProcessWorkload(ManagedProcess(argv, env=self.env, cwd=self.runner.workdir, log_path=self.log_path))
+        process = ManagedProcess(argv, env=self.env, cwd=self.runner.workdir, log_path=self.log_path, registry=self.runner.registry)
+        return _ProcessWorkload(process)
 
     async def run(self) -> None:
         backoff = self.runner.backoff_initial_s
         while not self.stopping.is_set():
-            self.workload = self._make()
             started = time.monotonic()
             try:
+                self.workload = self._make()
                 await self.workload.start()
-            except OSError as exc:
-                log_line(self.log_path, f"cannot start: {exc}")
+            except Exception as exc:  # a bad launcher or a missing executable: report, back off, retry
+                log_line(self.log_path, f"cannot start: {type(exc).__name__}: {exc}")
+                log.error("Deployment %s: cannot start: %s", self.spec.name, exc)
+                self.workload = None
                 code = 127
             else:
                 if self.stopping.is_set():  # stop() came while it was starting
@@ -202,6 +208,7 @@ class WorkloadRunner:
         self.sinkbindings = list(sinkbindings)
         self.resolve_sink = resolve_sink
         self._supervised: list[_Supervised] = []
+        self.registry = PidRegistry(self.state_dir / "run" / "workloads")
 
     def binding_for(self, spec: DeploymentSpec) -> dict[str, Any] | None:
         matches = [b for b in self.sinkbindings if binding_matches(b, spec)]
@@ -224,6 +231,9 @@ class WorkloadRunner:
 
     async def start(self) -> None:
         """Validate everything first (unknown launcher kinds, bindings), then start each Deployment."""
+        stale = self.registry.reap_stale()
+        if stale:
+            log.warning("killed %d workload process group(s) left by an engine that did not stop cleanly: %s", len(stale), stale)
         planned: list[_Supervised] = []
         for spec in self.specs:
             kind = spec.embedded_kind
@@ -233,7 +243,10 @@ class WorkloadRunner:
                     f"Deployment {spec.namespace}/{spec.name}: radflow.dev/embedded: {kind!r} has no local launcher "
                     f"(known: {known}); install the extra that provides it or remove the annotation"
                 )
-            planned.append(_Supervised(self, spec, self.environment(spec)))
+            env = self.environment(spec)
+            if kind is None:
+                container_argv(spec.container, env, self.python, "127.0.0.1", f"Deployment {spec.namespace}/{spec.name}")
+            planned.append(_Supervised(self, spec, env))
         for sup in planned:
             self._supervised.append(sup)
             if sup.spec.replicas == 0:

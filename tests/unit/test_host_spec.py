@@ -128,3 +128,10 @@ def test_ce_overrides_like_go_json_marshal() -> None:
     assert ce_overrides_json(binding({"name": "x"}, ceOverrides={"extensions": {"z": 1, "a": "é&"}})) == (
         '{"extensions":{"a":"é\\u0026","z":"1"}}'
     )
+
+
+def test_function_host_refuses_an_unmappable_container_before_starting(tmp_path: Path) -> None:
+    from radflow.engine.host import FunctionHost
+
+    with pytest.raises(ConfigError, match="Service default/seg-writer: container 'nginx' has no command"):
+        FunctionHost(services=[service({"name": "nginx", "image": "nginx"})], workdir=tmp_path, state_dir=tmp_path)

@@ -7,6 +7,8 @@ and talks HTTP to the activator port, the way the broker does.
 from __future__ import annotations
 
 import asyncio
+import gzip
+import hashlib
 import io
 import json
 import os
@@ -241,13 +243,17 @@ def test_env_from_base_manifest_and_knative(tmp_path: Path) -> None:
         status, _, payload = await call(session, host.url("envy"))
         assert status == 200
         env = json.loads(payload)["env"]
+        assert host.url("envy") == f"http://127.0.0.1:{pinned}"
         port = service_status(host, "envy")["instances"][0]["port"]
         assert env == {
             "PORT": str(port), "K_SERVICE": "envy", "K_REVISION": "envy-00001", "K_CONFIGURATION": "envy",
             "GREETING": "hello", "BASE_ONLY": "base", "OVERRIDDEN": "manifest",
         }  # fmt: skip
 
-    run_host(tmp_path, [svc], body, base_env={"BASE_ONLY": "base", "OVERRIDDEN": "base"})
+    from radflow.engine.ports import free_port
+
+    pinned = free_port()
+    run_host(tmp_path, [svc], body, base_env={"BASE_ONLY": "base", "OVERRIDDEN": "base"}, activator_ports={"envy": pinned})
 
 
 def test_stop_leaves_no_child_process(tmp_path: Path) -> None:
@@ -320,6 +326,12 @@ def test_bodies_and_headers_pass_through_unchanged(tmp_path: Path) -> None:
         assert doc["body_len"] == len(blob) and doc["body_sha"] == __import__("hashlib").sha256(blob).hexdigest()
         assert doc["method"] == "PUT" and doc["path"] == "/deep/path?q=a%20b"
         assert doc["headers"]["x-trace"] == "t-1" and doc["headers"]["ce-id"] == "e-1"
+        # content codings are end to end: neither side of the proxy may decode them
+        packed = gzip.compress(b'{"a": 1}')
+        status, _, payload = await call(
+            session, host.url("echo"), "POST", data=packed, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        )
+        assert status == 200 and json.loads(payload)["body_sha"] == hashlib.sha256(packed).hexdigest()
 
     run_host(tmp_path, services, body)
 
@@ -373,3 +385,46 @@ def test_process_that_dies_before_ready_fails_held_requests_with_502(tmp_path: P
 
     run_host(tmp_path, [svc], body)
     assert "failing at import on purpose" in (tmp_path / "state" / "logs" / "broken.log").read_text()
+
+
+ENGINE_THAT_DIES = """
+import asyncio, json, os, sys
+from pathlib import Path
+from radflow.engine.host import FunctionHost
+
+async def main():
+    host = FunctionHost(services=[json.loads(sys.argv[1])], workdir=Path(sys.argv[2]), state_dir=Path(sys.argv[3]))
+    await host.start()
+    while host.status()[0]["state"] != "ready":
+        await asyncio.sleep(0.05)
+    print(host.status()[0]["instances"][0]["pid"], flush=True)
+    os._exit(9)  # like kill -9 / the OOM killer: stop() never runs
+
+asyncio.run(main())
+"""
+
+
+def test_groups_left_by_a_killed_engine_are_killed_on_the_next_start(tmp_path: Path) -> None:
+    import subprocess
+
+    svc = ksvc("orphan", "echo", annotations={"autoscaling.knative.dev/min-scale": "1"})
+    state = tmp_path / "state"
+    done = subprocess.run(
+        [sys.executable, "-c", ENGINE_THAT_DIES, json.dumps(svc), str(REPO), str(state)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 9, done.stderr
+    pid = int(done.stdout.split()[0])
+    members = group_members(pid)
+    assert pid in members and len(members) >= 2  # gunicorn master + worker survived the engine
+
+    async def restart() -> None:
+        host = FunctionHost(services=[], workdir=REPO, state_dir=state)
+        await host.start()
+        await host.stop()
+
+    asyncio.run(restart())
+    deadline = time.monotonic() + 5
+    while any(alive(p) for p in members) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [p for p in members if alive(p)] == []

@@ -1,0 +1,45 @@
+"""tail_log: last lines, then following appends across truncation (radflow logs -f)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from radflow.engine.host import tail_log
+
+
+def test_last_lines_without_follow(tmp_path: Path) -> None:
+    log = tmp_path / "f.log"
+    log.write_text("".join(f"line {i}\n" for i in range(10)))
+    assert list(tail_log(log, follow=False, lines=3)) == ["line 7", "line 8", "line 9"]
+    with pytest.raises(FileNotFoundError, match="no log yet"):
+        list(tail_log(tmp_path / "missing.log", follow=False))
+
+
+def test_follow_sees_appends_and_survives_truncation(tmp_path: Path) -> None:
+    log = tmp_path / "f.log"
+    log.write_text("old\n")
+    got: list[str] = []
+    lines = tail_log(log, follow=True, lines=5, poll_s=0.02)
+
+    def reader() -> None:
+        for line in lines:
+            got.append(line)
+            if line == "after truncate":
+                return
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    time.sleep(0.1)
+    with open(log, "a") as fh:
+        fh.write("new 1\nnew ")
+        fh.flush()
+        time.sleep(0.1)
+        fh.write("2\n")
+    time.sleep(0.15)
+    log.write_text("after truncate\n")
+    thread.join(5)
+    assert got == ["old", "new 1", "new 2", "after truncate"]

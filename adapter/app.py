@@ -20,7 +20,7 @@ from radflow.adapter.drop import DropWatcher
 from radflow.adapter.emitter import Emitter
 from radflow.adapter.handlers import StoreHandlers
 from radflow.adapter.outbox import Outbox
-from radflow.adapter.scp import DicomServer, configure_pynetdicom, tls_context
+from radflow.adapter.scp import DicomServer, configure_pynetdicom, restore_pynetdicom, tls_context
 from radflow.adapter.settings import AdapterSettings
 from radflow.adapter.spool import Spool
 from radflow.adapter.uploader import Uploader
@@ -80,6 +80,7 @@ class Adapter:
         self.drop.stop()
         if self.scp is not None:
             self.scp.stop()
+            restore_pynetdicom()
         self.api.stop()
         self.uploader.stop()
         self.emitter.stop()

@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from radflow.adapter.config import CONFIG_KEY, AdapterConfig
-from radflow.shared.errors import ConfigError
+from radflow.shared.errors import ConfigError, Unavailable
 from radflow.shared.storage import AlreadyExists, NotFound, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,20 @@ class ConfigStore:
         self._config = base
         self._listeners: list[Callable[[AdapterConfig], None]] = []
 
-    def load(self) -> AdapterConfig:
-        """Apply the persisted document (or seed it from the YAML)."""
+    def load(self, attempts: int = 8) -> AdapterConfig:
+        """Apply the persisted document (or seed it from the YAML); retries a flaky store."""
+        delay = 0.1
+        for attempt in range(attempts):
+            try:
+                return self._load()
+            except Unavailable:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")
+
+    def _load(self) -> AdapterConfig:
         try:
             blob, etag = self.store.get_with_etag(CONFIG_KEY)
         except NotFound:

@@ -9,13 +9,14 @@ since instances are stored byte for byte.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ssl
 import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from pynetdicom import AE, _config
+from pynetdicom import AE, _config, dimse_messages
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from radflow.adapter.config import TlsConfig
@@ -33,9 +34,14 @@ def configure_pynetdicom(spool: Spool) -> None:
     _config.LOG_REQUEST_IDENTIFIERS = False
     _config.LOG_RESPONSE_IDENTIFIERS = False
     _config.LOG_HANDLER_LEVEL = "none"
-    # pynetdicom creates its NamedTemporaryFile in the default temp dir: make that the spool's
-    # tmp/ so accepting an instance is a rename on one filesystem, not a copy
-    tempfile.tempdir = str(spool.tmp_dir)
+    # pynetdicom creates its NamedTemporaryFile in the default temp dir: point pynetdicom's (and
+    # only pynetdicom's) at the spool's tmp/ so accepting an instance is a rename, not a copy
+    dimse_messages.NamedTemporaryFile = functools.partial(tempfile.NamedTemporaryFile, dir=str(spool.tmp_dir))
+
+
+def restore_pynetdicom() -> None:
+    """Undo the temp-dir redirection (tests start several adapters in one process)."""
+    dimse_messages.NamedTemporaryFile = tempfile.NamedTemporaryFile
 
 
 def tls_context(tls: TlsConfig) -> tuple[ssl.SSLContext, Callable[[Any], bool] | None]:

@@ -1,0 +1,53 @@
+"""``python -m radflow.adapter --config FILE``: run the DICOM adapter until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from radflow.adapter.app import Adapter
+from radflow.adapter.config import load_yaml
+from radflow.adapter.settings import AdapterSettings
+from radflow.shared.errors import ConfigError, Unavailable
+from radflow.shared.logging import configure_logging
+from radflow.shared.settings import StoreSettings
+from radflow.shared.storage import ObjectStore
+
+log = logging.getLogger("radflow.adapter")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m radflow.adapter", description=__doc__)
+    parser.add_argument("--config", type=Path, help="Clara DICOM Adapter YAML (env RADFLOW_ADAPTER_CONFIG wins)")
+    args = parser.parse_args(argv)
+    settings = AdapterSettings()
+    configure_logging("dicom-adapter", settings.log_level, settings.log_format)
+    # the environment wins so the engine can run the Deployment's command with local paths
+    path = settings.config or args.config
+    if path is None:
+        log.error("no configuration: pass --config FILE or set RADFLOW_ADAPTER_CONFIG")
+        return 2
+    try:
+        config = load_yaml(path)
+        adapter = Adapter(settings, config, ObjectStore(StoreSettings())).start()
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return 2
+    except Unavailable as exc:
+        log.error("object store unavailable at start-up: %s; exiting so the supervisor restarts us", exc)
+        return 3
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    log.info("stopping")
+    adapter.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""pynetdicom event handlers: admission, C-ECHO, C-STORE (durable ack), release and abort.
+
+Each handler turns a failure into the DIMSE answer PS3.4 prescribes and never raises:
+
+* association admission (``EVT_REQUESTED``): called AE not one of ours -> A-ASSOCIATE-RJ
+  permanent, service-user, reason 7 "called AE title not recognized"; calling AE / host not an
+  allowed source while ``reject-unknown-sources`` -> reason 3 "calling AE title not
+  recognized"; a TLS client certificate outside the allow-list -> reason 1 "no reason given";
+* C-STORE: ``0x0000`` only once the instance is durable in the spool; ``0xA700`` out of
+  resources (spool write failed), ``0xA900`` the dataset's UIDs do not match the request or a
+  required UID is missing, ``0xC000`` not a (complete) DICOM dataset, ``0xC211`` unexpected.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import evt
+
+from radflow.adapter import grouping
+from radflow.adapter.config import AdapterConfig
+from radflow.adapter.dicomfile import SERIES_INSTANCE, SOP_CLASS, SOP_INSTANCE, STUDY_INSTANCE, NotDicom, inspect_file
+from radflow.adapter.spool import InstanceRecord, PendingUpload, Spool
+from radflow.shared.storage import Keys
+
+log = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_MISMATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+PROCESSING_FAILURE = 0xC211
+
+REJECT_PERMANENT, REJECT_TRANSIENT = 0x01, 0x02
+SOURCE_USER = 0x01
+REASON_NONE, REASON_CALLING_AE, REASON_CALLED_AE = 0x01, 0x03, 0x07
+
+
+class StoreHandlers:
+    """Bound to the SCP's AE; the configuration is read per association (hot reload)."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        config: Callable[[], AdapterConfig],
+        *,
+        on_stored: Callable[[PendingUpload], None],
+        on_closed: Callable[[], None],
+        cert_allowed: Callable[[Any], bool] | None = None,
+    ) -> None:
+        self.spool = spool
+        self.config = config
+        self.on_stored = on_stored
+        self.on_closed = on_closed
+        self.cert_allowed = cert_allowed
+        self._lock = threading.Lock()
+        self._open: dict[int, str] = {}  # id(assoc) -> spool association id, once it stored something
+        self.counters = {"stored": 0, "rejected_associations": 0, "refused_instances": 0, "ignored": 0}
+
+    def bindings(self) -> list[tuple[Any, Callable[..., Any]]]:
+        return [
+            (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_C_ECHO, self.on_echo),
+            (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_RELEASED, self.on_released),
+            (evt.EVT_ABORTED, self.on_aborted),
+            (evt.EVT_CONN_CLOSE, self.on_conn_close),
+        ]
+
+    # -- admission -------------------------------------------------------------------------------
+
+    def admission(self, called_ae: str, calling_ae: str, host: str, peer_cert: Any = None) -> tuple[int, int] | None:
+        """``None`` to accept, else (result, reason) of the A-ASSOCIATE-RJ. Pure given the config."""
+        cfg = self.config()
+        if cfg.ae(called_ae) is None:
+            return REJECT_PERMANENT, REASON_CALLED_AE
+        if cfg.reject_unknown_sources and not cfg.source_allowed(calling_ae, host):
+            return REJECT_PERMANENT, REASON_CALLING_AE
+        if self.cert_allowed is not None and not self.cert_allowed(peer_cert):
+            return REJECT_PERMANENT, REASON_NONE
+        return None
+
+    def on_requested(self, event: Any) -> None:
+        assoc = event.assoc
+        rq = assoc.requestor.primitive
+        called = str(rq.called_ae_title).strip()
+        calling = str(rq.calling_ae_title).strip()
+        host = str(assoc.requestor.address)
+        cert = None
+        if self.cert_allowed is not None:
+            sock = getattr(assoc.dul.socket, "socket", None)
+            getpeercert = getattr(sock, "getpeercert", None)
+            cert = getpeercert(binary_form=True) if getpeercert else None
+        verdict = self.admission(called, calling, host, cert)
+        if verdict is None:
+            return
+        result, reason = verdict
+        with self._lock:
+            self.counters["rejected_associations"] += 1
+        log.warning(
+            "association rejected",
+            extra={"called_ae": called, "calling_ae": calling, "peer": host, "reject_reason": reason},
+        )
+        assoc.acse.send_reject(result, SOURCE_USER, reason)
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        assoc.kill()
+
+    def on_echo(self, event: Any) -> int:
+        return SUCCESS
+
+    # -- storage ---------------------------------------------------------------------------------
+
+    def on_store(self, event: Any) -> int:
+        try:
+            return self._store(event)
+        except Exception:  # noqa: BLE001 - a handler must answer, never raise
+            log.exception("C-STORE handling failed unexpectedly")
+            return PROCESSING_FAILURE
+
+    def _store(self, event: Any) -> int:
+        req = event.request
+        assoc = event.assoc
+        called = str(assoc.requestor.primitive.called_ae_title).strip()
+        calling = str(assoc.requestor.ae_title).strip()
+        cfg = self.config()
+        ae = cfg.ae(called)
+        if ae is None:  # removed over REST while the association was open
+            return OUT_OF_RESOURCES
+        sop_class = str(req.AffectedSOPClassUID)
+        if sop_class in ae.ignored_sop_classes:
+            with self._lock:
+                self.counters["ignored"] += 1
+            return SUCCESS
+        path = Path(event.dataset_path)
+        wanted = frozenset({SOP_CLASS, SOP_INSTANCE, STUDY_INSTANCE, SERIES_INSTANCE, ae.group_tag})
+        try:
+            header = inspect_file(path, wanted)
+        except NotDicom as exc:
+            self._refused("not a complete DICOM dataset", str(exc), called)
+            return CANNOT_UNDERSTAND
+        sop_uid = str(req.AffectedSOPInstanceUID)
+        values = header.values
+        for tag, label in ((STUDY_INSTANCE, "(0020,000D) Study Instance UID"), (SERIES_INSTANCE, "(0020,000E) Series Instance UID")):
+            if not values.get(tag):
+                self._refused("required UID missing", f"{label} is missing or empty", called)
+                return DATASET_MISMATCH
+        if values.get(SOP_INSTANCE) != sop_uid:
+            self._refused("UID mismatch", "(0008,0018) SOP Instance UID differs from Affected SOP Instance UID", called)
+            return DATASET_MISMATCH
+        group_value = values.get(ae.group_tag, "")
+        if not group_value:
+            self._refused("grouping tag missing", f"grouping tag ({ae.group_by}) is missing or empty", called)
+            return DATASET_MISMATCH
+        study_uid = values[STUDY_INSTANCE]
+        series_uid = values[SERIES_INSTANCE]
+        assoc_id = self._association(assoc, called, calling)
+        try:
+            name = self.spool.take_file(path)
+            rec = InstanceRecord(
+                assoc_id=assoc_id,
+                group_id=grouping.group_id(called, group_value),
+                called_ae=called,
+                calling_ae=calling,
+                study_uid=study_uid,
+                series_uid=series_uid,
+                sop_uid=sop_uid,
+                sop_class=sop_class,
+                ts_uid=header.transfer_syntax,
+                spool_name=name,
+                key=Keys.instance(grouping.study_id(study_uid), series_uid, sop_uid),
+                received=time.time(),
+            )
+            row = self.spool.add_instance(rec)
+        except OSError as exc:
+            log.error("spool write failed: %s; answering Out of Resources", exc.strerror, extra={"called_ae": called})
+            return OUT_OF_RESOURCES
+        with self._lock:
+            self.counters["stored"] += 1
+        self.on_stored(PendingUpload(row, rec.spool_name, rec.key))
+        return SUCCESS
+
+    def _refused(self, what: str, detail: str, called: str) -> None:
+        with self._lock:
+            self.counters["refused_instances"] += 1
+        log.warning("instance refused: %s: %s", what, detail, extra={"called_ae": called})
+
+    def _association(self, assoc: Any, called: str, calling: str) -> str:
+        with self._lock:
+            existing = self._open.get(id(assoc))
+        if existing:
+            return existing
+        assoc_id = uuid.uuid4().hex
+        self.spool.open_association(assoc_id, called, calling)
+        with self._lock:
+            self._open[id(assoc)] = assoc_id
+        return assoc_id
+
+    # -- end of association ----------------------------------------------------------------------
+
+    def _close(self, event: Any, released: bool) -> None:
+        with self._lock:
+            assoc_id = self._open.pop(id(event.assoc), None)
+        if assoc_id is None:
+            return
+        count = self.spool.close_association(assoc_id, released=released)
+        if not released:
+            log.warning("association aborted: %d instance(s) discarded", count, extra={"association": assoc_id})
+        self.on_closed()
+
+    def on_released(self, event: Any) -> None:
+        self._close(event, released=True)
+
+    def on_aborted(self, event: Any) -> None:
+        self._close(event, released=False)
+
+    def on_conn_close(self, event: Any) -> None:
+        # a connection that ends without A-RELEASE is an abort (peer vanished, A-P-ABORT)
+        self._close(event, released=False)

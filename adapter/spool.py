@@ -1,0 +1,483 @@
+"""The durable spool: received files on local disk plus an SQLite index, both crash-safe.
+
+Why: C-STORE success may only be answered once the instance cannot be lost. Writing each
+instance to S3 inside the handler costs a round trip per instance; instead the file is
+``fsync``'d and renamed into ``data/`` and its index row committed (WAL, ``synchronous=FULL``)
+before the handler returns. An uploader drains the spool to S3 afterwards; ``kill -9`` at any
+point leaves either no acknowledged instance or an indexed file that the next start uploads.
+
+All writes go through one writer thread that commits whatever is queued in one transaction
+(group commit): four associations storing at once share one WAL fsync instead of four.
+``data/`` is fsync'd in the same batch so the renames are durable before the commit.
+
+Index rows hold UIDs; the spool lives on the adapter's own volume, never in logs or events.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS associations (
+    id TEXT PRIMARY KEY, called_ae TEXT NOT NULL, calling_ae TEXT NOT NULL,
+    state TEXT NOT NULL, opened REAL NOT NULL, closed REAL
+);
+CREATE TABLE IF NOT EXISTS instances (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    assoc_id TEXT NOT NULL, group_id TEXT NOT NULL, called_ae TEXT NOT NULL,
+    study_uid TEXT NOT NULL, series_uid TEXT NOT NULL, sop_uid TEXT NOT NULL,
+    sop_class TEXT NOT NULL, ts_uid TEXT NOT NULL, spool_name TEXT NOT NULL, key TEXT NOT NULL,
+    size INTEGER, sha256 TEXT, uploaded INTEGER NOT NULL DEFAULT 0,
+    discarded INTEGER NOT NULL DEFAULT 0, received REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_group ON instances(group_id);
+CREATE INDEX IF NOT EXISTS instances_assoc ON instances(assoc_id);
+CREATE TABLE IF NOT EXISTS groups (
+    id TEXT PRIMARY KEY, called_ae TEXT NOT NULL, study_uid TEXT NOT NULL,
+    calling_ae TEXT NOT NULL DEFAULT '', next_revision INTEGER NOT NULL DEFAULT 0,
+    last_activity REAL NOT NULL, last_manifest TEXT
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id TEXT PRIMARY KEY, event BLOB NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL, created REAL NOT NULL, sent REAL, last_error TEXT
+);
+CREATE TABLE IF NOT EXISTS drop_seen (key TEXT PRIMARY KEY, etag TEXT NOT NULL, outcome TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """One acknowledged instance as the index stores it."""
+
+    assoc_id: str
+    group_id: str
+    called_ae: str
+    calling_ae: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class: str
+    ts_uid: str
+    spool_name: str
+    key: str
+    received: float
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    id: int
+    spool_name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class GroupRow:
+    group_id: str
+    called_ae: str
+    study_uid: str
+    calling_ae: str
+    next_revision: int
+    last_activity: float
+    last_manifest: str | None
+    open_instances: int
+    ready_instances: int
+    unuploaded: int
+
+
+@dataclass(frozen=True)
+class ReadyInstance:
+    id: int
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class: str
+    ts_uid: str
+    key: str
+    size: int
+    sha256: str
+
+
+class _Job:
+    __slots__ = ("fn", "future", "sync_dir")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], sync_dir: bool) -> None:
+        self.fn = fn
+        self.future: Future[Any] = Future()
+        self.sync_dir = sync_dir
+
+
+class Spool:
+    """Spool folders and index. ``close()`` stops the writer; a new instance recovers the state."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.tmp_dir = self.root / "tmp"
+        self.data_dir = self.root / "data"
+        for d in (self.root, self.tmp_dir, self.data_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.root / "index.sqlite3", isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.executescript(_SCHEMA)
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._dir_fd = os.open(self.data_dir, os.O_RDONLY)
+        self._thread = threading.Thread(target=self._writer, name="spool-writer", daemon=True)
+        self._closed = False
+        self._thread.start()
+
+    # -- writer thread ---------------------------------------------------------------------------
+
+    def _writer(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            batch = [job]
+            stop = False
+            while len(batch) < 256:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._run_batch(batch)
+            if stop:
+                return
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        results: list[tuple[_Job, Any, BaseException | None]] = []
+        try:
+            if any(j.sync_dir for j in batch):
+                os.fsync(self._dir_fd)
+            self._conn.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                self._conn.execute("SAVEPOINT job")
+                try:
+                    value = job.fn(self._conn)
+                except BaseException as exc:  # noqa: BLE001 - delivered to the caller
+                    self._conn.execute("ROLLBACK TO job")
+                    self._conn.execute("RELEASE job")
+                    results.append((job, None, exc))
+                else:
+                    self._conn.execute("RELEASE job")
+                    results.append((job, value, None))
+            self._conn.execute("COMMIT")
+        except BaseException as exc:  # noqa: BLE001 - the commit failed: nobody's write is durable
+            log.exception("spool index commit failed")
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
+        for job, value, exc in results:
+            if exc is not None:
+                job.future.set_exception(exc)
+            else:
+                job.future.set_result(value)
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T], *, sync_dir: bool = False) -> Future[T]:
+        if self._closed:
+            raise RuntimeError("spool is closed")
+        job = _Job(fn, sync_dir)
+        self._queue.put(job)
+        return job.future
+
+    def run(self, fn: Callable[[sqlite3.Connection], T], *, sync_dir: bool = False) -> T:
+        """Run ``fn`` in the writer thread inside a committed transaction; returns its result."""
+        return self.submit(fn, sync_dir=sync_dir).result()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+        self._conn.close()
+        os.close(self._dir_fd)
+
+    # -- files -----------------------------------------------------------------------------------
+
+    def take_file(self, src: Path) -> str:
+        """fsync ``src`` and move it into ``data/``; the caller then indexes it with ``sync_dir``."""
+        fd = os.open(src, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        name = f"{uuid.uuid4().hex}.dcm"
+        os.replace(src, self.data_dir / name)
+        return name
+
+    def path(self, spool_name: str) -> Path:
+        return self.data_dir / spool_name
+
+    def unlink(self, spool_name: str) -> None:
+        try:
+            os.unlink(self.data_dir / spool_name)
+        except FileNotFoundError:
+            pass
+
+    # -- associations ----------------------------------------------------------------------------
+
+    def open_association(self, assoc_id: str, called_ae: str, calling_ae: str) -> None:
+        now = time.time()
+        self.run(
+            lambda c: c.execute(
+                "INSERT OR IGNORE INTO associations(id, called_ae, calling_ae, state, opened) VALUES (?,?,?,?,?)",
+                (assoc_id, called_ae, calling_ae, "open", now),
+            )
+        )
+
+    def close_association(self, assoc_id: str, *, released: bool) -> int:
+        """Mark the association released, or aborted (its instances discarded); returns count."""
+        now = time.time()
+
+        def fn(c: sqlite3.Connection) -> int:
+            cur = c.execute(
+                "UPDATE associations SET state=?, closed=? WHERE id=? AND state='open'",
+                ("released" if released else "aborted", now, assoc_id),
+            )
+            if cur.rowcount == 0:
+                return 0
+            if not released:
+                c.execute("UPDATE instances SET discarded=1 WHERE assoc_id=?", (assoc_id,))
+            row = c.execute("SELECT COUNT(*) FROM instances WHERE assoc_id=?", (assoc_id,)).fetchone()
+            if row[0] == 0:
+                c.execute("DELETE FROM associations WHERE id=?", (assoc_id,))
+            return int(row[0])
+
+        return self.run(fn)
+
+    def add_instance(self, rec: InstanceRecord) -> int:
+        """Index an instance whose file :meth:`take_file` moved; durable when this returns."""
+
+        def fn(c: sqlite3.Connection) -> int:
+            cur = c.execute(
+                "INSERT INTO instances(assoc_id, group_id, called_ae, study_uid, series_uid, sop_uid,"
+                " sop_class, ts_uid, spool_name, key, received) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    rec.assoc_id, rec.group_id, rec.called_ae, rec.study_uid, rec.series_uid, rec.sop_uid,
+                    rec.sop_class, rec.ts_uid, rec.spool_name, rec.key, rec.received,
+                ),
+            )
+            c.execute(
+                "INSERT INTO groups(id, called_ae, study_uid, calling_ae, last_activity) VALUES (?,?,?,?,?)"
+                " ON CONFLICT(id) DO UPDATE SET last_activity=MAX(last_activity, excluded.last_activity),"
+                " calling_ae=excluded.calling_ae",
+                (rec.group_id, rec.called_ae, rec.study_uid, rec.calling_ae, rec.received),
+            )
+            return int(cur.lastrowid or 0)
+
+        return self.run(fn, sync_dir=True)
+
+    def recover(self) -> dict[str, int]:
+        """After a crash: associations left open were cut by *us*, not aborted by the peer.
+
+        Their instances were acknowledged, so they are kept and the associations count as
+        released. Half-received temp files were never acknowledged and are removed.
+        """
+        for leftover in self.tmp_dir.iterdir():
+            try:
+                leftover.unlink()
+            except OSError:
+                pass
+        now = time.time()
+
+        def fn(c: sqlite3.Connection) -> dict[str, int]:
+            opened = c.execute("UPDATE associations SET state='released', closed=? WHERE state='open'", (now,))
+            pending = c.execute("SELECT COUNT(*) FROM instances WHERE uploaded=0 AND discarded=0").fetchone()[0]
+            outbox = c.execute("SELECT COUNT(*) FROM outbox WHERE state='pending'").fetchone()[0]
+            return {"interrupted_associations": opened.rowcount, "pending_uploads": pending, "pending_events": outbox}
+
+        stats = self.run(fn)
+        known = set(self.run(lambda c: [r[0] for r in c.execute("SELECT spool_name FROM instances WHERE uploaded=0")]))
+        for f in self.data_dir.iterdir():
+            if f.name not in known:
+                f.unlink(missing_ok=True)
+        return stats
+
+    # -- uploads ---------------------------------------------------------------------------------
+
+    def pending_uploads(self) -> list[PendingUpload]:
+        return self.run(
+            lambda c: [
+                PendingUpload(r[0], r[1], r[2])
+                for r in c.execute("SELECT id, spool_name, key FROM instances WHERE uploaded=0 AND discarded=0 ORDER BY id")
+            ]
+        )
+
+    def mark_uploaded(self, instance_id: int, size: int, sha256: str) -> bool:
+        """Record a finished upload; ``False`` if the instance was discarded meanwhile."""
+
+        def fn(c: sqlite3.Connection) -> bool:
+            c.execute("UPDATE instances SET uploaded=1, size=?, sha256=? WHERE id=?", (size, sha256, instance_id))
+            row = c.execute("SELECT discarded FROM instances WHERE id=?", (instance_id,)).fetchone()
+            return bool(row) and row[0] == 0
+
+        return self.run(fn)
+
+    def discarded(self) -> list[tuple[int, str, str, bool, bool]]:
+        """Discarded rows: (id, spool_name, key, uploaded, key still needed by a live row/emission)."""
+        return self.run(
+            lambda c: [
+                (r[0], r[1], r[2], bool(r[3]), bool(r[4]))
+                for r in c.execute(
+                    "SELECT i.id, i.spool_name, i.key, i.uploaded,"
+                    " EXISTS(SELECT 1 FROM instances j WHERE j.key=i.key AND j.discarded=0)"
+                    " OR COALESCE((SELECT g.next_revision FROM groups g WHERE g.id=i.group_id), 0) > 0"
+                    " FROM instances i WHERE i.discarded=1"
+                )
+            ]
+        )
+
+    def forget(self, ids: Iterable[int]) -> None:
+        ids = list(ids)
+
+        def fn(c: sqlite3.Connection) -> None:
+            c.executemany("DELETE FROM instances WHERE id=?", [(i,) for i in ids])
+            c.execute(
+                "DELETE FROM associations WHERE state!='open'"
+                " AND NOT EXISTS(SELECT 1 FROM instances WHERE assoc_id=associations.id)"
+            )
+
+        self.run(fn)
+
+    def key_in_use(self, key: str) -> bool:
+        return self.run(
+            lambda c: c.execute("SELECT 1 FROM instances WHERE key=? AND discarded=0 LIMIT 1", (key,)).fetchone()
+            is not None
+        )
+
+    # -- groups ----------------------------------------------------------------------------------
+
+    def group_rows(self) -> list[GroupRow]:
+        """Every group that has live, not yet emitted instances."""
+        sql = (
+            "SELECT g.id, g.called_ae, g.study_uid, g.calling_ae, g.next_revision, g.last_activity, g.last_manifest,"
+            " SUM(a.state='open'), SUM(a.state='released'), SUM(a.state='released' AND i.uploaded=0)"
+            " FROM instances i JOIN associations a ON a.id=i.assoc_id JOIN groups g ON g.id=i.group_id"
+            " WHERE i.discarded=0 GROUP BY g.id"
+        )
+        return self.run(
+            lambda c: [
+                GroupRow(r[0], r[1], r[2], r[3], int(r[4]), float(r[5]), r[6], int(r[7] or 0), int(r[8] or 0), int(r[9] or 0))
+                for r in c.execute(sql)
+            ]
+        )
+
+    def ready_instances(self, group_id: str) -> list[ReadyInstance]:
+        """Uploaded instances of released associations in ``group_id``, in arrival order."""
+        sql = (
+            "SELECT i.id, i.study_uid, i.series_uid, i.sop_uid, i.sop_class, i.ts_uid, i.key, i.size, i.sha256"
+            " FROM instances i JOIN associations a ON a.id=i.assoc_id"
+            " WHERE i.group_id=? AND i.discarded=0 AND i.uploaded=1 AND a.state='released' ORDER BY i.id"
+        )
+        return self.run(lambda c: [ReadyInstance(*r) for r in c.execute(sql, (group_id,))])
+
+    def commit_emission(
+        self, group_id: str, revision: int, manifest_key: str | None, instance_ids: list[int], events: list[tuple[str, bytes]]
+    ) -> bool:
+        """Atomically: queue ``events`` in the outbox, drop the emitted rows, advance the revision.
+
+        Returns ``False`` (and changes nothing) if another emission of this revision won.
+        """
+        now = time.time()
+
+        def fn(c: sqlite3.Connection) -> bool:
+            row = c.execute("SELECT next_revision FROM groups WHERE id=?", (group_id,)).fetchone()
+            if row is None or row[0] != revision:
+                return False
+            for event_id, body in events:
+                c.execute(
+                    "INSERT OR IGNORE INTO outbox(id, event, state, next_at, created) VALUES (?,?,?,?,?)",
+                    (event_id, body, "pending", now, now),
+                )
+            c.executemany("DELETE FROM instances WHERE id=?", [(i,) for i in instance_ids])
+            if manifest_key is not None:
+                c.execute(
+                    "UPDATE groups SET next_revision=?, last_manifest=? WHERE id=?", (revision + 1, manifest_key, group_id)
+                )
+            c.execute(
+                "DELETE FROM associations WHERE state!='open'"
+                " AND NOT EXISTS(SELECT 1 FROM instances WHERE assoc_id=associations.id)"
+            )
+            return True
+
+        return self.run(fn)
+
+    # -- outbox ----------------------------------------------------------------------------------
+
+    def outbox_due(self, now: float, limit: int = 64) -> list[tuple[str, bytes, int]]:
+        return self.run(
+            lambda c: [
+                (r[0], bytes(r[1]), int(r[2]))
+                for r in c.execute(
+                    "SELECT id, event, attempts FROM outbox WHERE state='pending' AND next_at<=? ORDER BY created LIMIT ?",
+                    (now, limit),
+                )
+            ]
+        )
+
+    def outbox_next_due(self) -> float | None:
+        row = self.run(lambda c: c.execute("SELECT MIN(next_at) FROM outbox WHERE state='pending'").fetchone())
+        return None if row is None or row[0] is None else float(row[0])
+
+    def outbox_sent(self, event_id: str) -> None:
+        now = time.time()
+        self.run(lambda c: c.execute("UPDATE outbox SET state='sent', sent=? WHERE id=?", (now, event_id)))
+
+    def outbox_retry(self, event_id: str, next_at: float, error: str) -> None:
+        self.run(
+            lambda c: c.execute(
+                "UPDATE outbox SET attempts=attempts+1, next_at=?, last_error=? WHERE id=?", (next_at, error[:200], event_id)
+            )
+        )
+
+    def outbox_counts(self) -> dict[str, int]:
+        return self.run(lambda c: dict(c.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()))
+
+    # -- drop trigger checkpoint -----------------------------------------------------------------
+
+    def drop_seen(self, key: str) -> str | None:
+        row = self.run(lambda c: c.execute("SELECT etag FROM drop_seen WHERE key=?", (key,)).fetchone())
+        return None if row is None else str(row[0])
+
+    def mark_drop_seen(self, key: str, etag: str, outcome: str) -> None:
+        self.run(
+            lambda c: c.execute(
+                "INSERT INTO drop_seen(key, etag, outcome) VALUES (?,?,?)"
+                " ON CONFLICT(key) DO UPDATE SET etag=excluded.etag, outcome=excluded.outcome",
+                (key, etag, outcome),
+            )
+        )
+
+    def stats(self) -> dict[str, int]:
+        def fn(c: sqlite3.Connection) -> dict[str, int]:
+            r = c.execute(
+                "SELECT COUNT(*), COALESCE(SUM(uploaded=0 AND discarded=0),0), COALESCE(SUM(discarded),0) FROM instances"
+            ).fetchone()
+            o = c.execute("SELECT COUNT(*) FROM associations WHERE state='open'").fetchone()
+            return {"indexed": r[0], "spooled": r[1], "discarded": r[2], "open_associations": o[0]}
+
+        return self.run(fn)

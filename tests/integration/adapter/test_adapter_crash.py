@@ -1,0 +1,93 @@
+"""kill -9 during ingest: every acknowledged instance survives and lands in exactly one job."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from adapter_data import make_study
+from conftest import config_yaml
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
+
+from radflow.engine.ports import free_port, wait_for_port
+from radflow.shared.events import EventType
+from radflow.shared.manifest import StudyManifest
+
+
+def _spawn(tmp_path: Path, store_settings, sink_url: str, dicom_port: int, rest_port: int, log_name: str) -> subprocess.Popen:
+    cfg = tmp_path / "adapter.yaml"
+    cfg.write_text(config_yaml(dicom_port, timeout=0))
+    env = {
+        **os.environ,
+        "RADFLOW_ADAPTER_CONFIG": str(cfg),
+        "RADFLOW_ADAPTER_SPOOL_DIR": str(tmp_path / "spool"),
+        "RADFLOW_ADAPTER_REST_PORT": str(rest_port),
+        "RADFLOW_ADAPTER_UPLOAD_WORKERS": "1",
+        "RADFLOW_ADAPTER_DROP_POLL_SECONDS": "0",
+        "RADFLOW_S3_ENDPOINT_URL": store_settings.endpoint_url,
+        "RADFLOW_S3_BUCKET": store_settings.bucket,
+        "K_SINK": sink_url,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "radflow.adapter"], env=env, stderr=open(tmp_path / log_name, "wb"), start_new_session=True
+    )
+    assert wait_for_port("127.0.0.1", dicom_port, 30), (tmp_path / log_name).read_text()[-2000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_kill_9_mid_association_then_restart(tmp_path, store_settings, store, sink):
+    dicom_port, rest_port = free_port(), free_port()
+    study = make_study(tmp_path / "in", series=2, per_series=20, size=256)  # 40 x ~130 KB
+    proc = _spawn(tmp_path, store_settings, sink.url, dicom_port, rest_port, "run1.log")
+    acked: list[str] = []
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", dicom_port, ae_title="RADFLOW")
+    assert assoc.is_established
+    for f, uid in zip(study.files, study.sop_uids, strict=True):
+        rsp = assoc.send_c_store(f)
+        if rsp and int(rsp.Status) == 0:
+            acked.append(uid)
+        if len(acked) == 30:
+            os.killpg(proc.pid, signal.SIGKILL)  # no release, no clean shutdown
+            break
+    proc.wait(timeout=10)
+    assoc.abort()
+    assert len(acked) == 30
+    assert sink.events == []  # the association never ended: nothing was emitted
+
+    proc2 = _spawn(tmp_path, store_settings, sink.url, dicom_port, rest_port, "run2.log")
+    try:
+        events = sink.wait_for(1, timeout=30)
+        assert len(events) == 1, (tmp_path / "run2.log").read_text()[-3000:]
+        ev = events[0]
+        assert ev["headers"]["ce-type"] == EventType.STUDY_RECEIVED
+        manifest = StudyManifest.model_validate_json(store.get_bytes(ev["data"]["manifest_key"]))
+        in_job = [i.sop_instance_uid for i in manifest.instances]
+        assert set(acked) <= set(in_job)
+        assert len(in_job) == len(set(in_job))
+        for inst in manifest.instances:
+            assert store.head(inst.key).size == inst.size
+        with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/health/status", timeout=5) as r:
+            status = json.load(r)
+        assert status["spool"]["spooled"] == 0
+        time.sleep(0.5)
+        assert len(sink.events) == 1  # exactly one job for the group, no duplicate after restart
+    finally:
+        proc2.send_signal(signal.SIGTERM)
+        assert proc2.wait(timeout=20) == 0
+    log = (tmp_path / "run2.log").read_text()
+    recovered = [json.loads(line) for line in log.splitlines() if "spool recovered" in line]
+    assert recovered and recovered[0]["interrupted_associations"] == 1
+    print("recovery:", {k: recovered[0][k] for k in ("interrupted_associations", "pending_uploads")})
+    assert study.study_uid not in log and "Synthetic" not in log  # no PHI / UIDs in logs

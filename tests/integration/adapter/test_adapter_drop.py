@@ -1,0 +1,46 @@
+"""Object-store drop trigger: files put under inbox/<AE>/ start jobs like a C-STORE push."""
+
+from __future__ import annotations
+
+
+from adapter_data import make_study
+
+from radflow.shared.events import EventType
+from radflow.shared.manifest import StudyManifest
+
+
+def test_dropped_study_is_grouped_and_starts_one_job(adapter_factory, sink, store, tmp_path):
+    adapter = adapter_factory()
+    study = make_study(tmp_path / "in", series=2, per_series=2)
+    for i, f in enumerate(study.files):
+        store.put_bytes(f"inbox/RADFLOW/upload-1/{i}.dcm", f.read_bytes())
+    store.put_bytes("inbox/RADFLOW/upload-1/notes.txt", b"not dicom at all" * 20)
+    store.put_bytes("inbox/NOSUCHAE/x.dcm", study.files[0].read_bytes())
+    assert adapter.drop.poll_once() == 4
+    ev = sink.wait_for(1)[0]
+    assert ev["headers"]["ce-type"] == EventType.STUDY_RECEIVED
+    manifest = StudyManifest.model_validate_json(store.get_bytes(ev["data"]["manifest_key"]))
+    assert sorted(i.sop_instance_uid for i in manifest.instances) == sorted(study.sop_uids)
+    assert manifest.calling_ae == "S3-DROP"
+    left = sorted(o.key for o in store.list("inbox/"))
+    assert left == []
+    quarantined = sorted(o.key for o in store.list("quarantine/"))
+    assert quarantined == ["quarantine/inbox/NOSUCHAE/x.dcm", "quarantine/inbox/RADFLOW/upload-1/notes.txt"]
+    # a second pass finds nothing new and emits nothing
+    assert adapter.drop.poll_once() == 0
+
+
+def test_drop_and_push_of_the_same_study_share_one_group(adapter_factory, sink, store, tmp_path):
+    from test_adapter_ingest import pynetdicom_send
+
+    adapter = adapter_factory()
+    study = make_study(tmp_path / "in", series=1, per_series=4)
+    pynetdicom_send(adapter.dicom_port, study.files[:2])
+    first = sink.wait_for(1)[0]
+    for i, f in enumerate(study.files[2:]):
+        store.put_bytes(f"inbox/RADFLOW/{i}.dcm", f.read_bytes())
+    adapter.drop.poll_once()
+    second = sink.wait_for(2)[1]
+    assert second["headers"]["ce-type"] == EventType.STUDY_REVISED
+    assert second["data"]["group_id"] == first["data"]["group_id"]
+    assert second["data"]["instance_count"] == 4

@@ -1,0 +1,228 @@
+"""C-STORE ingest end to end on loopback: real SCUs -> adapter -> SeaweedFS + job events."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from adapter_data import make_study
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
+
+from radflow.shared.events import EventType
+from radflow.shared.manifest import StudyManifest
+
+
+def pynetdicom_send(port: int, files: list[Path], *, called: str = "RADFLOW", calling: str = "PYSCU", abort: bool = False) -> list[int]:
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(MRImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", port, ae_title=called)
+    assert assoc.is_established, "association was not accepted"
+    statuses = []
+    for f in files:
+        rsp = assoc.send_c_store(f)
+        statuses.append(int(rsp.Status) if rsp else -1)
+    if abort:
+        assoc.abort()
+    else:
+        assoc.release()
+    return statuses
+
+
+def storescu(port: int, files: list[Path], *, called: str = "RADFLOW", calling: str = "STORESCU") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    return subprocess.run(
+        ["storescu", "-aet", calling, "-aec", called, "--max-pdu", "131072", "127.0.0.1", str(port), *map(str, files)],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+
+
+def test_pynetdicom_study_stored_and_one_job_event(adapter_factory, sink, store, tmp_path):
+    adapter = adapter_factory()
+    study = make_study(tmp_path / "in", series=2, per_series=3)
+    assert pynetdicom_send(adapter.dicom_port, study.files) == [0] * 6
+    events = sink.wait_for(1)
+    assert len(events) == 1
+    ev = events[0]
+    h = ev["headers"]
+    assert h["ce-type"] == EventType.STUDY_RECEIVED
+    assert h["ce-source"] == "/radflow/dicom-adapter/RADFLOW"
+    assert h["ce-radflowpipeline"] == "brain-seg"
+    assert h["ce-id"] == h["ce-radflowjob"] == ev["data"]["job_id"]
+    manifest = StudyManifest.model_validate_json(store.get_bytes(store.key_from_uri(h["ce-dataref"])))
+    assert sorted(i.sop_instance_uid for i in manifest.instances) == sorted(study.sop_uids)
+    assert manifest.study_instance_uid == study.study_uid
+    originals = {f.read_bytes()[132:][-512:] for f in study.files}
+    for inst in manifest.instances:
+        blob = store.get_bytes(inst.key)
+        assert len(blob) == inst.size
+        assert blob[-512:] in originals  # stored byte for byte (pixel data tail)
+    # no PHI or UIDs in the event
+    raw = str(ev)
+    assert study.study_uid not in raw and "Synthetic" not in raw and "SYNTH-0001" not in raw
+    time.sleep(0.3)
+    assert len(sink.events) == 1
+
+
+
+def test_dcmtk_storescu_two_pipelines_one_event_each(adapter_factory, sink, store, tmp_path):
+    adapter = adapter_factory()
+    study = make_study(tmp_path / "in", series=1, per_series=4)
+    res = storescu(adapter.dicom_port, study.files, called="BRAIN")
+    assert res.returncode == 0, res.stderr
+    events = sink.wait_for(2)
+    assert sorted(e["headers"]["ce-radflowpipeline"] for e in events) == ["brain-report", "brain-seg"]
+    assert len({e["headers"]["ce-id"] for e in events}) == 2
+    assert {e["data"]["group_id"] for e in events} == {events[0]["data"]["group_id"]}
+    assert all(e["data"]["instance_count"] == 4 for e in events)
+    time.sleep(0.3)
+    assert len(sink.events) == 2
+
+
+def test_aborted_association_is_discarded_and_starts_no_job(adapter_factory, sink, store, tmp_path):
+    adapter = adapter_factory()
+    study = make_study(tmp_path / "in", series=1, per_series=3)
+    assert pynetdicom_send(adapter.dicom_port, study.files, abort=True) == [0, 0, 0]
+    time.sleep(1.5)
+    assert sink.events == []
+    # a complete send afterwards yields exactly one job with exactly the study's instances
+    assert pynetdicom_send(adapter.dicom_port, study.files) == [0, 0, 0]
+    events = sink.wait_for(1)
+    assert events[0]["data"]["revision"] == 0 and events[0]["data"]["instance_count"] == 3
+    assert adapter.uploader.clean_discarded() >= 0
+    assert adapter.spool.stats()["discarded"] == 0
+
+
+def test_late_instances_make_a_revision_not_a_new_job(adapter_factory, sink, store, tmp_path):
+    adapter = adapter_factory()
+    study = make_study(tmp_path / "in", series=1, per_series=3)
+    pynetdicom_send(adapter.dicom_port, study.files[:2])
+    first = sink.wait_for(1)[0]
+    pynetdicom_send(adapter.dicom_port, study.files[2:])
+    events = sink.wait_for(2)
+    second = events[1]
+    assert second["headers"]["ce-type"] == EventType.STUDY_REVISED
+    assert second["data"]["group_id"] == first["data"]["group_id"]
+    assert second["data"]["revision"] == 1 and second["data"]["instance_count"] == 3
+    assert second["headers"]["ce-id"] != first["headers"]["ce-id"]
+    m0 = StudyManifest.model_validate_json(store.get_bytes(first["data"]["manifest_key"]))
+    assert len(m0.instances) == 2  # revision 0's manifest is not overwritten
+    # re-sending the same instances changes nothing: no event
+    pynetdicom_send(adapter.dicom_port, study.files)
+    time.sleep(1.0)
+    assert len(sink.events) == 2
+
+
+def test_timeout_groups_across_associations(adapter_factory, sink, tmp_path):
+    adapter = adapter_factory(timeout=1.5)
+    study = make_study(tmp_path / "in", series=3, per_series=2)
+    for i in range(3):
+        pynetdicom_send(adapter.dicom_port, study.files[2 * i : 2 * i + 2])
+    assert sink.events == []
+    events = sink.wait_for(1, timeout=10)
+    assert len(events) == 1 and events[0]["data"]["instance_count"] == 6
+    time.sleep(0.5)
+    assert len(sink.events) == 1
+
+
+def test_outbox_retries_until_broker_accepts(adapter_factory, sink, tmp_path):
+    sink.fail_next = 3
+    adapter = adapter_factory()
+    study = make_study(tmp_path / "in", series=1, per_series=2)
+    pynetdicom_send(adapter.dicom_port, study.files)
+    events = sink.wait_for(1, timeout=20)
+    assert len(events) == 1
+    deadline = time.monotonic() + 5
+    while adapter.spool.outbox_counts() != {"sent": 1} and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert adapter.spool.outbox_counts() == {"sent": 1}
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_hostile_uids_stay_inside_their_prefix(adapter_factory, sink, store, tmp_path):
+    from adapter_data import make_instance
+
+    adapter = adapter_factory()
+    study_uid, series_uid = "../../etc", "a/../../b"
+    files = []
+    for i, sop in enumerate(["../../../evil", "x/y/z", "..", "1.2.3/.."]):
+        f = tmp_path / f"h{i}.dcm"
+        make_instance(f, study_uid=study_uid, series_uid=series_uid, sop_uid=sop, index=i)
+        files.append(f)
+    statuses = pynetdicom_send(adapter.dicom_port, files)
+    assert statuses == [0, 0, 0, 0]
+    ev = sink.wait_for(1)[0]
+    manifest = StudyManifest.model_validate_json(store.get_bytes(ev["data"]["manifest_key"]))
+    assert len(manifest.instances) == 4
+    prefix = f"studies/{manifest.study_id}/series/"
+    for inst in manifest.instances:
+        assert inst.key.startswith(prefix) and "/../" not in inst.key and inst.key.count("/") == 4
+    keys = [o.key for o in store.list("")]
+    assert all(k.startswith(("studies/", "config/")) for k in keys)
+    assert not any(p.name == "evil" for p in adapter.spool.root.rglob("*"))
+
+
+def test_truncated_and_non_dicom_datasets_are_refused(adapter_factory, sink, tmp_path):
+    """The peer gets a failure status (nothing acked), the association and the adapter go on."""
+    adapter = adapter_factory()
+    study = make_study(tmp_path / "in", series=1, per_series=2, size=64)
+    blob = study.files[0].read_bytes()
+    meta_end = 132 + 12 + struct.unpack_from("<I", blob, 132 + 8)[0]
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", adapter.dicom_port, ae_title="RADFLOW")
+    assert assoc.is_established
+    status_trunc = _send_raw(assoc, blob[:-1000], tmp_path / "t.dcm")
+    status_garbage = _send_raw(assoc, blob[:meta_end] + os.urandom(4000), tmp_path / "g.dcm")
+    status_empty = _send_raw(assoc, blob[:meta_end], tmp_path / "e.dcm")
+    status_ok = int(assoc.send_c_store(study.files[1]).Status)
+    assoc.release()
+    assert status_trunc == 0xC000
+    assert status_garbage in (0xC000, 0xA900)
+    assert status_empty == 0xA900  # no Study/Series/SOP Instance UID at all
+    assert status_ok == 0
+    ev = sink.wait_for(1)[0]
+    assert ev["data"]["instance_count"] == 1
+    assert adapter.handlers.counters["refused_instances"] == 3
+
+
+def _send_raw(assoc, part10: bytes, path: Path) -> int:
+    """C-STORE the data set of ``part10`` exactly as given (pynetdicom's chunked send, no encoding)."""
+    from pynetdicom import _config
+
+    path.write_bytes(part10)
+    old = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        rsp = assoc.send_c_store(path)
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = old
+    return int(rsp.Status) if rsp else -1
+
+
+def test_garbage_bytes_and_malformed_pdus_do_not_hurt_the_port(adapter_factory, sink, tmp_path):
+    adapter = adapter_factory()
+    payloads = [
+        os.urandom(2000),
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"\x01\x00\x00\x00\xff\xff\xff\xff" + os.urandom(64),  # A-ASSOCIATE-RQ claiming 4 GiB
+        b"\x04\x00\x00\x00\x00\x10" + os.urandom(16),  # P-DATA before any association
+        b"\x01",
+    ]
+    for p in payloads:
+        with socket.create_connection(("127.0.0.1", adapter.dicom_port), timeout=5) as s:
+            s.sendall(p)
+            s.settimeout(3)
+            try:
+                s.recv(1024)
+            except (TimeoutError, ConnectionResetError):
+                pass
+    study = make_study(tmp_path / "in", series=1, per_series=2)
+    assert pynetdicom_send(adapter.dicom_port, study.files) == [0, 0]
+    assert len(sink.wait_for(1)) == 1

@@ -128,12 +128,16 @@ class StageRuntime:
         *,
         lease_seconds: float = 30.0,
         work_dir: Path | None = None,
+        clara_paths: bool = False,
     ) -> None:
         self.spec = spec
         self.store = store
         self.variables = dict(variables)
         self.lease_seconds = lease_seconds
         self.work_dir = work_dir
+        #: stage straight into the Clara paths (/input, /output): the cluster wrapper image for
+        #: bring-your-own operators, one request per pod
+        self.clara_paths = clara_paths
         self.source = f"/radflow/{spec.pipeline}/{spec.stage}"
 
     @classmethod
@@ -157,6 +161,7 @@ class StageRuntime:
             variables,
             lease_seconds=float(env.get("RADFLOW_CLAIM_LEASE_SECONDS", "30")),
             work_dir=Path(work) if work else None,
+            clara_paths=env.get("RADFLOW_CLARA_PATHS", "") in ("1", "true"),
         )
 
     # ------------------------------------------------------------------ entry point
@@ -333,7 +338,7 @@ class StageRuntime:
         inputs: dict[str, Path] = {}
         paths: dict[str, Path] = {}
         for inp in self.spec.inputs:
-            folder = root / "in" / inp.name
+            folder = self._folder(root / "in" / inp.name, inp.path)
             if inp.from_stage is None:
                 request = job.request or self._stored_request(job.job_id)
                 stage_study(self.store, load_manifest(self.store, request.manifest_key), folder)
@@ -343,7 +348,7 @@ class StageRuntime:
             paths[inp.path] = folder
         outputs: dict[str, Path] = {}
         for out in self.spec.outputs:
-            folder = root / "out" / out.name
+            folder = self._folder(root / "out" / out.name, out.path)
             folder.mkdir(parents=True, exist_ok=True)
             outputs[out.name] = folder
             paths[out.path] = folder
@@ -360,6 +365,14 @@ class StageRuntime:
             paths=paths,
             command=tuple(self.spec.command or ()),
         )
+
+    def _folder(self, local: Path, clara_path: str) -> Path:
+        if not self.clara_paths:
+            return local
+        folder = Path(clara_path)
+        if folder.exists():
+            shutil.rmtree(folder)  # a previous job's files must not leak into this one
+        return folder
 
     def _stored_request(self, job_id: str) -> events.JobRequested:
         try:

@@ -12,7 +12,7 @@ pipeline change does to the cluster:
   upstream stage's completion event (roots: on the job request for this pipeline);
 - ``knative/pipelines/<pipeline>/clara-services.yaml``: Clara ``services`` (Triton) as a
   Deployment + Service, annotated ``radflow.dev/embedded`` so the engine runs its local twin;
-- ``knative/kustomization.yaml`` + ``knative/overlays/dev-cpu/``: the same manifests for a
+- ``knative/kustomization.yaml`` + ``deploy/overlays/dev-cpu/``: the same manifests for a
   CPU-only development cluster (no GPU limits or node selectors, in-memory MT broker).
 
 The embedded engine runs exactly these files.
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -395,8 +396,20 @@ def gpu_patches(path: str, objects: Iterable[dict[str, Any]]) -> list[dict[str, 
     return patches
 
 
-def compile_pipelines(paths: Sequence[Path], out: Path, *, root: Path | None = None, functions: set[str] | None = None) -> dict[Path, str]:
-    """Render every file for ``paths`` into a {path: text} mapping under ``out`` (nothing written)."""
+def compile_pipelines(
+    paths: Sequence[Path],
+    out: Path,
+    *,
+    root: Path | None = None,
+    functions: set[str] | None = None,
+    overlay: Path | None = None,
+) -> dict[Path, str]:
+    """Render every file for ``paths`` into a {path: text} mapping (nothing written).
+
+    Manifests go under ``out``; the dev-cpu kustomize overlay to ``overlay`` (default
+    ``<out>/../deploy/overlays/dev-cpu``: kustomize refuses an overlay inside its base folder).
+    """
+    overlay = overlay or out.parent / "deploy" / "overlays" / "dev-cpu"
     root = root or Path.cwd()
     loaded: list[tuple[Pipeline, str]] = []
     for path in sorted(paths):
@@ -445,10 +458,11 @@ def compile_pipelines(paths: Sequence[Path], out: Path, *, root: Path | None = N
         },
         *gpu_patches("", all_objects),
     ]
-    files[out / "overlays" / "dev-cpu" / "kustomization.yaml"] = (
+    base = os.path.relpath(out, overlay)
+    files[overlay / "kustomization.yaml"] = (
         "# A CPU-only development cluster: in-memory MT broker (not durable), no GPU limits or GPU node placement.\n"
         + GENERATED.format(source="")
-        + _yaml({"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": ["../.."], "patches": overlay_patches})
+        + _yaml({"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": [base], "patches": overlay_patches})
     )
     return files
 
@@ -460,7 +474,7 @@ def write_files(files: dict[Path, str]) -> None:
             path.write_text(text, encoding="utf-8")
 
 
-def stale_files(files: dict[Path, str], out: Path) -> list[Path]:
+def stale_files(files: dict[Path, str], out: Path) -> list[Path]:  # noqa: D103
     """Generated files under ``out/pipelines`` that no pipeline produces any more."""
     folder = out / "pipelines"
     return sorted(p for p in folder.rglob("*.yaml") if p not in files) if folder.exists() else []

@@ -150,12 +150,18 @@ class Validator:
         validator = jsonschema.Draft7Validator(schema)
         problems = []
         for err in sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path)):
-            # anyOf hides the useful message one level down
-            deepest = max(err.context, key=lambda e: len(e.absolute_path), default=err) if err.context else err
+            deepest = _deepest(err)
             problems.append(Problem(where, f"{_loc(deepest)}: {deepest.message}"))
         if config.get("apiVersion") != "skaffold/v4beta14":
             problems.append(Problem(where, f"apiVersion: {config.get('apiVersion')!r} is not skaffold/v4beta14"))
         return problems
+
+
+def _deepest(err: jsonschema.ValidationError) -> jsonschema.ValidationError:
+    """``anyOf``/``oneOf`` hide the useful message (the misspelled key) in their sub-errors."""
+    if not err.context:
+        return err
+    return max((_deepest(c) for c in err.context), key=lambda e: (len(e.absolute_path), e.validator == "additionalProperties"))
 
 
 def _errors(schema: Any, obj: Any) -> Iterator[jsonschema.ValidationError]:

@@ -40,9 +40,9 @@ from radflow.shared import events
 from radflow.shared.claims import Claim, Outcome
 from radflow.shared.errors import ConfigError, InvalidInput, Unavailable
 from radflow.shared.events import EventType, Ext
-from radflow.shared.logging import JsonFormatter, bind, trace_id
+from radflow.shared.logging import JsonFormatter, bind, configure_logging, trace_id
 from radflow.shared.pipeline import StageSpec
-from radflow.shared.settings import StoreSettings
+from radflow.shared.settings import ServiceSettings, StoreSettings
 from radflow.shared.stage import StageContext
 from radflow.shared.staging import load_manifest, stage_output_in, stage_study, upload_output, write_json
 from radflow.shared.storage import AlreadyExists, Keys, NotFound, ObjectStore
@@ -153,6 +153,9 @@ class StageRuntime:
             if env.get(name, want) != want:
                 raise ConfigError(f"{name}={env.get(name)!r} disagrees with RADFLOW_STAGE_SPEC ({want!r})")
         variables = {name: env.get(name, "") for name in spec.variables}
+        # the function process's composition root: functions-framework configures no logging
+        service = ServiceSettings()
+        configure_logging(f"{spec.pipeline}-{spec.stage}", service.log_level, service.log_format)
         store = ObjectStore(StoreSettings())
         work = env.get("RADFLOW_WORK_DIR")
         return cls(
@@ -303,10 +306,12 @@ class StageRuntime:
     def _finish(self, job: _Job, marker: str, event: events.CloudEvent, timings: dict[str, float]) -> Reply:
         """Write the marker (first writer wins) and reply with whichever event won."""
         timings["replied"] = time.time()
-        doc = {"event": json.loads(events.to_json(event)), "timings": timings}
+        blob = json.dumps({"event": json.loads(events.to_json(event)), "timings": timings}, sort_keys=True)
+        # reply with the stored form, so a redelivery's reply is byte-for-byte the same
+        event = events.from_json(json.dumps(json.loads(blob)["event"]).encode())
         key = Keys.stage_marker(job.job_id, self.spec.stage, marker)
         try:
-            self.store.put_if_absent(key, json.dumps(doc, sort_keys=True).encode())
+            self.store.put_if_absent(key, blob.encode())
         except AlreadyExists:
             logger.warning("another run finished this stage first; replying with its result")
             stored = self._stored_reply(job)

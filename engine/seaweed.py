@@ -77,7 +77,7 @@ class SeaweedServer:
             weed_binary(), "server",
             f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-master.port={ports[0]}", f"-master.port.grpc={ports[1]}",
-            "-master.telemetry=false", "-master.volumeSizeLimitMB=256", "-volume.max=400",
+            "-master.telemetry=false", "-master.volumeSizeLimitMB=256", "-volume.max=1000",
             f"-volume.port={ports[2]}", f"-volume.port.grpc={ports[3]}",
             f"-filer.port={ports[4]}", f"-filer.port.grpc={ports[5]}",
             "-s3", f"-s3.port={self.s3_port}", f"-s3.port.grpc={ports[6]}",
@@ -85,7 +85,9 @@ class SeaweedServer:
         ]  # fmt: skip
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy(),
+            args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            # one volume per new collection (bucket) instead of 7: tests make a bucket each
+            env={**os.environ, "WEED_MASTER_VOLUME_GROWTH_COPY_1": "1"},
             preexec_fn=die_with_parent,
         )
         (self.data_dir / "weed.pid").write_text(str(self.process.pid))

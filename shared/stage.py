@@ -9,7 +9,7 @@ permanent failure and :class:`~radflow.shared.errors.Unavailable` for a transien
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,3 +30,7 @@ class StageContext:
     variables: Mapping[str, str] = field(default_factory=dict)
     #: scratch space, removed after the stage
     work_dir: Path = Path("/tmp")
+    #: Clara path (``/input``, ``/output/seg``) -> the local folder standing in for it
+    paths: Mapping[str, Path] = field(default_factory=dict)
+    #: bring-your-own operators only: the Clara ``container.command`` to run
+    command: Sequence[str] = ()

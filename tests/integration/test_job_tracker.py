@@ -1,0 +1,96 @@
+"""The job tracker function and `radflow jobs` against real SeaweedFS."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+from pathlib import Path
+from typing import Any
+
+import functions_framework
+import pytest
+
+from pipeline_support import REPO, store_env
+from radflow.engine import jobs_cli
+from radflow.shared import events
+from radflow.shared.events import EventType
+from radflow.shared.settings import StoreSettings
+from radflow.shared.storage import ObjectStore
+
+DAG = {"p": {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]}}
+
+
+@pytest.fixture
+def tracker(monkeypatch: pytest.MonkeyPatch, store_settings: StoreSettings, store: ObjectStore) -> Any:
+    for k, v in store_env(store_settings).items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("RADFLOW_DAGS", json.dumps(DAG))
+    from radflow.functions.job_tracker import service
+
+    service._deps.cache_clear()
+    yield functions_framework.create_app("handle", str(REPO / "functions/job_tracker/main.py")).test_client()
+    service._deps.cache_clear()
+
+
+def stage_event(stage: str, job: str = "job-1") -> events.CloudEvent:
+    return events.make_event(
+        EventType.STAGE_COMPLETED,
+        f"/radflow/p/{stage}",
+        events.StageCompleted(job_id=job, pipeline="p", stage=stage, outputs={"o": f"jobs/{job}/{stage}/out/o/"}, duration_ms=1500),
+        id=events.deterministic_id(job, stage, "completed"),
+        subject="study-opaque-id",
+        extensions={"radflowjob": job, "radflowpipeline": "p", "radflowstage": stage},
+    )
+
+
+def post(c: Any, ev: events.CloudEvent) -> Any:
+    h, b = events.to_binary(ev)
+    return c.post("/", headers=h, data=b)
+
+
+def test_concurrent_events_build_one_document_and_one_job_completed(tracker: Any, store: ObjectStore) -> None:
+    evs = [stage_event(s) for s in "abcd"] * 3
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        resps = list(pool.map(lambda e: post(tracker, e), evs))
+    assert all(r.status_code in (200, 202) for r in resps)
+    replies = [events.from_http(dict(r.headers), r.data) for r in resps if r.status_code == 200]
+    assert replies and {r["type"] for r in replies} == {EventType.JOB_COMPLETED.value}
+    assert len({r["id"] for r in replies}) == 1
+    doc = json.loads(tracker.get("/jobs/job-1").data)
+    assert doc["state"] == "completed"
+    assert doc["stages"]["a"]["outputs"] == {"o": store.uri("jobs/job-1/a/out/o/")}
+    assert doc["stages"]["a"]["log"] == store.uri("jobs/job-1/a/log.jsonl")
+    listing = json.loads(tracker.get("/jobs").data)["jobs"]
+    assert [j["job_id"] for j in listing] == ["job-1"] and listing[0]["study_id"] == "study-opaque-id"
+    assert tracker.get("/jobs/nope").status_code == 404
+
+
+def test_failed_stage_replies_job_failed(tracker: Any) -> None:
+    post(tracker, stage_event("a", job="job-2"))
+    failed = events.make_event(
+        EventType.STAGE_FAILED, "/radflow/p/b", events.StageFailed(job_id="job-2", pipeline="p", stage="b", reason="no_series_selected"),
+        extensions={"radflowjob": "job-2", "radflowpipeline": "p", "radflowstage": "b"},
+    )
+    r = post(tracker, failed)
+    ev = events.from_http(dict(r.headers), r.data)
+    assert ev["type"] == EventType.JOB_FAILED.value
+    assert events.parse_payload(ev, events.JobFinished).failed_stage == "b"
+
+
+def test_jobs_cli_lists_and_shows(tracker: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    for s in "ab":
+        post(tracker, stage_event(s, job="job-3"))
+    assert jobs_cli.main(["jobs"]) == 0
+    out = capsys.readouterr().out
+    assert "job-3" in out and "running" in out and "a:completed(1.5s)" in out and "c:pending(-)" in out
+    assert jobs_cli.main(["jobs", "show", "job-3"]) == 0
+    out = capsys.readouterr().out
+    assert "stage timeline:" in out and "output o: s3://" in out and "log: s3://" in out
+    assert jobs_cli.main(["jobs", "show", "job-3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["stages"]["b"]["state"] == "completed"
+    assert jobs_cli.main(["jobs", "show", "missing"]) == 1
+
+
+def test_non_event_post_is_400_and_put_is_405(tracker: Any) -> None:
+    assert tracker.post("/", data=b"x", headers={"content-type": "text/plain"}).status_code == 400
+    assert tracker.put("/").status_code == 405

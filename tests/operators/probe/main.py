@@ -1,0 +1,44 @@
+"""A test operator with the standard main.py shape; its logic is steered by its variables.
+
+MODE: ok | invalid | unavailable | crash;  SLEEP: seconds;  COUNT_FILE: appends "start"/"end";
+RANDOM_NAMES: "1" writes an output file with a fresh random name each run (like new UIDs).
+"""
+
+import time
+import uuid
+
+import functions_framework
+
+from radflow.shared.errors import InvalidInput, Unavailable
+from radflow.shared.runtime import serve
+
+
+def run(ctx):  # type: ignore[no-untyped-def]
+    v = ctx.variables
+    if v.get("COUNT_FILE"):
+        with open(v["COUNT_FILE"], "a") as fh:
+            fh.write(f"{ctx.stage} start\n")
+    time.sleep(float(v.get("SLEEP") or 0))
+    mode = v.get("MODE", "ok")
+    if mode == "invalid":
+        raise InvalidInput("selection rule 'T1C' matched no series", code="no_series_selected")
+    if mode == "unavailable":
+        raise Unavailable("triton not ready")
+    if mode == "crash":
+        raise RuntimeError("bug")
+    names = {}
+    for name, folder in sorted(ctx.inputs.items()):
+        names[name] = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    for out in ctx.outputs.values():
+        (out / "inputs.txt").write_text(repr(names))
+        if v.get("RANDOM_NAMES") == "1":
+            (out / f"{uuid.uuid4().hex}.dcm").write_bytes(b"x")
+    if v.get("COUNT_FILE"):
+        with open(v["COUNT_FILE"], "a") as fh:
+            fh.write(f"{ctx.stage} end\n")
+    return {"inputs": {k: len(x) for k, x in names.items()}, "variables": sorted(v)}
+
+
+@functions_framework.http
+def handle(request):  # type: ignore[no-untyped-def]
+    return serve(request, run)

@@ -477,3 +477,44 @@ def series_to_volume(datasets: Sequence[Dataset], name: str = "?") -> Volume:
     slopes = np.array([r.slope for r in plan.slices])
     intercepts = np.array([r.intercept for r in plan.slices])
     return Volume(array=_rescaled(stored, slopes, intercepts), plan=plan)
+
+
+def match_grid(
+    plan: SlicePlan,
+    origin: Sequence[float],
+    spacing: Sequence[float],
+    direction: Sequence[float],
+    shape_zyx: Sequence[int],
+) -> list[int]:
+    """For each z of a volume (e.g. a mask NIfTI), the index of the plan slice it lies on.
+
+    Nothing is resampled: the volume must share the plan's in-plane grid (rows, columns,
+    row/column directions, pixel spacing, in-plane origin) and each of its slices must lie on a
+    source plane (within 10 % of the slice step). A mask stored with a flipped z axis still maps.
+    Raises InvalidInput saying which property differs.
+    """
+    d = np.asarray(direction, float).reshape(3, 3)
+    if tuple(shape_zyx[1:]) != plan.shape[1:]:
+        raise InvalidInput(f"mask in-plane size {tuple(shape_zyx[1:])} differs from the source {plan.shape[1:]} (rule: same grid)")
+    if not (np.allclose(d[:, 0], plan.row_cosine, atol=1e-3) and np.allclose(d[:, 1], plan.col_cosine, atol=1e-3)):
+        raise InvalidInput("mask row/column directions differ from the source series (rule: same grid, LPS)")
+    if not np.allclose(spacing[:2], plan.spacing[:2], rtol=1e-3):
+        raise InvalidInput(f"mask pixel spacing {tuple(spacing[:2])} differs from the source {plan.spacing[:2]} (rule: same grid)")
+    normal = np.asarray(plan.normal)
+    start = np.asarray(plan.origin)
+    dists = np.asarray(plan.distances)
+    tolerance = 0.1 * (plan.spacing[2] or 1.0)
+    in_plane_tolerance = 0.1 * min(plan.spacing[:2])
+    mapping: list[int] = []
+    for z in range(int(shape_zyx[0])):
+        p = np.asarray(origin, float) + z * float(spacing[2]) * d[:, 2]
+        offset = p - start
+        if np.linalg.norm(offset - (offset @ normal) * normal) > in_plane_tolerance:
+            raise InvalidInput(f"mask slice {z} is shifted in-plane from the source planes (rule: same grid)")
+        k = int(np.argmin(np.abs(dists - p @ normal)))
+        if abs(dists[k] - p @ normal) > tolerance:
+            raise InvalidInput(f"mask slice {z} lies on no source plane (rule: same grid)")
+        mapping.append(k)
+    if len(set(mapping)) != len(mapping):
+        raise InvalidInput("several mask slices map to one source plane (rule: same grid)")
+    return mapping

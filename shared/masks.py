@@ -66,6 +66,25 @@ class MaskedSeries:
         return out
 
 
+def parse_labels(text: str) -> list[str]:
+    """Label names (``NVIDIA_SEG_LABELS``): a JSON list (``["tumour", "edema"]``) or a comma list (``tumour,edema``)."""
+    text = text.strip()
+    if not text:
+        return []
+    if text.startswith("["):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput("NVIDIA_SEG_LABELS starts with '[' but is not a JSON list", code="invalid_variables") from exc
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            raise InvalidInput("NVIDIA_SEG_LABELS must be a JSON list of non-empty names", code="invalid_variables")
+        return [v.strip() for v in value]
+    labels = [v.strip() for v in text.split(",")]
+    if not all(labels):
+        raise InvalidInput("NVIDIA_SEG_LABELS has an empty name between commas", code="invalid_variables")
+    return labels
+
+
 def _model_entry(doc: dict[str, Any]) -> tuple[str | None, str | None, list[str] | None]:
     model = doc.get("model") if isinstance(doc.get("model"), dict) else {}
     name = model.get("name") or doc.get("model_name")

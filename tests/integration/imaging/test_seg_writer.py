@@ -14,7 +14,7 @@ import pytest
 from imaging_helpers import Parsed, dciodvfy_errors, make_mask, parse_study
 
 from radflow.functions.seg_writer import logic
-from radflow.functions.seg_writer.settings import parse_labels
+from radflow.shared.masks import parse_labels
 from radflow.shared.errors import InvalidInput
 from radflow.shared.imaging import Geometry, read_volume
 from radflow.shared.stage import StageContext

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +58,8 @@ class Instance:
 
     path: Path
     header: Dataset
+    #: file offset of the (7FE0,0010) PixelData element when the header read stopped there
+    pixel_offset: int | None = None
 
     @property
     def sop_instance_uid(self) -> str:
@@ -86,6 +89,15 @@ def read_dataset(source: Path | bytes) -> FileDataset:
     return pydicom.dcmread(source)
 
 
+def _read_header_and_offset(path: Path, *, force: bool = False) -> tuple[Dataset, int | None]:
+    """Header without pixel data, and where PixelData starts (pydicom rewinds to the element)."""
+    with open(path, "rb") as fp:
+        header = pydicom.dcmread(fp, stop_before_pixels=True, force=force)
+        offset = fp.tell()
+        end = fp.seek(0, io.SEEK_END)
+    return header, (offset if offset < end else None)
+
+
 def scan_folder(folder: Path) -> tuple[list[Instance], list[str]]:
     """Headers of every DICOM file under ``folder`` (any layout), plus the names skipped.
 
@@ -97,7 +109,7 @@ def scan_folder(folder: Path) -> tuple[list[Instance], list[str]]:
     skipped: list[str] = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         try:
-            header = pydicom.dcmread(path, stop_before_pixels=True, force=path.suffix.lower() == ".dcm")
+            header, offset = _read_header_and_offset(path, force=path.suffix.lower() == ".dcm")
         except (InvalidDicomError, EOFError, OSError, ValueError, TypeError):
             if path.suffix.lower() == ".dcm":
                 skipped.append(str(path.relative_to(folder)))
@@ -105,7 +117,7 @@ def scan_folder(folder: Path) -> tuple[list[Instance], list[str]]:
         if "SOPInstanceUID" not in header or "SeriesInstanceUID" not in header:
             skipped.append(str(path.relative_to(folder)))
             continue
-        instances.append(Instance(path=path, header=header))
+        instances.append(Instance(path=path, header=header, pixel_offset=offset))
     return instances, skipped
 
 
@@ -398,6 +410,13 @@ class Volume:
 
 def _native_dtype(ds: Dataset) -> np.dtype[Any] | None:
     """The numpy dtype of PixelData when ``np.frombuffer`` can read it as is, else None."""
+    if "PixelData" not in ds:
+        return None
+    return _native_dtype_from_header(ds)
+
+
+def _native_dtype_from_header(ds: Dataset) -> np.dtype[Any] | None:
+    """The dtype of native pixel data from the header alone (None: needs a decoder)."""
     syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
     bits = _int_or(ds.get("BitsAllocated"), 0)
     signed = _int_or(ds.get("PixelRepresentation"), 0) == 1
@@ -407,7 +426,6 @@ def _native_dtype(ds: Dataset) -> np.dtype[Any] | None:
         or bits not in (8, 16, 32)
         # signed data with unused high bits needs sign extension: leave that to pydicom
         or (signed and _int_or(ds.get("BitsStored"), bits) != bits)
-        or "PixelData" not in ds
     ):
         return None
     return np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
@@ -451,6 +469,58 @@ def _rescaled(stored: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) ->
                 return out.astype(dtype)
         return out.astype(np.float64)
     return stored.astype(np.float32) * slopes.astype(np.float32)[:, None, None] + intercepts.astype(np.float32)[:, None, None]
+
+
+def _read_native_plane(path: Path, offset: int, explicit_vr: bool, out: np.ndarray) -> bool:
+    """Read one uncompressed plane straight into ``out`` (no intermediate bytes object)."""
+    with open(path, "rb") as fp:
+        fp.seek(offset)
+        head = fp.read(12 if explicit_vr else 8)
+        if len(head) < 8 or struct.unpack("<HH", head[:4]) != (0x7FE0, 0x0010):
+            return False
+        length = struct.unpack("<I", head[8:12] if explicit_vr else head[4:8])[0]
+        if length == 0xFFFFFFFF or length < out.nbytes:
+            return False
+        return fp.readinto(memoryview(out).cast("B")) == out.nbytes
+
+
+def instances_to_volume(instances: Sequence[Instance], name: str = "?") -> Volume:
+    """Assemble a series from files whose headers are already read (:func:`scan_folder`).
+
+    Fast path for single-frame native little-endian files: pixel bytes are read from disk
+    straight into the volume array at each plane's geometric index, so a file is parsed once
+    (header) and its pixels copied once. Anything else (compressed, multi-frame, odd layouts)
+    goes through :func:`series_to_volume` with full datasets.
+    """
+    headers = [i.header for i in instances]
+    first = headers[0]
+    dtype = _native_dtype_from_header(first)
+    fast = dtype is not None and all(
+        i.pixel_offset is not None and _int_or(i.header.get("NumberOfFrames"), 1) == 1
+        and _native_dtype_from_header(i.header) == dtype for i in instances
+    )  # fmt: skip
+    if not fast:
+        return series_to_volume([read_dataset(i.path) for i in instances], name)
+    assert dtype is not None
+    plan = plan_slices(slice_refs(headers, name), name)
+    stored = np.empty(plan.shape, dtype=dtype)
+    explicit = str(first.file_meta.TransferSyntaxUID) != "1.2.840.10008.1.2"
+    for z, ref in enumerate(plan.slices):
+        inst = instances[ref.instance]
+        if not _read_native_plane(inst.path, inst.pixel_offset or 0, explicit, stored[z]):
+            stored[z] = instance_frames(read_dataset(inst.path))[0]
+    slopes = np.array([r.slope for r in plan.slices])
+    intercepts = np.array([r.intercept for r in plan.slices])
+    return Volume(array=_rescaled(stored, slopes, intercepts), plan=plan)
+
+
+def read_series_volume(paths: Sequence[Path], name: str = "?") -> Volume:
+    """Series -> volume from local files (header read once, pixels read into place)."""
+    instances = []
+    for path in paths:
+        header, offset = _read_header_and_offset(path)
+        instances.append(Instance(path, header, offset))
+    return instances_to_volume(instances, name)
 
 
 def series_to_volume(datasets: Sequence[Dataset], name: str = "?") -> Volume:

@@ -16,15 +16,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
-from skimage.measure import approximate_polygon, find_contours
+from skimage.measure import find_contours
 
 from radflow.shared.dicom import SlicePlan, new_uid
 from radflow.shared.errors import InvalidInput
 from radflow.shared.seg import NOT_FOR_CLINICAL_USE, PALETTE, Provenance
 
+CONTOUR_DATA = Tag(0x3006, 0x0050)
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 #: Referenced SOP Class for RTReferencedStudySequence (Detached Study Management, retired but
 #: still what PS3.3 C.8.8.5 examples and TPS software use)
@@ -48,18 +51,33 @@ def roi_specs(labels: Sequence[str]) -> list[RoiSpec]:
     return [RoiSpec(n, name[:64], PALETTE[(n - 1) % len(PALETTE)]) for n, name in enumerate(labels, start=1)]
 
 
-def slice_contours(binary: np.ndarray, tolerance: float = 0.05) -> list[np.ndarray]:
+def _drop_collinear(contour: np.ndarray) -> np.ndarray:
+    """Remove points lying on the straight line through their neighbours (exact, no tolerance)."""
+    prev = contour - np.roll(contour, 1, axis=0)
+    nxt = np.roll(contour, -1, axis=0) - contour
+    cross = prev[:, 0] * nxt[:, 1] - prev[:, 1] * nxt[:, 0]
+    return contour[np.abs(cross) > 1e-9]
+
+
+def slice_contours(binary: np.ndarray) -> list[np.ndarray]:
     """Closed contours of one 2D binary slice as (N, 2) (row, column) float arrays.
 
-    The last point (equal to the first) is dropped: CLOSED_PLANAR closes implicitly. Collinear
-    points are removed within ``tolerance`` pixels.
+    The slice is cropped to its bounding box (plus one pixel of padding) before marching squares;
+    the repeated end point is dropped (CLOSED_PLANAR closes implicitly) and so are collinear
+    points, which marching squares emits every half pixel along straight edges.
     """
-    padded = np.pad(binary.astype(np.float32), 1)
+    rows = np.flatnonzero(binary.any(axis=1))
+    cols = np.flatnonzero(binary.any(axis=0))
+    if not len(rows):
+        return []
+    r0, c0 = rows[0], cols[0]
+    crop = binary[r0 : rows[-1] + 1, c0 : cols[-1] + 1]
+    padded = np.pad(crop.astype(np.float32), 1)
     out = []
     for contour in find_contours(padded, 0.5):
-        contour = approximate_polygon(contour, tolerance) - 1.0
         if np.allclose(contour[0], contour[-1]):
             contour = contour[:-1]
+        contour = _drop_collinear(contour) + (r0 - 1.0, c0 - 1.0)
         if len(contour) >= 3:
             out.append(contour)
     return out
@@ -75,9 +93,17 @@ def contour_to_patient(contour: np.ndarray, position: Sequence[float], plan: Sli
     )
 
 
-def _ds(values: np.ndarray) -> list[str]:
-    # DS is at most 16 characters; 4 decimals (0.1 um) is far below any pixel size
-    return [f"{v:.4f}" for v in values.ravel()]
+def _contour_data(points: np.ndarray) -> RawDataElement:
+    """ContourData as an already-encoded DS element.
+
+    DS values are at most 16 characters; 4 decimals (0.1 um) is far below any pixel size.
+    Handing pydicom the encoded bytes skips its per-value DSfloat conversion and validation,
+    which otherwise dominates writing large structure sets (the values are ours and valid).
+    """
+    value = "\\".join(f"{v:.4f}" for v in points.ravel()).encode("ascii")
+    if len(value) % 2:
+        value += b" "
+    return RawDataElement(CONTOUR_DATA, "DS", len(value), value, 0, False, True)
 
 
 def _image_ref(header: Dataset, frame: int | None) -> Dataset:
@@ -106,7 +132,8 @@ def build_rtstruct(
     """
     if mask.shape != plan.shape:
         raise InvalidInput(f"mask shape {mask.shape} differs from the source grid {plan.shape}")
-    present = set(np.unique(mask).tolist()) - {0}
+    occupied = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+    present = set(np.flatnonzero(np.bincount(mask[occupied].ravel(), minlength=1)).tolist()) - {0}
     unknown = sorted(v for v in present if v > len(rois))
     if unknown:
         raise InvalidInput(f"mask holds label values {unknown} but only {len(rois)} ROI names are given", code="unlabelled_mask_values")
@@ -167,17 +194,16 @@ def build_rtstruct(
         item.ROIGenerationDescription = f"{provenance.model_name} {provenance.model_version}"[:64]
         roi_items.append(item)
         contours = []
-        binary = mask == roi.number
-        for k in np.flatnonzero(binary.any(axis=(1, 2))):
+        for k in occupied:
             ref = plan.slices[int(k)]
-            for polygon in slice_contours(binary[k]):
+            for polygon in slice_contours(mask[k] == roi.number):
                 points = contour_to_patient(polygon, ref.position, plan, ref.pixel_spacing)
                 c = Dataset()
                 c.ContourImageSequence = DicomSequence([_image_ref(headers[ref.instance], ref.frame)])
                 c.ContourGeometricType = "CLOSED_PLANAR"
                 c.NumberOfContourPoints = len(points)
                 c.ContourNumber = len(contours) + 1
-                c.ContourData = _ds(points)
+                c[CONTOUR_DATA] = _contour_data(points)
                 contours.append(c)
         roi_contour = Dataset()
         roi_contour.ROIDisplayColor = list(roi.color)

@@ -109,7 +109,8 @@ def build_segmentation(
     """
     if mask.ndim != 3:
         raise InvalidInput(f"mask must be 3D (z, y, x), got shape {mask.shape}")
-    present = set(np.unique(mask).tolist()) - {0}
+    occupied = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+    present = set(np.flatnonzero(np.bincount(mask[occupied].ravel(), minlength=1)).tolist()) - {0}
     unknown = sorted(v for v in present if v > len(segments))
     if unknown:
         raise InvalidInput(
@@ -137,13 +138,17 @@ def build_segmentation(
         )
         for s in segments
     ]
-    if seg_type == "FRACTIONAL":
-        # one float plane per segment: probability 1 inside, encoded on 0..255, JPEG-LS lossless
-        pixel_array = np.stack([(mask == s.number) for s in segments], axis=-1).astype(np.float32)
-        syntax = JPEGLSLossless
-    else:
-        pixel_array = mask.astype(np.uint8) if len(segments) > 1 or seg_type == "LABELMAP" else (mask > 0)
-        syntax = JPEGLSLossless if seg_type == "LABELMAP" else ExplicitVRLittleEndian
+    # FRACTIONAL takes the label map too: highdicom scales each segment's 0/1 plane to 0..255
+    # (a float (z, y, x, segments) stack would cost segments x 4 bytes per voxel)
+    syntax = ExplicitVRLittleEndian if seg_type == "BINARY" else JPEGLSLossless
+    sources = list(source_images)
+    planes = mask
+    if omit_empty_frames and len(sources) == mask.shape[0] and 0 < len(occupied) < len(sources):
+        # highdicom's per-frame work scales with the source count: hand it only the planes
+        # holding a segment (what omit_empty_frames keeps) and list every source afterwards
+        sources = [sources[int(k)] for k in occupied]
+        planes = mask[occupied]
+    pixel_array = planes.astype(np.uint8, copy=False) if len(segments) > 1 or seg_type != "BINARY" else (planes > 0)
     equipment = hd.ContributingEquipment(
         manufacturer=provenance.manufacturer,
         purpose_of_reference=codes.DCM.ProcessingEquipment,
@@ -153,7 +158,7 @@ def build_segmentation(
     )
     now = dt.datetime.now(dt.timezone.utc)
     seg = hd.seg.Segmentation(
-        source_images=list(source_images),
+        source_images=sources,
         pixel_array=pixel_array,
         segmentation_type=seg_type,
         segment_descriptions=descriptions,
@@ -175,7 +180,20 @@ def build_segmentation(
         content_date=now.date(),
         content_time=now.time().replace(microsecond=0),
     )
+    _reference_all_sources(seg, source_images)
     return seg
+
+
+def _reference_all_sources(seg: hd.seg.Segmentation, source_images: Sequence[Dataset]) -> None:
+    """ReferencedSeriesSequence lists every source instance, also those without a frame."""
+    listed = {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    for ds in source_images:
+        if ds.SOPInstanceUID not in listed:
+            item = Dataset()
+            item.ReferencedSOPClassUID = ds.SOPClassUID
+            item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+            seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence.append(item)
+            listed.add(ds.SOPInstanceUID)
 
 
 def _lab(rgb: tuple[int, int, int]) -> tuple[float, float, float]:

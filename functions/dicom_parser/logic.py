@@ -122,8 +122,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         series = by_index[index]
         names = [n for n, idx in outcome.selected.items() if index in idx]
         try:
-            datasets = [dicom.read_dataset(i.path) for i in series.instances]
-            volume = dicom.series_to_volume(datasets, name=str(index))
+            volume = dicom.instances_to_volume(series.instances, name=str(index))
         except InvalidInput as exc:
             trace_by_index[index]["volume"] = {"error": str(exc)}
             if rules.select_all:

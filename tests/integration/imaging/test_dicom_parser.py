@@ -157,3 +157,16 @@ def test_input_without_dicom_is_invalid(tmp_path: Path) -> None:
     ctx = StageContext("j", "p", "s", {"default": tmp_path / "in"}, {"volumes": tmp_path / "v", "dicom": tmp_path / "d"}, {})
     with pytest.raises(InvalidInput, match=r"no DICOM instances \(1 unreadable"):
         logic.run(ctx)
+
+
+def test_implicit_vr_and_fast_path_match_pydicom_decoding(tmp_path: Path) -> None:
+    study = make_study(tmp_path / "in", SHAPE, seed=12, oblique=True, decoys=False, other_series=False)
+    for f in study.target.files:
+        ds = pydicom.dcmread(f)
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+        ds.save_as(f, implicit_vr=True, little_endian=True, enforce_file_format=True)
+    fast = dicom.read_series_volume(list(study.target.files))
+    slow = dicom.series_to_volume([pydicom.dcmread(f) for f in study.target.files])
+    np.testing.assert_array_equal(fast.array, study.target_values)
+    np.testing.assert_array_equal(fast.array, slow.array)
+    assert fast.plan == slow.plan

@@ -10,7 +10,8 @@ same ``model.onnx`` that a GPU cluster serves with ``platform: "onnxruntime_onnx
    interpreter's version (the wheel keeps one stub per Python version aside);
 2. ``LD_LIBRARY_PATH`` = this interpreter's own ``LIBDIR`` (its libpython, never the distro's:
    mixing patch levels breaks ``multiprocessing``) + the wheel's ``nvidia_pytriton.libs``;
-3. free loopback ports; ready when ``/v2/health/ready`` answers 200; stop = SIGTERM, then SIGKILL.
+3. free loopback ports; ready when ``/v2/health/ready`` answers 200; stop = SIGTERM (drain for
+   ``exit_timeout`` seconds), then SIGKILL of the process group.
 
 On a cluster Triton is NVIDIA's container and this module is not used: operators get its URL from
 ``NVIDIA_TRITON_HTTPURI`` as in Clara.
@@ -88,6 +89,8 @@ class TritonServer:
     http_port: int = 0
     grpc_port: int = 0
     metrics_port: int = 0
+    #: seconds a stopping server waits for in-flight requests (and idle keep-alive clients)
+    exit_timeout: int = 5
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -115,10 +118,11 @@ class TritonServer:
         if env.get("LD_LIBRARY_PATH"):
             libs.append(env["LD_LIBRARY_PATH"])
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libs if p)
-        # the stub embeds the base interpreter: give it this environment's packages
-        # (numpy < 2, onnxruntime) for the models' model.py
-        site = sysconfig.get_paths()["purelib"]
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (site, env.get("PYTHONPATH", "")) if p)
+        # The stub embeds Python in isolated mode (PYTHONPATH is ignored) and finds its
+        # prefix from "python3" on PATH: this interpreter's folder first makes that resolve
+        # to this virtualenv (its pyvenv.cfg), so the stub and the models' model.py import this
+        # environment's numpy < 2 and onnxruntime, not whatever the base install has.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         return env
 
     def start(self, timeout: float = 120.0) -> None:
@@ -141,6 +145,7 @@ class TritonServer:
             "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
             "--allow-cpu-metrics=false", "--allow-gpu-metrics=false",
             "--strict-readiness=true", "--exit-on-error=true",
+            f"--exit-timeout-secs={self.exit_timeout}",
         ]  # fmt: skip
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
@@ -161,20 +166,22 @@ class TritonServer:
         self.stop()
         raise TimeoutError(f"Triton was not ready on {url} within {timeout:.0f} s; see {self.log_path}")
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM the server's process group (it owns the python-backend stubs), then SIGKILL."""
+    def stop(self, timeout: float | None = None) -> None:
+        """SIGTERM the server (it drains, then stops its python-backend stubs); SIGKILL the
+        whole process group if it is still there after ``exit_timeout`` + 10 s."""
         proc = self.process
         if proc is None or proc.poll() is not None:
             return
+        proc.terminate()
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout)
+            proc.wait(self.exit_timeout + 10 if timeout is None else timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # leftovers: stubs of a server that hung
+        except ProcessLookupError:
+            pass
+        proc.wait()
 
     def __enter__(self) -> TritonServer:
         self.start()

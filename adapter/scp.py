@@ -27,21 +27,32 @@ from radflow.shared.errors import ConfigError
 VERIFICATION_SYNTAXES = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"]
 
 
+_SWITCHES = {
+    "STORE_RECV_CHUNKED_DATASET": True,
+    "UNRESTRICTED_STORAGE_SERVICE": True,
+    "LOG_REQUEST_IDENTIFIERS": False,
+    "LOG_RESPONSE_IDENTIFIERS": False,
+    "LOG_HANDLER_LEVEL": "none",
+}
+_saved: dict[str, object] = {}
+
+
 def configure_pynetdicom(spool: Spool) -> None:
     """Process-wide pynetdicom switches for the fast path (set once, by the composition root)."""
-    _config.STORE_RECV_CHUNKED_DATASET = True
-    _config.UNRESTRICTED_STORAGE_SERVICE = True
-    _config.LOG_REQUEST_IDENTIFIERS = False
-    _config.LOG_RESPONSE_IDENTIFIERS = False
-    _config.LOG_HANDLER_LEVEL = "none"
+    for name, value in _SWITCHES.items():
+        _saved.setdefault(name, getattr(_config, name))
+        setattr(_config, name, value)
     # pynetdicom creates its NamedTemporaryFile in the default temp dir: point pynetdicom's (and
     # only pynetdicom's) at the spool's tmp/ so accepting an instance is a rename, not a copy
     dimse_messages.NamedTemporaryFile = functools.partial(tempfile.NamedTemporaryFile, dir=str(spool.tmp_dir))
 
 
 def restore_pynetdicom() -> None:
-    """Undo the temp-dir redirection (tests start several adapters in one process)."""
+    """Undo the switches and the temp-dir redirection (tests start adapters in one process)."""
     dimse_messages.NamedTemporaryFile = tempfile.NamedTemporaryFile
+    for name, value in _saved.items():
+        setattr(_config, name, value)
+    _saved.clear()
 
 
 def tls_context(tls: TlsConfig) -> tuple[ssl.SSLContext, Callable[[Any], bool] | None]:

@@ -416,7 +416,9 @@ def test_groups_left_by_a_killed_engine_are_killed_on_the_next_start(tmp_path: P
     assert done.returncode == 9, done.stderr
     pid = int(done.stdout.split()[0])
     members = group_members(pid)
-    assert pid in members and len(members) >= 2  # gunicorn master + worker survived the engine
+    log = (state / "logs" / "orphan.log").read_text()
+    assert pid in members and len(members) >= 2, (members, log)  # gunicorn master + worker survived the engine
+    assert (state / "run" / "functions" / str(pid)).exists(), list((state / "run" / "functions").iterdir())
 
     async def restart() -> None:
         host = FunctionHost(services=[], workdir=REPO, state_dir=state)
@@ -427,4 +429,5 @@ def test_groups_left_by_a_killed_engine_are_killed_on_the_next_start(tmp_path: P
     deadline = time.monotonic() + 5
     while any(alive(p) for p in members) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert [p for p in members if alive(p)] == []
+    survivors = [p for p in members if alive(p)]
+    assert survivors == [], (survivors, log)

@@ -170,3 +170,22 @@ def test_implicit_vr_and_fast_path_match_pydicom_decoding(tmp_path: Path) -> Non
     np.testing.assert_array_equal(fast.array, study.target_values)
     np.testing.assert_array_equal(fast.array, slow.array)
     assert fast.plan == slow.plan
+
+
+@pytest.mark.parametrize("chunk", [64, 1000, 1 << 20])
+def test_header_chunk_boundary_falls_back_to_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    """Headers longer than the in-memory chunk (or cut mid-element) still parse completely."""
+    monkeypatch.setattr(dicom, "HEADER_CHUNK", chunk)
+    study = make_study(tmp_path / "in", SHAPE, seed=13, decoys=False, other_series=False, enhanced=chunk == 1000)
+    instances, skipped = dicom.scan_folder(study.root)
+    assert skipped == [] and all(i.pixel_offset is not None for i in instances)
+    for inst in instances:
+        assert inst.header == pydicom.dcmread(inst.path, stop_before_pixels=True)
+    volume = dicom.instances_to_volume(instances)
+    np.testing.assert_array_equal(volume.array, study.target_values)
+    (tmp_path / "in" / "no-pixels.dcm").write_bytes(b"")
+    sr = pydicom.dcmread(study.target.files[0], stop_before_pixels=True)
+    sr.SOPInstanceUID = pydicom.uid.generate_uid()
+    sr.save_as(tmp_path / "in" / "header-only.dcm", enforce_file_format=True)
+    found = {i.path.name: i for i in dicom.scan_folder(study.root)[0]}
+    assert found["header-only.dcm"].pixel_offset is None

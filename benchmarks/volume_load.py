@@ -3,8 +3,8 @@
 A synthetic 200-slice 512x512 MR series (uint16, 526 KB per instance) is loaded
 * from local disk: ours = ``read_series_volume`` (header parse, then pixels read into place); SimpleITK = GDCM file
   ordering + ``ImageSeriesReader``;
-* from S3 (SeaweedFS on loopback, engine.seaweed): ours = GET in 4 threads + dcmread from bytes
-  + ``series_to_volume``; SimpleITK = the same GETs written to a temp folder + the reader.
+* from S3 (SeaweedFS on loopback, engine.seaweed): ours = GET in 4 threads +
+  ``volume_from_bytes`` (header parse, pixels copied from the fetched bytes); SimpleITK = the same GETs written to a temp folder + the reader.
 
 Goal (performance-baselines G6): ours <= 0.5x SimpleITK; <= 0.3 s local, <= 1.0 s from S3.
 
@@ -92,8 +92,8 @@ def main() -> None:
 
             def ours_s3() -> np.ndarray:
                 with ThreadPoolExecutor(args.threads) as pool:
-                    datasets = list(pool.map(lambda k: dicom.read_dataset(store.get_bytes(k)), keys))
-                return dicom.series_to_volume(datasets).array
+                    blobs = list(pool.map(store.get_bytes, keys))
+                return dicom.volume_from_bytes(blobs).array
 
             def sitk_s3() -> np.ndarray:
                 with tempfile.TemporaryDirectory() as dl:

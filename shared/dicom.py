@@ -60,6 +60,8 @@ class Instance:
     header: Dataset
     #: file offset of the (7FE0,0010) PixelData element when the header read stopped there
     pixel_offset: int | None = None
+    #: the whole encoded instance when it came from memory (S3) rather than from ``path``
+    data: bytes | None = None
 
     @property
     def sop_instance_uid(self) -> str:
@@ -531,9 +533,20 @@ def _rescaled(stored: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) ->
     return stored.astype(np.float32) * slopes.astype(np.float32)[:, None, None] + intercepts.astype(np.float32)[:, None, None]
 
 
-def _read_native_plane(path: Path, offset: int, explicit_vr: bool, out: np.ndarray) -> bool:
+def _read_native_plane(inst: Instance, explicit_vr: bool, out: np.ndarray) -> bool:
     """Read one uncompressed plane straight into ``out`` (no intermediate bytes object)."""
-    with open(path, "rb") as fp:
+    offset = inst.pixel_offset or 0
+    if inst.data is not None:
+        head = inst.data[offset : offset + 12]
+        if len(head) < 8 or struct.unpack("<HH", head[:4]) != (0x7FE0, 0x0010):
+            return False
+        length = struct.unpack("<I", head[8:12] if explicit_vr else head[4:8])[0]
+        start = offset + (12 if explicit_vr else 8)
+        if length == 0xFFFFFFFF or length < out.nbytes or len(inst.data) < start + out.nbytes:
+            return False
+        out[...] = np.frombuffer(inst.data, dtype=out.dtype, count=out.size, offset=start).reshape(out.shape)
+        return True
+    with open(inst.path, "rb") as fp:
         fp.seek(offset)
         head = fp.read(12 if explicit_vr else 8)
         if len(head) < 8 or struct.unpack("<HH", head[:4]) != (0x7FE0, 0x0010):
@@ -560,15 +573,15 @@ def instances_to_volume(instances: Sequence[Instance], name: str = "?") -> Volum
         and _native_dtype_from_header(i.header) == dtype for i in instances
     )  # fmt: skip
     if not fast:
-        return series_to_volume([read_dataset(i.path) for i in instances], name)
+        return series_to_volume([read_dataset(i.data if i.data is not None else i.path) for i in instances], name)
     assert dtype is not None
     plan = plan_slices(slice_refs(headers, name), name)
     stored = np.empty(plan.shape, dtype=dtype)
     explicit = str(first.file_meta.TransferSyntaxUID) != "1.2.840.10008.1.2"
     for z, ref in enumerate(plan.slices):
         inst = instances[ref.instance]
-        if not _read_native_plane(inst.path, inst.pixel_offset or 0, explicit, stored[z]):
-            stored[z] = instance_frames(read_dataset(inst.path))[0]
+        if not _read_native_plane(inst, explicit, stored[z]):
+            stored[z] = instance_frames(read_dataset(inst.data if inst.data is not None else inst.path))[0]
     slopes = np.array([r.slope for r in plan.slices])
     intercepts = np.array([r.intercept for r in plan.slices])
     return Volume(array=_rescaled(stored, slopes, intercepts), plan=plan)
@@ -581,6 +594,17 @@ def read_series_volume(paths: Sequence[Path], name: str = "?") -> Volume:
         # only the attributes geometry and pixel layout need: ~20 % less pydicom parsing
         header, offset = _read_header_and_offset(path, keywords=VOLUME_KEYWORDS)
         instances.append(Instance(path, header, offset))
+    return instances_to_volume(instances, name)
+
+
+def volume_from_bytes(blobs: Sequence[bytes], name: str = "?") -> Volume:
+    """Series -> volume from encoded instances in memory (e.g. fetched from S3)."""
+    instances = []
+    for n, blob in enumerate(blobs):
+        buffer = io.BytesIO(blob)
+        header = pydicom.dcmread(buffer, stop_before_pixels=True, specific_tags=list(VOLUME_KEYWORDS))
+        offset = buffer.tell()
+        instances.append(Instance(Path(f"instance-{n}"), header, offset if offset < len(blob) else None, blob))
     return instances_to_volume(instances, name)
 
 

@@ -189,3 +189,12 @@ def test_header_chunk_boundary_falls_back_to_the_file(tmp_path: Path, monkeypatc
     sr.save_as(tmp_path / "in" / "header-only.dcm", enforce_file_format=True)
     found = {i.path.name: i for i in dicom.scan_folder(study.root)[0]}
     assert found["header-only.dcm"].pixel_offset is None
+
+
+@pytest.mark.parametrize("compression", [None, "rle"])
+def test_volume_from_bytes_matches_files(tmp_path: Path, compression: str | None) -> None:
+    study = make_study(tmp_path / "in", SHAPE, seed=14, oblique=True, compression=compression, rescale=(0.5, 3.0),
+                       decoys=False, other_series=False)  # fmt: skip
+    from_bytes = dicom.volume_from_bytes([f.read_bytes() for f in study.target.files])
+    np.testing.assert_allclose(from_bytes.array, study.target_values)
+    assert from_bytes.plan == dicom.read_series_volume(list(study.target.files)).plan

@@ -198,3 +198,26 @@ def test_volume_from_bytes_matches_files(tmp_path: Path, compression: str | None
     from_bytes = dicom.volume_from_bytes([f.read_bytes() for f in study.target.files])
     np.testing.assert_allclose(from_bytes.array, study.target_values)
     assert from_bytes.plan == dicom.read_series_volume(list(study.target.files)).plan
+
+
+def test_jpeg_lossless_process14_target(tmp_path: Path) -> None:
+    """Classic JPEG Lossless (1.2.840.10008.1.2.4.70), transcoded by GDCM (pydicom has no encoder)."""
+    gdcm = pytest.importorskip("gdcm")
+    study = make_study(tmp_path / "in", SHAPE, seed=15, oblique=True, decoys=False, other_series=False)
+    for f in study.target.files:
+        reader = gdcm.ImageReader()
+        reader.SetFileName(str(f))
+        assert reader.Read()
+        change = gdcm.ImageChangeTransferSyntax()
+        change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+        change.SetInput(reader.GetImage())
+        assert change.Change()
+        writer = gdcm.ImageWriter()
+        writer.SetFileName(str(f))
+        writer.SetFile(reader.GetFile())
+        writer.SetImage(change.GetOutput())
+        assert writer.Write()
+    assert pydicom.dcmread(study.target.files[0]).file_meta.TransferSyntaxUID == pydicom.uid.JPEGLosslessSV1
+    _, vol, _ = run_parser(tmp_path, study, seed_variables())
+    array, geometry = read_volume(vol / f"{study.target.series_instance_uid}.nii.gz")
+    assert_geometry(array, geometry, study)

@@ -75,13 +75,13 @@ class Instance:
 def read_header(path: Path) -> Dataset:
     """Read one file's header, stopping before the pixel data.
 
-    Raises InvalidInput naming the file (a relative name is enough; it holds no PHI once stored
-    as ``<SOPInstanceUID>.dcm``) when it is not DICOM.
+    Raises InvalidInput when it is not DICOM. The message names no file: stored names are
+    ``<SOPInstanceUID>.dcm`` and UIDs stay out of events and logs.
     """
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, EOFError, OSError, ValueError) as exc:
-        raise InvalidInput(f"{path.name}: not a readable DICOM file ({type(exc).__name__})") from exc
+        raise InvalidInput(f"a source instance is not a readable DICOM file ({type(exc).__name__})") from exc
 
 
 def read_dataset(source: Path | bytes) -> FileDataset:

@@ -28,6 +28,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels import pixel_array as decode_pixels
 from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 
 from radflow.shared.errors import InvalidInput
@@ -511,7 +512,7 @@ def instance_frames(ds: Dataset) -> np.ndarray:
         return data.reshape(frames, rows, cols)
     try:
         # as_rgb=False: never convert colour spaces on a greyscale hot path (pydicom#2226)
-        arr = ds.pixel_array if frames == 1 else pydicom.pixels.pixel_array(ds, as_rgb=False)
+        arr = decode_pixels(ds, as_rgb=False)
     except (RuntimeError, NotImplementedError, ValueError) as exc:
         syntax = ds.file_meta.get("TransferSyntaxUID", "?")
         raise InvalidInput(f"cannot decode pixel data in transfer syntax {syntax}: {exc}") from exc

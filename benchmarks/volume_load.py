@@ -3,8 +3,8 @@
 A synthetic 200-slice 512x512 MR series (uint16, 526 KB per instance) is loaded
 * from local disk: ours = ``read_series_volume`` (header parse, then pixels read into place); SimpleITK = GDCM file
   ordering + ``ImageSeriesReader``;
-* from S3 (SeaweedFS on loopback, engine.seaweed): ours = GET in 4 threads + dcmread from bytes
-  + ``series_to_volume``; SimpleITK = the same GETs written to a temp folder + the reader.
+* from S3 (SeaweedFS on loopback, engine.seaweed): ours = GET in 4 threads +
+  ``volume_from_bytes`` (header parse, pixels copied from the fetched bytes); SimpleITK = the same GETs written to a temp folder + the reader.
 
 Goal (performance-baselines G6): ours <= 0.5x SimpleITK; <= 0.3 s local, <= 1.0 s from S3.
 
@@ -35,19 +35,21 @@ from radflow.shared.storage import ObjectStore
 
 def compare(ours: Callable[[], np.ndarray], theirs: Callable[[], np.ndarray], repeat: int, label: str) -> None:
     """Run both alternately (shared machines drift) and print min and median of each."""
-    t_ours, t_theirs = [], []
+    t_ours, t_theirs, c_ours, c_theirs = [], [], [], []
     for _ in range(repeat):
-        for fn, times in ((ours, t_ours), (theirs, t_theirs)):
-            t0 = time.perf_counter()
+        for fn, times, cpu in ((ours, t_ours, c_ours), (theirs, t_theirs, c_theirs)):
+            t0, c0 = time.perf_counter(), time.process_time()
             result = fn()
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
             if fn is ours:
                 a = result
             else:
                 assert np.array_equal(a, result), "readers disagree"
     print(f"{label}: radflow min {min(t_ours):.3f} s / median {statistics.median(t_ours):.3f} s; "
           f"SimpleITK min {min(t_theirs):.3f} s / median {statistics.median(t_theirs):.3f} s; "
-          f"ratio (min) {min(t_ours) / min(t_theirs):.2f}x, (median) {statistics.median(t_ours) / statistics.median(t_theirs):.2f}x")
+          f"ratio (min) {min(t_ours) / min(t_theirs):.2f}x, (median) {statistics.median(t_ours) / statistics.median(t_theirs):.2f}x; "
+          f"process CPU min {min(c_ours):.3f} s vs {min(c_theirs):.3f} s ({min(c_ours) / min(c_theirs):.2f}x)")
 
 
 def ours_local(files: list[Path]) -> np.ndarray:
@@ -90,8 +92,8 @@ def main() -> None:
 
             def ours_s3() -> np.ndarray:
                 with ThreadPoolExecutor(args.threads) as pool:
-                    datasets = list(pool.map(lambda k: dicom.read_dataset(store.get_bytes(k)), keys))
-                return dicom.series_to_volume(datasets).array
+                    blobs = list(pool.map(store.get_bytes, keys))
+                return dicom.volume_from_bytes(blobs).array
 
             def sitk_s3() -> np.ndarray:
                 with tempfile.TemporaryDirectory() as dl:

@@ -15,6 +15,7 @@ z*slice_step*normal`` with ``normal = row_cosine x col_cosine`` (positions ascen
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,11 +197,13 @@ def make_study(
         Compute the phantom at ``shape // factor`` and upsample (fast large benchmark studies).
     """
     rng = np.random.default_rng(seed)
-    uid = lambda: str(generate_uid(prefix=DEMO_UID_ROOT, entropy_srcs=[str(seed), str(rng.random())]))  # noqa: E731
+    def uid() -> str:
+        return str(generate_uid(prefix=DEMO_UID_ROOT, entropy_srcs=[str(seed), str(rng.random())]))
+
     study_uid, for_uid = uid(), uid()
     w = _Writer(root, rng, study_uid, for_uid)
     small = tuple(max(1, s // phantom_factor) for s in shape)
-    ph = brain_phantom(small, seed=seed)  # type: ignore[arg-type]
+    ph = brain_phantom(small, seed=seed)  # type: ignore[arg-type]  # tuple length
 
     def up(a: np.ndarray) -> np.ndarray:
         if phantom_factor == 1:
@@ -218,7 +221,7 @@ def make_study(
     center = np.array([2.5, -14.0, 21.0])
     origin = center - (ncols - 1) / 2 * col_sp * row - (nrows - 1) / 2 * row_sp * col - (nz - 1) / 2 * slice_step * normal
     geometry = Geometry(
-        origin=tuple(float(v) for v in origin),  # type: ignore[arg-type]
+        origin=(float(origin[0]), float(origin[1]), float(origin[2])),
         spacing=(col_sp, row_sp, slice_step),
         direction=tuple(float(v) for v in np.column_stack([row, col, normal]).ravel()),
     )
@@ -279,7 +282,7 @@ def make_study(
     return SyntheticStudy(root, study_uid, for_uid, series, label, target_values, geometry, all_files)
 
 
-def _localizer(w: _Writer, uid, series: dict[str, SeriesInfo], shape: tuple[int, int, int],  # noqa: ANN001
+def _localizer(w: _Writer, uid: Callable[[], str], series: dict[str, SeriesInfo], shape: tuple[int, int, int],
                spacing: tuple[float, float], center: np.ndarray) -> None:  # fmt: skip
     """A 3-plane localizer: one axial, one coronal and one sagittal image in one series."""
     s_uid = uid()

@@ -19,7 +19,7 @@ import hashlib
 import io
 import struct
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, MutableSequence, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels import pixel_array as decode_pixels
 from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 
 from radflow.shared.errors import InvalidInput
@@ -60,6 +61,8 @@ class Instance:
     header: Dataset
     #: file offset of the (7FE0,0010) PixelData element when the header read stopped there
     pixel_offset: int | None = None
+    #: the whole encoded instance when it came from memory (S3) rather than from ``path``
+    data: bytes | None = None
 
     @property
     def sop_instance_uid(self) -> str:
@@ -73,13 +76,13 @@ class Instance:
 def read_header(path: Path) -> Dataset:
     """Read one file's header, stopping before the pixel data.
 
-    Raises InvalidInput naming the file (a relative name is enough; it holds no PHI once stored
-    as ``<SOPInstanceUID>.dcm``) when it is not DICOM.
+    Raises InvalidInput when it is not DICOM. The message names no file: stored names are
+    ``<SOPInstanceUID>.dcm`` and UIDs stay out of events and logs.
     """
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, EOFError, OSError, ValueError) as exc:
-        raise InvalidInput(f"{path.name}: not a readable DICOM file ({type(exc).__name__})") from exc
+        raise InvalidInput(f"a source instance is not a readable DICOM file ({type(exc).__name__})") from exc
 
 
 def read_dataset(source: Path | bytes) -> FileDataset:
@@ -89,13 +92,48 @@ def read_dataset(source: Path | bytes) -> FileDataset:
     return pydicom.dcmread(source)
 
 
-def _read_header_and_offset(path: Path, *, force: bool = False) -> tuple[Dataset, int | None]:
-    """Header without pixel data, and where PixelData starts (pydicom rewinds to the element)."""
+#: What volume assembly reads from a header (:func:`read_series_volume` keeps only these).
+VOLUME_KEYWORDS = (
+    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "InstanceNumber", "Rows", "Columns",
+    "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
+    "RescaleSlope", "RescaleIntercept", "BitsAllocated", "BitsStored", "HighBit",
+    "PixelRepresentation", "SamplesPerPixel", "PhotometricInterpretation", "NumberOfFrames",
+    "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
+)  # fmt: skip
+
+
+#: Bytes read for a header parse; a longer header falls back to parsing from the file.
+HEADER_CHUNK = 64 * 1024
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
+
+
+def _read_header_and_offset(
+    path: Path, *, force: bool = False, keywords: Sequence[str] | None = None
+) -> tuple[Dataset, int | None]:
+    """Header without pixel data, and the file offset of the PixelData element (or None).
+
+    Parses from one in-memory chunk (about a third less CPU than pydicom reading the file
+    element by element); when the header does not end inside the chunk it parses the file.
+    """
+    tags = list(keywords) if keywords else None
     with open(path, "rb") as fp:
-        header = pydicom.dcmread(fp, stop_before_pixels=True, force=force)
+        chunk = fp.read(HEADER_CHUNK)
+        size = fp.seek(0, io.SEEK_END)
+        try:
+            buffer = io.BytesIO(chunk)
+            header = pydicom.dcmread(buffer, stop_before_pixels=True, force=force, specific_tags=tags)
+            offset = buffer.tell()
+            if chunk[offset : offset + 4] == _PIXEL_DATA_TAG:
+                return header, offset
+            if size <= len(chunk):
+                return header, None  # the whole file was parsed: no pixel data
+        except (InvalidDicomError, EOFError, ValueError, TypeError, struct.error):
+            if size <= len(chunk):
+                raise
+        fp.seek(0)
+        header = pydicom.dcmread(fp, stop_before_pixels=True, force=force, specific_tags=tags)
         offset = fp.tell()
-        end = fp.seek(0, io.SEEK_END)
-    return header, (offset if offset < end else None)
+    return header, (offset if offset < size else None)
 
 
 def scan_folder(folder: Path) -> tuple[list[Instance], list[str]]:
@@ -231,6 +269,27 @@ def _floats(value: Any, n: int, what: str, series: str) -> tuple[float, ...]:
     return out
 
 
+def _ds_values(ds: Dataset, keyword: str) -> tuple[float, ...] | None:
+    """A DS attribute's numbers, parsed from the raw text when pydicom has not converted it yet.
+
+    Converting DS through pydicom validates every value with a regex; for the handful of
+    geometry tags read per plane the plain ``float`` parse is several times cheaper. Returns
+    None when absent or empty.
+    """
+    elem = ds.get_item(keyword)
+    if elem is None or elem.value in (None, b"", ""):
+        return None
+    value = elem.value
+    try:
+        if isinstance(value, bytes):
+            return tuple(float(v) for v in value.split(b"\\") if v.strip())
+        if isinstance(value, (list, tuple, MutableSequence)):
+            return tuple(float(v) for v in value)
+        return (float(value),)
+    except ValueError as exc:
+        raise InvalidInput(f"({keyword}) is not a decimal string (rule: geometry)") from exc
+
+
 def _first_item(ds: Dataset | None, seq: str) -> Dataset | None:
     if ds is None or seq not in ds or not ds[seq].value:
         return None
@@ -285,26 +344,30 @@ def slice_refs(series: Series | Sequence[Dataset], name: str = "?") -> list[Slic
                     )
                 )
             continue
-        for kw in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
-            if not ds.get(kw):
+        position = _ds_values(ds, "ImagePositionPatient")
+        orientation = _ds_values(ds, "ImageOrientationPatient")
+        spacing = _ds_values(ds, "PixelSpacing")
+        for kw, value in (("ImagePositionPatient", position), ("ImageOrientationPatient", orientation), ("PixelSpacing", spacing)):
+            if not value:
                 raise InvalidInput(f"series {name}: an instance lacks ({kw}) (rule: geometry)")
         if frames != 1:
             raise InvalidInput(f"series {name}: multi-frame instance without per-frame geometry (rule: geometry)")
-        slope = ds.get("RescaleSlope")
-        intercept = ds.get("RescaleIntercept")
+        slope = _ds_values(ds, "RescaleSlope")
+        intercept = _ds_values(ds, "RescaleIntercept")
+        thickness = _ds_values(ds, "SliceThickness")
         refs.append(
             SliceRef(
                 instance=n,
                 frame=None,
-                position=_floats(ds.ImagePositionPatient, 3, "ImagePositionPatient", name),  # type: ignore[arg-type]
-                orientation=_floats(ds.ImageOrientationPatient, 6, "ImageOrientationPatient", name),
-                pixel_spacing=_floats(ds.PixelSpacing, 2, "PixelSpacing", name),  # type: ignore[arg-type]
+                position=_floats(position, 3, "ImagePositionPatient", name),  # type: ignore[arg-type]
+                orientation=_floats(orientation, 6, "ImageOrientationPatient", name),
+                pixel_spacing=_floats(spacing, 2, "PixelSpacing", name),  # type: ignore[arg-type]
                 rows=rows,
                 columns=cols,
                 # missing RescaleSlope/Intercept default to 1/0 (PS3.3 C.11.1.1.2)
-                slope=float(slope) if slope not in (None, "") else 1.0,
-                intercept=float(intercept) if intercept not in (None, "") else 0.0,
-                thickness=float(ds.SliceThickness) if ds.get("SliceThickness") else None,
+                slope=slope[0] if slope else 1.0,
+                intercept=intercept[0] if intercept else 0.0,
+                thickness=thickness[0] if thickness else None,
             )
         )
     return refs
@@ -449,7 +512,7 @@ def instance_frames(ds: Dataset) -> np.ndarray:
         return data.reshape(frames, rows, cols)
     try:
         # as_rgb=False: never convert colour spaces on a greyscale hot path (pydicom#2226)
-        arr = ds.pixel_array if frames == 1 else pydicom.pixels.pixel_array(ds, as_rgb=False)
+        arr = decode_pixels(ds, as_rgb=False)
     except (RuntimeError, NotImplementedError, ValueError) as exc:
         syntax = ds.file_meta.get("TransferSyntaxUID", "?")
         raise InvalidInput(f"cannot decode pixel data in transfer syntax {syntax}: {exc}") from exc
@@ -471,9 +534,20 @@ def _rescaled(stored: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) ->
     return stored.astype(np.float32) * slopes.astype(np.float32)[:, None, None] + intercepts.astype(np.float32)[:, None, None]
 
 
-def _read_native_plane(path: Path, offset: int, explicit_vr: bool, out: np.ndarray) -> bool:
+def _read_native_plane(inst: Instance, explicit_vr: bool, out: np.ndarray) -> bool:
     """Read one uncompressed plane straight into ``out`` (no intermediate bytes object)."""
-    with open(path, "rb") as fp:
+    offset = inst.pixel_offset or 0
+    if inst.data is not None:
+        head = inst.data[offset : offset + 12]
+        if len(head) < 8 or struct.unpack("<HH", head[:4]) != (0x7FE0, 0x0010):
+            return False
+        length = struct.unpack("<I", head[8:12] if explicit_vr else head[4:8])[0]
+        start = offset + (12 if explicit_vr else 8)
+        if length == 0xFFFFFFFF or length < out.nbytes or len(inst.data) < start + out.nbytes:
+            return False
+        out[...] = np.frombuffer(inst.data, dtype=out.dtype, count=out.size, offset=start).reshape(out.shape)
+        return True
+    with open(inst.path, "rb") as fp:
         fp.seek(offset)
         head = fp.read(12 if explicit_vr else 8)
         if len(head) < 8 or struct.unpack("<HH", head[:4]) != (0x7FE0, 0x0010):
@@ -500,15 +574,15 @@ def instances_to_volume(instances: Sequence[Instance], name: str = "?") -> Volum
         and _native_dtype_from_header(i.header) == dtype for i in instances
     )  # fmt: skip
     if not fast:
-        return series_to_volume([read_dataset(i.path) for i in instances], name)
+        return series_to_volume([read_dataset(i.data if i.data is not None else i.path) for i in instances], name)
     assert dtype is not None
     plan = plan_slices(slice_refs(headers, name), name)
     stored = np.empty(plan.shape, dtype=dtype)
     explicit = str(first.file_meta.TransferSyntaxUID) != "1.2.840.10008.1.2"
     for z, ref in enumerate(plan.slices):
         inst = instances[ref.instance]
-        if not _read_native_plane(inst.path, inst.pixel_offset or 0, explicit, stored[z]):
-            stored[z] = instance_frames(read_dataset(inst.path))[0]
+        if not _read_native_plane(inst, explicit, stored[z]):
+            stored[z] = instance_frames(read_dataset(inst.data if inst.data is not None else inst.path))[0]
     slopes = np.array([r.slope for r in plan.slices])
     intercepts = np.array([r.intercept for r in plan.slices])
     return Volume(array=_rescaled(stored, slopes, intercepts), plan=plan)
@@ -518,8 +592,20 @@ def read_series_volume(paths: Sequence[Path], name: str = "?") -> Volume:
     """Series -> volume from local files (header read once, pixels read into place)."""
     instances = []
     for path in paths:
-        header, offset = _read_header_and_offset(path)
+        # only the attributes geometry and pixel layout need: ~20 % less pydicom parsing
+        header, offset = _read_header_and_offset(path, keywords=VOLUME_KEYWORDS)
         instances.append(Instance(path, header, offset))
+    return instances_to_volume(instances, name)
+
+
+def volume_from_bytes(blobs: Sequence[bytes], name: str = "?") -> Volume:
+    """Series -> volume from encoded instances in memory (e.g. fetched from S3)."""
+    instances = []
+    for n, blob in enumerate(blobs):
+        buffer = io.BytesIO(blob)
+        header = pydicom.dcmread(buffer, stop_before_pixels=True, specific_tags=list(VOLUME_KEYWORDS))
+        offset = buffer.tell()
+        instances.append(Instance(Path(f"instance-{n}"), header, offset if offset < len(blob) else None, blob))
     return instances_to_volume(instances, name)
 
 

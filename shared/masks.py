@@ -86,7 +86,8 @@ def parse_labels(text: str) -> list[str]:
 
 
 def _model_entry(doc: dict[str, Any]) -> tuple[str | None, str | None, list[str] | None]:
-    model = doc.get("model") if isinstance(doc.get("model"), dict) else {}
+    raw = doc.get("model")
+    model: dict[str, Any] = raw if isinstance(raw, dict) else {}
     name = model.get("name") or doc.get("model_name")
     version = model.get("version") or doc.get("model_version")
     labels = doc.get("labels") if isinstance(doc.get("labels"), list) else None

@@ -183,7 +183,9 @@ def build_rtstruct(
     for_ref.RTReferencedStudySequence = DicomSequence([study_ref])
     ds.ReferencedFrameOfReferenceSequence = DicomSequence([for_ref])
 
-    roi_items, contour_items, observations = [], [], []
+    roi_items: list[Dataset] = []
+    contour_items: list[Dataset] = []
+    observations: list[Dataset] = []
     for roi in rois:
         item = Dataset()
         item.ROINumber = roi.number
@@ -193,7 +195,7 @@ def build_rtstruct(
         item.ROIGenerationAlgorithm = "AUTOMATIC"
         item.ROIGenerationDescription = f"{provenance.model_name} {provenance.model_version}"[:64]
         roi_items.append(item)
-        contours = []
+        contours: list[Dataset] = []
         for k in occupied:
             ref = plan.slices[int(k)]
             for polygon in slice_contours(mask[k] == roi.number):

@@ -311,7 +311,7 @@ class SelectionOutcome:
 def select(rules: Rules, series: Sequence[SeriesFacts]) -> SelectionOutcome:
     """Apply ``rules`` to ``series`` (already in deterministic order) and trace every condition."""
     outcome = SelectionOutcome()
-    traces = {
+    traces: dict[int, dict[str, Any]] = {
         s.index: {"series_index": s.index, "series_instance_uid": s.series_instance_uid,
                   "instances": s.instance_count, "orientation": s.orientation, "selections": {}}
         for s in series

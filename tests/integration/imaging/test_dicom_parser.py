@@ -133,6 +133,7 @@ def test_rule_selecting_an_inconsistent_series_fails_naming_series_and_rule(tmp_
     with pytest.raises(InvalidInput, match=r"series 0: mixed ImageOrientationPatient .*selected by 'LOC'") as info:
         run_parser(tmp_path, study, seed_variables(rules))
     assert info.value.code == "inconsistent_series"
+    assert "1.2.826" not in str(info.value)  # no UIDs in messages that reach events and logs
 
 
 def test_duplicate_positions_rejected(tmp_path: Path) -> None:
@@ -147,8 +148,9 @@ def test_duplicate_positions_rejected(tmp_path: Path) -> None:
 def test_no_match_fails_with_per_series_reasons(tmp_path: Path) -> None:
     study = make_study(tmp_path / "in", SHAPE, seed=11, decoys=True, other_series=False)
     rules = {"selections": [{"name": "CT", "conditions": {"Modality": "CT"}}]}
-    with pytest.raises(InvalidInput, match=r"selection 'CT' matched none of 3 series \(series 0: failed: Modality"):
+    with pytest.raises(InvalidInput, match=r"selection 'CT' matched none of 3 series \(series 0: failed: Modality") as info:
         run_parser(tmp_path, study, seed_variables(rules))
+    assert "1.2.826" not in str(info.value) and "Phantom" not in str(info.value)
 
 
 def test_input_without_dicom_is_invalid(tmp_path: Path) -> None:
@@ -170,3 +172,54 @@ def test_implicit_vr_and_fast_path_match_pydicom_decoding(tmp_path: Path) -> Non
     np.testing.assert_array_equal(fast.array, study.target_values)
     np.testing.assert_array_equal(fast.array, slow.array)
     assert fast.plan == slow.plan
+
+
+@pytest.mark.parametrize("chunk", [64, 1000, 1 << 20])
+def test_header_chunk_boundary_falls_back_to_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    """Headers longer than the in-memory chunk (or cut mid-element) still parse completely."""
+    monkeypatch.setattr(dicom, "HEADER_CHUNK", chunk)
+    study = make_study(tmp_path / "in", SHAPE, seed=13, decoys=False, other_series=False, enhanced=chunk == 1000)
+    instances, skipped = dicom.scan_folder(study.root)
+    assert skipped == [] and all(i.pixel_offset is not None for i in instances)
+    for inst in instances:
+        assert inst.header == pydicom.dcmread(inst.path, stop_before_pixels=True)
+    volume = dicom.instances_to_volume(instances)
+    np.testing.assert_array_equal(volume.array, study.target_values)
+    (tmp_path / "in" / "no-pixels.dcm").write_bytes(b"")
+    sr = pydicom.dcmread(study.target.files[0], stop_before_pixels=True)
+    sr.SOPInstanceUID = pydicom.uid.generate_uid()
+    sr.save_as(tmp_path / "in" / "header-only.dcm", enforce_file_format=True)
+    found = {i.path.name: i for i in dicom.scan_folder(study.root)[0]}
+    assert found["header-only.dcm"].pixel_offset is None
+
+
+@pytest.mark.parametrize("compression", [None, "rle"])
+def test_volume_from_bytes_matches_files(tmp_path: Path, compression: str | None) -> None:
+    study = make_study(tmp_path / "in", SHAPE, seed=14, oblique=True, compression=compression, rescale=(0.5, 3.0),
+                       decoys=False, other_series=False)  # fmt: skip
+    from_bytes = dicom.volume_from_bytes([f.read_bytes() for f in study.target.files])
+    np.testing.assert_allclose(from_bytes.array, study.target_values)
+    assert from_bytes.plan == dicom.read_series_volume(list(study.target.files)).plan
+
+
+def test_jpeg_lossless_process14_target(tmp_path: Path) -> None:
+    """Classic JPEG Lossless (1.2.840.10008.1.2.4.70), transcoded by GDCM (pydicom has no encoder)."""
+    gdcm = pytest.importorskip("gdcm")
+    study = make_study(tmp_path / "in", SHAPE, seed=15, oblique=True, decoys=False, other_series=False)
+    for f in study.target.files:
+        reader = gdcm.ImageReader()
+        reader.SetFileName(str(f))
+        assert reader.Read()
+        change = gdcm.ImageChangeTransferSyntax()
+        change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+        change.SetInput(reader.GetImage())
+        assert change.Change()
+        writer = gdcm.ImageWriter()
+        writer.SetFileName(str(f))
+        writer.SetFile(reader.GetFile())
+        writer.SetImage(change.GetOutput())
+        assert writer.Write()
+    assert pydicom.dcmread(study.target.files[0]).file_meta.TransferSyntaxUID == pydicom.uid.JPEGLosslessSV1
+    _, vol, _ = run_parser(tmp_path, study, seed_variables())
+    array, geometry = read_volume(vol / f"{study.target.series_instance_uid}.nii.gz")
+    assert_geometry(array, geometry, study)

@@ -199,3 +199,20 @@ def test_label_variable_forms() -> None:
     for bad in ("[1, 2]", "[broken", "a,,b"):
         with pytest.raises(InvalidInput, match="NVIDIA_SEG_LABELS"):
             parse_labels(bad)
+
+
+def test_named_segment_absent_from_the_mask_is_still_described(tmp_path: Path) -> None:
+    parsed = parse_study(tmp_path)
+    mask = make_mask(parsed.volume.shape)
+    _, seg, path = write_seg(parsed, parsed.write_mask(mask), {"NVIDIA_SEG_LABELS": "tumour,edema"})
+    assert dciodvfy_errors(path) == []
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["tumour", "edema"]
+    np.testing.assert_array_equal(labels_from_frames(seg, parsed), mask)
+
+
+def test_keep_empty_frames_on_request(tmp_path: Path) -> None:
+    parsed = parse_study(tmp_path)
+    mask = make_mask(parsed.volume.shape)
+    summary, seg, path = write_seg(parsed, parsed.write_mask(mask), {"RADFLOW_SEG_OMIT_EMPTY_FRAMES": "false"})
+    assert summary["frames"] == mask.shape[0] and dciodvfy_errors(path) == []
+    np.testing.assert_array_equal(labels_from_frames(seg, parsed), mask)

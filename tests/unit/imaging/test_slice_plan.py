@@ -65,3 +65,25 @@ def test_inconsistent_series_are_rejected_naming_series_and_rule(refs: list[Slic
 
 def test_single_slice_uses_thickness_for_depth() -> None:
     assert plan_slices([ref(0, (1, 2, 3))]).spacing == (0.8, 0.5, 2.0)
+
+
+def test_match_grid_maps_positions_and_names_what_differs() -> None:
+    from radflow.shared.dicom import match_grid
+
+    plan = plan_slices([ref(i, (0, 0, z)) for i, z in enumerate([0.0, 3.0, 6.0])])
+    direction = plan.direction
+    assert match_grid(plan, (0, 0, 0), plan.spacing, direction, (3, 4, 6)) == [0, 1, 2]
+    flipped = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+    assert match_grid(plan, (0, 0, 6), plan.spacing, flipped, (3, 4, 6)) == [2, 1, 0]
+    assert match_grid(plan, (0, 0, 3), plan.spacing, direction, (2, 4, 6)) == [1, 2]
+    cases = [
+        (((0, 0, 0), plan.spacing, direction, (3, 6, 4)), "in-plane size"),
+        (((0, 0, 0), plan.spacing, (0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0), (3, 4, 6)), "directions differ"),
+        (((0, 0, 0), (0.5, 0.8, 3.0), direction, (3, 4, 6)), "pixel spacing"),
+        (((0, 0, 1.5), plan.spacing, direction, (2, 4, 6)), "lies on no source plane"),
+        (((0.4, 0, 0), plan.spacing, direction, (3, 4, 6)), "shifted in-plane"),
+        (((0, 0, 0), (0.8, 0.5, 0.0), direction, (3, 4, 6)), "several mask slices"),
+    ]
+    for args, message in cases:
+        with pytest.raises(InvalidInput, match=message):
+            match_grid(plan, *args)

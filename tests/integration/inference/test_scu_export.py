@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RTSTRUCT, SEG, PynetdicomSCP, StoreSCP, dataset_bytes, make_instance
+from scu_peers import RTSTRUCT, SEG, PynetdicomSCP, StoreSCP, dataset_bytes, make_instance
 
 from radflow.functions.scu_export import deps, logic
 from radflow.functions.scu_export.destinations import CONFIG_KEY

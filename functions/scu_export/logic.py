@@ -205,6 +205,12 @@ def send_to(dest: Destination, instances: list[Instance], settings: ScuExportSet
     return report
 
 
+def _class_name(uid: str) -> str:
+    from pydicom.uid import UID
+
+    return UID(uid).name if uid else ""
+
+
 def _write_report(ctx: StageContext, reports: list[DestinationReport], unreadable: list[FileResult]) -> None:
     folder = ctx.outputs.get(REPORT)
     if folder is None:
@@ -255,6 +261,17 @@ def run(ctx: StageContext, destinations: Mapping[str, Any] | None = None) -> dic
         if bad:
             codes = sorted({f.status or "no status" for f in bad})
             failures.append(f"{report.name}: {len(bad)} of {len(report.files)} file(s) failed ({', '.join(codes)})")
+            for f in bad:  # position and class, not the file name: names are often UIDs
+                log.warning(
+                    "file not stored",
+                    extra={
+                        "destination": report.name,
+                        "input": f.file.split("/", 1)[0],
+                        "position": report.files.index(f) + 1,
+                        "sop_class": _class_name(f.sop_class_uid),
+                        "status": f.status,
+                    },
+                )
     summary = {
         "destinations": len(chosen),
         "files": total,

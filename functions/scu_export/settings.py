@@ -40,9 +40,9 @@ class ScuExportSettings(BaseModel):
 
     @classmethod
     def from_variables(cls, variables: Mapping[str, str]) -> ScuExportSettings:
-        """Parse the stage's variables; a bad value is a permanent error naming the variable."""
+        """Parse the stage's variables (empty = unset = default); a bad value is a permanent error naming the variable."""
         try:
-            settings = cls.model_validate(dict(variables))
+            settings = cls.model_validate({k: v for k, v in variables.items() if v != ""})
         except ValidationError as exc:
             first = exc.errors()[0]
             name = ".".join(str(p) for p in first["loc"])

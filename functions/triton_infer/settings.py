@@ -62,9 +62,9 @@ class TritonInferSettings(BaseModel):
 
     @classmethod
     def from_variables(cls, variables: Mapping[str, str]) -> TritonInferSettings:
-        """Parse the stage's variables; a bad value is a permanent error naming the variable."""
+        """Parse the stage's variables (empty = unset = default); a bad value is a permanent error naming the variable."""
         try:
-            return cls.model_validate(dict(variables))
+            return cls.model_validate({k: v for k, v in variables.items() if v != ""})
         except ValidationError as exc:
             first = exc.errors()[0]
             name = ".".join(str(p) for p in first["loc"])

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RTSTRUCT, SEG, PynetdicomSCP, StoreSCP, dataset_bytes, make_instance
+from scu_peers import RTSTRUCT, SEG, PynetdicomSCP, StoreSCP, dataset_bytes, make_instance
 
 from radflow.functions.scu_export import deps, logic
 from radflow.functions.scu_export.destinations import CONFIG_KEY
@@ -184,3 +184,11 @@ def test_adapter_config_is_read_from_the_object_store(store: ObjectStore) -> Non
     config = _config(("MYPACS", "ORTHANC", 4242))
     store.put_bytes(CONFIG_KEY, json.dumps(config).encode())
     assert deps.load_adapter_config(store) == config
+
+
+def test_empty_variables_mean_defaults(tmp_path: Path, pynetdicom_scp: Callable[..., PynetdicomSCP]) -> None:
+    # the runtime passes every declared variable, unset ones as ""
+    scp = pynetdicom_scp().start()
+    ctx = _ctx(tmp_path, {"DESTINATIONS": "MYPACS", "SCU_ATTEMPTS": "", "SCU_FAILURE_THRESHOLD": "", "SCU_AE_TITLE": ""})
+    _files(ctx)
+    assert logic.run(ctx, destinations=_config(("MYPACS", scp.ae_title, scp.port)))["sent"] == 3

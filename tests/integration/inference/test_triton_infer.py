@@ -106,6 +106,14 @@ def test_bad_variables_are_invalid_input_naming_the_variable(
         logic.run(ctx)
 
 
+def test_empty_variables_mean_defaults(tmp_path: Path) -> None:
+    # the runtime passes every declared variable, unset ones as ""
+    ctx = _ctx(tmp_path, {"TRITON_MODEL_SIZE": "", "TRITON_LABELS": "", "TRITON_THRESHOLD": ""})
+    write_volume(ctx.inputs["volumes"] / "9.nii.gz", np.zeros((4, 8, 8), np.int16), OBLIQUE)
+    logic.run(ctx, client=OnnxRuntimeClient(MODEL_REPOSITORY))
+    assert json.loads((ctx.outputs["masks"] / "masks.json").read_text())["labels"] == {"1": "tumor"}
+
+
 def test_no_volume_is_invalid_input(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path)
     ctx.inputs["volumes"].mkdir()

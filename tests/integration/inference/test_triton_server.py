@@ -91,3 +91,22 @@ def test_unknown_model_is_invalid_input_and_a_stopped_server_unavailable(triton:
 def test_triton_available_names_a_reason() -> None:
     ok, reason = triton_available()
     assert ok and "tritonserver" in reason
+
+
+def test_a_model_that_fails_to_load_stops_start_with_the_log_path(tmp_path: Path) -> None:
+    repo = tmp_path / "repo" / "broken"
+    (repo / "1").mkdir(parents=True)
+    (repo / "config.pbtxt").write_text('name: "broken"\nbackend: "python"\nmax_batch_size: 0\n')
+    (repo / "1" / "model.py").write_text("raise ImportError('broken on purpose')\n")
+    server = TritonServer(tmp_path / "repo", tmp_path / "state")
+    with pytest.raises(RuntimeError, match="tritonserver.log"):
+        server.start()
+    assert "broken on purpose" in server.log_path.read_text()
+
+
+def test_missing_stub_for_this_python_is_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    from radflow.engine import triton
+
+    monkeypatch.setattr(triton, "_python_version", lambda: "3.99")
+    ok, reason = triton.triton_available()
+    assert not ok and "no python backend stub for Python 3.99" in reason

@@ -134,14 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--slices", type=int, default=None, help="slices of the synthetic series")
     demo.set_defaults(func=cmd_demo)
 
-    for mount in ("radflow.adapter.cli:add_dicom_commands", "radflow.engine.jobs_cli:add_pipeline_commands",
-                  "radflow.engine.jobs_cli:add_jobs_commands"):
-        module, func = mount.split(":")
-        try:
-            mod = __import__(module, fromlist=[func])
-        except ImportError:
-            continue
-        getattr(mod, func)(sub)
+    from radflow.adapter.cli import add_dicom_commands
+    from radflow.engine.jobs_cli import add_jobs_commands, add_pipeline_commands
+
+    add_dicom_commands(sub)
+    add_pipeline_commands(sub)
+    add_jobs_commands(sub)
     return parser
 
 

@@ -30,6 +30,7 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from radflow.engine.broker import BrokerRuntime
+from radflow.engine.compiler import STORE_SECRET
 from radflow.engine.config import EngineConfig
 from radflow.engine.host import FunctionHost, WorkloadRunner
 from radflow.engine.manifests import ManifestSet, load_manifests, name_of, namespace_of
@@ -126,15 +127,45 @@ class Engine:
         return _CLUSTER_HOST.sub(sub, value)
 
     def _localise(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Copies of workload manifests whose env values point at cluster DNS names rewritten."""
+        """Copies of workload manifests as they run here.
+
+        - env values naming cluster DNS (``svc.ns.svc.cluster.local:port``) point at the local address;
+        - ``envFrom`` the object-store Secret is dropped: the engine's own S3 settings stand in for it
+          (every process gets them as ``RADFLOW_S3_*``);
+        - without a Triton server (platform cannot run it) operators that name one are told to use
+          in-process ONNX Runtime on the same model repository.
+        """
         out = json.loads(json.dumps(docs))
         for doc in out:
             spec = doc.get("spec", {}).get("template", {}).get("spec", {})
             for container in spec.get("containers", []):
+                env_from = [
+                    e for e in container.get("envFrom", []) or []
+                    if (e.get("secretRef") or {}).get("name") != STORE_SECRET
+                ]  # fmt: skip
+                if env_from:
+                    container["envFrom"] = env_from
+                else:
+                    container.pop("envFrom", None)
+                if self.triton is None:
+                    self._onnxruntime_fallback(container)
                 for item in container.get("env", []) or []:
                     if isinstance(item.get("value"), str):
                         item["value"] = self.rewrite_cluster_urls(item["value"])
         return out
+
+    def _onnxruntime_fallback(self, container: dict[str, Any]) -> None:
+        env = container.get("env") or []
+        names = {item.get("name") for item in env}
+        if "NVIDIA_TRITON_HTTPURI" not in names:
+            return
+        added = {"TRITON_BACKEND": "onnxruntime", "TRITON_MODEL_REPOSITORY": str(self.config.model_repository)}
+        env[:] = [e for e in env if e.get("name") not in added] + [{"name": k, "value": v} for k, v in added.items()]
+        for item in env:  # the runtime hands the operator only the variables its stage spec lists
+            if item.get("name") == "RADFLOW_STAGE_SPEC":
+                stage = json.loads(item["value"])
+                stage["variables"] = sorted(set(stage.get("variables", [])) | set(added))
+                item["value"] = json.dumps(stage)
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -54,7 +54,7 @@ class Adapter:
     def start(self) -> Adapter:
         self.store.ensure_bucket()
         cfg = self.configs.load()
-        stats = self.spool.recover()
+        stats = self.spool.recover(self.handlers.describe)
         if any(stats.values()):
             log.info("spool recovered after restart", extra=stats)
         configure_pynetdicom(self.spool)

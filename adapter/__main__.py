@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 from radflow.adapter.app import Adapter
-from radflow.adapter.config import load_yaml
+from radflow.adapter.config import AdapterConfig, load_yaml
 from radflow.adapter.settings import AdapterSettings
 from radflow.shared.errors import ConfigError, Unavailable
 from radflow.shared.logging import configure_logging
@@ -28,11 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("dicom-adapter", settings.log_level, settings.log_format)
     # the environment wins so the engine can run the Deployment's command with local paths
     path = settings.config or args.config
-    if path is None:
-        log.error("no configuration: pass --config FILE or set RADFLOW_ADAPTER_CONFIG")
-        return 2
     try:
-        config = load_yaml(path)
+        if path is not None and Path(path).is_file():
+            config = load_yaml(path)
+        else:
+            # no YAML (e.g. `radflow up` without --config): serve what was configured over REST
+            # and persisted in the bucket, or nothing until `radflow dicom create aetitle ...`
+            log.warning("configuration file %s not found; using the persisted configuration only", path)
+            config = AdapterConfig(port=11112)
         adapter = Adapter(settings, config, ObjectStore(StoreSettings())).start()
     except ConfigError as exc:
         log.error("configuration error: %s", exc)

@@ -54,14 +54,20 @@ class Adapter:
     def start(self) -> Adapter:
         self.store.ensure_bucket()
         cfg = self.configs.load()
-        stats = self.spool.recover()
+        stats = self.spool.recover(self.handlers.describe)
         if any(stats.values()):
             log.info("spool recovered after restart", extra=stats)
         configure_pynetdicom(self.spool)
         self.uploader.start()
         self.emitter.start()
         self.outbox.start()
-        self.rest_port = self.api.start(self.settings.host, self.settings.rest_port)
+        try:
+            self.rest_port = self.api.start(self.settings.host, self.settings.rest_port)
+        except OSError as exc:
+            # e.g. Clara's 5000 taken on a developer machine: keep ingesting, say where the API is
+            self.rest_port = self.api.start(self.settings.host, 0)
+            log.warning("REST port %d unavailable (%s); REST API on port %d instead",
+                        self.settings.rest_port, exc.strerror, self.rest_port)
         ssl_ctx = None
         if cfg.tls is not None:
             ssl_ctx, allowed = tls_context(cfg.tls)

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 from typing import TYPE_CHECKING
 
-from radflow.adapter import grouping
 from radflow.adapter.dicomfile import SERIES_INSTANCE, SOP_CLASS, SOP_INSTANCE, STUDY_INSTANCE, NotDicom, inspect_bytes
-from radflow.adapter.spool import InstanceRecord, PendingUpload
+from radflow.adapter.handlers import check_header, record_for
+from radflow.adapter.spool import PendingUpload
 from radflow.shared.errors import Unavailable
-from radflow.shared.storage import Keys, NotFound
+from radflow.shared.storage import NotFound
 
 if TYPE_CHECKING:
     from radflow.adapter.app import Adapter
@@ -93,14 +92,11 @@ class DropWatcher:
                 except NotDicom as exc:
                     self._quarantine(obj.key, str(exc))
                     continue
-                v = header.values
-                missing = [n for t, n in ((SOP_INSTANCE, "SOP Instance UID"), (STUDY_INSTANCE, "Study Instance UID"),
-                                          (SERIES_INSTANCE, "Series Instance UID"), (ae.group_tag, f"grouping tag {ae.group_by}"))
-                           if not v.get(t)]
-                if missing:
-                    self._quarantine(obj.key, f"missing {', '.join(missing)}")
+                problem = check_header(header, ae.group_tag, ae.group_by, None)
+                if problem is not None:
+                    self._quarantine(obj.key, problem)
                     continue
-                if v.get(SOP_CLASS, "") in ae.ignored_sop_classes:
+                if header.values.get(SOP_CLASS, "") in ae.ignored_sop_classes:
                     store.delete(obj.key)
                     continue
                 assoc_id = assocs.get(ae.ae_title)
@@ -111,25 +107,12 @@ class DropWatcher:
                 tmp = spool.tmp_dir / f"drop-{uuid.uuid4().hex}.dcm"
                 with open(tmp, "wb") as fh:
                     fh.write(data)
-                name = spool.take_file(tmp)
-                study_uid, series_uid, sop_uid = v[STUDY_INSTANCE], v[SERIES_INSTANCE], v[SOP_INSTANCE]
-                rec = InstanceRecord(
-                    assoc_id=assoc_id,
-                    group_id=grouping.group_id(ae.ae_title, v[ae.group_tag]),
-                    called_ae=ae.ae_title,
-                    calling_ae=DROP_CALLING_AE,
-                    study_uid=study_uid,
-                    series_uid=series_uid,
-                    sop_uid=sop_uid,
-                    sop_class=v.get(SOP_CLASS, ""),
-                    ts_uid=header.transfer_syntax,
-                    spool_name=name,
-                    key=Keys.instance(grouping.study_id(study_uid), series_uid, sop_uid),
-                    received=time.time(),
-                )
-                row = spool.add_instance(rec)
+                name = spool.take_file(tmp, assoc_id)
+                rec = record_for(header, assoc_id=assoc_id, called=ae.ae_title, calling=DROP_CALLING_AE,
+                                 spool_name=name, group_tag=ae.group_tag)
+                spool.add_instance(rec)
                 spool.mark_drop_seen(obj.key, obj.etag, "indexed")
-                a.uploader.enqueue(PendingUpload(row, name, rec.key))
+                a.uploader.enqueue(PendingUpload(name, rec.key))
                 store.delete(obj.key)
                 count += 1
         finally:

@@ -25,8 +25,16 @@ from pynetdicom import evt
 
 from radflow.adapter import grouping
 from radflow.adapter.config import AdapterConfig
-from radflow.adapter.dicomfile import SERIES_INSTANCE, SOP_CLASS, SOP_INSTANCE, STUDY_INSTANCE, NotDicom, inspect_file
-from radflow.adapter.spool import InstanceRecord, PendingUpload, Spool
+from radflow.adapter.dicomfile import (
+    SERIES_INSTANCE,
+    SOP_CLASS,
+    SOP_INSTANCE,
+    STUDY_INSTANCE,
+    Header,
+    NotDicom,
+    inspect_file,
+)
+from radflow.adapter.spool import AssociationRow, InstanceRecord, PendingUpload, Spool
 from radflow.shared.storage import Keys
 
 log = logging.getLogger(__name__)
@@ -40,6 +48,42 @@ PROCESSING_FAILURE = 0xC211
 REJECT_PERMANENT, REJECT_TRANSIENT = 0x01, 0x02
 SOURCE_USER = 0x01
 REASON_NONE, REASON_CALLING_AE, REASON_CALLED_AE = 0x01, 0x03, 0x07
+
+
+def record_for(
+    header: Header, *, assoc_id: str, called: str, calling: str, spool_name: str, group_tag: int
+) -> InstanceRecord:
+    """The index row of a spooled instance (also used to re-index files after a crash)."""
+    v = header.values
+    study_uid, series_uid, sop_uid = v[STUDY_INSTANCE], v[SERIES_INSTANCE], v[SOP_INSTANCE]
+    return InstanceRecord(
+        assoc_id=assoc_id,
+        group_id=grouping.group_id(called, v[group_tag]),
+        called_ae=called,
+        calling_ae=calling,
+        study_uid=study_uid,
+        series_uid=series_uid,
+        sop_uid=sop_uid,
+        sop_class=v.get(SOP_CLASS, ""),
+        ts_uid=header.transfer_syntax,
+        spool_name=spool_name,
+        key=Keys.instance(grouping.study_id(study_uid), series_uid, sop_uid),
+        received=time.time(),
+    )
+
+
+def check_header(header: Header, group_tag: int, group_by: str, sop_uid: str | None) -> str | None:
+    """Why ``header`` cannot be stored (naming the tag), or ``None`` when it can."""
+    v = header.values
+    for tag, label in ((STUDY_INSTANCE, "(0020,000D) Study Instance UID"), (SERIES_INSTANCE, "(0020,000E) Series Instance UID"),
+                       (SOP_INSTANCE, "(0008,0018) SOP Instance UID")):
+        if not v.get(tag):
+            return f"{label} is missing or empty"
+    if sop_uid is not None and v[SOP_INSTANCE] != sop_uid:
+        return "(0008,0018) SOP Instance UID differs from the request's Affected SOP Instance UID"
+    if not v.get(group_tag):
+        return f"grouping tag ({group_by}) is missing or empty"
+    return None
 
 
 class StoreHandlers:
@@ -144,45 +188,21 @@ class StoreHandlers:
         except NotDicom as exc:
             self._refused("not a complete DICOM dataset", str(exc), called)
             return CANNOT_UNDERSTAND
-        sop_uid = str(req.AffectedSOPInstanceUID)
-        values = header.values
-        for tag, label in ((STUDY_INSTANCE, "(0020,000D) Study Instance UID"), (SERIES_INSTANCE, "(0020,000E) Series Instance UID")):
-            if not values.get(tag):
-                self._refused("required UID missing", f"{label} is missing or empty", called)
-                return DATASET_MISMATCH
-        if values.get(SOP_INSTANCE) != sop_uid:
-            self._refused("UID mismatch", "(0008,0018) SOP Instance UID differs from Affected SOP Instance UID", called)
+        problem = check_header(header, ae.group_tag, ae.group_by, str(req.AffectedSOPInstanceUID))
+        if problem is not None:
+            self._refused("dataset does not match the request", problem, called)
             return DATASET_MISMATCH
-        group_value = values.get(ae.group_tag, "")
-        if not group_value:
-            self._refused("grouping tag missing", f"grouping tag ({ae.group_by}) is missing or empty", called)
-            return DATASET_MISMATCH
-        study_uid = values[STUDY_INSTANCE]
-        series_uid = values[SERIES_INSTANCE]
         assoc_id = self._association(assoc, called, calling)
         try:
-            name = self.spool.take_file(path)
-            rec = InstanceRecord(
-                assoc_id=assoc_id,
-                group_id=grouping.group_id(called, group_value),
-                called_ae=called,
-                calling_ae=calling,
-                study_uid=study_uid,
-                series_uid=series_uid,
-                sop_uid=sop_uid,
-                sop_class=sop_class,
-                ts_uid=header.transfer_syntax,
-                spool_name=name,
-                key=Keys.instance(grouping.study_id(study_uid), series_uid, sop_uid),
-                received=time.time(),
-            )
-            row = self.spool.add_instance(rec)
+            name = self.spool.take_file(path, assoc_id)
         except OSError as exc:
             log.error("spool write failed: %s; answering Out of Resources", exc.strerror, extra={"called_ae": called})
             return OUT_OF_RESOURCES
+        rec = record_for(header, assoc_id=assoc_id, called=called, calling=calling, spool_name=name, group_tag=ae.group_tag)
+        self.spool.add_instance(rec)  # queued behind the ack: the fsync'd file is the record
         with self._lock:
             self.counters["stored"] += 1
-        self.on_stored(PendingUpload(row, rec.spool_name, rec.key))
+        self.on_stored(PendingUpload(rec.spool_name, rec.key))
         return SUCCESS
 
     def _refused(self, what: str, detail: str, called: str) -> None:
@@ -200,6 +220,19 @@ class StoreHandlers:
         with self._lock:
             self._open[id(assoc)] = assoc_id
         return assoc_id
+
+    def describe(self, path: Path, assoc: AssociationRow) -> InstanceRecord | None:
+        """Rebuild the index row of an acknowledged file found unindexed after a crash."""
+        ae = self.config().ae(assoc.called_ae)
+        group_tag, group_by = (ae.group_tag, ae.group_by) if ae else (STUDY_INSTANCE, "0020,000D")
+        try:
+            header = inspect_file(path, frozenset({SOP_CLASS, SOP_INSTANCE, STUDY_INSTANCE, SERIES_INSTANCE, group_tag}))
+        except (NotDicom, OSError):
+            return None
+        if check_header(header, group_tag, group_by, None) is not None:
+            return None
+        return record_for(header, assoc_id=assoc.id, called=assoc.called_ae, calling=assoc.calling_ae,
+                          spool_name=path.name, group_tag=group_tag)
 
     # -- end of association ----------------------------------------------------------------------
 

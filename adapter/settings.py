@@ -8,6 +8,7 @@ engine's state folder, loopback only).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import AliasChoices, Field
@@ -22,8 +23,13 @@ class AdapterSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="RADFLOW_ADAPTER_", frozen=True, extra="ignore")
 
     config: Path | None = Field(None, description="Clara DICOM Adapter YAML; --config overrides it.")
-    spool_dir: Path = Field(Path("/var/lib/radflow/dicom-adapter"), description="Durable spool (PVC).")
-    host: str = Field("127.0.0.1", description="Address the DICOM and REST listeners bind.")
+    spool_dir: Path = Field(
+        Path("/var/lib/radflow/dicom-adapter"), description="Durable spool; the PVC mount path in knative/adapter.yaml."
+    )
+    host: str = Field(
+        default_factory=lambda: "0.0.0.0" if os.environ.get("KUBERNETES_SERVICE_HOST") else "127.0.0.1",
+        description="Address the listeners bind: all interfaces in a pod, loopback elsewhere.",
+    )
     dicom_port: int | None = Field(None, description="Overrides dicom.scp.port of the YAML.")
     rest_port: int = Field(5000, description="REST API and health endpoints (Clara's default 5000).")
     sink: str | None = Field(

@@ -1,14 +1,17 @@
 """The durable spool: received files on local disk plus an SQLite index, both crash-safe.
 
 Why: C-STORE success may only be answered once the instance cannot be lost. Writing each
-instance to S3 inside the handler costs a round trip per instance; instead the file is
-``fsync``'d and renamed into ``data/`` and its index row committed (WAL, ``synchronous=FULL``)
-before the handler returns. An uploader drains the spool to S3 afterwards; ``kill -9`` at any
-point leaves either no acknowledged instance or an indexed file that the next start uploads.
+instance to S3 inside the handler costs a round trip per instance; instead the received file is
+renamed into ``data/<association id>-<uuid>.dcm`` and then ``fsync``'d, file and folder, before
+the handler returns. The file *is* the durable record: its name says which association brought
+it, the association row was committed when the association stored its first instance, and the
+DICOM header says the rest. Its index row (SQLite, WAL, ``synchronous=FULL``) is written
+asynchronously, behind the ack; a file without a row after ``kill -9`` is re-indexed by
+:meth:`Spool.recover`. An uploader drains the spool to S3; restarting resumes it.
 
-All writes go through one writer thread that commits whatever is queued in one transaction
-(group commit): four associations storing at once share one WAL fsync instead of four.
-``data/`` is fsync'd in the same batch so the renames are durable before the commit.
+All index writes go through one writer thread that commits whatever is queued in one
+transaction (group commit), in FIFO order, so an instance's row always precedes the release or
+abort of its association.
 
 Index rows hold UIDs; the spool lives on the adapter's own volume, never in logs or events.
 """
@@ -47,6 +50,7 @@ CREATE TABLE IF NOT EXISTS instances (
 );
 CREATE INDEX IF NOT EXISTS instances_group ON instances(group_id);
 CREATE INDEX IF NOT EXISTS instances_assoc ON instances(assoc_id);
+CREATE UNIQUE INDEX IF NOT EXISTS instances_spool ON instances(spool_name);
 CREATE TABLE IF NOT EXISTS groups (
     id TEXT PRIMARY KEY, called_ae TEXT NOT NULL, study_uid TEXT NOT NULL,
     calling_ae TEXT NOT NULL DEFAULT '', next_revision INTEGER NOT NULL DEFAULT 0,
@@ -80,9 +84,16 @@ class InstanceRecord:
 
 @dataclass(frozen=True)
 class PendingUpload:
-    id: int
     spool_name: str
     key: str
+
+
+@dataclass(frozen=True)
+class AssociationRow:
+    id: str
+    called_ae: str
+    calling_ae: str
+    state: str
 
 
 @dataclass(frozen=True)
@@ -112,13 +123,18 @@ class ReadyInstance:
     sha256: str
 
 
-class _Job:
-    __slots__ = ("fn", "future", "sync_dir")
+def _log_failure(future: Future[Any]) -> None:
+    exc = future.exception()
+    if exc is not None:
+        log.error("indexing a spooled instance failed (%s); it is re-indexed at the next start", type(exc).__name__)
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], sync_dir: bool) -> None:
+
+class _Job:
+    __slots__ = ("fn", "future")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
         self.fn = fn
         self.future: Future[Any] = Future()
-        self.sync_dir = sync_dir
 
 
 class Spool:
@@ -165,8 +181,6 @@ class Spool:
     def _run_batch(self, batch: list[_Job]) -> None:
         results: list[tuple[_Job, Any, BaseException | None]] = []
         try:
-            if any(j.sync_dir for j in batch):
-                os.fsync(self._dir_fd)
             self._conn.execute("BEGIN IMMEDIATE")
             for job in batch:
                 self._conn.execute("SAVEPOINT job")
@@ -196,16 +210,16 @@ class Spool:
             else:
                 job.future.set_result(value)
 
-    def submit(self, fn: Callable[[sqlite3.Connection], T], *, sync_dir: bool = False) -> Future[T]:
+    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
         if self._closed:
             raise RuntimeError("spool is closed")
-        job = _Job(fn, sync_dir)
+        job = _Job(fn)
         self._queue.put(job)
         return job.future
 
-    def run(self, fn: Callable[[sqlite3.Connection], T], *, sync_dir: bool = False) -> T:
+    def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in the writer thread inside a committed transaction; returns its result."""
-        return self.submit(fn, sync_dir=sync_dir).result()
+        return self.submit(fn).result()
 
     def close(self) -> None:
         if self._closed:
@@ -218,16 +232,26 @@ class Spool:
 
     # -- files -----------------------------------------------------------------------------------
 
-    def take_file(self, src: Path) -> str:
-        """fsync ``src`` and move it into ``data/``; the caller then indexes it with ``sync_dir``."""
-        fd = os.open(src, os.O_RDONLY)
+    def take_file(self, src: Path, assoc_id: str) -> str:
+        """Move ``src`` into ``data/`` and make it durable; returns its spool name.
+
+        Rename first, then fsync the file and the folder: the file's fsync commits the journal
+        transaction holding the rename on ext4/XFS, so the folder's fsync is usually free.
+        """
+        name = f"{assoc_id}-{uuid.uuid4().hex}.dcm"
+        dst = self.data_dir / name
+        os.replace(src, dst)
+        fd = os.open(dst, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        name = f"{uuid.uuid4().hex}.dcm"
-        os.replace(src, self.data_dir / name)
+        os.fsync(self._dir_fd)
         return name
+
+    @staticmethod
+    def association_of(spool_name: str) -> str:
+        return spool_name.rsplit("-", 1)[0]
 
     def path(self, spool_name: str) -> Path:
         return self.data_dir / spool_name
@@ -269,8 +293,8 @@ class Spool:
 
         return self.run(fn)
 
-    def add_instance(self, rec: InstanceRecord) -> int:
-        """Index an instance whose file :meth:`take_file` moved; durable when this returns."""
+    def add_instance(self, rec: InstanceRecord, *, wait: bool = False) -> None:
+        """Index an instance whose file :meth:`take_file` made durable (queued; FIFO)."""
 
         def fn(c: sqlite3.Connection) -> int:
             cur = c.execute(
@@ -289,13 +313,18 @@ class Spool:
             )
             return int(cur.lastrowid or 0)
 
-        return self.run(fn, sync_dir=True)
+        future = self.submit(fn)
+        if wait:
+            future.result()
+        else:
+            future.add_done_callback(_log_failure)
 
-    def recover(self) -> dict[str, int]:
+    def recover(self, describe: Callable[[Path, AssociationRow], InstanceRecord | None]) -> dict[str, int]:
         """After a crash: associations left open were cut by *us*, not aborted by the peer.
 
         Their instances were acknowledged, so they are kept and the associations count as
-        released. Half-received temp files were never acknowledged and are removed.
+        released. Files acknowledged but not yet indexed are indexed now (``describe`` reads
+        their header); half-received temp files were never acknowledged and are removed.
         """
         for leftover in self.tmp_dir.iterdir():
             try:
@@ -310,11 +339,30 @@ class Spool:
             outbox = c.execute("SELECT COUNT(*) FROM outbox WHERE state='pending'").fetchone()[0]
             return {"interrupted_associations": opened.rowcount, "pending_uploads": pending, "pending_events": outbox}
 
+        known = set(self.run(lambda c: [r[0] for r in c.execute("SELECT spool_name FROM instances")]))
+        uploaded = set(self.run(lambda c: [r[0] for r in c.execute("SELECT spool_name FROM instances WHERE uploaded=1")]))
+        assocs = {
+            r[0]: AssociationRow(*r)
+            for r in self.run(lambda c: c.execute("SELECT id, called_ae, calling_ae, state FROM associations").fetchall())
+        }
+        reindexed = 0
+        for f in sorted(self.data_dir.iterdir()):
+            if f.name in uploaded:
+                f.unlink(missing_ok=True)  # uploaded before the crash, not yet removed
+                continue
+            if f.name in known:
+                continue
+            row = assocs.get(self.association_of(f.name))
+            rec = describe(f, row) if row is not None and row.state != "aborted" else None
+            if rec is None:
+                log.error("spooled file cannot be re-indexed; moved to quarantine/", extra={"spool_file": f.name})
+                (self.root / "quarantine").mkdir(exist_ok=True)
+                os.replace(f, self.root / "quarantine" / f.name)
+                continue
+            self.add_instance(rec, wait=True)
+            reindexed += 1
         stats = self.run(fn)
-        known = set(self.run(lambda c: [r[0] for r in c.execute("SELECT spool_name FROM instances WHERE uploaded=0")]))
-        for f in self.data_dir.iterdir():
-            if f.name not in known:
-                f.unlink(missing_ok=True)
+        stats["reindexed"] = reindexed
         return stats
 
     # -- uploads ---------------------------------------------------------------------------------
@@ -322,17 +370,17 @@ class Spool:
     def pending_uploads(self) -> list[PendingUpload]:
         return self.run(
             lambda c: [
-                PendingUpload(r[0], r[1], r[2])
-                for r in c.execute("SELECT id, spool_name, key FROM instances WHERE uploaded=0 AND discarded=0 ORDER BY id")
+                PendingUpload(r[0], r[1])
+                for r in c.execute("SELECT spool_name, key FROM instances WHERE uploaded=0 AND discarded=0 ORDER BY id")
             ]
         )
 
-    def mark_uploaded(self, instance_id: int, size: int, sha256: str) -> bool:
+    def mark_uploaded(self, spool_name: str, size: int, sha256: str) -> bool:
         """Record a finished upload; ``False`` if the instance was discarded meanwhile."""
 
         def fn(c: sqlite3.Connection) -> bool:
-            c.execute("UPDATE instances SET uploaded=1, size=?, sha256=? WHERE id=?", (size, sha256, instance_id))
-            row = c.execute("SELECT discarded FROM instances WHERE id=?", (instance_id,)).fetchone()
+            c.execute("UPDATE instances SET uploaded=1, size=?, sha256=? WHERE spool_name=?", (size, sha256, spool_name))
+            row = c.execute("SELECT discarded FROM instances WHERE spool_name=?", (spool_name,)).fetchone()
             return bool(row) and row[0] == 0
 
         return self.run(fn)

@@ -30,7 +30,7 @@ class Uploader:
         self.store = store
         self.on_uploaded = on_uploaded
         self._queue: queue.Queue[PendingUpload | None] = queue.Queue()
-        self._inflight: set[int] = set()
+        self._inflight: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._work, name=f"uploader-{i}", daemon=True) for i in range(workers)]
@@ -54,7 +54,7 @@ class Uploader:
 
     def enqueue(self, item: PendingUpload) -> None:
         with self._lock:
-            self._inflight.add(item.id)
+            self._inflight.add(item.spool_name)
         self._queue.put(item)
 
     def backlog(self) -> int:
@@ -69,7 +69,7 @@ class Uploader:
                 self._upload(item)
             finally:
                 with self._lock:
-                    self._inflight.discard(item.id)
+                    self._inflight.discard(item.spool_name)
 
     def _upload(self, item: PendingUpload) -> None:
         path = self.spool.path(item.spool_name)
@@ -78,7 +78,7 @@ class Uploader:
             try:
                 data = path.read_bytes()
             except FileNotFoundError:
-                log.error("spooled file missing; instance cannot be uploaded", extra={"instance_row": item.id})
+                log.error("spooled file missing; instance cannot be uploaded", extra={"spool_file": item.spool_name})
                 return
             try:
                 self.store.put_bytes(item.key, data, content_type="application/dicom")
@@ -89,7 +89,7 @@ class Uploader:
                 delay = min(delay * 2, 10.0)
         else:
             return  # stopping: the row stays pending and the next start uploads it
-        live = self.spool.mark_uploaded(item.id, len(data), hashlib.sha256(data).hexdigest())
+        live = self.spool.mark_uploaded(item.spool_name, len(data), hashlib.sha256(data).hexdigest())
         self.spool.unlink(item.spool_name)
         self.uploaded += 1
         if not live and not self.spool.key_in_use(item.key):
@@ -108,7 +108,7 @@ class Uploader:
             busy = set(self._inflight)
         done = []
         for row_id, spool_name, key, uploaded, key_needed in self.spool.discarded():
-            if row_id in busy:
+            if spool_name in busy:
                 continue
             if uploaded and not key_needed:
                 self._delete_quietly(key)

@@ -195,10 +195,25 @@ async def _demo(work: Path, slices: int) -> int:
         pacs.stop()
 
 
+async def _cancellable(coro: Any) -> int:
+    """Run ``coro``; SIGTERM/SIGINT cancel it so its ``finally`` stops the engine and the PACS."""
+    import signal
+
+    task = asyncio.ensure_future(coro)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return int(await task)
+    except asyncio.CancelledError:
+        print("interrupted: stopped the engine", file=sys.stderr)
+        return 130
+
+
 def run_demo(args: argparse.Namespace) -> int:
     work = Path(".radflow-demo").resolve() if args.keep else Path(tempfile.mkdtemp(prefix="radflow-demo-"))
     try:
-        return asyncio.run(_demo(work, args.slices or 32))
+        return asyncio.run(_cancellable(_demo(work, args.slices or 32)))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

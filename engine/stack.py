@@ -170,6 +170,14 @@ class Engine:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start every part; if one fails, what already runs is stopped before the error propagates."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         self.started_at = time.time()
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         if not self.config.s3.endpoint_url:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from radflow.engine.ports import free_port
+from radflow.engine.children import die_with_parent
 
 #: where the project's committed model repository lives (``models/triton``)
 MODEL_REPOSITORY = Path(__file__).resolve().parents[1] / "models" / "triton"
@@ -149,7 +150,8 @@ class TritonServer:
         ]  # fmt: skip
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, env=self._environment(root), start_new_session=True
+                args, stdout=log, stderr=subprocess.STDOUT, env=self._environment(root), start_new_session=True,
+                preexec_fn=die_with_parent,  # never outlives the engine (engine/children.py)
             )
         deadline = time.monotonic() + timeout
         url = f"http://{self.http_url}/v2/health/ready"

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from radflow.engine.host.process import PidRegistry
+from radflow.engine.children import die_with_parent
 
 log = logging.getLogger(__name__)
 #: What radflow's operators import at module level (boto3 via shared.storage, SimpleITK via shared.imaging, …).
@@ -58,6 +59,7 @@ class Zygote:
         self.proc = await asyncio.create_subprocess_exec(
             self.python, str(ZYGOTE_SCRIPT), *self.preload, cwd=str(self.cwd), env=self.env,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None, start_new_session=True,
+            preexec_fn=die_with_parent,
         )  # fmt: skip
         if self.registry is not None:
             self.registry.add(self.proc.pid)

@@ -15,6 +15,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from radflow.engine.children import die_with_parent
+
 
 def log_line(log_path: Path, text: str) -> None:
     """Append one line from the host itself (``[host] …``) to a function's log file."""
@@ -58,7 +60,7 @@ class ManagedProcess:
             self.started_at = time.time()
             self.proc = await asyncio.create_subprocess_exec(
                 *self.argv, cwd=str(self.cwd), env=self.env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=fd, stderr=fd, start_new_session=True,
+                stdout=fd, stderr=fd, start_new_session=True, preexec_fn=die_with_parent,
             )  # fmt: skip
         finally:
             os.close(fd)

@@ -32,7 +32,7 @@ from prometheus_client import generate_latest
 from radflow.engine.broker import BrokerRuntime
 from radflow.engine.compiler import STORE_SECRET
 from radflow.engine.config import EngineConfig
-from radflow.engine.host import FunctionHost, WorkloadRunner
+from radflow.engine.host import IMAGING_STACK, FunctionHost, WorkloadRunner
 from radflow.engine.manifests import ManifestSet, load_manifests, name_of, namespace_of
 from radflow.engine.metrics import REGISTRY
 from radflow.engine.seaweed import SeaweedServer
@@ -193,6 +193,7 @@ class Engine:
             python=sys.executable,
             base_env=self.base_env(),
             idle_override_s=self.config.scale_to_zero_after,
+            prewarm=IMAGING_STACK if self.config.prewarm else None,
         )
         await self.host.start()
         self.broker = BrokerRuntime(

@@ -11,7 +11,8 @@ runtime stores in the stage's completed marker:
 - **in**: event sent to the stage (the upstream's reply, or the job request) -> operator start
   (HTTP hop, decode, fan-in check, claim, staging inputs from S3);
 - **out**: operator end -> completion event sent (uploading outputs, log, completed marker);
-- **operator**: the operator itself (here a ``python3 -c`` subprocess, i.e. process start-up).
+- **operator**: the operator itself (here a ``python3 -c`` subprocess, i.e. process start-up);
+- **hop**: the part of **in** before the stage's handler saw the request (driver + HTTP).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def main() -> int:
         (work / "logs").mkdir()
         broker = MiniBroker(kn, store_env(settings), work / "logs", backoff_delay=0.1)
         broker.start()
-        samples: dict[str, dict[str, list[float]]] = {s: {"in": [], "out": [], "operator": []} for s in STAGES}
+        samples: dict[str, dict[str, list[float]]] = {s: {"in": [], "hop": [], "out": [], "operator": []} for s in STAGES}
         for i in range(args.warmup + args.jobs):
             req = seed_study(store, "fan-in-example", series=1, instances=4)
             sent = time.time()
@@ -76,13 +77,14 @@ def main() -> int:
             for s in STAGES:
                 started_by = max((t[u]["replied"] for u in UPSTREAM[s]), default=sent)
                 samples[s]["in"].append((t[s]["logic_start"] - started_by) * 1000)
+                samples[s]["hop"].append((t[s]["received"] - started_by) * 1000)
                 samples[s]["out"].append((t[s]["replied"] - t[s]["logic_end"]) * 1000)
                 samples[s]["operator"].append((t[s]["logic_end"] - t[s]["logic_start"]) * 1000)
         print(f"machine: {platform.node()} {platform.machine()} python {platform.python_version()}, jobs={args.jobs}")
-        print(f"{'stage':<8} {'in median':>10} {'in p99':>8} {'out median':>11} {'out p99':>8} {'operator median':>16}  (ms)")
+        print(f"{'stage':<8} {'in median':>10} {'in p99':>8} {'out median':>11} {'out p99':>8} {'operator median':>16} {'hop median':>11}  (ms)")
         for s in STAGES:
             x = samples[s]
-            print(f"{s:<8} {statistics.median(x['in']):>10.1f} {pct(x['in'], 99):>8.1f} {statistics.median(x['out']):>11.1f} {pct(x['out'], 99):>8.1f} {statistics.median(x['operator']):>16.1f}")
+            print(f"{s:<8} {statistics.median(x['in']):>10.1f} {pct(x['in'], 99):>8.1f} {statistics.median(x['out']):>11.1f} {pct(x['out'], 99):>8.1f} {statistics.median(x['operator']):>16.1f} {statistics.median(x['hop']):>11.1f}")
         all_in = [v for s in STAGES for v in samples[s]["in"]]
         all_out = [v for s in STAGES for v in samples[s]["out"]]
         print(f"{'all':<8} {statistics.median(all_in):>10.1f} {pct(all_in, 99):>8.1f} {statistics.median(all_out):>11.1f} {pct(all_out, 99):>8.1f}")

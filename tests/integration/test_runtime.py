@@ -235,3 +235,18 @@ def test_stale_claim_is_taken_over_and_leftover_outputs_removed(store_settings: 
     names = sorted(i.key.rsplit("/", 1)[1] for i in store.list(Keys.stage_output(req.job_id, "first", "a")))
     assert len(names) == 2 and "inputs.txt" in names
     assert count.read_text().count("first end") == 1
+
+
+def test_a_finished_stage_is_never_rerun_even_when_its_claim_is_stale(store_settings: StoreSettings, store: ObjectStore, tmp_path: Path) -> None:
+    count = tmp_path / "count"
+    req = seed_study(store, "probe", series=1, instances=1)
+    ev = study_event(store, req)
+    rt = _runtime(store_settings, "first", COUNT_FILE=str(count))
+    first = _call(rt, ev)
+    key = Keys.stage_marker(req.job_id, "first", "claim")
+    doc = json.loads(store.get_bytes(key))
+    store.put_bytes(key, json.dumps({**doc, "heartbeat_at": time.time() - 3600}).encode())
+    again = _call(rt, events.with_attributes(ev, id="a-much-later-redelivery"))
+    assert again[0] == 200 and again[1] is not None and first[1] is not None
+    assert again[1]["id"] == first[1]["id"]
+    assert count.read_text().count("first start") == 1

@@ -45,6 +45,9 @@ class Claim:
     key: str
     event_id: str
     lease_seconds: float = 30.0
+    #: stop renewing after this long: past the Service's timeoutSeconds the broker has given up
+    #: on this request (504) and retries, so a hung run must let a retry take over
+    max_seconds: float = 600.0
     holder: str = field(default_factory=lambda: uuid.uuid4().hex)
     started_at: float = 0.0
     etag: str | None = field(default=None, init=False)
@@ -107,6 +110,9 @@ class Claim:
         interval = max(0.2, self.lease_seconds / 3)
         while not self._stop.wait(interval):
             if self.etag is None:
+                return
+            if time.time() - self.started_at > self.max_seconds:
+                logger.warning("run exceeded its timeout; no longer renewing its claim")
                 return
             try:
                 self.etag = self.store.put_if_match(self.key, self._doc(), self.etag)

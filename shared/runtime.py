@@ -231,7 +231,13 @@ class StageRuntime:
             if not self.store.exists(Keys.stage_marker(job.job_id, up, "completed.json")):
                 logger.info("fan-in: waiting for upstream stage", extra={"waiting_for": up})
                 return _empty(202)
-        claim = Claim(self.store, Keys.stage_marker(job.job_id, self.spec.stage, "claim"), event["id"], self.lease_seconds)
+        claim = Claim(
+            self.store,
+            Keys.stage_marker(job.job_id, self.spec.stage, "claim"),
+            event["id"],
+            self.lease_seconds,
+            max_seconds=float(self.spec.timeout_seconds),
+        )
         outcome = claim.acquire()
         if outcome is not Outcome.ACQUIRED:
             # the claim is never deleted once a run finished, so only a contested claim can

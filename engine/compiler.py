@@ -148,7 +148,6 @@ def knative_service(pipeline: Pipeline, op: Operator, source: str) -> dict[str, 
         "image": f"radflow/byo-{service_name(pipeline, op)}" if op.is_byo else function_image(function),
         "ports": [{"name": "http1", "containerPort": 8080}],
         "env": _env(env),
-        "envFrom": [{"secretRef": {"name": STORE_SECRET, "optional": True}}],
     }
     resources = _resources(op.requests.cpu, op.requests.memory, op.gpu)
     if resources:
@@ -327,8 +326,7 @@ def tracker_objects(pipelines: Sequence[Pipeline]) -> list[dict[str, Any]]:
                             "image": function_image("job_tracker"),
                             "ports": [{"name": "http1", "containerPort": 8080}],
                             "env": _env(env),
-                            "envFrom": [{"secretRef": {"name": STORE_SECRET, "optional": True}}],
-                        }
+                                            }
                     ],
                 },
             }
@@ -446,8 +444,14 @@ def compile_pipelines(
     generated = set(files)
     own = {p for p in out.rglob("*.yaml") if p not in generated and p.name != "kustomization.yaml" and not _is_generated(p)} if out.exists() else set()
     resources = sorted(f.relative_to(out).as_posix() for f in generated | own)
+    # on a cluster every function reads RADFLOW_S3_* from one Secret; the manifests themselves
+    # carry no envFrom (the engine passes the store settings in its own environment)
+    store_patch = {
+        "target": {"group": "serving.knative.dev", "version": "v1", "kind": "Service", "labelSelector": "app.kubernetes.io/part-of=radflow"},
+        "patch": _yaml([{"op": "add", "path": "/spec/template/spec/containers/0/envFrom", "value": [{"secretRef": {"name": STORE_SECRET}}]}]),
+    }
     files[out / "kustomization.yaml"] = GENERATED.format(source="") + _yaml(
-        {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": resources}
+        {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": resources, "patches": [store_patch]}
     )
     overlay_patches = [
         {

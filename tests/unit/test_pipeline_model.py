@@ -50,7 +50,7 @@ def test_reference_pipeline_parses(repo_root: Path) -> None:
     assert p.operator("triton-infer").services[0].connections.http[0].name == "NVIDIA_TRITON_HTTPURI"
     # service addresses reach the operator's ctx.variables, as Clara handed them to operators
     spec = stage_spec(p, p.operator("triton-infer"), timeout_seconds=600)
-    assert spec.variables == ["NVIDIA_TRITON_GRPCURI", "NVIDIA_TRITON_HTTPURI", "TRITON_MODEL_NAME"]
+    assert spec.variables == ["NVIDIA_TRITON_GRPCURI", "NVIDIA_TRITON_HTTPURI", "TRITON_BACKEND", "TRITON_MODEL_NAME", "TRITON_MODEL_REPOSITORY"]
 
 
 def test_image_mapping() -> None:

@@ -113,6 +113,9 @@ class _StageLog(logging.Handler):
         if record.thread == self.thread:
             self._fh.write(self.format(record) + "\n")
 
+    def flush(self) -> None:
+        self._fh.flush()
+
     def close(self) -> None:
         self._fh.close()
         super().close()
@@ -346,7 +349,6 @@ class StageRuntime:
 
     def _upload_log(self, job: _Job, log_path: Path, handler: _StageLog) -> None:
         handler.flush()
-        handler._fh.flush()
         if log_path.exists():
             self.store.put_file(Keys.stage_marker(job.job_id, self.spec.stage, "log.jsonl"), log_path, content_type="application/x-ndjson")
 

@@ -11,7 +11,8 @@ runtime stores in the stage's completed marker:
 - **in**: event sent to the stage (the upstream's reply, or the job request) -> operator start
   (HTTP hop, decode, fan-in check, claim, staging inputs from S3);
 - **out**: operator end -> completion event sent (uploading outputs, log, completed marker);
-- **operator**: the operator itself (here a ``python3 -c`` subprocess, i.e. process start-up).
+- **operator**: the operator itself (here a ``python3 -c`` subprocess, i.e. process start-up);
+- **hop**: the part of **in** before the stage's handler saw the request (driver + HTTP).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from pipeline_support import MiniBroker, seed_study, store_env, study_event  # noqa: E402
+from pipeline_support import EngineDriver, MiniBroker, engine_available, seed_study, store_env, study_event  # noqa: E402
 from radflow.engine.compiler import compile_pipelines, write_files  # noqa: E402
 from radflow.engine.seaweed import SeaweedServer  # noqa: E402
 from radflow.shared.settings import StoreSettings  # noqa: E402
@@ -50,6 +51,7 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--json", type=Path, help="also write the raw samples here")
+    ap.add_argument("--engine", action="store_true", help="deliver through the engine's broker and function host")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="radflow-bench-"))
     weed = SeaweedServer(data_dir=work / "s3", log_path=work / "weed.log")
@@ -62,9 +64,14 @@ def main() -> int:
         kn = work / "knative"
         write_files(compile_pipelines([REPO / "pipelines/examples/fan-in-example.yaml"], kn, root=REPO))
         (work / "logs").mkdir()
-        broker = MiniBroker(kn, store_env(settings), work / "logs", backoff_delay=0.1)
+        if args.engine:
+            if reason := engine_available():
+                ap.error(reason)
+            broker = EngineDriver(kn, store_env(settings), work / "state")
+        else:
+            broker = MiniBroker(kn, store_env(settings), work / "logs", backoff_delay=0.1)
         broker.start()
-        samples: dict[str, dict[str, list[float]]] = {s: {"in": [], "out": [], "operator": []} for s in STAGES}
+        samples: dict[str, dict[str, list[float]]] = {s: {"in": [], "hop": [], "out": [], "operator": []} for s in STAGES}
         for i in range(args.warmup + args.jobs):
             req = seed_study(store, "fan-in-example", series=1, instances=4)
             sent = time.time()
@@ -76,13 +83,15 @@ def main() -> int:
             for s in STAGES:
                 started_by = max((t[u]["replied"] for u in UPSTREAM[s]), default=sent)
                 samples[s]["in"].append((t[s]["logic_start"] - started_by) * 1000)
+                samples[s]["hop"].append((t[s]["received"] - started_by) * 1000)
                 samples[s]["out"].append((t[s]["replied"] - t[s]["logic_end"]) * 1000)
                 samples[s]["operator"].append((t[s]["logic_end"] - t[s]["logic_start"]) * 1000)
-        print(f"machine: {platform.node()} {platform.machine()} python {platform.python_version()}, jobs={args.jobs}")
-        print(f"{'stage':<8} {'in median':>10} {'in p99':>8} {'out median':>11} {'out p99':>8} {'operator median':>16}  (ms)")
+        driver = "engine (BrokerRuntime + FunctionHost)" if args.engine else "MiniBroker"
+        print(f"machine: {platform.node()} {platform.machine()} python {platform.python_version()}, jobs={args.jobs}, driver: {driver}")
+        print(f"{'stage':<8} {'in median':>10} {'in p99':>8} {'out median':>11} {'out p99':>8} {'operator median':>16} {'hop median':>11}  (ms)")
         for s in STAGES:
             x = samples[s]
-            print(f"{s:<8} {statistics.median(x['in']):>10.1f} {pct(x['in'], 99):>8.1f} {statistics.median(x['out']):>11.1f} {pct(x['out'], 99):>8.1f} {statistics.median(x['operator']):>16.1f}")
+            print(f"{s:<8} {statistics.median(x['in']):>10.1f} {pct(x['in'], 99):>8.1f} {statistics.median(x['out']):>11.1f} {pct(x['out'], 99):>8.1f} {statistics.median(x['operator']):>16.1f} {statistics.median(x['hop']):>11.1f}")
         all_in = [v for s in STAGES for v in samples[s]["in"]]
         all_out = [v for s in STAGES for v in samples[s]["out"]]
         print(f"{'all':<8} {statistics.median(all_in):>10.1f} {pct(all_in, 99):>8.1f} {statistics.median(all_out):>11.1f} {pct(all_out, 99):>8.1f}")

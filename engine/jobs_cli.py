@@ -127,7 +127,7 @@ def render_jobs(jobs: list[dict[str, Any]]) -> str:
     rows = [("JOB", "PIPELINE", "STUDY", "STATE", "CREATED", "STAGES")]
     for j in jobs:
         stages = "  ".join(f"{name}:{s['state']}({_ms(s.get('duration_ms'))})" for name, s in j["stages"].items())
-        rows.append((j["job_id"], j["pipeline"], j.get("study_id") or "-", j["state"], _short_time(j.get("created_at")), stages))
+        rows.append((j["job_id"], j["pipeline"], j.get("study_instance_uid") or j.get("study_id") or "-", j["state"], _short_time(j.get("created_at")), stages))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     return "\n".join("  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5] for r in rows)
 
@@ -136,7 +136,7 @@ def render_job(doc: dict[str, Any]) -> str:
     lines = [
         f"job       {doc['job_id']}",
         f"pipeline  {doc['pipeline']}",
-        f"study     {doc.get('study_id') or '-'}",
+        f"study     {doc.get('study_instance_uid') or '-'}  (radflow id {doc.get('study_id') or '-'})",
         f"state     {doc['state']}",
         f"created   {_short_time(doc.get('created_at'))}    finished {_short_time(doc.get('finished_at'))}",
         "",

@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 class Outcome(Enum):
     """What :meth:`Claim.acquire` found."""
 
-    ACQUIRED = "acquired"  # this run owns the stage now
+    ACQUIRED = "acquired"  # this run owns the stage now (the stage never ran before)
+    STALE = "stale"  # a claim whose holder stopped renewing it: call take_over() to run
     TAKEN_OVER = "taken_over"  # a stale claim (a dead run) was taken over
     BUSY_SAME_EVENT = "busy_same_event"  # this event's earlier delivery is still running: retry later
     BUSY_OTHER_EVENT = "busy_other_event"  # another event's delivery runs it (fan-in): nothing to do
@@ -44,10 +45,15 @@ class Claim:
     key: str
     event_id: str
     lease_seconds: float = 30.0
+    #: stop renewing after this long: past the Service's timeoutSeconds the broker has given up
+    #: on this request (504) and retries, so a hung run must let a retry take over
+    max_seconds: float = 600.0
     holder: str = field(default_factory=lambda: uuid.uuid4().hex)
     started_at: float = 0.0
     etag: str | None = field(default=None, init=False)
     lost: bool = field(default=False, init=False)
+    _stale_etag: str = field(default="", init=False)
+    _stale_age: float = field(default=0.0, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _thread: threading.Thread | None = field(default=None, init=False)
 
@@ -84,11 +90,16 @@ class Claim:
             age, lease, owner_event = float("inf"), 0.0, ""
         if age <= lease:
             return Outcome.BUSY_SAME_EVENT if owner_event == self.event_id else Outcome.BUSY_OTHER_EVENT
+        self._stale_etag, self._stale_age = etag, age
+        return Outcome.STALE
+
+    def take_over(self) -> Outcome:
+        """Replace a stale claim (after :meth:`acquire` said ``STALE``); only one caller wins."""
         try:
-            self.etag = self.store.put_if_match(self.key, self._doc(), etag)
+            self.etag = self.store.put_if_match(self.key, self._doc(), self._stale_etag)
         except AlreadyExists:
             raise Unavailable("another delivery took over the stale claim first; retry") from None
-        logger.warning("took over a stale claim", extra={"claim_age_s": round(age, 1)})
+        logger.warning("took over a stale claim", extra={"claim_age_s": round(self._stale_age, 1)})
         return Outcome.TAKEN_OVER
 
     def start_heartbeat(self) -> None:
@@ -99,6 +110,9 @@ class Claim:
         interval = max(0.2, self.lease_seconds / 3)
         while not self._stop.wait(interval):
             if self.etag is None:
+                return
+            if time.time() - self.started_at > self.max_seconds:
+                logger.warning("run exceeded its timeout; no longer renewing its claim")
                 return
             try:
                 self.etag = self.store.put_if_match(self.key, self._doc(), self.etag)

@@ -51,6 +51,13 @@ BYO_FUNCTION = "clara_operator"
 RADFLOW_IMAGE = re.compile(r"^radflow/(?P<name>[a-z][a-z0-9]*(?:-[a-z0-9]+)*)$")
 #: a DNS-1035 label: Knative Service and Trigger names are built from these
 NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+#: environment the runtime, functions-framework and Knative set themselves; operator-specific
+#: ``RADFLOW_*`` settings (``RADFLOW_SEG_TYPE``) stay allowed
+RESERVED_VARIABLES = frozenset(
+    {"RADFLOW_PIPELINE", "RADFLOW_STAGE", "RADFLOW_STAGE_SPEC", "RADFLOW_CLAIM_LEASE_SECONDS", "RADFLOW_WORK_DIR",
+     "RADFLOW_CLARA_PATHS", "RADFLOW_DAGS", "RADFLOW_LOG_LEVEL", "RADFLOW_LOG_FORMAT", "PORT", "THREADS", "WORKERS", "HOST"}
+)  # fmt: skip
+RESERVED_PREFIXES = ("RADFLOW_S3_", "RADFLOW_INPUT_", "RADFLOW_OUTPUT_", "FUNCTION_", "K_")
 #: Knative appends ``-00001``-style revision suffixes to a 63-character limit
 MAX_SERVICE_NAME = 50
 
@@ -160,6 +167,10 @@ class Operator(_Model):
     @property
     def gpu(self) -> int:
         return self.requests.gpu
+
+    def connection_names(self) -> list[str]:
+        """Environment variables that carry this operator's Clara service addresses."""
+        return sorted({c.name for svc in self.services for c in [*svc.connections.http, *svc.connections.grpc]})
 
     def output_names(self) -> list[str]:
         return [o.name or DEFAULT for o in self.output]
@@ -425,7 +436,7 @@ def _check_operator(op: Operator, p: Pipeline, functions: set[str], fail: Any) -
     for name in op.variables:
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
             fail(f"{who}: variables.{name}: not a valid environment variable name")
-        if name.startswith(("RADFLOW_", "FUNCTION_", "K_")) or name in ("PORT", "THREADS"):
+        if name in RESERVED_VARIABLES or name.startswith(RESERVED_PREFIXES):
             fail(f"{who}: variables.{name}: reserved for the radflow runtime")
 
 
@@ -495,7 +506,8 @@ def stage_spec(pipeline: Pipeline, op: Operator, *, timeout_seconds: int) -> Sta
         outputs=op.stage_outputs(),
         upstream=op.upstream(),
         dag=pipeline.dag(),
-        variables=sorted(op.variables),
+        # Clara handed service addresses to operators like variables (NVIDIA_TRITON_HTTPURI)
+        variables=sorted({*op.variables, *op.connection_names()}),
         command=op.container.command if op.is_byo else None,
         timeout_seconds=timeout_seconds,
     )

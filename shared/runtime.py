@@ -4,11 +4,12 @@
 
     decode CloudEvent (400 if not one)
       -> which job, is this event for me (400 if not)
-      -> completed/failed marker present?  reply the stored event again (redelivery)
       -> fan-in: every upstream stage completed?  else 202, nothing to do yet
-      -> claim the stage (S3 conditional put, leased, heartbeated)
+      -> claim the stage (S3 conditional put, leased, heartbeated); if already claimed:
+             completed/failed marker present -> reply the stored event again (redelivery)
              busy with this same event -> 503 (the broker retries; a dead run's lease lapses)
              busy with another event   -> 202 (that delivery owns the run)
+             stale (its run died)      -> take it over and run
       -> stage inputs from S3 into local folders (Clara's /input, named inputs)
       -> logic.run(ctx)                 InvalidInput -> failed marker + STAGE_FAILED reply (200)
                                         Unavailable  -> 503;  anything else -> 500 (retried)
@@ -111,6 +112,9 @@ class _StageLog(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if record.thread == self.thread:
             self._fh.write(self.format(record) + "\n")
+
+    def flush(self) -> None:
+        self._fh.flush()
 
     def close(self) -> None:
         self._fh.close()
@@ -226,25 +230,35 @@ class StageRuntime:
         return None
 
     def _run(self, event: events.CloudEvent, job: _Job, logic: Logic, received: float) -> Reply:
-        stored = self._stored_reply(job)
-        if stored is not None:
-            logger.info("stage already finished: replying with the stored event")
-            return stored
         for up in self.spec.upstream:
             if not self.store.exists(Keys.stage_marker(job.job_id, up, "completed.json")):
                 logger.info("fan-in: waiting for upstream stage", extra={"waiting_for": up})
                 return _empty(202)
-        if job.request is not None:
-            write_json(self.store, request_key(job.job_id), job.request.model_dump(mode="json"))
-        claim = Claim(self.store, Keys.stage_marker(job.job_id, self.spec.stage, "claim"), event["id"], self.lease_seconds)
+        claim = Claim(
+            self.store,
+            Keys.stage_marker(job.job_id, self.spec.stage, "claim"),
+            event["id"],
+            self.lease_seconds,
+            max_seconds=float(self.spec.timeout_seconds),
+        )
         outcome = claim.acquire()
-        if outcome is Outcome.BUSY_SAME_EVENT:
-            return ("", 503, {"Retry-After": str(max(1, int(self.lease_seconds / 3)))})
-        if outcome is Outcome.BUSY_OTHER_EVENT:
-            logger.info("another delivery is running this stage")
-            return _empty(202)
+        if outcome is not Outcome.ACQUIRED:
+            # the claim is never deleted once a run finished, so only a contested claim can
+            # hide a finished stage: look for its result before anything else
+            stored = self._stored_reply(job)
+            if stored is not None:
+                logger.info("stage already finished: replying with the stored event")
+                return stored
+            if outcome is Outcome.BUSY_SAME_EVENT:
+                return ("", 503, {"Retry-After": str(max(1, int(self.lease_seconds / 3)))})
+            if outcome is Outcome.BUSY_OTHER_EVENT:
+                logger.info("another delivery is running this stage")
+                return _empty(202)
+            claim.take_over()
         claim.start_heartbeat()
         try:
+            if job.request is not None:
+                write_json(self.store, request_key(job.job_id), job.request.model_dump(mode="json"))
             reply = self._execute(job, logic, claim, received)
         except BaseException:
             claim.release()
@@ -335,7 +349,6 @@ class StageRuntime:
 
     def _upload_log(self, job: _Job, log_path: Path, handler: _StageLog) -> None:
         handler.flush()
-        handler._fh.flush()
         if log_path.exists():
             self.store.put_file(Keys.stage_marker(job.job_id, self.spec.stage, "log.jsonl"), log_path, content_type="application/x-ndjson")
 

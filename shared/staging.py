@@ -9,7 +9,7 @@ run left behind and this run did not write are deleted, so a rerun never duplica
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,12 +21,13 @@ from radflow.shared.storage import Keys, NotFound, ObjectStore, safe_component
 TRANSFER_THREADS = 8
 
 
-def _parallel(jobs: Iterable[tuple[str, Path]], fn: object) -> int:
+def _parallel(jobs: Iterable[tuple[str, Path]], fn: Callable[[str, Path], object]) -> int:
+    """Run ``fn(key, path)`` for every pair on a small thread pool; the first error propagates."""
     items = list(jobs)
     if not items:
         return 0
     with ThreadPoolExecutor(max_workers=min(TRANSFER_THREADS, len(items))) as pool:
-        list(pool.map(lambda kv: fn(*kv), items))  # type: ignore[operator]
+        list(pool.map(lambda kv: fn(*kv), items))
     return len(items)
 
 

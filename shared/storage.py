@@ -40,6 +40,17 @@ def safe_component(value: str) -> str:
     return f"{cleaned}-{digest}" if cleaned else f"x-{digest}"
 
 
+def safe_filename(value: str) -> str:
+    """Like :func:`safe_component`, for the file names inside a stage output (up to 200 characters).
+
+    ``<SeriesInstanceUID>.nii.gz`` is up to 71 characters: it must keep its name, or the next
+    stage cannot find its ``*.nii.gz``.
+    """
+    if value and len(value) <= 200 and not _UNSAFE.search(value) and value.strip(".") != "" and ".." not in value:
+        return value
+    return safe_component(value)
+
+
 class Keys:
     """The key scheme. Everything radflow writes lives under these prefixes."""
 
@@ -60,7 +71,7 @@ class Keys:
 
     @staticmethod
     def stage_output(job_id: str, operator: str, output: str, relpath: str = "") -> str:
-        rel = "/".join(safe_component(p) for p in Path(relpath).parts) if relpath else ""
+        rel = "/".join(safe_filename(p) for p in Path(relpath).parts) if relpath else ""
         base = f"jobs/{safe_component(job_id)}/{safe_component(operator)}/out/{safe_component(output or 'default')}/"
         return base + rel
 

@@ -121,6 +121,7 @@ def summary(doc: Mapping[str, Any]) -> dict[str, Any]:
         "job_id": doc["job_id"],
         "pipeline": doc["pipeline"],
         "study_id": doc.get("study_id", ""),
+        "study_instance_uid": doc.get("study_instance_uid", ""),
         "state": doc["state"],
         "created_at": doc.get("created_at"),
         "finished_at": doc.get("finished_at"),

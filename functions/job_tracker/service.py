@@ -23,6 +23,7 @@ from radflow.functions.job_tracker.settings import TrackerSettings
 from radflow.shared import events
 from radflow.shared.errors import Unavailable
 from radflow.shared.events import EventType, Ext
+from radflow.shared.manifest import StudyManifest
 from radflow.shared.settings import StoreSettings
 from radflow.shared.storage import AlreadyExists, NotFound, ObjectStore, safe_component
 
@@ -134,6 +135,8 @@ def _record(store: ObjectStore, settings: TrackerSettings, event: events.CloudEv
             doc, etag = None, ""
         base = doc or logic.new_job(str(job_id), pipeline, dag)
         new, final = logic.apply(base, attrs, data, dag)
+        if not new.get("study_instance_uid") and data.get("manifest_key"):
+            new["study_instance_uid"] = _study_uid(store, str(data["manifest_key"]))
         payload = json.dumps(new, sort_keys=True).encode()
         try:
             if doc is None:
@@ -149,6 +152,14 @@ def _record(store: ObjectStore, settings: TrackerSettings, event: events.CloudEv
     if final and is_stage_event and "knativeerrorcode" not in attrs:
         return _job_event(new, final, attrs)
     return ("", 202, {})
+
+
+def _study_uid(store: ObjectStore, manifest_key: str) -> str:
+    """The StudyInstanceUID, for `radflow jobs` (UIDs stay in S3 documents, never in events)."""
+    try:
+        return StudyManifest.model_validate_json(store.get_bytes(manifest_key)).study_instance_uid
+    except (NotFound, ValueError):
+        return ""
 
 
 def _job_event(doc: Mapping[str, Any], final: str, attrs: Mapping[str, Any]) -> Reply:

@@ -201,6 +201,13 @@ def test_gpu_operator_compiles_to_gpu_limits_and_placement(tmp_path: Path) -> No
         assert Validator(SCHEMAS).validate(svc) == []
 
 
+def test_manifests_are_runnable_by_the_engine_as_written() -> None:
+    """The engine's function host resolves no Secrets: env values are literal, no envFrom."""
+    for svc in filter(is_knative_service, docs()):
+        for c in svc["spec"]["template"]["spec"]["containers"]:
+            assert "envFrom" not in c and all("value" in e and "valueFrom" not in e for e in c.get("env", [])), svc["metadata"]["name"]
+
+
 def test_every_function_image_has_a_skaffold_artifact_and_dockerfile() -> None:
     config = yaml.safe_load((REPO / "skaffold.yaml").read_text())
     artifacts = {a["image"]: a for a in config["build"]["artifacts"]}
@@ -217,6 +224,8 @@ def test_every_function_image_has_a_skaffold_artifact_and_dockerfile() -> None:
 def test_kustomize_renders_the_gpu_base_and_the_cpu_overlay() -> None:
     base = list(yaml.safe_load_all(subprocess.run(["kubectl", "kustomize", "knative"], cwd=REPO, check=True, capture_output=True, text=True).stdout))
     assert len(base) == len(docs())
+    for svc in filter(is_knative_service, base):  # the store Secret is added on clusters only
+        assert svc["spec"]["template"]["spec"]["containers"][0]["envFrom"] == [{"secretRef": {"name": "radflow-s3"}}]
     cpu_text = subprocess.run(["kubectl", "kustomize", "deploy/overlays/dev-cpu"], cwd=REPO, check=True, capture_output=True, text=True).stdout
     cpu = list(yaml.safe_load_all(cpu_text))
     assert len(cpu) == len(base)

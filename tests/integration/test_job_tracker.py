@@ -91,6 +91,19 @@ def test_jobs_cli_lists_and_shows(tracker: Any, monkeypatch: pytest.MonkeyPatch,
     assert jobs_cli.main(["jobs", "show", "missing"]) == 1
 
 
+def test_study_request_records_the_study_instance_uid_for_the_listing(tracker: Any, store: ObjectStore, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline_support import seed_study, study_event
+
+    req = seed_study(store, "p", series=1, instances=1, tag="4242")
+    r = post(tracker, study_event(store, req))
+    assert r.status_code == 202 and r.data == b""
+    doc = json.loads(tracker.get(f"/jobs/{req.job_id}").data)
+    assert doc["study_instance_uid"] == "1.2.826.0.1.3680043.10.14242" and doc["study_id"] == req.study_id
+    assert doc["state"] == "running" and set(doc["stages"]) == {"a", "b", "c", "d"}
+    assert jobs_cli.main(["jobs"]) == 0
+    assert "1.2.826.0.1.3680043.10.14242" in capsys.readouterr().out
+
+
 def test_non_event_post_is_400_and_put_is_405(tracker: Any) -> None:
     assert tracker.post("/", data=b"x", headers={"content-type": "text/plain"}).status_code == 400
     assert tracker.put("/").status_code == 405

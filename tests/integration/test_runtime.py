@@ -30,7 +30,7 @@ name: probe
 operators:
   - name: first
     container: {image: radflow/probe}
-    variables: {MODE: ok, SLEEP: "0", COUNT_FILE: "", RANDOM_NAMES: "0"}
+    variables: {MODE: ok, SLEEP: "0", COUNT_FILE: "", RANDOM_NAMES: "0", LONG_NAME: "0"}
     input: [{path: /input}]
     output: [{name: a, path: /output/a}, {name: b, path: /output/b}]
   - name: left
@@ -91,13 +91,23 @@ def test_root_stage_binary_in_binary_completion_out(monkeypatch: pytest.MonkeyPa
     assert data.outputs == {"a": Keys.stage_output(req.job_id, "first", "a"), "b": Keys.stage_output(req.job_id, "first", "b")}
     assert data.file_count == 2
     # the study's 6 instances were staged as <series>/<sop>.dcm; variables are exactly the operator's
-    assert data.summary == {"inputs": {"default": 6}, "variables": ["COUNT_FILE", "MODE", "RANDOM_NAMES", "SLEEP"]}
+    assert data.summary == {"inputs": {"default": 6}, "variables": ["COUNT_FILE", "LONG_NAME", "MODE", "RANDOM_NAMES", "SLEEP"]}
     listing = eval(store.get_bytes(Keys.stage_output(req.job_id, "first", "a", "inputs.txt")))  # noqa: S307 - our own repr
     assert all(name.count("/") == 1 and name.endswith(".dcm") for name in listing["default"])
     assert store.exists(Keys.stage_marker(req.job_id, "first", "completed.json"))
     log = store.get_bytes(Keys.stage_marker(req.job_id, "first", "log.jsonl")).decode().splitlines()
     assert any(json.loads(line)["message"] == "stage completed" for line in log)
     assert all(json.loads(line).get("job") == req.job_id for line in log)
+
+
+def test_file_names_survive_the_trip_to_the_next_stage(store_settings: StoreSettings, store: ObjectStore) -> None:
+    """``<64-character SeriesInstanceUID>.nii.gz`` must arrive downstream under its own name."""
+    req = seed_study(store, "probe", series=1, instances=1)
+    first = _call(_runtime(store_settings, "first", LONG_NAME="1"), study_event(store, req))[1]
+    assert first is not None
+    _call(_runtime(store_settings, "left"), first)
+    listing = eval(store.get_bytes(Keys.stage_output(req.job_id, "left", "l", "inputs.txt")))  # noqa: S307
+    assert listing == {"a": ["1.2.826.0.1.3680043.8.498." + "1" * 38 + ".nii.gz", "inputs.txt"]}
 
 
 def test_structured_request_is_accepted(monkeypatch: pytest.MonkeyPatch, store_settings: StoreSettings, store: ObjectStore) -> None:
@@ -235,3 +245,18 @@ def test_stale_claim_is_taken_over_and_leftover_outputs_removed(store_settings: 
     names = sorted(i.key.rsplit("/", 1)[1] for i in store.list(Keys.stage_output(req.job_id, "first", "a")))
     assert len(names) == 2 and "inputs.txt" in names
     assert count.read_text().count("first end") == 1
+
+
+def test_a_finished_stage_is_never_rerun_even_when_its_claim_is_stale(store_settings: StoreSettings, store: ObjectStore, tmp_path: Path) -> None:
+    count = tmp_path / "count"
+    req = seed_study(store, "probe", series=1, instances=1)
+    ev = study_event(store, req)
+    rt = _runtime(store_settings, "first", COUNT_FILE=str(count))
+    first = _call(rt, ev)
+    key = Keys.stage_marker(req.job_id, "first", "claim")
+    doc = json.loads(store.get_bytes(key))
+    store.put_bytes(key, json.dumps({**doc, "heartbeat_at": time.time() - 3600}).encode())
+    again = _call(rt, events.with_attributes(ev, id="a-much-later-redelivery"))
+    assert again[0] == 200 and again[1] is not None and first[1] is not None
+    assert again[1]["id"] == first[1]["id"]
+    assert count.read_text().count("first start") == 1

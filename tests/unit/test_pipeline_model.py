@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from radflow.shared.errors import ConfigError
-from radflow.shared.pipeline import function_for_image, load_pipeline, parse_pipeline
+from radflow.shared.pipeline import function_for_image, load_pipeline, parse_pipeline, stage_spec
 
 FUNCTIONS = {"dicom_parser", "triton_infer", "seg_writer", "rtstruct_writer", "scu_export", "clara_operator", "job_tracker"}
 
@@ -48,6 +48,9 @@ def test_reference_pipeline_parses(repo_root: Path) -> None:
     assert p.operator("scu-export").upstream() == ["rtstruct-writer", "seg-writer"]
     assert p.operator("scu-export").variables == {"DESTINATIONS": "MYPACS"}
     assert p.operator("triton-infer").services[0].connections.http[0].name == "NVIDIA_TRITON_HTTPURI"
+    # service addresses reach the operator's ctx.variables, as Clara handed them to operators
+    spec = stage_spec(p, p.operator("triton-infer"), timeout_seconds=600)
+    assert spec.variables == ["NVIDIA_TRITON_GRPCURI", "NVIDIA_TRITON_HTTPURI", "TRITON_BACKEND", "TRITON_MODEL_NAME", "TRITON_MODEL_REPOSITORY"]
 
 
 def test_image_mapping() -> None:
@@ -125,6 +128,11 @@ def test_reserved_variable_rejected() -> None:
     text = BASE.replace("    container: {image: radflow/triton-infer}", "    container: {image: radflow/triton-infer}\n    variables: {RADFLOW_STAGE: x}")
     with pytest.raises(ConfigError, match=re.escape("operator 'infer': variables.RADFLOW_STAGE: reserved for the radflow runtime")):
         parse(text)
+
+
+def test_operator_specific_radflow_variables_are_allowed() -> None:
+    text = BASE.replace("    container: {image: radflow/triton-infer}", "    container: {image: radflow/triton-infer}\n    variables: {RADFLOW_SEG_TYPE: binary}")
+    assert parse(text).operator("infer").variables == {"RADFLOW_SEG_TYPE": "binary"}
 
 
 def test_variables_become_text_and_byo_command_split() -> None:

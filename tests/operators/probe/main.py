@@ -31,6 +31,8 @@ def run(ctx):  # type: ignore[no-untyped-def]
         names[name] = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     for out in ctx.outputs.values():
         (out / "inputs.txt").write_text(repr(names))
+        if v.get("LONG_NAME") == "1":  # a SeriesInstanceUID of 64 characters plus .nii.gz
+            (out / ("1.2.826.0.1.3680043.8.498." + "1" * 38 + ".nii.gz")).write_bytes(b"v")
         if v.get("RANDOM_NAMES") == "1":
             (out / f"{uuid.uuid4().hex}.dcm").write_bytes(b"x")
     if v.get("COUNT_FILE"):

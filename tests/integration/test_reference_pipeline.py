@@ -1,0 +1,104 @@
+"""The reference pipeline end to end: a synthetic brain MR study in, SEG + RTSTRUCT at MYPACS.
+
+Everything real: the compiled ``knative/`` Services as functions-framework processes (the
+imaging and inference helpers' operators through this runtime), SeaweedFS, the model in ONNX
+Runtime (triton-infer's in-process backend, so no Triton server is needed), dcmtk's
+``storescp`` as MYPACS, ``dciodvfy`` on what arrives. Events are delivered by ``MiniBroker``
+(tests/pipeline_support.py) and, where it is merged in, by the engine's broker + function host.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pipeline_support import REPO, EngineDriver, MiniBroker, engine_available, store_env, study_event
+from radflow.engine.compiler import compile_pipelines, write_files
+from radflow.engine.ports import free_port, wait_for_port
+from radflow.shared import events
+from radflow.shared.manifest import InstanceRef, StudyManifest
+from radflow.shared.pipeline import available_functions
+from radflow.shared.settings import StoreSettings
+from radflow.shared.storage import Keys, ObjectStore
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+NEEDED = {"dicom_parser", "triton_infer", "seg_writer", "rtstruct_writer", "scu_export"}
+MODELS = REPO / "models/triton"
+
+
+def _skip_reason() -> str | None:
+    if missing := NEEDED - available_functions():
+        return f"functions {sorted(missing)} are not in this checkout"
+    if importlib.util.find_spec("radflow.demo.study") is None:
+        return "radflow.demo.study (synthetic studies) is not in this checkout"
+    if not (MODELS / "brain_tumor_seg/1/model.onnx").is_file() or importlib.util.find_spec("onnxruntime") is None:
+        return "the brain_tumor_seg ONNX model or onnxruntime is missing"
+    if not shutil.which("storescp"):
+        return "dcmtk storescp is not installed"
+    return None
+
+
+@pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
+@pytest.mark.parametrize("driver", ["minibroker", pytest.param("engine", marks=pytest.mark.skipif(engine_available() is not None, reason=str(engine_available())))])
+def test_brain_study_to_seg_and_rtstruct_at_mypacs(driver: str, tmp_path: Path, store_settings: StoreSettings, store: ObjectStore) -> None:
+    import pydicom
+
+    from radflow.demo.study import make_study  # type: ignore[import-not-found]
+
+    study = make_study(tmp_path / "study")
+    refs = []
+    for f in study.files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        sid = events.deterministic_id("study", ds.StudyInstanceUID)
+        key = Keys.instance(sid, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        data = f.read_bytes()
+        store.put_bytes(key, data)
+        refs.append(InstanceRef(sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID, series_instance_uid=ds.SeriesInstanceUID,
+                                transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, key=key, size=len(data), sha256="0" * 64))  # fmt: skip
+    study_uid = str(ds.StudyInstanceUID)
+    sid, gid = events.deterministic_id("study", study_uid), events.deterministic_id("group", study_uid)
+    manifest = StudyManifest(study_id=sid, study_instance_uid=study_uid, group_id=gid, called_ae="RADFLOW", instances=refs)
+    store.put_bytes(Keys.manifest(sid, gid), manifest.model_dump_json().encode())
+    req = events.JobRequested(job_id=events.deterministic_id(gid, "brain-tumor-segmentation", "0"), pipeline="brain-tumor-segmentation",
+                              study_id=sid, group_id=gid, manifest_key=Keys.manifest(sid, gid), instance_count=len(refs), called_ae="RADFLOW")  # fmt: skip
+
+    port = free_port()
+    pacs = tmp_path / "pacs"
+    pacs.mkdir()
+    scp = subprocess.Popen(["storescp", "-aet", "MYPACS", "-od", str(pacs), str(port)], env={**os.environ, "TCP_NODELAY": "1"})
+    assert wait_for_port("127.0.0.1", port, 10)
+    store.put_bytes("config/dicom-adapter.json", json.dumps({"destinations": [{"name": "MYPACS", "ae-title": "MYPACS", "host-ip": "127.0.0.1", "port": port}]}).encode())
+    # no Triton server here: triton-infer's in-process ONNX Runtime backend, set in the pipeline
+    # (a Service's env wins over the engine's base env, as on Knative)
+    src = tmp_path / "brain-tumor-segmentation.yaml"
+    text = (REPO / "pipelines/brain-tumor-segmentation.yaml").read_text()
+    src.write_text(text.replace("TRITON_BACKEND: triton", "TRITON_BACKEND: onnxruntime").replace('TRITON_MODEL_REPOSITORY: ""', f"TRITON_MODEL_REPOSITORY: {MODELS}"))
+    kn = tmp_path / "knative"
+    write_files(compile_pipelines([src], kn, root=tmp_path))
+    (tmp_path / "logs").mkdir()
+    env = {**store_env(store_settings), "TCP_NODELAY": "1"}
+    broker: MiniBroker | EngineDriver = MiniBroker(kn, env, tmp_path / "logs", timeout=300) if driver == "minibroker" else EngineDriver(kn, env, tmp_path / "state")
+    try:
+        broker.start()
+        broker.publish(study_event(store, req))
+        broker.wait_idle(timeout=300)
+        status = broker.job_status(req.job_id)
+    finally:
+        broker.stop()
+        scp.terminate()
+        scp.wait(timeout=10)
+    assert status["state"] == "completed", json.dumps(status["stages"], indent=1)
+    assert status["study_instance_uid"] == study_uid
+    received = sorted(pacs.iterdir())
+    assert [p.name[:3] for p in received] == ["RS.", "SG."]
+    for path in received:
+        out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+        assert "Error" not in out.stdout + out.stderr, out.stderr[-2000:]
+    if isinstance(broker, MiniBroker):  # it sees every reply; the engine's driver only what it sent
+        assert events.EventType.JOB_COMPLETED.value in {e["type"] for e in broker.published}

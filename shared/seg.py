@@ -204,3 +204,20 @@ def _lab(rgb: tuple[int, int, int]) -> tuple[float, float, float]:
     xyz = (m @ c) / np.array([0.95047, 1.0, 1.08883])
     f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
     return (float(116 * f[1] - 16), float(500 * (f[0] - f[1])), float(200 * (f[1] - f[2])))
+
+
+def read_segmentation_mask(path: str, n_segments: int) -> tuple[np.ndarray, list[str]]:
+    """Read a SEG back (demo validation, round trips): labels over its source images.
+
+    Returns the (z, y, x) labels in the order of the source SOP Instance UIDs the SEG references
+    (as highdicom lists them) and that order.
+    """
+    seg = hd.seg.segread(path)
+    uids = [uid for _, _, uid in seg.get_source_image_uids()]
+    array = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=uids,
+        segment_numbers=list(range(1, n_segments + 1)),
+        combine_segments=True,
+        skip_overlap_checks=True,
+    )
+    return np.asarray(array), uids

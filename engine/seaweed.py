@@ -52,11 +52,11 @@ class SeaweedServer:
             weed_binary(), "server",
             f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-master.port={ports[0]}", f"-master.port.grpc={ports[1]}",
-            "-master.telemetry=false", "-master.volumeSizeLimitMB=256", "-volume.max=400",
+            "-master.telemetry=false", "-master.volumeSizeLimitMB=256", "-volume.max=50",
             f"-volume.port={ports[2]}", f"-volume.port.grpc={ports[3]}",
             f"-filer.port={ports[4]}", f"-filer.port.grpc={ports[5]}",
             "-s3", f"-s3.port={self.s3_port}", f"-s3.port.grpc={ports[6]}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-s3.port.iceberg=0",
         ]  # fmt: skip
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(

@@ -44,6 +44,7 @@ OUT_OF_RESOURCES = 0xA700
 DATASET_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0xC211
+SOP_CLASS_NOT_SUPPORTED = 0x0122
 
 REJECT_PERMANENT, REJECT_TRANSIENT = 0x01, 0x02
 SOURCE_USER = 0x01
@@ -156,7 +157,8 @@ class StoreHandlers:
         assoc.kill()
 
     def on_echo(self, event: Any) -> int:
-        return SUCCESS
+        # Clara's dicom.scp.verification.enabled: false -> "SOP class not supported"
+        return SUCCESS if self.config().verification_enabled else SOP_CLASS_NOT_SUPPORTED
 
     # -- storage ---------------------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from radflow.adapter.dicomfile import (
     inspect_file,
 )
 from radflow.adapter.spool import AssociationRow, InstanceRecord, PendingUpload, Spool
+from radflow.shared.dimse import NODELAY_HANDLERS
 from radflow.shared.storage import Keys
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ class StoreHandlers:
             (evt.EVT_RELEASED, self.on_released),
             (evt.EVT_ABORTED, self.on_aborted),
             (evt.EVT_CONN_CLOSE, self.on_conn_close),
+            *NODELAY_HANDLERS,
         ]
 
     # -- admission -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from adapter_data import config_yaml
 from radflow.adapter.app import Adapter
 from radflow.adapter.config import parse_yaml_text
 from radflow.adapter.settings import AdapterSettings
@@ -67,52 +68,14 @@ class EventSink:
         self.server.server_close()
 
 
+
+AdapterFactory = Callable[..., Adapter]
+
 @pytest.fixture
 def sink() -> Iterator[EventSink]:
     s = EventSink()
     yield s
     s.close()
-
-
-def config_yaml(port: int, *, timeout: float = 0, reject_unknown: bool = False, extra_ae: str = "") -> str:
-    return f"""
-dicom:
-  scp:
-    port: {port}
-    ae-titles:
-      - ae-title: RADFLOW
-        timeout: {timeout}
-      - ae-title: BRAIN
-        timeout: {timeout}
-{extra_ae}
-    max-associations: 8
-    reject-unknown-sources: {str(reject_unknown).lower()}
-    sources:
-      - host-ip: 127.0.0.1
-        ae-title: STORESCU
-      - host-ip: 127.0.0.1
-        ae-title: PYSCU
-  scu:
-    ae-title: RADFLOWSCU
-    destinations:
-      - name: MYPACS
-        host-ip: 127.0.0.1
-        port: 11113
-        ae-title: PACS
-pipeline-mappings:
-  - name: seg
-    clara-ae-title: RADFLOW
-    pipeline-id: brain-seg
-  - name: brain1
-    clara-ae-title: BRAIN
-    pipeline-id: brain-seg
-  - name: brain2
-    clara-ae-title: BRAIN
-    pipeline-id: brain-report
-"""
-
-
-AdapterFactory = Callable[..., Adapter]
 
 
 @pytest.fixture

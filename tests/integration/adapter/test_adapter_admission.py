@@ -79,7 +79,7 @@ def test_max_associations_rejects_with_local_limit(adapter_factory):
 
 
 def test_verification_disabled_answers_sop_class_not_supported(adapter_factory, tmp_path):
-    from conftest import config_yaml
+    from adapter_data import config_yaml
 
     text = config_yaml(104).replace("    max-associations: 8\n", "    max-associations: 8\n    verification:\n      enabled: false\n")
     adapter = adapter_factory(yaml_text=text)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from adapter_data import make_study
-from conftest import config_yaml
+from adapter_data import config_yaml
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]

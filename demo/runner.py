@@ -45,17 +45,21 @@ def adapter_config(
     destination: tuple[str, int],
     state: Path,
     scale_to_zero_after: float = 120,
+    group_timeout: float = 0,
 ) -> Path:
     """Write the Clara adapter configuration: BRAINSEG -> the pipeline, results to ``MYPACS``.
 
     ``destination`` is the (AE title, port) of the PACS on 127.0.0.1 that receives the results.
+    ``group_timeout`` is the AE title's Clara ``timeout``: 0 closes a study's group when the
+    association is released (the demo sends in one association); senders that split a study
+    over several associations (Orthanc does, per new transfer syntax) need a quiet period.
     """
     ae_title, port = destination
     doc = {
         "dicom": {
             "scp": {
                 "port": dicom_port,
-                "ae-titles": [{"ae-title": "BRAINSEG", "timeout": 0}],
+                "ae-titles": [{"ae-title": "BRAINSEG", "timeout": group_timeout}],
                 "max-associations": 4,
                 "reject-unknown-sources": False,
             },

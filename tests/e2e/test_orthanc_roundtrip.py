@@ -44,6 +44,11 @@ CASES = {
 }
 STAGES = {"dicom-parser", "triton-infer", "seg-writer", "rtstruct-writer", "scu-export"}
 RESULT_TIMEOUT_S = 240
+#: The AE title's Clara ``timeout`` (quiet seconds before a study's group closes). Not 0 ("close on
+#: release"): Orthanc 1.10 opens a new association whenever an instance needs a presentation context
+#: it has not negotiated yet (here the RLE T1c after the uncompressed series), so one push can span
+#: several associations; with 0 the first one starts a job on a partial study, which fails.
+GROUP_TIMEOUT_S = 2
 
 
 @dataclass
@@ -85,7 +90,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     orthanc.start()
     try:
         config = adapter_config(
-            work / "dicom-adapter.yaml", adapter_port, (orthanc.aet, orthanc.dicom_port), work / "engine", scale_to_zero_after=60
+            work / "dicom-adapter.yaml", adapter_port, (orthanc.aet, orthanc.dicom_port), work / "engine",
+            scale_to_zero_after=60, group_timeout=GROUP_TIMEOUT_S,
         )
         engine = Engine(load_engine_config(config))
         runner = _EngineThread(engine)
@@ -107,15 +113,14 @@ def _engine_logs(engine: Engine, chars: int = 3000) -> str:
     return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-chars:]}" for p in logs[-4:])
 
 
-def _finished_job(study_uid: str, timeout: float) -> dict[str, Any] | None:
-    """The tracker's view of the study's job once it is no longer running (or the last seen)."""
+def _finished_jobs(study_uid: str, timeout: float) -> list[dict[str, Any]]:
+    """The tracker's view of the study's jobs once none is running (or the last seen)."""
     deadline = time.monotonic() + timeout
-    job = None
     while True:
-        jobs = [j for j in load_jobs(None) if j.get("pipeline") == PIPELINE and j.get("study_instance_uid") == study_uid]
-        job = load_job(None, jobs[0]["job_id"]) if jobs else None
-        if (job and job.get("state") != "running") or time.monotonic() > deadline:
-            return job
+        listed = [j for j in load_jobs(None) if j.get("pipeline") == PIPELINE and j.get("study_instance_uid") == study_uid]
+        jobs = [job for job in (load_job(None, j["job_id"]) for j in listed) if job]
+        if (jobs and all(j.get("state") != "running" for j in jobs)) or time.monotonic() > deadline:
+            return jobs
         time.sleep(0.5)
 
 
@@ -132,7 +137,7 @@ class RoundTrip:
     pushed: dict[str, Any]
     found: dict[str, list[dict[str, Any]]]
     files: dict[str, Path]  #: SOP Class UID -> the instance downloaded back from Orthanc
-    job: dict[str, Any] | None
+    jobs: list[dict[str, Any]]  #: the tracker's jobs for the study (one expected)
     received: list[InstanceRef]  #: what the adapter stored for the job's study (its manifests)
 
 
@@ -152,13 +157,14 @@ def roundtrip(request: pytest.FixtureRequest, rig: Rig, tmp_path_factory: pytest
     for sop_class, name in ((SEG, "seg.dcm"), (RTSTRUCT, "rtstruct.dcm")):
         files[sop_class] = work / name
         files[sop_class].write_bytes(orthanc.request("GET", f"/instances/{found[sop_class][0]['ID']}/file"))
-    job = _finished_job(study.study_instance_uid, 60)
-    received: list[InstanceRef] = []
-    if job and job.get("study_id"):
-        store = ObjectStore(rig.engine.store_settings())
-        for obj in store.list(f"studies/{job['study_id']}/manifests/"):
-            received += StudyManifest.model_validate_json(store.get_bytes(obj.key)).instances
-    return RoundTrip(case, study, pushed, found, files, job, received)
+    jobs = _finished_jobs(study.study_instance_uid, 60)
+    received: dict[str, InstanceRef] = {}
+    store = ObjectStore(rig.engine.store_settings())
+    for study_id in {j["study_id"] for j in jobs if j.get("study_id")}:
+        for obj in store.list(f"studies/{study_id}/manifests/"):
+            for ref in StudyManifest.model_validate_json(store.get_bytes(obj.key)).instances:
+                received[ref.sop_instance_uid] = ref
+    return RoundTrip(case, study, pushed, found, files, jobs, list(received.values()))
 
 
 def test_orthanc_pushed_the_whole_study(roundtrip: RoundTrip) -> None:
@@ -202,9 +208,10 @@ def test_seg_dice_against_the_phantom_truth(roundtrip: RoundTrip) -> None:
     assert dice >= 0.85, f"{roundtrip.case}: SEG Dice {dice:.3f} < 0.85 against the truth of held-out phantom seed {seed}"
 
 
-def test_job_tracker_reports_all_stages_completed(roundtrip: RoundTrip) -> None:
-    job = roundtrip.job
-    assert job is not None, "the job tracker has no job for the study"
+def test_job_tracker_reports_one_job_with_all_stages_completed(roundtrip: RoundTrip) -> None:
+    # one study pushed once -> one job (a job started on a partial study would fail or be wasted)
+    assert len(roundtrip.jobs) == 1, [(j["job_id"], j["state"], j.get("failure") or j.get("error")) for j in roundtrip.jobs]
+    job = roundtrip.jobs[0]
     assert job["state"] == "completed", job
     assert set(job["stages"]) == STAGES, sorted(job["stages"])
     assert all(s["state"] == "completed" for s in job["stages"].values()), job["stages"]

@@ -33,7 +33,13 @@ from radflow.engine.stack import Engine
 from radflow.shared.manifest import InstanceRef, StudyManifest
 from radflow.shared.storage import ObjectStore
 
-pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.skipif(ORTHANC is None, reason=SKIP_REASON)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.e2e,
+    pytest.mark.skipif(ORTHANC is None, reason=SKIP_REASON),
+    # the first test of a case also pays for its fixtures: engine start (<= 180 s) + round trip (<= 300 s)
+    pytest.mark.timeout(600),
+]
 
 SHAPE = (32, 128, 128)
 #: Training used seeds 0-319 and validation 1,000,000-1,000,049 (models/brain_tumor_seg.metrics.json,

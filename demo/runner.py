@@ -40,22 +40,37 @@ RTSTRUCT = "1.2.840.10008.5.1.4.1.1.481.3"
 PIPELINE = "brain-tumor-segmentation"
 
 
-def adapter_config(path: Path, dicom_port: int, pacs: LocalPacs, state: Path) -> Path:
+def adapter_config(
+    path: Path,
+    dicom_port: int,
+    destination: tuple[str, int],
+    state: Path,
+    scale_to_zero_after: float = 120,
+    group_timeout: float = 0,
+) -> Path:
+    """Write the Clara adapter configuration: BRAINSEG -> the pipeline, results to ``MYPACS``.
+
+    ``destination`` is the (AE title, port) of the PACS on 127.0.0.1 that receives the results.
+    ``group_timeout`` is the AE title's Clara ``timeout``: 0 closes a study's group when the
+    association is released (the demo sends in one association); senders that split a study
+    over several associations (Orthanc does, per new transfer syntax) need a quiet period.
+    """
+    ae_title, port = destination
     doc = {
         "dicom": {
             "scp": {
                 "port": dicom_port,
-                "ae-titles": [{"ae-title": "BRAINSEG", "timeout": 0}],
+                "ae-titles": [{"ae-title": "BRAINSEG", "timeout": group_timeout}],
                 "max-associations": 4,
                 "reject-unknown-sources": False,
             },
             "scu": {
                 "ae-title": "RADFLOW",
-                "destinations": [{"name": "MYPACS", "ae-title": pacs.ae_title, "host-ip": "127.0.0.1", "port": pacs.port}],
+                "destinations": [{"name": "MYPACS", "ae-title": ae_title, "host-ip": "127.0.0.1", "port": port}],
             },
         },
         "pipeline-mappings": [{"name": "brain", "clara-ae-title": "BRAINSEG", "pipeline-id": PIPELINE}],
-        "radflow": {"state-dir": str(state), "scale-to-zero-after": 120},
+        "radflow": {"state-dir": str(state), "scale-to-zero-after": scale_to_zero_after},
     }
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -155,7 +170,7 @@ async def _demo(work: Path, slices: int) -> int:
     pacs = LocalPacs(work / "pacs")
     pacs.start()
     dicom_port = free_port()
-    config_path = adapter_config(work / "dicom-adapter.yaml", dicom_port, pacs, work / "engine")
+    config_path = adapter_config(work / "dicom-adapter.yaml", dicom_port, (pacs.ae_title, pacs.port), work / "engine")
     engine = Engine(load_engine_config(config_path))
     print(f"starting the embedded engine (state in {work / 'engine'}) ...", flush=True)
     t0 = time.time()

@@ -68,8 +68,8 @@ class EventSink:
         self.server.server_close()
 
 
-
 AdapterFactory = Callable[..., Adapter]
+
 
 @pytest.fixture
 def sink() -> Iterator[EventSink]:

@@ -34,3 +34,28 @@ def test_hostile_uids_stay_inside_their_prefix() -> None:
     assert key.startswith("studies/study/series/")
     assert ".." not in key.split("/")
     assert key.count("/") == 4
+
+
+@pytest.mark.slow
+def test_objects_survive_a_killed_seaweedfs(tmp_path) -> None:  # noqa: ANN001
+    """What S3 acknowledged is there after SIGKILL and a restart on the same data directory."""
+    from radflow.engine.seaweed import SeaweedServer
+    from radflow.shared.settings import StoreSettings
+
+    server = SeaweedServer(data_dir=tmp_path / "data")
+    server.start()
+    store = ObjectStore(StoreSettings(endpoint_url=server.endpoint_url, bucket="durable"))
+    store.ensure_bucket()
+    blobs = {f"k/{i}": bytes([i]) * (1000 + i) for i in range(20)}
+    for key, data in blobs.items():
+        store.put_bytes(key, data)
+    server.process.kill()
+    server.process.wait()
+
+    again = SeaweedServer(data_dir=tmp_path / "data")
+    again.start()
+    try:
+        store = ObjectStore(StoreSettings(endpoint_url=again.endpoint_url, bucket="durable"))
+        assert {key: store.get_bytes(key) for key in blobs} == blobs
+    finally:
+        again.stop()

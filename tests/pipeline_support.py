@@ -328,16 +328,6 @@ def run_log_counts(path: Path) -> dict[str, dict[str, int]]:
 # ---------------------------------------------------------------------------- the real engine
 
 
-def engine_available() -> str | None:
-    """``None`` when the engine's broker and function host are importable, else why not."""
-    import importlib.util
-
-    for module in ("radflow.engine.broker", "radflow.engine.host"):
-        if importlib.util.find_spec(module) is None:
-            return f"{module} is not in this checkout (merged from the broker/host branches)"
-    return None
-
-
 @dataclass
 class EngineDriver:
     """The same interface as :class:`MiniBroker`, backed by the engine's BrokerRuntime + FunctionHost.

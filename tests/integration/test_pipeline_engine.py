@@ -2,7 +2,7 @@
 
 The same assertions as test_pipeline_dag.py's duplicated-delivery test, with the engine's
 durable broker (Knative MT semantics) and function host (activator, scale from zero) instead of
-``MiniBroker``. Skips where the engine is not merged in.
+``MiniBroker``.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_support import EngineDriver, engine_available, run_log_counts, seed_study, store_env, study_event
+from pipeline_support import EngineDriver, run_log_counts, seed_study, store_env, study_event
 from radflow.engine.compiler import compile_pipelines, write_files
 from radflow.shared.events import EventType
 from radflow.shared.settings import StoreSettings
 from radflow.shared.storage import Keys, ObjectStore
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(engine_available() is not None, reason=str(engine_available()))]
+pytestmark = pytest.mark.slow
 STAGES = ["ingest", "join", "left", "report", "right"]
 
 

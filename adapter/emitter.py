@@ -13,10 +13,10 @@ A crash between 1 and 2 repeats step 1 with identical content and ids on the nex
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 
+from radflow.adapter.loop import WakeableLoop
 from radflow.adapter import grouping
 from radflow.adapter.config import AdapterConfig
 from radflow.adapter.spool import GroupRow, Spool
@@ -28,7 +28,7 @@ from radflow.shared.storage import Keys, NotFound, ObjectStore
 log = logging.getLogger(__name__)
 
 
-class Emitter:
+class Emitter(WakeableLoop):
     def __init__(
         self,
         spool: Spool,
@@ -43,21 +43,8 @@ class Emitter:
         self.config = config
         self.on_queued = on_queued
         self.tick = tick
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="emitter", daemon=True)
+        super().__init__("emitter")
         self.emitted = 0
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout=10)
-
-    def wake(self) -> None:
-        self._wake.set()
 
     def _loop(self) -> None:
         while not self._stop.is_set():

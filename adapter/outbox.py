@@ -11,40 +11,27 @@ consumers recognise (``source`` + ``id``).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 
+from radflow.adapter.loop import WakeableLoop
 from radflow.adapter.spool import Spool
 from radflow.shared import events
 
 log = logging.getLogger(__name__)
 
 
-class Outbox:
+class Outbox(WakeableLoop):
     def __init__(self, spool: Spool, sink: Callable[[], str | None], *, max_backoff: float = 30.0, timeout: float = 10.0) -> None:
         self.spool = spool
         self.sink = sink
         self.max_backoff = max_backoff
         self.timeout = timeout
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="outbox", daemon=True)
+        super().__init__("outbox")
         self.sent = 0
         self.last_sent_at: float | None = None
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout=10)
-
-    def wake(self) -> None:
-        self._wake.set()
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -55,6 +55,65 @@ def cold_starts(engine: Engine) -> dict[str, int]:
     return {str(s["name"]): int(s.get("cold_starts") or 0) for s in engine.host.status()}
 
 
+def _descendants(root: int) -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) for every live process under ``root`` (from /proc)."""
+    procs: dict[int, tuple[int, str]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError):
+            continue
+        procs[int(d.name)] = (ppid, cmd)
+    out, frontier = {}, [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, cmd) in procs.items():
+            if ppid == parent and pid not in out:
+                out[pid] = (ppid, cmd)
+                frontier.append(pid)
+    return out
+
+
+def cpu_by_part(engine: Engine) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each part of the engine, this process included.
+
+    Functions are named from the host's instance pids, the adapter from the workload runner;
+    everything else from its command line (SeaweedFS, Triton and its python backend stubs).
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    names: dict[int, str] = {os.getpid(): "benchmark process (PACS, sender, engine control)"}
+    assert engine.host is not None and engine.workloads is not None
+    for rev in engine.host.status():
+        for inst in rev.get("instances", []):
+            names[int(inst["pid"])] = str(rev["name"]).replace(f"{PIPELINE}-", "")
+    for w in engine.workloads.status():
+        if w.get("pid"):
+            names[int(w["pid"])] = str(w["name"])
+    totals: dict[str, float] = {}
+    tree = {**_descendants(os.getpid()), os.getpid(): (0, "")}
+    for pid, (_ppid, cmd) in tree.items():
+        label, up = names.get(pid), pid
+        while label is None and up in tree and up != os.getpid():  # e.g. a function's server workers
+            up = tree[up][0]
+            label = names.get(up) if up != os.getpid() else None
+        if label is None:
+            label = "seaweedfs" if "weed" in cmd else "triton" if "triton" in cmd else "other"
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        totals[label] = totals.get(label, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return totals
+
+
+def _delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: round(v - before.get(k, 0.0), 2) for k, v in sorted(after.items()) if v - before.get(k, 0.0) >= 0.01}
+
+
 def find_job(study_uid: str, timeout: float) -> dict[str, Any] | None:
     """The finished job document of ``study_uid`` (the tracker writes it just after the last stage)."""
     from radflow.engine.jobs_cli import load_job, load_jobs
@@ -68,14 +127,21 @@ def find_job(study_uid: str, timeout: float) -> dict[str, Any] | None:
     return None
 
 
-def stage_timings(store: ObjectStore, job: dict[str, Any], dag: dict[str, list[str]]) -> dict[str, dict[str, float]]:
-    """Per stage (seconds): hop (ready -> received), claim, stage_in, logic, stage_out; ready/replied epochs."""
+def stage_timings(store: ObjectStore, job: dict[str, Any], dag: dict[str, list[str]]) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+    """Per stage (seconds): hop (ready -> received), claim, stage_in, logic, stage_out; ready/replied epochs.
+
+    Also returns each stage's summary (what ``logic.run`` returned) from its completed marker.
+    """
     marks: dict[str, dict[str, float]] = {}
+    summaries: dict[str, Any] = {}
     for stage in dag:
         try:
-            marks[stage] = json.loads(store.get_bytes(Keys.stage_marker(job["job_id"], stage, "completed.json")))["timings"]
+            doc = json.loads(store.get_bytes(Keys.stage_marker(job["job_id"], stage, "completed.json")))
         except NotFound:
             marks[stage] = {}
+            continue
+        marks[stage] = doc["timings"]
+        summaries[stage] = (doc["event"].get("data") or {}).get("summary", {})
     requested = epoch(job.get("requested_at")) or epoch(job.get("created_at")) or 0.0
     out: dict[str, dict[str, float]] = {}
     for stage, ups in dag.items():
@@ -92,7 +158,7 @@ def stage_timings(store: ObjectStore, job: dict[str, Any], dag: dict[str, list[s
             "stage_out": t["replied"] - t["logic_end"],
             "replied": t["replied"],
         }
-    return out
+    return out, summaries
 
 
 async def one_run(engine: Engine, pacs: LocalPacs, store: ObjectStore, dag: dict[str, list[str]], work: Path,
@@ -104,15 +170,18 @@ async def one_run(engine: Engine, pacs: LocalPacs, store: ObjectStore, dag: dict
     )
     generate_s = time.perf_counter() - t
     before = cold_starts(engine)
+    cpu_before = cpu_by_part(engine)
     sent_at, released = await asyncio.to_thread(send_study, study, port)
+    cpu_released = cpu_by_part(engine)
     found = await asyncio.to_thread(pacs.wait_for, {SEG, RTSTRUCT}, study.study_instance_uid, args.timeout)
     if set(found) != {SEG, RTSTRUCT}:
         raise RuntimeError(f"seed {seed}: timed out, the PACS has {sorted(found)}")
     arrived = max(r.at for r in found.values())
+    cpu_after = cpu_by_part(engine)
     job = await asyncio.to_thread(find_job, study.study_instance_uid, 60)
     if job is None:
         raise RuntimeError(f"seed {seed}: no finished job document for the study")
-    stages = await asyncio.to_thread(stage_timings, store, job, dag)
+    stages, summaries = await asyncio.to_thread(stage_timings, store, job, dag)
     after = cold_starts(engine)
     requested = epoch(job.get("requested_at"))
     inference = stages.get(INFER, {}).get("logic", 0.0)
@@ -121,7 +190,6 @@ async def one_run(engine: Engine, pacs: LocalPacs, store: ObjectStore, dag: dict
     return {
         "seed": seed,
         "instances": len(study.files),
-        "bytes": None,
         "generate_s": generate_s,
         "send_s": released - sent_at,
         "released_to_job_event_s": (requested - released) if requested else None,
@@ -130,8 +198,13 @@ async def one_run(engine: Engine, pacs: LocalPacs, store: ObjectStore, dag: dict
         "released_to_seg_and_rtstruct_s": total,
         "inference_s": inference,
         "platform_overhead_s": total - inference,
+        "model_call_s": float(summaries.get(INFER, {}).get("inference_seconds", 0.0)),
+        "overhead_minus_model_call_only_s": total - float(summaries.get(INFER, {}).get("inference_seconds", 0.0)),
+        "infer_backend": summaries.get(INFER, {}).get("backend"),
         "cold_starts": {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)},
         "job_state": job.get("state"),
+        "cpu_s_send": _delta(cpu_before, cpu_released),
+        "cpu_s_released_to_arrival": _delta(cpu_released, cpu_after),
     }
 
 
@@ -174,6 +247,8 @@ def summarize(results: list[dict[str, Any]], order: list[str]) -> dict[str, Any]
             overhead_p90_s=p90(ovh),
             e2e_median_s=statistics.median(r["released_to_seg_and_rtstruct_s"] for r in warm),
             inference_median_s=statistics.median(r["inference_s"] for r in warm),
+            model_call_median_s=statistics.median(r.get("model_call_s", 0.0) for r in warm),
+            overhead_minus_model_call_only_p90_s=p90([r.get("overhead_minus_model_call_only_s", 0.0) for r in warm]),
             send_median_s=statistics.median(r["send_s"] for r in warm),
             released_to_job_event_median_s=statistics.median(r["released_to_job_event_s"] or 0 for r in warm),
             stage_median_s={

@@ -35,6 +35,7 @@ from radflow.adapter.dicomfile import (
     inspect_file,
 )
 from radflow.adapter.spool import AssociationRow, InstanceRecord, PendingUpload, Spool
+from radflow.shared.dimse import NODELAY_HANDLERS
 from radflow.shared.storage import Keys
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ OUT_OF_RESOURCES = 0xA700
 DATASET_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0xC211
+SOP_CLASS_NOT_SUPPORTED = 0x0122
 
 REJECT_PERMANENT, REJECT_TRANSIENT = 0x01, 0x02
 SOURCE_USER = 0x01
@@ -115,6 +117,7 @@ class StoreHandlers:
             (evt.EVT_RELEASED, self.on_released),
             (evt.EVT_ABORTED, self.on_aborted),
             (evt.EVT_CONN_CLOSE, self.on_conn_close),
+            *NODELAY_HANDLERS,
         ]
 
     # -- admission -------------------------------------------------------------------------------
@@ -156,7 +159,8 @@ class StoreHandlers:
         assoc.kill()
 
     def on_echo(self, event: Any) -> int:
-        return SUCCESS
+        # Clara's dicom.scp.verification.enabled: false -> "SOP class not supported"
+        return SUCCESS if self.config().verification_enabled else SOP_CLASS_NOT_SUPPORTED
 
     # -- storage ---------------------------------------------------------------------------------
 

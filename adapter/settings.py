@@ -37,7 +37,7 @@ class AdapterSettings(ServiceSettings):
         validation_alias=AliasChoices("K_SINK", "RADFLOW_ADAPTER_SINK", "sink"),
         description="Broker URL the job events are POSTed to; a SinkBinding injects K_SINK.",
     )
-    upload_workers: int = Field(4, ge=1, le=64, description="Threads draining the spool to S3.")
+    upload_workers: int = Field(8, ge=1, le=64, description="Threads draining the spool to S3.")
     drop_prefix: str = Field("inbox/", description="Bucket prefix watched for dropped DICOM files.")
     drop_poll_seconds: float = Field(2.0, ge=0, description="Poll interval of the drop trigger; 0 = off.")
     tick_seconds: float = Field(0.1, gt=0, description="How often timed-out groups are checked.")

@@ -16,12 +16,23 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from radflow.adapter.spool import PendingUpload, Spool
 from radflow.shared.errors import Unavailable
 from radflow.shared.storage import NotFound, ObjectStore
 
 log = logging.getLogger(__name__)
+
+
+def _sha256(path: Path) -> tuple[int, str]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
 
 
 class Uploader:
@@ -73,15 +84,16 @@ class Uploader:
 
     def _upload(self, item: PendingUpload) -> None:
         path = self.spool.path(item.spool_name)
+        try:
+            size, digest = _sha256(path)
+        except FileNotFoundError:
+            log.error("spooled file missing; instance cannot be uploaded", extra={"spool_file": item.spool_name})
+            return
         delay = 0.2
         while not self._stop.is_set():
             try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                log.error("spooled file missing; instance cannot be uploaded", extra={"spool_file": item.spool_name})
-                return
-            try:
-                self.store.put_bytes(item.key, data, content_type="application/dicom")
+                # streamed from the spool file: a multi-GB enhanced object never sits in memory
+                self.store.put_file(item.key, path, content_type="application/dicom")
                 break
             except Unavailable as exc:
                 log.warning("upload failed, retrying in %.1fs: %s", delay, exc)
@@ -89,7 +101,7 @@ class Uploader:
                 delay = min(delay * 2, 10.0)
         else:
             return  # stopping: the row stays pending and the next start uploads it
-        live = self.spool.mark_uploaded(item.spool_name, len(data), hashlib.sha256(data).hexdigest())
+        live = self.spool.mark_uploaded(item.spool_name, size, digest)
         self.spool.unlink(item.spool_name)
         self.uploaded += 1
         if not live and not self.spool.key_in_use(item.key):

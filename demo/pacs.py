@@ -13,6 +13,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
 from radflow.engine.ports import free_port
+from radflow.shared.dimse import NODELAY_HANDLERS
 
 
 @dataclass
@@ -51,7 +52,7 @@ class LocalPacs:
         ae.add_supported_context(Verification)
         ae.maximum_pdu_size = 0
         self._server = ae.start_server(
-            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store)]
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store), *NODELAY_HANDLERS]
         )
 
     def stop(self) -> None:

@@ -33,6 +33,7 @@ from radflow.demo.study import SyntheticStudy, make_study
 from radflow.engine.config import load_engine_config
 from radflow.engine.ports import free_port, wait_for_port
 from radflow.engine.stack import Engine
+from radflow.shared.dimse import NODELAY_HANDLERS
 
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
 RTSTRUCT = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -72,7 +73,7 @@ def send_study(study: SyntheticStudy, port: int) -> tuple[float, float]:
         for syntax in syntaxes:
             ae.add_requested_context(sop_class, syntax)
     start = time.time()
-    assoc = ae.associate("127.0.0.1", port, ae_title="BRAINSEG")
+    assoc = ae.associate("127.0.0.1", port, ae_title="BRAINSEG", evt_handlers=NODELAY_HANDLERS)
     if not assoc.is_established:
         raise RuntimeError("the adapter refused the association")
     try:

@@ -37,6 +37,7 @@ from radflow.functions.scu_export.destinations import (
     scu_ae_title,
 )
 from radflow.functions.scu_export.settings import ScuExportSettings
+from radflow.shared.dimse import NODELAY_HANDLERS
 from radflow.shared.errors import InvalidInput, Unavailable
 from radflow.shared.stage import StageContext
 
@@ -155,7 +156,7 @@ def send_to(dest: Destination, instances: list[Instance], settings: ScuExportSet
                 answer.update(result=prim.result, text=f"{prim.result_str}, {prim.source_str}: {prim.reason_str}")
 
         assoc = ae.associate(
-            dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, on_open), (evt.EVT_ACSE_RECV, on_acse)]
+            dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, on_open), (evt.EVT_ACSE_RECV, on_acse), *NODELAY_HANDLERS]
         )
         if not assoc.is_established:
             if assoc.is_rejected:

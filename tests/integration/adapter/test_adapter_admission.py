@@ -76,3 +76,14 @@ def test_max_associations_rejects_with_local_limit(adapter_factory):
     assert _reject_reason(extra) == (2, 3, 2)
     for a in held:
         a.release()
+
+
+def test_verification_disabled_answers_sop_class_not_supported(adapter_factory, tmp_path):
+    from conftest import config_yaml
+
+    text = config_yaml(104).replace("    max-associations: 8\n", "    max-associations: 8\n    verification:\n      enabled: false\n")
+    adapter = adapter_factory(yaml_text=text)
+    assoc = _associate(adapter.dicom_port, "RADFLOW", "PYSCU")
+    assert assoc.is_established
+    assert int(assoc.send_c_echo().Status) == 0x0122
+    assoc.release()

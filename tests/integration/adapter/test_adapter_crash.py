@@ -91,3 +91,41 @@ def test_kill_9_mid_association_then_restart(tmp_path, store_settings, store, si
     assert recovered and recovered[0]["interrupted_associations"] == 1
     print("recovery:", {k: recovered[0][k] for k in ("interrupted_associations", "pending_uploads")})
     assert study.study_uid not in log and "Synthetic" not in log  # no PHI / UIDs in logs
+
+
+def test_main_without_yaml_serves_the_persisted_configuration(tmp_path, store_settings, store):
+    """`radflow up` without --config: the adapter runs from config/dicom-adapter.json alone."""
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    doc = {"ae-titles": [{"name": "SAVED", "ae-title": "SAVED", "timeout": 0}], "sources": [],
+           "destinations": [], "pipeline-mappings": []}
+    store.put_bytes("config/dicom-adapter.json", json.dumps(doc).encode())
+    dicom_port, rest_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "RADFLOW_ADAPTER_CONFIG": str(tmp_path / "missing.yaml"),
+        "RADFLOW_ADAPTER_SPOOL_DIR": str(tmp_path / "spool"),
+        "RADFLOW_ADAPTER_DICOM_PORT": str(dicom_port),
+        "RADFLOW_ADAPTER_REST_PORT": str(rest_port),
+        "RADFLOW_S3_ENDPOINT_URL": store_settings.endpoint_url,
+        "RADFLOW_S3_BUCKET": store_settings.bucket,
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "radflow.adapter"], env=env,
+                            stderr=open(tmp_path / "run.log", "wb"), start_new_session=True)
+    try:
+        assert wait_for_port("127.0.0.1", dicom_port, 30), (tmp_path / "run.log").read_text()[-2000:]
+        ae = AE(ae_title="ANY")
+        ae.add_requested_context(Verification)
+        refused = ae.associate("127.0.0.1", dicom_port, ae_title="SAVED")
+        assert refused.is_rejected  # reject-unknown-sources defaults to true (Clara) and ANY is unknown
+        body = json.dumps({"aeTitle": "ANY", "hostIp": "127.0.0.1"}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{rest_port}/api/config/sourceaetitle", data=body, method="POST")
+        assert wait_for_port("127.0.0.1", rest_port, 10)
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 201
+        assoc = ae.associate("127.0.0.1", dicom_port, ae_title="SAVED")
+        assert assoc.is_established
+        assoc.release()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0

@@ -102,3 +102,9 @@ def test_rest_bodies_round_trip_and_reject_bad_input():
         source_from_rest("text")
     with pytest.raises(api.NotFoundError):
         api.delete_source(cfg, "nobody")
+
+
+def test_engine_section_and_unknown_keys_are_ignored():
+    text = CLARA_YAML + "radflow:\n  state-dir: .radflow\n  scale-to-zero-after: 30\n"
+    cfg = parse_yaml_text(text.replace("enabled: true", "enabled: false"))
+    assert cfg.ae("clarascp") is not None and cfg.verification_enabled is False

@@ -40,6 +40,9 @@ def test_deployment_service_pvc_and_config_agree(docs, monkeypatch):
     env = {e["name"]: e.get("value") for e in container["env"]}
     # literal env would override the engine's local values (engine/host: manifest env wins)
     assert "RADFLOW_ADAPTER_SPOOL_DIR" not in env and "RADFLOW_ADAPTER_HOST" not in env
+    assert not any(k.startswith("RADFLOW_S3_") for k in env)
+    # the local engine runs this Deployment and cannot resolve envFrom / valueFrom
+    assert "envFrom" not in container and all("valueFrom" not in e for e in container["env"])
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     for name in [k for k in list(__import__("os").environ) if k.startswith("RADFLOW_ADAPTER_")]:
         monkeypatch.delenv(name)

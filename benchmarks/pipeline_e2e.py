@@ -299,6 +299,16 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+async def _stoppable(coro: Any) -> Any:
+    """SIGTERM/SIGINT cancel the run so the engine and its processes are stopped (background jobs ignore SIGINT)."""
+    import signal
+
+    task = asyncio.ensure_future(coro)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
+    return await task
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5)
@@ -308,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     args = ap.parse_args(argv)
-    doc = asyncio.run(bench(args))
+    doc = asyncio.run(_stoppable(bench(args)))
     print()
     print(render(doc["runs"], doc["stage_order"]))
     print()

@@ -32,6 +32,10 @@ def weed_binary() -> str:
     return found
 
 
+class _ExitedEarly(RuntimeError):
+    """``weed`` ended before S3 answered (a port taken meanwhile, most often)."""
+
+
 @dataclass
 class SeaweedServer:
     """One ``weed server -s3`` process. ``start()`` returns once S3 answers."""
@@ -67,11 +71,25 @@ class SeaweedServer:
             os.kill(pid, signal.SIGKILL)
             time.sleep(0.2)
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 60.0, attempts: int = 3) -> None:
+        """Start and wait until S3 answers.
+
+        Ports are picked free just before ``weed`` binds them, so another process can take one
+        in between; a server that exits during start-up is tried again on fresh ports.
+        """
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._reap_previous()
-        if not self.s3_port:
-            self.s3_port = free_port()
+        fixed_s3_port = self.s3_port
+        for attempt in range(1, attempts + 1):
+            self.s3_port = fixed_s3_port or free_port()
+            try:
+                self._start_once(timeout)
+                return
+            except _ExitedEarly as exc:
+                if attempt == attempts:
+                    raise RuntimeError(f"{exc}; see {self.log_path}") from None
+
+    def _start_once(self, timeout: float) -> None:
         ports = [free_port() for _ in range(10)]
         args = [
             weed_binary(), "server",
@@ -84,18 +102,18 @@ class SeaweedServer:
             "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-volume.preStopSeconds=0",  # nothing to drain locally: stop at once on SIGTERM
         ]  # fmt: skip
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            # one volume per new collection (bucket) instead of 7: tests make a bucket each
-            env={**os.environ, "WEED_MASTER_VOLUME_GROWTH_COPY_1": "1"},
-            preexec_fn=die_with_parent,
-        )
+        with open(self.log_path, "ab") if self.log_path else open(os.devnull, "wb") as log:
+            self.process = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                # one volume per new collection (bucket) instead of 7: tests make a bucket each
+                env={**os.environ, "WEED_MASTER_VOLUME_GROWTH_COPY_1": "1"},
+                preexec_fn=die_with_parent,
+            )
         (self.data_dir / "weed.pid").write_text(str(self.process.pid))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"SeaweedFS exited with {self.process.returncode}; see {self.log_path}")
+                raise _ExitedEarly(f"SeaweedFS exited with {self.process.returncode}")
             try:
                 urllib.request.urlopen(self.endpoint_url, timeout=1).close()
                 return

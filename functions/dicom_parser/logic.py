@@ -141,7 +141,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
             target = dicom_dir / safe_component(uid)
             target.mkdir(parents=True, exist_ok=True)
             for inst in series.instances:
-                shutil.copyfile(inst.path, target / f"{safe_component(inst.sop_instance_uid)}.dcm")
+                dest = target / f"{safe_component(inst.sop_instance_uid)}.dcm"
+                if settings.dicom_output == "headers" and inst.pixel_offset:
+                    with open(inst.path, "rb") as src:  # the header ends where PixelData starts
+                        dest.write_bytes(src.read(inst.pixel_offset))
+                else:
+                    shutil.copyfile(inst.path, dest)
 
     selected_series = {
         name: [by_index[i].series_instance_uid for i in idx if i in converted] for name, idx in outcome.selected.items()

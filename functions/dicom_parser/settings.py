@@ -35,6 +35,15 @@ class DicomParserSettings(BaseModel):
         alias="RADFLOW_COPY_DICOM",
         description="Write the selected series' files to the 'dicom' output (writers need them).",
     )
+    dicom_output: Literal["full", "headers"] = Field(
+        "full",
+        alias="RADFLOW_DICOM_OUTPUT",
+        description=(
+            "'full' copies the original files into the 'dicom' output; 'headers' writes each file "
+            "cut before its PixelData element: everything the SEG and RTSTRUCT writers read, a "
+            "fraction of the bytes to upload and download."
+        ),
+    )
 
     @classmethod
     def from_variables(cls, variables: Mapping[str, str]) -> DicomParserSettings:

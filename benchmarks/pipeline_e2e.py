@@ -271,7 +271,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     pacs = LocalPacs(work / "pacs")
     pacs.start()
     port = free_port()
-    engine = Engine(load_engine_config(adapter_config(work / "dicom-adapter.yaml", port, pacs, work / "engine")))
+    engine = Engine(load_engine_config(adapter_config(work / "dicom-adapter.yaml", port, (pacs.ae_title, pacs.port), work / "engine")))
     t0 = time.time()
     await engine.start()
     try:

@@ -12,6 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from radflow.shared.errors import InvalidInput
 
 #: Clara's unnamed input/output (``/input``, ``/output``) is called this.
 DEFAULT = "default"
@@ -34,3 +38,22 @@ class StageContext:
     paths: Mapping[str, Path] = field(default_factory=dict)
     #: bring-your-own operators only: the Clara ``container.command`` to run
     command: Sequence[str] = ()
+
+
+class StageVariables(BaseModel):
+    """Base of every operator's settings: its Clara ``variables``, parsed once per stage.
+
+    Field aliases are the variable names. An empty value counts as unset (the runtime hands a
+    declared but absent variable over as ``""``), so the field's default applies.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True, hide_input_in_errors=True)
+
+    @classmethod
+    def from_variables(cls, variables: Mapping[str, str]) -> Self:
+        """Parse ``variables``; a bad value is a permanent error naming the variable and the rule."""
+        try:
+            return cls.model_validate({k: v for k, v in variables.items() if v != ""})
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            raise InvalidInput(f"pipeline variable {problems}", code="invalid_variables") from None

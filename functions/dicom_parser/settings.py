@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
+from radflow.shared.stage import StageVariables
 
-from radflow.shared.errors import InvalidInput
 
-
-class DicomParserSettings(BaseModel):
+class DicomParserSettings(StageVariables):
     """Variables dicom-parser reads (every other variable is ignored)."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
     rules_base64: str = Field(
         "",
@@ -44,11 +41,3 @@ class DicomParserSettings(BaseModel):
             "fraction of the bytes to upload and download."
         ),
     )
-
-    @classmethod
-    def from_variables(cls, variables: Mapping[str, str]) -> DicomParserSettings:
-        try:
-            return cls.model_validate(dict(variables))
-        except ValidationError as exc:
-            fields = ", ".join(str(e["loc"][0]) for e in exc.errors())
-            raise InvalidInput(f"dicom-parser variables invalid: {fields}", code="invalid_variables") from exc

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
+from pydantic import Field, field_validator
 from radflow.shared.errors import InvalidInput
+from radflow.shared.stage import StageVariables
 
 
 def _comma_list(value: object) -> object:
@@ -15,8 +15,7 @@ def _comma_list(value: object) -> object:
     return value
 
 
-class ScuExportSettings(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, frozen=True, extra="ignore")
+class ScuExportSettings(StageVariables):
 
     #: destination names (comma list), looked up in the adapter's configuration
     destinations: tuple[str, ...] = Field((), alias="DESTINATIONS")
@@ -40,13 +39,8 @@ class ScuExportSettings(BaseModel):
 
     @classmethod
     def from_variables(cls, variables: Mapping[str, str]) -> ScuExportSettings:
-        """Parse the stage's variables (empty = unset = default); a bad value is a permanent error naming the variable."""
-        try:
-            settings = cls.model_validate({k: v for k, v in variables.items() if v != ""})
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            name = ".".join(str(p) for p in first["loc"])
-            raise InvalidInput(f"pipeline variable {name}: {first['msg']}") from exc
+        """As :meth:`StageVariables.from_variables`; at least one destination is required."""
+        settings = super().from_variables(variables)
         if not settings.destinations:
             raise InvalidInput("pipeline variable DESTINATIONS is empty: name at least one destination, e.g. MYPACS")
         return settings

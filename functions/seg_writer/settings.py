@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from radflow.shared.errors import InvalidInput
+from pydantic import Field
 from radflow.shared.masks import parse_labels
+from radflow.shared.stage import StageVariables
 
 
-class SegWriterSettings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+class SegWriterSettings(StageVariables):
 
     labels: str = Field(
         "",
@@ -31,11 +28,3 @@ class SegWriterSettings(BaseModel):
     @property
     def label_list(self) -> list[str]:
         return parse_labels(self.labels)
-
-    @classmethod
-    def from_variables(cls, variables: Mapping[str, str]) -> SegWriterSettings:
-        try:
-            return cls.model_validate(dict(variables))
-        except ValidationError as exc:
-            fields = ", ".join(str(e["loc"][0]) for e in exc.errors())
-            raise InvalidInput(f"seg-writer variables invalid: {fields}", code="invalid_variables") from exc

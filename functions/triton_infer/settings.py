@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
+from radflow.shared.stage import StageVariables
 
-from radflow.shared.errors import InvalidInput
 
-
-class TritonInferSettings(BaseModel):
+class TritonInferSettings(StageVariables):
     """Field names are the variable names; every field has the demo model's default."""
 
-    model_config = ConfigDict(populate_by_name=True, frozen=True, extra="ignore")
 
     #: Triton's HTTP endpoint, ``host:port`` (Clara's name); required with the Triton backend
     triton_url: str = Field("", alias="NVIDIA_TRITON_HTTPURI")
@@ -59,13 +56,3 @@ class TritonInferSettings(BaseModel):
         if isinstance(value, str):
             return tuple(p.strip() for p in value.split(",") if p.strip())
         return value
-
-    @classmethod
-    def from_variables(cls, variables: Mapping[str, str]) -> TritonInferSettings:
-        """Parse the stage's variables (empty = unset = default); a bad value is a permanent error naming the variable."""
-        try:
-            return cls.model_validate({k: v for k, v in variables.items() if v != ""})
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            name = ".".join(str(p) for p in first["loc"])
-            raise InvalidInput(f"pipeline variable {name}: {first['msg']}") from exc

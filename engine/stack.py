@@ -23,7 +23,6 @@ import os
 import re
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -79,7 +78,7 @@ class Engine:
 
     def base_env(self) -> dict[str, str]:
         st = self.store_settings()
-        env = {
+        return {
             "RADFLOW_S3_ENDPOINT_URL": st.endpoint_url or "",
             "RADFLOW_S3_BUCKET": st.bucket,
             "RADFLOW_S3_REGION": st.region,
@@ -90,12 +89,6 @@ class Engine:
             # Debian's dcmtk/Orthanc peers stall ~48 ms per PDU without it
             "TCP_NODELAY": "1",
         }
-        if self.triton is None and self._wants_triton():
-            env["RADFLOW_INFERENCE_BACKEND"] = "onnxruntime"
-        return env
-
-    def _wants_triton(self) -> bool:
-        return any(_annotations(d).get(EMBEDDED) == "triton" for d in self.manifests.deployments)
 
     def resolve(self, destination: dict[str, Any], namespace: str) -> str:
         """A Knative Destination (``ref`` and/or ``uri``) -> local URL."""

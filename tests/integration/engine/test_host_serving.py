@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
-import pytest
 
 from radflow.engine import metrics
 from radflow.engine.host import FunctionHost, tail_log

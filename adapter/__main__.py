@@ -28,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("dicom-adapter", settings.log_level, settings.log_format)
     # the environment wins so the engine can run the Deployment's command with local paths
     path = settings.config or args.config
+    # handlers first: a SIGTERM while the receivers start must still stop cleanly
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
     try:
         if path is not None and Path(path).is_file():
             config = load_yaml(path)
@@ -41,11 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("configuration error: %s", exc)
         return 2
     except Unavailable as exc:
-        log.error("object store unavailable at start-up: %s; exiting so the supervisor restarts us", exc)
+        log.error("cannot start (object store or receiver processes unavailable): %s; exiting so the supervisor restarts us", exc)
         return 3
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
     done.wait()
     log.info("stopping")
     adapter.stop()

@@ -20,6 +20,7 @@ from radflow.adapter.drop import DropWatcher
 from radflow.adapter.emitter import Emitter
 from radflow.adapter.handlers import StoreHandlers
 from radflow.adapter.outbox import Outbox
+from radflow.adapter.receiver_pool import ReceiverPool
 from radflow.adapter.scp import DicomServer, configure_pynetdicom, restore_pynetdicom, tls_context
 from radflow.adapter.settings import AdapterSettings
 from radflow.adapter.spool import Spool
@@ -41,6 +42,7 @@ class Adapter:
         self.outbox = Outbox(self.spool, lambda: self.settings.sink, max_backoff=settings.outbox_max_backoff)
         self.handlers = StoreHandlers(self.spool, self.configs.current, on_stored=self.uploader.enqueue, on_closed=self.emitter.wake)
         self.scp: DicomServer | None = None
+        self.receivers: ReceiverPool | None = None
         self.api = RestApi(self.configs, ready=self.ready, status=self.status)
         self.drop = DropWatcher(self, settings.drop_prefix, settings.drop_poll_seconds)
         self.dicom_port: int | None = None
@@ -57,7 +59,6 @@ class Adapter:
         stats = self.spool.recover(self.handlers.describe)
         if any(stats.values()):
             log.info("spool recovered after restart", extra=stats)
-        configure_pynetdicom(self.spool)
         self.uploader.start()
         self.emitter.start()
         self.outbox.start()
@@ -68,14 +69,21 @@ class Adapter:
             self.rest_port = self.api.start(self.settings.host, 0)
             log.warning("REST port %d unavailable (%s); REST API on port %d instead",
                         self.settings.rest_port, exc.strerror, self.rest_port)
+        port = self.settings.dicom_port if self.settings.dicom_port is not None else cfg.port
         ssl_ctx = None
         if cfg.tls is not None:
-            ssl_ctx, allowed = tls_context(cfg.tls)
+            ssl_ctx, allowed = tls_context(cfg.tls)  # also validates the files before receivers start
             self.handlers.cert_allowed = allowed
-        self.scp = DicomServer(self.handlers, max_pdu=self.settings.max_pdu, max_associations=cfg.max_associations)
-        self.configs.subscribe(lambda c: self.scp.set_max_associations(c.max_associations) if self.scp else None)
-        port = self.settings.dicom_port if self.settings.dicom_port is not None else cfg.port
-        self.dicom_port = self.scp.start(self.settings.host, port, ssl_ctx)
+        if self.settings.receivers > 0:
+            self.receivers = ReceiverPool(self.spool, self.handlers, self.configs.current,
+                                          processes=self.settings.receivers, max_pdu=self.settings.max_pdu)
+            self.configs.subscribe(self.receivers.config_changed)
+            self.dicom_port = self.receivers.start(self.settings.host, port)
+        else:
+            configure_pynetdicom(self.spool)
+            self.scp = DicomServer(self.handlers, max_pdu=self.settings.max_pdu, max_associations=cfg.max_associations)
+            self.configs.subscribe(lambda c: self.scp.set_max_associations(c.max_associations) if self.scp else None)
+            self.dicom_port = self.scp.start(self.settings.host, port, ssl_ctx)
         self.drop.start()
         self._listening.set()
         log.info("dicom adapter listening", extra={"dicom_port": self.dicom_port, "rest_port": self.rest_port})
@@ -84,6 +92,8 @@ class Adapter:
     def stop(self) -> None:
         self._listening.clear()
         self.drop.stop()
+        if self.receivers is not None:
+            self.receivers.stop()
         if self.scp is not None:
             self.scp.stop()
             restore_pynetdicom()
@@ -96,11 +106,21 @@ class Adapter:
     def ready(self) -> bool:
         if not self._listening.is_set():
             return False
+        if self.receivers is not None and not self.receivers.ready():
+            return False
         try:
             self.store.ensure_bucket()
         except Unavailable:
             return False
         return True
+
+    def scp_counters(self) -> dict[str, int]:
+        """stored / rejected_associations / refused_instances / ignored, over all receivers."""
+        own = self.handlers.snapshot()
+        if self.receivers is None:
+            return own
+        pooled = self.receivers.counters()
+        return {k: own.get(k, 0) + pooled.get(k, 0) for k in own.keys() | pooled.keys()}
 
     def status(self) -> dict[str, Any]:
         return {
@@ -111,6 +131,6 @@ class Adapter:
             "groups_emitted": self.emitter.emitted,
             "outbox": self.spool.outbox_counts(),
             "events_sent": self.outbox.sent,
-            "scp": dict(self.handlers.counters),
+            "scp": self.scp_counters(),
             "sink_configured": bool(self.settings.sink),
         }

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pynetdicom import evt
 
@@ -34,7 +34,7 @@ from radflow.adapter.dicomfile import (
     NotDicom,
     inspect_file,
 )
-from radflow.adapter.spool import AssociationRow, InstanceRecord, PendingUpload, Spool
+from radflow.adapter.spool import AssociationRow, InstanceRecord, PendingUpload
 from radflow.shared.dimse import NODELAY_HANDLERS
 from radflow.shared.storage import Keys
 
@@ -48,8 +48,22 @@ PROCESSING_FAILURE = 0xC211
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 
 REJECT_PERMANENT, REJECT_TRANSIENT = 0x01, 0x02
-SOURCE_USER = 0x01
+SOURCE_USER, SOURCE_PRESENTATION = 0x01, 0x03
 REASON_NONE, REASON_CALLING_AE, REASON_CALLED_AE = 0x01, 0x03, 0x07
+REASON_LOCAL_LIMIT = 0x02  # with SOURCE_PRESENTATION: "local-limit-exceeded" (max-associations)
+
+
+class SpoolPort(Protocol):
+    """What the C-STORE handlers need of the spool: :class:`Spool` in-process, or
+    :class:`~radflow.adapter.receiver_worker.RemoteSpool` in a receiver process."""
+
+    def take_file(self, src: Path, assoc_id: str) -> str: ...
+
+    def open_association(self, assoc_id: str, called_ae: str, calling_ae: str) -> None: ...
+
+    def add_instance(self, rec: InstanceRecord) -> None: ...
+
+    def close_association(self, assoc_id: str, *, released: bool) -> int: ...
 
 
 def record_for(
@@ -93,21 +107,28 @@ class StoreHandlers:
 
     def __init__(
         self,
-        spool: Spool,
+        spool: SpoolPort,
         config: Callable[[], AdapterConfig],
         *,
         on_stored: Callable[[PendingUpload], None],
         on_closed: Callable[[], None],
         cert_allowed: Callable[[Any], bool] | None = None,
+        over_limit: Callable[[Any], bool] | None = None,
     ) -> None:
         self.spool = spool
         self.config = config
         self.on_stored = on_stored
         self.on_closed = on_closed
         self.cert_allowed = cert_allowed
+        #: in a receiver process: was this association's connection over max-associations?
+        self.over_limit = over_limit
         self._lock = threading.Lock()
         self._open: dict[int, str] = {}  # id(assoc) -> spool association id, once it stored something
         self.counters = {"stored": 0, "rejected_associations": 0, "refused_instances": 0, "ignored": 0}
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.counters)
 
     def bindings(self) -> list[tuple[Any, Callable[..., Any]]]:
         return [
@@ -135,6 +156,14 @@ class StoreHandlers:
 
     def on_requested(self, event: Any) -> None:
         assoc = event.assoc
+        if self.over_limit is not None and self.over_limit(assoc):
+            # the adapter process counts associations across all receivers (max-associations)
+            with self._lock:
+                self.counters["rejected_associations"] += 1
+            assoc.acse.send_reject(REJECT_TRANSIENT, SOURCE_PRESENTATION, REASON_LOCAL_LIMIT)
+            evt.trigger(assoc, evt.EVT_REJECTED, {})
+            assoc.kill()
+            return
         rq = assoc.requestor.primitive
         called = str(rq.called_ae_title).strip()
         calling = str(rq.calling_ae_title).strip()
@@ -196,14 +225,15 @@ class StoreHandlers:
         if problem is not None:
             self._refused("dataset does not match the request", problem, called)
             return DATASET_MISMATCH
-        assoc_id = self._association(assoc, called, calling)
         try:
+            assoc_id = self._association(assoc, called, calling)
             name = self.spool.take_file(path, assoc_id)
-        except OSError as exc:
-            log.error("spool write failed: %s; answering Out of Resources", exc.strerror, extra={"called_ae": called})
+            rec = record_for(header, assoc_id=assoc_id, called=called, calling=calling, spool_name=name, group_tag=ae.group_tag)
+            self.spool.add_instance(rec)  # queued behind the ack: the fsync'd file is the record
+        except OSError as exc:  # disk full, or (receiver process) the adapter process is gone
+            log.error("spool write failed: %s; answering Out of Resources", exc.strerror or type(exc).__name__,
+                      extra={"called_ae": called})
             return OUT_OF_RESOURCES
-        rec = record_for(header, assoc_id=assoc_id, called=called, calling=calling, spool_name=name, group_tag=ae.group_tag)
-        self.spool.add_instance(rec)  # queued behind the ack: the fsync'd file is the record
         with self._lock:
             self.counters["stored"] += 1
         self.on_stored(PendingUpload(rec.spool_name, rec.key))

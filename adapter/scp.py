@@ -21,7 +21,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from radflow.adapter.config import TlsConfig
 from radflow.adapter.handlers import StoreHandlers
-from radflow.adapter.spool import Spool
+from radflow.adapter.spool import SpoolFiles
 from radflow.shared.errors import ConfigError
 
 VERIFICATION_SYNTAXES = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"]
@@ -37,7 +37,7 @@ _SWITCHES = {
 _saved: dict[str, object] = {}
 
 
-def configure_pynetdicom(spool: Spool) -> None:
+def configure_pynetdicom(spool: SpoolFiles) -> None:
     """Process-wide pynetdicom switches for the fast path (set once, by the composition root)."""
     for name, value in _SWITCHES.items():
         _saved.setdefault(name, getattr(_config, name))
@@ -106,6 +106,7 @@ class DicomServer:
         self.ae.network_timeout = 60
         self.ae.dimse_timeout = 60
         self._server: Any = None
+        self._detached = False
 
     def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
         self._server = self.ae.start_server(
@@ -116,7 +117,25 @@ class DicomServer:
     def set_max_associations(self, value: int) -> None:
         self.ae.maximum_associations = value
 
+    def detach(self) -> None:
+        """Serve connections handed over by :meth:`serve_connection` instead of listening.
+
+        A receiver process gets its connections from the adapter process, which owns the
+        listening socket; pynetdicom's server object is still what runs each association (its
+        event handlers, contexts, timeouts), only its own listening socket is closed unused.
+        """
+        self._server = self.ae.make_server(("127.0.0.1", 0), evt_handlers=self.handlers.bindings())
+        self._server.socket.close()
+        self._detached = True
+
+    def serve_connection(self, sock: Any, address: tuple[str, int]) -> None:
+        """Run one association on ``sock`` (already TLS-wrapped if needed) until it ends."""
+        self._server.finish_request(sock, address)  # starts the association's thread
+        for assoc in self._server.active_associations:
+            if getattr(assoc.dul.socket, "socket", None) is sock:
+                assoc.join()
+
     def stop(self) -> None:
-        if self._server is not None:
+        if self._server is not None and not self._detached:
             self._server.shutdown()
-            self._server = None
+        self._server = None

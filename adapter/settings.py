@@ -43,3 +43,10 @@ class AdapterSettings(ServiceSettings):
     tick_seconds: float = Field(0.1, gt=0, description="How often timed-out groups are checked.")
     outbox_max_backoff: float = Field(30.0, gt=0, description="Cap of the outbox retry delay (s).")
     max_pdu: int = Field(131072, ge=0, description="Maximum PDU size the SCP advertises (0 = none).")
+    receivers: int = Field(
+        4,
+        ge=0,
+        le=64,
+        description="Receiver processes serving DICOM associations (adapter/receiver_pool.py); 0 = serve them"
+        " in the adapter process itself. Size it to the container's CPU request: 2 per core.",
+    )

@@ -137,8 +137,12 @@ class _Job:
         self.future: Future[Any] = Future()
 
 
-class Spool:
-    """Spool folders and index. ``close()`` stops the writer; a new instance recovers the state."""
+class SpoolFiles:
+    """The spool's folders: ``tmp/`` (half-received), ``data/`` (acknowledged, fsync'd).
+
+    This half needs no index, so a receiver process (adapter/receiver_worker.py) uses it to make
+    instances durable itself, while the adapter process alone owns the SQLite index.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -146,12 +150,56 @@ class Spool:
         self.data_dir = self.root / "data"
         for d in (self.root, self.tmp_dir, self.data_dir):
             d.mkdir(parents=True, exist_ok=True)
+        self._dir_fd = os.open(self.data_dir, os.O_RDONLY)
+
+    def close_files(self) -> None:
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
+
+    # -- files -----------------------------------------------------------------------------------
+
+    def take_file(self, src: Path, assoc_id: str) -> str:
+        """Move ``src`` into ``data/`` and make it durable; returns its spool name.
+
+        Rename first, then fsync the file and the folder: the file's fsync commits the journal
+        transaction holding the rename on ext4/XFS, so the folder's fsync is usually free.
+        """
+        name = f"{assoc_id}-{uuid.uuid4().hex}.dcm"
+        dst = self.data_dir / name
+        os.replace(src, dst)
+        fd = os.open(dst, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.fsync(self._dir_fd)
+        return name
+
+    @staticmethod
+    def association_of(spool_name: str) -> str:
+        return spool_name.rsplit("-", 1)[0]
+
+    def path(self, spool_name: str) -> Path:
+        return self.data_dir / spool_name
+
+    def unlink(self, spool_name: str) -> None:
+        try:
+            os.unlink(self.data_dir / spool_name)
+        except FileNotFoundError:
+            pass
+
+
+class Spool(SpoolFiles):
+    """Spool folders and index. ``close()`` stops the writer; a new instance recovers the state."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
         self._conn = sqlite3.connect(self.root / "index.sqlite3", isolation_level=None, check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(_SCHEMA)
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._dir_fd = os.open(self.data_dir, os.O_RDONLY)
         self._thread = threading.Thread(target=self._writer, name="spool-writer", daemon=True)
         self._closed = False
         self._thread.start()
@@ -228,39 +276,7 @@ class Spool:
         self._queue.put(None)
         self._thread.join(timeout=10)
         self._conn.close()
-        os.close(self._dir_fd)
-
-    # -- files -----------------------------------------------------------------------------------
-
-    def take_file(self, src: Path, assoc_id: str) -> str:
-        """Move ``src`` into ``data/`` and make it durable; returns its spool name.
-
-        Rename first, then fsync the file and the folder: the file's fsync commits the journal
-        transaction holding the rename on ext4/XFS, so the folder's fsync is usually free.
-        """
-        name = f"{assoc_id}-{uuid.uuid4().hex}.dcm"
-        dst = self.data_dir / name
-        os.replace(src, dst)
-        fd = os.open(dst, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.fsync(self._dir_fd)
-        return name
-
-    @staticmethod
-    def association_of(spool_name: str) -> str:
-        return spool_name.rsplit("-", 1)[0]
-
-    def path(self, spool_name: str) -> Path:
-        return self.data_dir / spool_name
-
-    def unlink(self, spool_name: str) -> None:
-        try:
-            os.unlink(self.data_dir / spool_name)
-        except FileNotFoundError:
-            pass
+        self.close_files()
 
     # -- associations ----------------------------------------------------------------------------
 
@@ -339,6 +355,37 @@ class Spool:
             outbox = c.execute("SELECT COUNT(*) FROM outbox WHERE state='pending'").fetchone()[0]
             return {"interrupted_associations": opened.rowcount, "pending_uploads": pending, "pending_events": outbox}
 
+        reindexed = self._reindex(describe, None)
+        stats = self.run(fn)
+        stats["reindexed"] = reindexed
+        return stats
+
+    def recover_associations(
+        self, assoc_ids: Iterable[str], describe: Callable[[Path, AssociationRow], InstanceRecord | None]
+    ) -> int:
+        """A receiver process died: its open associations were cut by *us*, like a crash.
+
+        Their acknowledged files are indexed (a row may not have reached us) and the
+        associations count as released, exactly as :meth:`recover` does after a restart.
+        Returns the number of files indexed here.
+        """
+        wanted = set(assoc_ids)
+        if not wanted:
+            return 0
+        reindexed = self._reindex(describe, wanted)
+        now = time.time()
+        for assoc_id in wanted:
+            self.run(
+                lambda c, a=assoc_id: c.execute(
+                    "UPDATE associations SET state='released', closed=? WHERE id=? AND state='open'", (now, a)
+                )
+            )
+        return reindexed
+
+    def _reindex(
+        self, describe: Callable[[Path, AssociationRow], InstanceRecord | None], only: set[str] | None
+    ) -> int:
+        """Index acknowledged files without a row (of the associations ``only``, or all)."""
         known = set(self.run(lambda c: [r[0] for r in c.execute("SELECT spool_name FROM instances")]))
         uploaded = set(self.run(lambda c: [r[0] for r in c.execute("SELECT spool_name FROM instances WHERE uploaded=1")]))
         assocs = {
@@ -347,12 +394,15 @@ class Spool:
         }
         reindexed = 0
         for f in sorted(self.data_dir.iterdir()):
+            owner = self.association_of(f.name)
+            if only is not None and owner not in only:
+                continue
             if f.name in uploaded:
                 f.unlink(missing_ok=True)  # uploaded before the crash, not yet removed
                 continue
             if f.name in known:
                 continue
-            row = assocs.get(self.association_of(f.name))
+            row = assocs.get(owner)
             rec = describe(f, row) if row is not None and row.state != "aborted" else None
             if rec is None:
                 log.error("spooled file cannot be re-indexed; moved to quarantine/", extra={"spool_file": f.name})
@@ -361,9 +411,7 @@ class Spool:
                 continue
             self.add_instance(rec, wait=True)
             reindexed += 1
-        stats = self.run(fn)
-        stats["reindexed"] = reindexed
-        return stats
+        return reindexed
 
     # -- uploads ---------------------------------------------------------------------------------
 

@@ -6,8 +6,10 @@ what a test needs to check the outcome: the study UID and every SOP Instance UID
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -124,3 +126,17 @@ pipeline-mappings:
     clara-ae-title: BRAIN
     pipeline-id: brain-report
 """
+
+
+def wait_counter(adapter: Any, name: str, expected: int, timeout: float = 10.0) -> int:
+    """The adapter's SCP counter ``name`` once it reaches ``expected`` (or its value at the timeout).
+
+    Receiver processes report their counters when an association ends, a moment after the
+    peer saw the release or rejection.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = adapter.scp_counters().get(name, 0)
+        if value >= expected or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)

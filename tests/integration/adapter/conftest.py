@@ -91,6 +91,7 @@ def adapter_factory(tmp_path: Path, store_settings: StoreSettings, sink: EventSi
             rest_port=free_port(),
             sink=sink.url,
             drop_poll_seconds=overrides.pop("drop_poll_seconds", 0),
+            receivers=overrides.pop("receivers", 2),
             **overrides,
         )
         cfg = parse_yaml_text(yaml_text or config_yaml(104, timeout=timeout, reject_unknown=reject_unknown, extra_ae=extra_ae))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
+from adapter_data import wait_counter
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -50,7 +51,7 @@ def test_wrong_called_ae_rejected_reason_7(adapter_factory):
 def test_unknown_calling_ae_rejected_reason_3(adapter_factory):
     adapter = adapter_factory(reject_unknown=True)
     assert _reject_reason(_associate(adapter.dicom_port, "RADFLOW", "STRANGER")) == (1, 1, 3)
-    assert adapter.handlers.counters["rejected_associations"] == 1
+    assert wait_counter(adapter, "rejected_associations", 1) == 1
 
 
 def test_known_ae_from_unlisted_host_rejected(adapter_factory):

@@ -78,9 +78,12 @@ class Uploader:
                 return
             try:
                 self._upload(item)
-            finally:
-                with self._lock:
-                    self._inflight.discard(item.spool_name)
+            except Exception:  # noqa: BLE001 - a worker must not die; the row stays pending
+                log.exception("upload failed unexpectedly; retrying in 5 s")
+                threading.Timer(5.0, self._queue.put, args=(item,)).start()
+                continue  # still in flight: the janitor must not clean it meanwhile
+            with self._lock:
+                self._inflight.discard(item.spool_name)
 
     def _upload(self, item: PendingUpload) -> None:
         path = self.spool.path(item.spool_name)
@@ -93,7 +96,7 @@ class Uploader:
         while not self._stop.is_set():
             try:
                 # streamed from the spool file: a multi-GB enhanced object never sits in memory
-                self.store.put_file(item.key, path, content_type="application/dicom")
+                self.store.put_file(item.key, path, content_type="application/dicom", sha256=digest)
                 break
             except Unavailable as exc:
                 log.warning("upload failed, retrying in %.1fs: %s", delay, exc)

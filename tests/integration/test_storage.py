@@ -2,6 +2,7 @@
 
 import pytest
 
+from radflow.shared.errors import Unavailable
 from radflow.shared.storage import AlreadyExists, Keys, NotFound, ObjectStore
 
 
@@ -27,6 +28,18 @@ def test_put_if_match_detects_a_concurrent_change(store: ObjectStore) -> None:
     store.put_bytes("k", b"v2")
     with pytest.raises(AlreadyExists):
         store.put_if_match("k", b"v3", etag)
+
+
+def test_put_file_checksum_is_verified_by_the_store(store: ObjectStore, tmp_path) -> None:  # noqa: ANN001
+    import hashlib
+
+    f = tmp_path / "instance.dcm"
+    f.write_bytes(b"DICM" * 1000)
+    store.put_file("in/good.dcm", f, sha256=hashlib.sha256(f.read_bytes()).hexdigest())
+    assert store.get_bytes("in/good.dcm") == f.read_bytes()
+    with pytest.raises(Unavailable, match="does not match its checksum"):
+        store.put_file("in/bad.dcm", f, sha256=hashlib.sha256(b"something else").hexdigest())
+    assert not store.exists("in/bad.dcm")
 
 
 def test_hostile_uids_stay_inside_their_prefix() -> None:

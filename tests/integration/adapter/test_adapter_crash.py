@@ -129,3 +129,74 @@ def test_main_without_yaml_serves_the_persisted_configuration(tmp_path, store_se
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_a_killed_receiver_keeps_what_it_acknowledged_and_is_replaced(adapter_factory, sink, store, tmp_path):
+    """SIGKILL of the receiver process serving an association: its acked instances are kept (cut by us,
+    like a crash of the adapter), the job starts with them, and a new receiver serves the next peer."""
+    adapter = adapter_factory(receivers=2)
+    before = set(adapter.receivers.pids())
+    study = make_study(tmp_path / "in", series=1, per_series=12, size=64)
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", adapter.dicom_port, ae_title="RADFLOW")
+    assert assoc.is_established
+    acked = []
+    for f, uid in zip(study.files[:8], study.sop_uids[:8], strict=True):
+        rsp = assoc.send_c_store(f)
+        assert rsp and int(rsp.Status) == 0
+        acked.append(uid)
+    for pid in before:
+        os.kill(pid, signal.SIGKILL)  # whichever serves us, with no release and no abort
+    deadline = time.monotonic() + 10
+    while assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not assoc.is_established
+    ev = sink.wait_for(1, timeout=20)[0]
+    manifest = StudyManifest.model_validate_json(store.get_bytes(ev["data"]["manifest_key"]))
+    assert sorted(i.sop_instance_uid for i in manifest.instances) == sorted(acked)
+    deadline = time.monotonic() + 20
+    while (len(adapter.receivers.pids()) < 2 or not adapter.ready()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(set(adapter.receivers.pids()) - before) == 2
+    again = ae.associate("127.0.0.1", adapter.dicom_port, ae_title="RADFLOW")
+    assert again.is_established
+    rsp = again.send_c_store(study.files[8])
+    assert rsp and int(rsp.Status) == 0
+    again.release()
+    assert len(sink.wait_for(2, timeout=20)) == 2
+
+
+def test_receivers_exit_when_the_adapter_process_is_killed(tmp_path, store_settings, store, sink):
+    dicom_port, rest_port = free_port(), free_port()
+    proc = _spawn(tmp_path, store_settings, sink.url, dicom_port, rest_port, "run.log")
+    try:
+        deadline = time.monotonic() + 30
+        while len(_children(proc.pid)) < 4 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        receivers = _children(proc.pid)
+        assert len(receivers) == 4  # the default RADFLOW_ADAPTER_RECEIVERS
+        os.kill(proc.pid, signal.SIGKILL)  # the adapter process only, not its process group
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in receivers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(p) for p in receivers), "a receiver outlived the adapter process"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

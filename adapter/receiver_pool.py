@@ -1,4 +1,4 @@
-"""The DICOM listener as a pool of receiver processes (``RADFLOW_ADAPTER_RECEIVERS``, default 4).
+"""The DICOM listener as a pool of receiver processes (``RADFLOW_ADAPTER_RECEIVERS``, default 2).
 
 The adapter process owns the listening socket and the spool index; it accepts each TCP
 connection and hands it (the descriptor itself, over a Unix socketpair) to the receiver process

@@ -44,9 +44,9 @@ class AdapterSettings(ServiceSettings):
     outbox_max_backoff: float = Field(30.0, gt=0, description="Cap of the outbox retry delay (s).")
     max_pdu: int = Field(131072, ge=0, description="Maximum PDU size the SCP advertises (0 = none).")
     receivers: int = Field(
-        4,
+        2,
         ge=0,
         le=64,
         description="Receiver processes serving DICOM associations (adapter/receiver_pool.py); 0 = serve them"
-        " in the adapter process itself. Size it to the container's CPU request: 2 per core.",
+        " in the adapter process itself. About one per core of the container's CPU request.",
     )

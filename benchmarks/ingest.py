@@ -87,6 +87,23 @@ class Sink:
             return self.arrivals[n - 1][0] if len(self.arrivals) >= n else None
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """user + system CPU of these processes so far (from /proc; 0 for one that is gone)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def child_pids(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
 def make_series(folder: Path, n: int) -> list[Path]:
     shutil.rmtree(folder, ignore_errors=True)
     study, series = generate_uid(), generate_uid()
@@ -227,10 +244,13 @@ def main() -> int:
             t_dcmtk = run_storescp(files, args.assocs, work / "storescp-out")
             t_floor = run_pynetdicom_floor(files, args.assocs)
             n_before = len(sink.arrivals)
+            parts = {"adapter": [adapter.pid], "receivers": child_pids(adapter.pid), "seaweedfs": [seaweed.process.pid]}
+            cpu0 = {k: cpu_seconds(v) for k, v in parts.items()}
             start, end = send_parallel(port, "RADFLOW", files, args.assocs)
             event_at = sink.wait(n_before + 1, timeout=300)
             if event_at is None:
                 raise RuntimeError("no job event within 300 s")
+            cpu_ms = {k: 1000 * (cpu_seconds(v) - cpu0[k]) / args.instances for k, v in parts.items()}
             t_adapter = end - start
             # a modality's view: the same study over one association, release -> job event
             single = make_series(work / "study1", args.instances)
@@ -252,13 +272,16 @@ def main() -> int:
                 "release_to_event_s": event_at - end,
                 "start_to_event_s": event_at - start,
                 "mb": mb,
+                "receivers": len(parts["receivers"]),
+                **{f"cpu_ms_per_inst_{k}": v for k, v in cpu_ms.items()},
             }
             rows.append(row)
             print(
                 f"run {run + 1}: storescp {row['storescp_inst_s']:.0f} inst/s | adapter {row['adapter_inst_s']:.0f} inst/s "
                 f"{row['adapter_mb_s']:.0f} MB/s (x{row['ratio']:.2f}) | release->event {row['release_to_event_s'] * 1000:.0f} ms"
                 f" | start->event {row['start_to_event_s']:.2f} s | pynetdicom no-op {row['pynetdicom_floor_inst_s']:.0f} inst/s"
-                f" | 1 assoc {row['adapter_1assoc_inst_s']:.0f} inst/s, release->event {row['release_to_event_1assoc_s'] * 1000:.0f} ms",
+                f" | 1 assoc {row['adapter_1assoc_inst_s']:.0f} inst/s, release->event {row['release_to_event_1assoc_s'] * 1000:.0f} ms"
+                f" | CPU ms/inst: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu_ms.items()),
                 flush=True,
             )
     finally:
@@ -282,7 +305,10 @@ def main() -> int:
         f"  last release -> job event:    {med['release_to_event_s'] * 1000:7.0f} ms (timeout 0; all instances in S3)\n"
         f"  first byte -> job event:      {med['start_to_event_s']:7.2f} s\n"
         f"  one association:              {med['adapter_1assoc_inst_s']:7.0f} inst/s, release -> job event "
-        f"{med['release_to_event_1assoc_s'] * 1000:.0f} ms"
+        f"{med['release_to_event_1assoc_s'] * 1000:.0f} ms\n"
+        f"  CPU per instance (send -> job event): receivers {med['cpu_ms_per_inst_receivers']:.1f} ms"
+        f" ({med['receivers']:.0f} processes), adapter process {med['cpu_ms_per_inst_adapter']:.1f} ms,"
+        f" SeaweedFS {med['cpu_ms_per_inst_seaweedfs']:.1f} ms"
     )
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

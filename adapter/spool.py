@@ -423,11 +423,14 @@ class Spool(SpoolFiles):
             ]
         )
 
-    def mark_uploaded(self, spool_name: str, size: int, sha256: str) -> bool:
-        """Record a finished upload; ``False`` if the instance was discarded meanwhile."""
+    def mark_uploaded(self, spool_name: str, size: int, sha256: str, key: str | None = None) -> bool:
+        """Record a finished upload (under ``key`` if it moved); ``False`` if discarded meanwhile."""
 
         def fn(c: sqlite3.Connection) -> bool:
-            c.execute("UPDATE instances SET uploaded=1, size=?, sha256=? WHERE spool_name=?", (size, sha256, spool_name))
+            c.execute(
+                "UPDATE instances SET uploaded=1, size=?, sha256=?, key=COALESCE(?, key) WHERE spool_name=?",
+                (size, sha256, key, spool_name),
+            )
             row = c.execute("SELECT discarded FROM instances WHERE spool_name=?", (spool_name,)).fetchone()
             return bool(row) and row[0] == 0
 

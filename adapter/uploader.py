@@ -20,7 +20,7 @@ from pathlib import Path
 
 from radflow.adapter.spool import PendingUpload, Spool
 from radflow.shared.errors import Unavailable
-from radflow.shared.storage import NotFound, ObjectStore
+from radflow.shared.storage import AlreadyExists, Keys, NotFound, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -93,23 +93,45 @@ class Uploader:
             log.error("spooled file missing; instance cannot be uploaded", extra={"spool_file": item.spool_name})
             return
         delay = 0.2
+        key = item.key
         while not self._stop.is_set():
             try:
-                # streamed from the spool file: a multi-GB enhanced object never sits in memory
-                self.store.put_file(item.key, path, content_type="application/dicom", sha256=digest)
+                # streamed from the spool file: a multi-GB enhanced object never sits in memory;
+                # conditional, so a stored instance is never replaced (manifests point at it)
+                self.store.put_file(key, path, content_type="application/dicom", sha256=digest, if_absent=True)
                 break
+            except AlreadyExists:
+                if key != item.key or self._same_bytes(key, path):
+                    # a re-send of the same bytes, our own upload before a restart, or a variant
+                    # (named by its content) that is already there
+                    break
+                # same SOP Instance UID, different bytes: keep both; which one a manifest lists
+                # is overwrite-same-instance's decision (adapter/grouping.py merge_revision)
+                key = Keys.instance_variant(item.key, digest)
             except Unavailable as exc:
                 log.warning("upload failed, retrying in %.1fs: %s", delay, exc)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 10.0)
         else:
             return  # stopping: the row stays pending and the next start uploads it
-        live = self.spool.mark_uploaded(item.spool_name, size, digest)
+        live = self.spool.mark_uploaded(item.spool_name, size, digest, key if key != item.key else None)
         self.spool.unlink(item.spool_name)
         self.uploaded += 1
-        if not live and not self.spool.key_in_use(item.key):
-            self._delete_quietly(item.key)
+        if not live and not self.spool.key_in_use(key):
+            self._delete_quietly(key)
         self.on_uploaded()
+
+    def _same_bytes(self, key: str, path: Path) -> bool:
+        """Does the stored object hold exactly this file? (single-PUT ETag = MD5 of the body)"""
+        try:
+            etag = self.store.head(key).etag.strip('"')
+        except NotFound:
+            return False  # deleted meanwhile: the next attempt's conditional PUT decides
+        h = hashlib.md5(usedforsecurity=False)
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+        return h.hexdigest() == etag
 
     def _delete_quietly(self, key: str) -> None:
         try:

@@ -63,6 +63,11 @@ class Keys:
         )
 
     @staticmethod
+    def instance_variant(key: str, sha256: str) -> str:
+        """Where a re-sent instance whose bytes differ from the stored copy goes (never over it)."""
+        return f"{key.removesuffix('.dcm')}.{sha256[:16]}.dcm"
+
+    @staticmethod
     def manifest(study_id: str, group_id: str) -> str:
         return f"studies/{safe_component(study_id)}/manifests/{safe_component(group_id)}.json"
 
@@ -178,13 +183,18 @@ class ObjectStore:
         """Replace ``key`` only if it still has ``etag``; raises :class:`AlreadyExists`."""
         return str(self._call("put_object", Key=key, Body=data, IfMatch=etag)["ETag"])
 
-    def put_file(self, key: str, path: Path, *, content_type: str | None = None, sha256: str | None = None) -> str:
+    def put_file(
+        self, key: str, path: Path, *, content_type: str | None = None, sha256: str | None = None, if_absent: bool = False
+    ) -> str:
         """Upload a local file (single PUT up to 5 GB); returns the ETag.
 
         ``sha256`` (hex) is sent as the object's ``x-amz-checksum-sha256`` so the store rejects a
-        body that does not match it.
+        body that does not match it. ``if_absent``: never replace an existing object (raises
+        :class:`AlreadyExists`).
         """
         extra: dict[str, str] = {"ContentType": content_type} if content_type else {}
+        if if_absent:
+            extra["IfNoneMatch"] = "*"
         if sha256:
             extra["ChecksumSHA256"] = base64.b64encode(bytes.fromhex(sha256)).decode()
         with open(path, "rb") as fh:

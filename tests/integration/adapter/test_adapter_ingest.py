@@ -226,3 +226,52 @@ def test_garbage_bytes_and_malformed_pdus_do_not_hurt_the_port(adapter_factory, 
     study = make_study(tmp_path / "in", series=1, per_series=2)
     assert pynetdicom_send(adapter.dicom_port, study.files) == [0, 0]
     assert len(sink.wait_for(1)) == 1
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_resent_instance_with_other_bytes_never_replaces_the_stored_copy(adapter_factory, sink, store, tmp_path, overwrite):
+    """Same SOP Instance UID, different bytes: the first object stays as the first manifest says;
+    the new copy is kept beside it, and only overwrite-same-instance puts it in a revision."""
+    import io
+
+    import pydicom
+    from adapter_data import config_yaml, make_instance
+    from pydicom.uid import generate_uid
+
+    def number(key: str) -> int:  # which copy an object holds (stored bytes carry a new file meta)
+        return int(pydicom.dcmread(io.BytesIO(store.get_bytes(key))).InstanceNumber)
+
+    text = config_yaml(104)
+    if overwrite:
+        text = text.replace("      - ae-title: RADFLOW\n        timeout: 0\n",
+                            "      - ae-title: RADFLOW\n        timeout: 0\n        overwrite-same-instance: true\n")
+        assert "overwrite-same-instance: true" in text
+    adapter = adapter_factory(yaml_text=text)
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    first, second = tmp_path / "v1.dcm", tmp_path / "v2.dcm"
+    make_instance(first, study_uid=study, series_uid=series, sop_uid=sop, index=0)
+    make_instance(second, study_uid=study, series_uid=series, sop_uid=sop, index=5)
+    assert first.read_bytes() != second.read_bytes()
+    assert pynetdicom_send(adapter.dicom_port, [first]) == [0]
+    m0 = StudyManifest.model_validate_json(store.get_bytes(sink.wait_for(1)[0]["data"]["manifest_key"]))
+    assert pynetdicom_send(adapter.dicom_port, [second]) == [0]
+    deadline = time.monotonic() + 10
+    while len(list(store.list(m0.instances[0].key.removesuffix(".dcm")))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)  # the second copy's upload
+    assert number(m0.instances[0].key) == 1  # the first copy was never replaced
+    if overwrite:
+        m1 = StudyManifest.model_validate_json(store.get_bytes(sink.wait_for(2)[1]["data"]["manifest_key"]))
+        assert [i.sop_instance_uid for i in m1.instances] == [sop]
+        assert m1.instances[0].key != m0.instances[0].key
+        assert number(m1.instances[0].key) == 6
+    else:
+        time.sleep(1.0)
+        assert len(sink.events) == 1  # the first copy stands: no revision
+        copies = sorted(number(o.key) for o in store.list(m0.instances[0].key.removesuffix(".dcm")))
+        assert copies == [1, 6]  # ... and the second is kept beside it, not lost
+    # the same bytes again change nothing and store nothing new
+    before = len(list(store.list("studies/")))
+    assert pynetdicom_send(adapter.dicom_port, [second]) == [0]
+    time.sleep(1.0)
+    assert adapter.uploader.wait_idle(10)
+    assert len(list(store.list("studies/"))) == before

@@ -9,7 +9,10 @@ Clara's dicom-parser contract (anchors-pipelines §2.2) on radflow's data contra
   JSON) and ``match-trace.json`` (every rule condition against every series).
 * output ``dicom``: the selected series' original files as ``<SeriesInstanceUID>/<SOPInstanceUID>.dcm``.
 
-Selection works on headers only; pixels are read for the selected series alone.
+Selection works on headers only; pixels are read for the selected series alone. The logic is
+declared ``headers_first``: the runtime stages each instance as its header (a few KB) and this
+module asks for the selected series' files whole (``ctx.complete_files``) before reading their
+pixels, so the other series' pixel data never leaves the object store.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from radflow.functions.dicom_parser.settings import DicomParserSettings
 from radflow.shared import dicom, selection
 from radflow.shared.errors import InvalidInput
 from radflow.shared.imaging import Geometry, write_volume
-from radflow.shared.stage import DEFAULT, StageContext
+from radflow.shared.stage import DEFAULT, StageContext, headers_first
 from radflow.shared.storage import safe_component
 
 logger = logging.getLogger(__name__)
@@ -72,6 +75,7 @@ def _metadata(series: dicom.Series, volume: dicom.Volume, file_name: str) -> dic
     }
 
 
+@headers_first(DEFAULT)
 def run(ctx: StageContext) -> dict[str, Any]:
     """Select series from the study in ``ctx.inputs['default']`` and write their volumes.
 
@@ -121,6 +125,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     for index in wanted:
         series = by_index[index]
         names = [n for n, idx in outcome.selected.items() if index in idx]
+        ctx.complete_files(inst.path for inst in series.instances)
         try:
             volume = dicom.instances_to_volume(series.instances, name=str(index))
         except InvalidInput as exc:

@@ -598,8 +598,12 @@ def read_series_volume(paths: Sequence[Path], name: str = "?") -> Volume:
     return instances_to_volume(instances, name)
 
 
-def volume_from_bytes(blobs: Sequence[bytes], name: str = "?") -> Volume:
-    """Series -> volume from encoded instances in memory (e.g. fetched from S3)."""
+def volume_from_bytes(blobs: Iterable[bytes], name: str = "?") -> Volume:
+    """Series -> volume from encoded instances in memory (e.g. fetched from S3).
+
+    ``blobs`` may be an iterator that is still fetching (``ObjectStore.iter_objects``): each
+    header is parsed as its instance arrives, overlapping the parse with the transfers.
+    """
     instances = []
     for n, blob in enumerate(blobs):
         buffer = io.BytesIO(blob)

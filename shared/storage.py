@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -301,6 +303,22 @@ class ObjectStore:
             return Fetched(data, etag, int(total) if total.isdigit() else start + len(data))
         finally:
             resp.release_conn()
+
+    def iter_objects(self, keys: Iterable[str], *, threads: int = 4) -> Iterator[bytes]:
+        """The objects at ``keys``, in order, fetched ``threads`` at a time ahead of the consumer.
+
+        The caller works on object *n* (say, parses its header) while later ones are in flight;
+        at most ``2 * threads`` objects wait in memory.
+        """
+        keys = list(keys)
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            window: deque[Future[Fetched]] = deque()
+            for key in keys:
+                window.append(pool.submit(self.get_range, key))
+                if len(window) >= 2 * threads:
+                    yield window.popleft().result().data
+            while window:
+                yield window.popleft().result().data
 
     def download_file(self, key: str, path: Path) -> None:
         """Stream ``key`` into ``path`` (parents created; an existing file is replaced)."""

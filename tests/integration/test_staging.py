@@ -73,6 +73,15 @@ def test_download_file_streams_the_whole_object(store: ObjectStore, tmp_path: Pa
         store.download_file("nope", tmp_path / "nope")
 
 
+def test_iter_objects_yields_every_object_in_key_order(store: ObjectStore) -> None:
+    keys = [f"k/{i:03d}" for i in range(25)]
+    for i, key in enumerate(reversed(keys)):
+        store.put_bytes(key, bytes([i]) * (i * 1000 + 1))
+    assert list(store.iter_objects(keys, threads=3)) == [store.get_bytes(k) for k in keys]
+    with pytest.raises(NotFound):
+        list(store.iter_objects([keys[0], "k/missing"], threads=2))
+
+
 # ----------------------------------------------------------------------------- bundles
 
 

@@ -16,8 +16,10 @@ including the light ones whose cold start must stay short.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
 
-__all__ = ["NeedMoreBytes", "pixel_data_offset"]
+__all__ = ["Element", "NeedMoreBytes", "pixel_data_offset", "top_level_elements"]
 
 _UNDEFINED = 0xFFFFFFFF
 #: explicit-VR value representations whose length is a 4-byte field (PS3.5 7.1.2)
@@ -28,6 +30,16 @@ _UNWALKABLE = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"})
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xE000, 0xE00D, 0xE0DD
 #: the pixel data elements: Float (0008), Double Float (0009) and Pixel Data (0010)
 _PIXEL_GROUP, _FIRST_PIXEL_ELEMENT = 0x7FE0, 0x0008
+
+
+@dataclass(frozen=True)
+class Element:
+    """One top-level data element: tag, VR (``None`` in implicit VR) and where its value is."""
+
+    tag: int
+    vr: str | None
+    start: int
+    length: int
 
 
 class NeedMoreBytes(Exception):
@@ -144,3 +156,54 @@ def _sequence_end(buf: bytes, pos: int, explicit: bool) -> int:
                 pos += 8
                 break
             pos = _element_end(buf, pos, explicit)
+
+
+def top_level_elements(data: bytes) -> tuple[str, Iterator[Element]] | None:
+    """The transfer syntax and the top-level elements before the pixel data, or ``None``.
+
+    For callers that read a few attributes of many files (volume assembly): each element's
+    value is located, never decoded. Sequences are skipped as a whole (``length`` = their
+    encoded length). The last element yielded is the pixel data element when the data reaches
+    it, with ``start`` = the offset of its tag and ``length`` = -1. ``None`` when the file meta
+    cannot be read with certainty; the iterator raises ``ValueError`` for a data set it cannot
+    walk (as :func:`pixel_data_offset` answers ``None``) and :class:`NeedMoreBytes` if the data
+    ends inside an element.
+    """
+    try:
+        pos, explicit = _file_meta(data)
+    except (_Unwalkable, NeedMoreBytes):
+        return None
+    syntax = _syntax(data)
+
+    def walk(pos: int) -> Iterator[Element]:
+        while pos + 8 <= len(data):
+            group, element = struct.unpack_from("<HH", data, pos)
+            if group == _PIXEL_GROUP and element >= _FIRST_PIXEL_ELEMENT:
+                yield Element((group << 16) | element, None, pos, -1)
+                return
+            if group == 0xFFFE:
+                raise ValueError("an item tag outside a sequence")
+            try:
+                end = _element_end(data, pos, explicit)
+            except _Unwalkable:
+                raise ValueError("a data set this walker cannot read with certainty") from None
+            _need(data, end)
+            if explicit:
+                vr = data[pos + 4 : pos + 6].decode("ascii")
+                start = pos + (12 if data[pos + 4 : pos + 6] in _LONG_VRS else 8)
+            else:
+                vr, start = None, pos + 8
+            yield Element((group << 16) | element, vr, start, end - start)
+            pos = end
+
+    return syntax, walk(pos)
+
+
+def _syntax(buf: bytes) -> str:
+    pos = 132
+    while True:
+        group, element = struct.unpack_from("<HH", buf, pos)
+        start, length = _explicit_header(buf, pos)
+        if (group, element) == (0x0002, 0x0010):
+            return buf[start : start + length].rstrip(b"\0 ").decode("ascii", "replace")
+        pos = start + length

@@ -12,7 +12,7 @@ Clara's dicom-parser contract (anchors-pipelines §2.2) on radflow's data contra
 Selection works on headers only; pixels are read for the selected series alone. The logic is
 declared ``headers_first``: the runtime stages each instance as its header (a few KB) and this
 module asks for the selected series' files whole (``ctx.complete_files``) before reading their
-pixels, so the other series' pixel data never leaves the object store.
+pixels, so the other series are read no further than their headers' ranged GET.
 """
 
 from __future__ import annotations

@@ -44,8 +44,16 @@ from radflow.shared.events import EventType, Ext
 from radflow.shared.logging import JsonFormatter, bind, configure_logging, trace_id
 from radflow.shared.pipeline import StageSpec
 from radflow.shared.settings import ServiceSettings, StoreSettings
-from radflow.shared.stage import StageContext
-from radflow.shared.staging import load_manifest, stage_output_in, stage_study, upload_output, write_json
+from radflow.shared.stage import HEADERS_FIRST_ATTR, StageContext
+from radflow.shared.staging import (
+    PartialFiles,
+    load_manifest,
+    stage_output_in,
+    stage_study,
+    stage_study_headers,
+    upload_output,
+    write_json,
+)
 from radflow.shared.storage import AlreadyExists, Keys, NotFound, ObjectStore
 
 logger = logging.getLogger(__name__)
@@ -133,6 +141,7 @@ class StageRuntime:
         lease_seconds: float = 30.0,
         work_dir: Path | None = None,
         clara_paths: bool = False,
+        headers_first: bool = True,
     ) -> None:
         self.spec = spec
         self.store = store
@@ -142,6 +151,8 @@ class StageRuntime:
         #: stage straight into the Clara paths (/input, /output): the cluster wrapper image for
         #: bring-your-own operators, one request per pod
         self.clara_paths = clara_paths
+        #: honour a logic's ``headers_first`` declaration (off: always stage whole objects)
+        self.headers_first = headers_first
         self.source = f"/radflow/{spec.pipeline}/{spec.stage}"
 
     @classmethod
@@ -169,6 +180,7 @@ class StageRuntime:
             lease_seconds=float(env.get("RADFLOW_CLAIM_LEASE_SECONDS", "30")),
             work_dir=Path(work) if work else None,
             clara_paths=env.get("RADFLOW_CLARA_PATHS", "") in ("1", "true"),
+            headers_first=env.get("RADFLOW_HEADERS_FIRST", "1") not in ("0", "false"),
         )
 
     # ------------------------------------------------------------------ entry point
@@ -272,7 +284,7 @@ class StageRuntime:
         handler = _StageLog(log_path, self.spec.stage)
         logging.getLogger().addHandler(handler)
         try:
-            ctx = self._stage_in(job, root)
+            ctx = self._stage_in(job, root, logic)
             started = time.time()
             try:
                 summary = dict(logic(ctx) or {})
@@ -352,14 +364,20 @@ class StageRuntime:
         if log_path.exists():
             self.store.put_file(Keys.stage_marker(job.job_id, self.spec.stage, "log.jsonl"), log_path, content_type="application/x-ndjson")
 
-    def _stage_in(self, job: _Job, root: Path) -> StageContext:
+    def _stage_in(self, job: _Job, root: Path, logic: Logic) -> StageContext:
         inputs: dict[str, Path] = {}
         paths: dict[str, Path] = {}
+        partial = PartialFiles(self.store)
+        lazy = getattr(logic, HEADERS_FIRST_ATTR, frozenset()) if self.headers_first else frozenset()
         for inp in self.spec.inputs:
             folder = self._folder(root / "in" / inp.name, inp.path)
             if inp.from_stage is None:
                 request = job.request or self._stored_request(job.job_id)
-                stage_study(self.store, load_manifest(self.store, request.manifest_key), folder)
+                manifest = load_manifest(self.store, request.manifest_key)
+                if inp.name in lazy:
+                    stage_study_headers(self.store, manifest, folder, partial)
+                else:
+                    stage_study(self.store, manifest, folder)
             else:
                 stage_output_in(self.store, job.job_id, inp.from_stage, inp.output or inp.name, folder)
             inputs[inp.name] = folder
@@ -382,6 +400,7 @@ class StageRuntime:
             work_dir=scratch,
             paths=paths,
             command=tuple(self.spec.command or ()),
+            complete_files=partial.complete,
         )
 
     def _folder(self, local: Path, clara_path: str) -> Path:

@@ -9,16 +9,42 @@ permanent failure and :class:`~radflow.shared.errors.Unavailable` for a transien
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from radflow.shared.errors import InvalidInput
 
 #: Clara's unnamed input/output (``/input``, ``/output``) is called this.
 DEFAULT = "default"
+
+#: attribute :func:`headers_first` sets on a logic function (read by the runtime)
+HEADERS_FIRST_ATTR = "__radflow_headers_first__"
+
+_Fn = TypeVar("_Fn", bound=Callable[..., object])
+
+
+def headers_first(*inputs: str) -> Callable[[_Fn], _Fn]:
+    """Declare that ``logic.run`` can start from DICOM headers on the named study inputs.
+
+    The runtime then stages each instance of those inputs (payload inputs: the study) as its
+    header only, cut after the PixelData tag: a Range GET of a few KB instead of the whole
+    object. The logic must call :meth:`StageContext.complete_files` with every file it reads
+    pixels (or copies bytes) from before doing so. Opt-in by the code that knows it reads
+    headers first; bring-your-own Clara operators never get truncated files.
+    """
+
+    def mark(fn: _Fn) -> _Fn:
+        setattr(fn, HEADERS_FIRST_ATTR, frozenset(inputs))
+        return fn
+
+    return mark
+
+
+def _all_whole(paths: Iterable[Path]) -> int:
+    return 0
 
 
 @dataclass(frozen=True)
@@ -38,6 +64,9 @@ class StageContext:
     paths: Mapping[str, Path] = field(default_factory=dict)
     #: bring-your-own operators only: the Clara ``container.command`` to run
     command: Sequence[str] = ()
+    #: make staged files whole: inputs staged header-first (:func:`headers_first`) hold each
+    #: DICOM instance cut after its PixelData tag until listed here; whole files are left alone
+    complete_files: Callable[[Iterable[Path]], int] = _all_whole
 
 
 class StageVariables(BaseModel):

@@ -110,6 +110,10 @@ class AlreadyExists(Exception):
     """A conditional put found the key already present (somebody else claimed it)."""
 
 
+class StoreRefused(Exception):
+    """The store answered a write with a permanent error (e.g. 403): retrying will not help."""
+
+
 class Changed(Exception):
     """A conditional read (``if_match``) found the object replaced since its ETag was taken."""
 
@@ -126,16 +130,20 @@ class Fetched:
 #: HTTP statuses a GET retries (as boto3's standard retry mode does)
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _GET_ATTEMPTS = 3
+#: files up to this size are PUT from memory, larger ones streamed
+_PUT_IN_ONE_PIECE = 16 << 20
 
 
 class _DirectGets:
-    """Object GETs signed with botocore's SigV4 and sent on a plain urllib3 connection pool.
+    """Object GETs and file PUTs signed with botocore's SigV4, sent on a plain urllib3 pool.
 
     Why not boto3: its per-request machinery (endpoint rules, event hooks, response parsing)
     costs about 2.4 ms of client CPU per GET on the 2-core development VM, against about 1 ms
     here; a stage that moves hundreds of DICOM objects spent seconds of CPU (under the GIL) on
-    it (docs/performance.md). Only reads take this path; writes and every conditional or
-    listing call stay on boto3. Same credentials, path-style addressing and retry budget.
+    it (docs/performance.md), and so did the adapter draining its spool with one PUT per
+    instance. Only object reads and :meth:`ObjectStore.put_file` take this path; small
+    documents, listings and deletes stay on boto3. Same credentials, path-style addressing and
+    retry budget.
     """
 
     def __init__(self, settings: StoreSettings) -> None:
@@ -182,6 +190,52 @@ class _DirectGets:
                 raise NotFound(key)
             return resp
         raise Unavailable(f"object store get_object failed: {problem}")
+
+    def put_file(self, key: str, path: Path, headers: dict[str, str]) -> str:
+        """PUT the file's bytes under ``key``; returns the ETag.
+
+        The body is not hashed for the signature (``UNSIGNED-PAYLOAD``, as boto3 does over
+        HTTPS); integrity comes from ``x-amz-checksum-sha256`` when the caller sends it, which
+        is itself signed. 412 raises :class:`AlreadyExists`; a checksum mismatch and transient
+        answers raise :class:`Unavailable` after the retries.
+        """
+        url = self._base + quote(key, safe="/~")
+        size = path.stat().st_size
+        signed = {**headers, "Content-Length": str(size), "X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"}
+        problem = ""
+        for attempt in range(_GET_ATTEMPTS):
+            if attempt:
+                time.sleep(0.05 * 4**attempt)
+            request = AWSRequest(method="PUT", url=url, headers=signed)
+            S3SigV4Auth(self._credentials, "s3", self._region).add_auth(request)
+            try:
+                with open(path, "rb") as fh:
+                    # small files in one piece (http.client sends file objects in 8 KiB writes)
+                    body = fh.read() if size <= _PUT_IN_ONE_PIECE else fh
+                    resp = self._pool.request(
+                        "PUT", url, body=body, headers=dict(request.headers.items()), redirect=False, retries=False
+                    )
+            except urllib3.exceptions.HTTPError as exc:
+                problem = type(exc).__name__
+                continue
+            code = _error_code(resp.data) if resp.status >= 300 else ""
+            if resp.status == 200:
+                return str(resp.headers.get("ETag", ""))
+            if resp.status == 412 or code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise AlreadyExists(key)
+            if code in ("BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"):
+                raise Unavailable(f"object store put_object: body does not match its checksum ({code})")
+            if resp.status in _RETRY_STATUSES:
+                problem = f"HTTP {resp.status} {code}".strip()
+                continue
+            raise StoreRefused(f"object store put_object refused: HTTP {resp.status} {code}".strip())
+        raise Unavailable(f"object store put_object failed: {problem}")
+
+
+def _error_code(body: bytes) -> str:
+    """The ``<Code>`` of an S3 XML error body ("" if there is none)."""
+    match = re.search(rb"<Code>([^<]{1,64})</Code>", body)
+    return match.group(1).decode("ascii", "replace") if match else ""
 
 
 def _transient(exc: Exception) -> bool:
@@ -275,13 +329,12 @@ class ObjectStore:
         body that does not match it. ``if_absent``: never replace an existing object (raises
         :class:`AlreadyExists`).
         """
-        extra: dict[str, str] = {"ContentType": content_type} if content_type else {}
+        headers: dict[str, str] = {"Content-Type": content_type} if content_type else {}
         if if_absent:
-            extra["IfNoneMatch"] = "*"
+            headers["If-None-Match"] = "*"
         if sha256:
-            extra["ChecksumSHA256"] = base64.b64encode(bytes.fromhex(sha256)).decode()
-        with open(path, "rb") as fh:
-            return str(self._call("put_object", Key=key, Body=fh, **extra)["ETag"])
+            headers["x-amz-checksum-sha256"] = base64.b64encode(bytes.fromhex(sha256)).decode()
+        return self._direct.put_file(key, path, headers)
 
     def get_bytes(self, key: str) -> bytes:
         body = self._call("get_object", Key=key)["Body"]

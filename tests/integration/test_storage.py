@@ -1,5 +1,8 @@
 """The object store against a real SeaweedFS."""
 
+import hashlib
+import time
+
 import pytest
 
 from radflow.shared.errors import Unavailable
@@ -31,8 +34,6 @@ def test_put_if_match_detects_a_concurrent_change(store: ObjectStore) -> None:
 
 
 def test_put_file_checksum_is_verified_by_the_store(store: ObjectStore, tmp_path) -> None:  # noqa: ANN001
-    import hashlib
-
     f = tmp_path / "instance.dcm"
     f.write_bytes(b"DICM" * 1000)
     store.put_file("in/good.dcm", f, sha256=hashlib.sha256(f.read_bytes()).hexdigest())
@@ -40,6 +41,24 @@ def test_put_file_checksum_is_verified_by_the_store(store: ObjectStore, tmp_path
     with pytest.raises(Unavailable, match="does not match its checksum"):
         store.put_file("in/bad.dcm", f, sha256=hashlib.sha256(b"something else").hexdigest())
     assert not store.exists("in/bad.dcm")
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_put_file_if_absent_never_replaces(store: ObjectStore, tmp_path, monkeypatch, streamed) -> None:  # noqa: ANN001
+    from radflow.shared import storage
+
+    if streamed:  # the path large files take (read from disk while sending)
+        monkeypatch.setattr(storage, "_PUT_IN_ONE_PIECE", 10)
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.write_bytes(b"first" * 3000)
+    second.write_bytes(b"second" * 3000)
+    etag = store.put_file("k/x.dcm", first, content_type="application/dicom", if_absent=True)
+    assert etag.strip('"') == hashlib.md5(first.read_bytes()).hexdigest()  # noqa: S324 - S3's ETag
+    with pytest.raises(AlreadyExists):
+        store.put_file("k/x.dcm", second, if_absent=True)
+    assert store.get_bytes("k/x.dcm") == first.read_bytes()
+    store.put_file("k/x.dcm", second)  # unconditional: replaces
+    assert store.get_bytes("k/x.dcm") == second.read_bytes()
 
 
 def test_hostile_uids_stay_inside_their_prefix() -> None:
@@ -69,6 +88,17 @@ def test_objects_survive_a_killed_seaweedfs(tmp_path) -> None:  # noqa: ANN001
     again.start()
     try:
         store = ObjectStore(StoreSettings(endpoint_url=again.endpoint_url, bucket="durable"))
-        assert {key: store.get_bytes(key) for key in blobs} == blobs
+        # the S3 port opens before the volume server has re-registered its volumes (seconds
+        # under load): read as a client would, retrying until a deadline, then compare
+        deadline = time.monotonic() + 30
+        got: dict[str, bytes] = {}
+        while len(got) < len(blobs) and time.monotonic() < deadline:
+            for key in blobs.keys() - got.keys():
+                try:
+                    got[key] = store.get_bytes(key)
+                except (NotFound, Unavailable):
+                    time.sleep(0.2)
+                    break
+        assert got == blobs
     finally:
         again.stop()

@@ -43,8 +43,10 @@ def storescu(port: int, files: list[Path], *, called: str = "RADFLOW", calling: 
     )
 
 
-def test_pynetdicom_study_stored_and_one_job_event(adapter_factory, sink, store, tmp_path):
-    adapter = adapter_factory()
+@pytest.mark.parametrize("receivers", [2, 0], ids=["receiver-processes", "in-process"])
+def test_pynetdicom_study_stored_and_one_job_event(adapter_factory, sink, store, tmp_path, receivers):
+    adapter = adapter_factory(receivers=receivers)
+    assert (adapter.receivers is None) == (receivers == 0)
     study = make_study(tmp_path / "in", series=2, per_series=3)
     assert pynetdicom_send(adapter.dicom_port, study.files) == [0] * 6
     events = sink.wait_for(1)
@@ -85,8 +87,9 @@ def test_dcmtk_storescu_two_pipelines_one_event_each(adapter_factory, sink, stor
     assert len(sink.events) == 2
 
 
-def test_aborted_association_is_discarded_and_starts_no_job(adapter_factory, sink, store, tmp_path):
-    adapter = adapter_factory()
+@pytest.mark.parametrize("receivers", [2, 0], ids=["receiver-processes", "in-process"])
+def test_aborted_association_is_discarded_and_starts_no_job(adapter_factory, sink, store, tmp_path, receivers):
+    adapter = adapter_factory(receivers=receivers)
     study = make_study(tmp_path / "in", series=1, per_series=3)
     assert pynetdicom_send(adapter.dicom_port, study.files, abort=True) == [0, 0, 0]
     time.sleep(1.5)

@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 #: how long an accepted connection may wait for a receiver process to be ready
 READY_TIMEOUT = 30.0
+#: the longest wait before restarting a receiver that keeps dying during start-up
+RESTART_MAX_DELAY = 30.0
 
 
 @dataclass(eq=False)
@@ -79,6 +81,7 @@ class ReceiverPool:
         self.processes = processes
         self.max_pdu = max_pdu
         self._receivers: list[_Receiver | None] = [None] * processes
+        self._quick_exits = [0] * processes  # consecutive exits before becoming ready, per slot
         self._lock = threading.Condition()
         self._retired: dict[str, int] = {}  # counters of receivers that exited
         self._stored = 0
@@ -238,7 +241,15 @@ class ReceiverPool:
             log.warning("receiver process exited with %d association(s) open; their acknowledged instances are kept",
                         len(cut), extra={"exit_code": code, "reindexed": reindexed})
             self.handlers.on_closed()
-        log.error("receiver process %d exited (code %s); starting a new one", r.slot, code)
+        # a receiver that dies before it ever became ready (e.g. an unreadable configuration)
+        # is restarted with a growing delay instead of in a tight loop
+        self._quick_exits[r.slot] = 0 if r.ready.is_set() else self._quick_exits[r.slot] + 1
+        delay = min(RESTART_MAX_DELAY, 0.5 * 2 ** (self._quick_exits[r.slot] - 1)) if self._quick_exits[r.slot] else 0.0
+        log.error("receiver process %d exited (code %s); starting a new one in %.1f s", r.slot, code, delay)
+        with self._lock:
+            self._lock.wait_for(lambda: self._stopping, timeout=delay)
+            if self._stopping:
+                return
         self._spawn(r.slot)
 
     # -- dispatch --------------------------------------------------------------------------------

@@ -200,3 +200,33 @@ def test_receivers_exit_when_the_adapter_process_is_killed(tmp_path, store_setti
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_a_receiver_that_cannot_start_is_retried_with_backoff(adapter_factory, tmp_path):
+    """A receiver dying during start-up (here: its configuration file is garbage) is restarted with
+    a growing delay, not in a tight loop, and serves again once it can start."""
+    adapter = adapter_factory(receivers=1)
+    config_file = tmp_path / "spool" / "receiver-config.json"
+    good = config_file.read_text()
+    config_file.write_text("not json")
+    (victim,) = adapter.receivers.pids()
+    os.kill(victim, signal.SIGKILL)
+    seen: set[int] = set()
+    deadline = time.monotonic() + 4.0
+    while time.monotonic() < deadline:
+        seen.update(adapter.receivers.pids())
+        time.sleep(0.02)
+    seen.discard(victim)
+    # without backoff a failing start (~0.5 s each) would be retried ~8 times in 4 s
+    assert 1 <= len(seen) <= 4, seen
+    assert not adapter.ready()  # no receiver can serve: not ready, as a readiness probe should see it
+    config_file.write_text(good)
+    deadline = time.monotonic() + 30
+    while not adapter.ready() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert adapter.ready()
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", adapter.dicom_port, ae_title="RADFLOW")
+    assert assoc.is_established
+    assoc.release()

@@ -132,5 +132,6 @@ class Adapter:
             "outbox": self.spool.outbox_counts(),
             "events_sent": self.outbox.sent,
             "scp": self.scp_counters(),
+            "receivers": self.receivers.describe() if self.receivers is not None else {"processes": 0, "ready": 0},
             "sink_configured": bool(self.settings.sink),
         }

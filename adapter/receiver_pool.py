@@ -152,6 +152,14 @@ class ReceiverPool:
         total["stored"] = self._stored
         return total
 
+    def describe(self) -> dict[str, int]:
+        """For /health/status: configured, running and ready receivers, associations being served."""
+        alive = self._alive()
+        with self._lock:
+            active = sum(r.active for r in alive)
+        return {"processes": self.processes, "running": len(alive), "ready": sum(r.ready.is_set() for r in alive),
+                "associations": active}
+
     def ready(self) -> bool:
         return any(r.ready.is_set() for r in self._alive())
 

@@ -105,10 +105,12 @@ class ReceiverPool:
         with self._lock:
             while not all(r is not None and r.ready.is_set() for r in self._receivers):
                 if time.monotonic() > deadline:
-                    if not any(r is not None and r.ready.is_set() for r in self._receivers):
-                        raise Unavailable(f"no receiver process became ready within {READY_TIMEOUT:.0f} s")
                     break
                 self._lock.wait(0.2)
+            none_ready = not any(r is not None and r.ready.is_set() for r in self._receivers)
+        if none_ready:
+            self.stop()  # no half-started listener or receivers left behind
+            raise Unavailable(f"no receiver process became ready within {READY_TIMEOUT:.0f} s")
         return int(listener.getsockname()[1])
 
     def config_changed(self, config: AdapterConfig) -> None:

@@ -13,10 +13,11 @@ import hashlib
 import re
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import quote
 
 import boto3
@@ -127,9 +128,12 @@ class Fetched:
     size: int
 
 
-#: HTTP statuses a GET retries (as boto3's standard retry mode does)
+#: HTTP statuses a direct request retries (as boto3's standard retry mode does)
 _RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-_GET_ATTEMPTS = 3
+_ATTEMPTS = 3
+#: S3 error codes: a conditional write lost / the body did not match its checksum
+_PRECONDITION_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"})
+_CHECKSUM_CODES = frozenset({"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"})
 #: files up to this size are PUT from memory, larger ones streamed
 _PUT_IN_ONE_PIECE = 16 << 20
 
@@ -159,37 +163,53 @@ class _DirectGets:
             timeout=urllib3.Timeout(connect=5, read=60),
         )
 
+    def _send(
+        self, method: str, key: str, headers: dict[str, str], body: Callable[[], bytes | BinaryIO] | None = None
+    ) -> urllib3.BaseHTTPResponse:
+        """Sign and send one request, retrying transport errors and transient answers.
+
+        Returns the first other answer with its body unread (``body`` is called again for each
+        attempt); raises :class:`Unavailable` once the attempts are spent.
+        """
+        url = self._base + quote(key, safe="/~")
+        problem = ""
+        for attempt in range(_ATTEMPTS):
+            if attempt:
+                time.sleep(0.05 * 4**attempt)
+            request = AWSRequest(method=method, url=url, headers=headers)
+            S3SigV4Auth(self._credentials, "s3", self._region).add_auth(request)
+            payload = body() if body is not None else None
+            try:
+                resp = self._pool.request(
+                    method, url, body=payload, headers=dict(request.headers.items()),
+                    preload_content=False, decode_content=False, redirect=False,
+                )
+            except urllib3.exceptions.HTTPError as exc:
+                problem = type(exc).__name__
+                continue
+            finally:
+                if hasattr(payload, "close"):
+                    payload.close()
+            if resp.status in _RETRY_STATUSES:
+                problem = f"HTTP {resp.status}"
+                resp.drain_conn()
+                resp.release_conn()
+                continue
+            return resp
+        raise Unavailable(f"object store {method} failed: {problem}")
+
     def open(self, key: str, headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
         """Send a signed GET; return the response (2xx, 304, 4xx) with its body unread.
 
         Transient answers and transport errors are retried with a short backoff, then raise
         :class:`Unavailable`; NoSuchKey raises :class:`NotFound`.
         """
-        url = self._base + quote(key, safe="/~")
-        problem = ""
-        for attempt in range(_GET_ATTEMPTS):
-            if attempt:
-                time.sleep(0.05 * 4**attempt)
-            request = AWSRequest(method="GET", url=url, headers=headers)
-            S3SigV4Auth(self._credentials, "s3", self._region).add_auth(request)
-            try:
-                resp = self._pool.request(
-                    "GET", url, headers=dict(request.headers.items()), preload_content=False, decode_content=False, redirect=False
-                )
-            except urllib3.exceptions.HTTPError as exc:
-                problem = type(exc).__name__
-                continue
-            if resp.status in _RETRY_STATUSES:
-                problem = f"HTTP {resp.status}"
-                resp.drain_conn()
-                resp.release_conn()
-                continue
-            if resp.status == 404:
-                resp.drain_conn()
-                resp.release_conn()
-                raise NotFound(key)
-            return resp
-        raise Unavailable(f"object store get_object failed: {problem}")
+        resp = self._send("GET", key, headers)
+        if resp.status == 404:
+            resp.drain_conn()
+            resp.release_conn()
+            raise NotFound(key)
+        return resp
 
     def put_file(self, key: str, path: Path, headers: dict[str, str]) -> str:
         """PUT the file's bytes under ``key``; returns the ETag.
@@ -199,37 +219,26 @@ class _DirectGets:
         is itself signed. 412 raises :class:`AlreadyExists`; a checksum mismatch and transient
         answers raise :class:`Unavailable` after the retries.
         """
-        url = self._base + quote(key, safe="/~")
         size = path.stat().st_size
         signed = {**headers, "Content-Length": str(size), "X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"}
-        problem = ""
-        for attempt in range(_GET_ATTEMPTS):
-            if attempt:
-                time.sleep(0.05 * 4**attempt)
-            request = AWSRequest(method="PUT", url=url, headers=signed)
-            S3SigV4Auth(self._credentials, "s3", self._region).add_auth(request)
-            try:
-                with open(path, "rb") as fh:
-                    # small files in one piece (http.client sends file objects in 8 KiB writes)
-                    body = fh.read() if size <= _PUT_IN_ONE_PIECE else fh
-                    resp = self._pool.request(
-                        "PUT", url, body=body, headers=dict(request.headers.items()), redirect=False, retries=False
-                    )
-            except urllib3.exceptions.HTTPError as exc:
-                problem = type(exc).__name__
-                continue
-            code = _error_code(resp.data) if resp.status >= 300 else ""
-            if resp.status == 200:
-                return str(resp.headers.get("ETag", ""))
-            if resp.status == 412 or code in ("PreconditionFailed", "ConditionalRequestConflict"):
-                raise AlreadyExists(key)
-            if code in ("BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"):
-                raise Unavailable(f"object store put_object: body does not match its checksum ({code})")
-            if resp.status in _RETRY_STATUSES:
-                problem = f"HTTP {resp.status} {code}".strip()
-                continue
-            raise StoreRefused(f"object store put_object refused: HTTP {resp.status} {code}".strip())
-        raise Unavailable(f"object store put_object failed: {problem}")
+
+        def body() -> bytes | BinaryIO:
+            # small files in one piece (http.client sends file objects in 8 KiB writes)
+            if size <= _PUT_IN_ONE_PIECE:
+                return path.read_bytes()
+            return open(path, "rb")  # closed by _send after the request
+
+        resp = self._send("PUT", key, signed, body)
+        data = resp.read()
+        resp.release_conn()
+        if resp.status == 200:
+            return str(resp.headers.get("ETag", ""))
+        code = _error_code(data)
+        if resp.status == 412 or code in _PRECONDITION_CODES:
+            raise AlreadyExists(key)
+        if code in _CHECKSUM_CODES:
+            raise Unavailable(f"object store put_object: body does not match its checksum ({code})")
+        raise StoreRefused(f"object store put_object refused: HTTP {resp.status} {code}".strip())
 
 
 def _error_code(body: bytes) -> str:
@@ -280,9 +289,9 @@ class ObjectStore:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise NotFound(kwargs.get("Key", "")) from None
-            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            if code in _PRECONDITION_CODES:
                 raise AlreadyExists(kwargs.get("Key", "")) from None
-            if code in ("BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"):
+            if code in _CHECKSUM_CODES:
                 # the body changed in transit (or on disk): nothing was stored; sending again may work
                 raise Unavailable(f"object store {method}: body does not match its checksum ({code})") from exc
             if _transient(exc):

@@ -158,11 +158,7 @@ class StoreHandlers:
         assoc = event.assoc
         if self.over_limit is not None and self.over_limit(assoc):
             # the adapter process counts associations across all receivers (max-associations)
-            with self._lock:
-                self.counters["rejected_associations"] += 1
-            assoc.acse.send_reject(REJECT_TRANSIENT, SOURCE_PRESENTATION, REASON_LOCAL_LIMIT)
-            evt.trigger(assoc, evt.EVT_REJECTED, {})
-            assoc.kill()
+            self._reject(assoc, REJECT_TRANSIENT, SOURCE_PRESENTATION, REASON_LOCAL_LIMIT)
             return
         rq = assoc.requestor.primitive
         called = str(rq.called_ae_title).strip()
@@ -177,13 +173,16 @@ class StoreHandlers:
         if verdict is None:
             return
         result, reason = verdict
-        with self._lock:
-            self.counters["rejected_associations"] += 1
         log.warning(
             "association rejected",
             extra={"called_ae": called, "calling_ae": calling, "peer": host, "reject_reason": reason},
         )
-        assoc.acse.send_reject(result, SOURCE_USER, reason)
+        self._reject(assoc, result, SOURCE_USER, reason)
+
+    def _reject(self, assoc: Any, result: int, source: int, reason: int) -> None:
+        with self._lock:
+            self.counters["rejected_associations"] += 1
+        assoc.acse.send_reject(result, source, reason)
         evt.trigger(assoc, evt.EVT_REJECTED, {})
         assoc.kill()
 

@@ -374,12 +374,11 @@ class Spool(SpoolFiles):
             return 0
         reindexed = self._reindex(describe, wanted)
         now = time.time()
-        for assoc_id in wanted:
-            self.run(
-                lambda c, a=assoc_id: c.execute(
-                    "UPDATE associations SET state='released', closed=? WHERE id=? AND state='open'", (now, a)
-                )
+        self.run(
+            lambda c: c.executemany(
+                "UPDATE associations SET state='released', closed=? WHERE id=? AND state='open'", [(now, a) for a in wanted]
             )
+        )
         return reindexed
 
     def _reindex(

@@ -25,14 +25,9 @@ from radflow.shared.storage import AlreadyExists, Keys, NotFound, ObjectStore
 log = logging.getLogger(__name__)
 
 
-def _sha256(path: Path) -> tuple[int, str]:
-    h = hashlib.sha256()
-    size = 0
+def _digest(path: Path, algorithm: str) -> str:
     with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
+        return hashlib.file_digest(fh, algorithm).hexdigest()
 
 
 class Uploader:
@@ -88,7 +83,7 @@ class Uploader:
     def _upload(self, item: PendingUpload) -> None:
         path = self.spool.path(item.spool_name)
         try:
-            size, digest = _sha256(path)
+            size, digest = path.stat().st_size, _digest(path, "sha256")
         except FileNotFoundError:
             log.error("spooled file missing; instance cannot be uploaded", extra={"spool_file": item.spool_name})
             return
@@ -127,11 +122,7 @@ class Uploader:
             etag = self.store.head(key).etag.strip('"')
         except NotFound:
             return False  # deleted meanwhile: the next attempt's conditional PUT decides
-        h = hashlib.md5(usedforsecurity=False)
-        with open(path, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
-        return h.hexdigest() == etag
+        return _digest(path, "md5") == etag
 
     def _delete_quietly(self, key: str) -> None:
         try:

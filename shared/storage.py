@@ -266,10 +266,9 @@ class ObjectStore:
             region_name=settings.region,
             aws_access_key_id=settings.access_key_id.get_secret_value(),
             aws_secret_access_key=settings.secret_access_key.get_secret_value(),
-            # Checksums where they pay: botocore's default CRC32 on every request and its SHA-256
-            # of every body on plain-HTTP endpoints cost ~1.5 ms of client and ~1.7 ms of
-            # SeaweedFS CPU per 526 KB PUT (benchmarks in docs/adapter.md); DICOM instances carry
-            # the SHA-256 we compute anyway (put_file(sha256=...)), which the store verifies.
+            # Checksums where they pay: no botocore CRC32 on every request and no SHA-256 of every
+            # body on plain-HTTP endpoints; DICOM instances travel on put_file (direct path) with
+            # the SHA-256 the uploader computes anyway, which the store verifies.
             config=Config(
                 s3={"addressing_style": "path", "payload_signing_enabled": False},
                 request_checksum_calculation="when_required",

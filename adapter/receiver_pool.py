@@ -18,7 +18,8 @@ Semantics kept from the in-process listener (``RADFLOW_ADAPTER_RECEIVERS=0``):
   instances are indexed and kept (the associations count as released), never discarded, and a
   new receiver takes its place;
 * receivers exit when this process goes away (their channel closes), so no instance is ever
-  acknowledged that nobody indexes.
+  acknowledged that nobody indexes; they run in their own session, so signals to the adapter's
+  process group (Ctrl-C, an engine stopping the workload) reach this process only.
 
 Knative mapping: all of this lives in the adapter's pod (Deployment ``dicom-adapter``); the
 receivers are processes of the same container, sized by ``RADFLOW_ADAPTER_RECEIVERS`` against
@@ -180,7 +181,10 @@ class ReceiverPool:
             sys.executable, "-m", "radflow.adapter.receiver_worker",
             "--channel-fd", str(theirs.fileno()), "--spool", str(self.spool.root), "--max-pdu", str(self.max_pdu),
         ]
-        proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        # own session: a SIGTERM/SIGINT to the adapter's process group (Ctrl-C, an engine stopping
+        # the workload) must not cut associations before this process has stopped accepting and
+        # can account for them; receivers stop when it closes their channel, or dies
+        proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, start_new_session=True)
         theirs.close()
         receiver = _Receiver(slot, proc, channel)
         with self._lock:

@@ -28,7 +28,6 @@ import dataclasses
 import itertools
 import logging
 import os
-import signal
 import socket
 import ssl
 import sys
@@ -188,11 +187,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spool", type=Path, required=True)
     parser.add_argument("--max-pdu", type=int, default=131072)
     args = parser.parse_args(argv)
-    # the adapter process decides when we stop (it closes our channel); a SIGTERM/SIGINT sent to
-    # the whole process group (Ctrl-C, an engine stopping its workload) must not cut associations
-    # before the adapter process has stopped accepting and is ready to account for them
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
     settings = AdapterSettings()
     configure_logging("dicom-receiver", settings.log_level, settings.log_format)
     channel = Channel(socket.socket(fileno=args.channel_fd))

@@ -230,3 +230,23 @@ def test_a_receiver_that_cannot_start_is_retried_with_backoff(adapter_factory, t
     assoc = ae.associate("127.0.0.1", adapter.dicom_port, ae_title="RADFLOW")
     assert assoc.is_established
     assoc.release()
+
+
+def test_sigterm_to_the_process_group_stops_cleanly(tmp_path, store_settings, store, sink):
+    """Ctrl-C or an engine stopping the workload signals the whole group: receivers leave the
+    shutdown to the adapter process (no receiver dies first and gets restarted meanwhile)."""
+    dicom_port, rest_port = free_port(), free_port()
+    proc = _spawn(tmp_path, store_settings, sink.url, dicom_port, rest_port, "run.log")
+    deadline = time.monotonic() + 30
+    while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    receivers = _children(proc.pid)
+    assert len(receivers) == 2
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in receivers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in receivers)
+    log = (tmp_path / "run.log").read_text()
+    assert "starting a new one" not in log, log[-2000:]

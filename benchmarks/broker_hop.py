@@ -26,7 +26,7 @@ import aiohttp
 import yaml
 from aiohttp import web
 from radflow.engine.ports import free_port
-from radflow.shared import events as ev
+from radflow.sdk import events as ev
 
 
 def cpu_model() -> str:

@@ -25,7 +25,7 @@ import numpy as np
 from radflow.demo.phantom import brain_phantom
 from radflow.engine.triton import MODEL_REPOSITORY, TritonServer, triton_available
 from radflow.functions.triton_infer.preprocess import postprocess, preprocess
-from radflow.shared.inference import InferenceClient, OnnxRuntimeClient, TritonInferenceClient
+from radflow.imaging.inference import InferenceClient, OnnxRuntimeClient, TritonInferenceClient
 
 MODEL, SIZE = "brain_tumor_seg", (32, 64, 64)
 

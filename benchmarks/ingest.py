@@ -47,8 +47,8 @@ from pydicom.uid import generate_uid  # noqa: E402
 
 from radflow.engine.ports import free_port, wait_for_port  # noqa: E402
 from radflow.engine.seaweed import SeaweedServer  # noqa: E402
-from radflow.shared.settings import StoreSettings  # noqa: E402
-from radflow.shared.storage import ObjectStore  # noqa: E402
+from radflow.sdk.settings import StoreSettings  # noqa: E402
+from radflow.sdk.storage import ObjectStore  # noqa: E402
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 

@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ingest  # the shared study, senders and adapter launcher (benchmarks/ingest.py)
 from radflow.engine.ports import free_port, wait_for_port
 from radflow.engine.seaweed import SeaweedServer
-from radflow.shared.settings import StoreSettings
-from radflow.shared.storage import ObjectStore
+from radflow.sdk.settings import StoreSettings
+from radflow.sdk.storage import ObjectStore
 
 NOOP_SCP = """
 import socket, sys

@@ -40,8 +40,8 @@ from radflow.demo.study import make_study
 from radflow.engine.config import load_engine_config
 from radflow.engine.ports import free_port, wait_for_port
 from radflow.engine.stack import Engine
-from radflow.shared.pipeline import load_pipeline
-from radflow.shared.storage import Keys, NotFound, ObjectStore
+from radflow.sdk.pipeline import load_pipeline
+from radflow.sdk.storage import Keys, NotFound, ObjectStore
 
 INFER = "triton-infer"
 
@@ -116,7 +116,7 @@ def _delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float
 
 def find_job(study_uid: str, timeout: float) -> dict[str, Any] | None:
     """The finished job document of ``study_uid`` (the tracker writes it just after the last stage)."""
-    from radflow.engine.jobs_cli import load_job, load_jobs
+    from radflow.cli.jobs import load_job, load_jobs
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

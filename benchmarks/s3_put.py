@@ -27,8 +27,8 @@ from pathlib import Path
 import boto3
 from botocore.config import Config
 from radflow.engine.seaweed import SeaweedServer
-from radflow.shared.settings import StoreSettings
-from radflow.shared.storage import ObjectStore
+from radflow.sdk.settings import StoreSettings
+from radflow.sdk.storage import ObjectStore
 
 
 def proc_cpu(pid: int) -> float:

@@ -21,7 +21,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from radflow.demo.study import make_study
-from radflow.shared import dicom, rtstruct, seg
+from radflow.imaging import dicom, rtstruct, seg
 
 
 def many_labels(shape: tuple[int, int, int], n: int, seed: int = 0) -> np.ndarray:

@@ -33,8 +33,8 @@ sys.path.insert(0, str(REPO / "tests"))
 from pipeline_support import EngineDriver, MiniBroker, engine_available, seed_study, store_env, study_event  # noqa: E402
 from radflow.engine.compiler import compile_pipelines, write_files  # noqa: E402
 from radflow.engine.seaweed import SeaweedServer  # noqa: E402
-from radflow.shared.settings import StoreSettings  # noqa: E402
-from radflow.shared.storage import Keys, ObjectStore  # noqa: E402
+from radflow.sdk.settings import StoreSettings  # noqa: E402
+from radflow.sdk.storage import Keys, ObjectStore  # noqa: E402
 
 STAGES = ["ingest", "left", "right", "join", "report"]
 UPSTREAM = {"ingest": [], "left": ["ingest"], "right": ["ingest"], "join": ["left", "right"], "report": ["join"]}

@@ -31,9 +31,9 @@ import SimpleITK as sitk
 
 from radflow.demo.study import make_study
 from radflow.engine.seaweed import SeaweedServer
-from radflow.shared import dicom
-from radflow.shared.settings import StoreSettings
-from radflow.shared.storage import ObjectStore
+from radflow.imaging import dicom
+from radflow.sdk.settings import StoreSettings
+from radflow.sdk.storage import ObjectStore
 
 
 def compare(ours: Callable[[], np.ndarray], theirs: Callable[[], np.ndarray], repeat: int, label: str) -> None:

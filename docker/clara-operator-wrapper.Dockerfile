@@ -15,17 +15,12 @@ ARG OPERATOR_IMAGE
 FROM python:3.11-slim-bookworm AS radflow
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml setup.py README.md ./
-COPY radflow/ radflow/
-COPY shared/ shared/
-COPY functions/ functions/
-COPY adapter/ adapter/
-COPY engine/ engine/
-COPY demo/ demo/
+COPY pyproject.toml README.md ./
+COPY src/ src/
 RUN python -m venv --copies /opt/radflow/venv \
  && /opt/radflow/venv/bin/pip install . \
  && mkdir -p /opt/radflow/app/functions/clara_operator \
- && cp functions/clara_operator/main.py /opt/radflow/app/functions/clara_operator/ \
+ && cp src/radflow/functions/clara_operator/main.py /opt/radflow/app/functions/clara_operator/ \
  && cp -a /usr/local/lib/libpython3* /opt/radflow/ 2>/dev/null || true
 
 FROM ${OPERATOR_IMAGE}

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from radflow.engine.seaweed import SeaweedServer
-from radflow.shared.settings import StoreSettings
-from radflow.shared.storage import ObjectStore
+from radflow.sdk.settings import StoreSettings
+from radflow.sdk.storage import ObjectStore
 
 # Debian's dcmtk (and Orthanc) stall ~48 ms per PDU unless TCP_NODELAY=1 is in the environment.
 os.environ.setdefault("TCP_NODELAY", "1")

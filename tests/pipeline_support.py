@@ -33,11 +33,11 @@ from typing import Any
 import yaml
 
 from radflow.engine.ports import free_port, wait_for_port
-from radflow.shared import events
-from radflow.shared.events import EventType, Ext
-from radflow.shared.manifest import InstanceRef, StudyManifest
-from radflow.shared.settings import StoreSettings
-from radflow.shared.storage import Keys, ObjectStore
+from radflow.sdk import events
+from radflow.sdk.events import EventType, Ext
+from radflow.sdk.manifest import InstanceRef, StudyManifest
+from radflow.sdk.settings import StoreSettings
+from radflow.sdk.storage import Keys, ObjectStore
 
 REPO = Path(__file__).resolve().parents[1]
 

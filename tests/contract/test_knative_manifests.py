@@ -17,8 +17,8 @@ import yaml
 
 from radflow.engine.compiler import compile_pipelines, stale_files
 from radflow.engine.manifest_validation import Validator, default_schemas_dir, required_features
-from radflow.shared.events import EventType
-from radflow.shared.pipeline import StageSpec, available_functions, function_for_image, load_pipeline
+from radflow.sdk.events import EventType
+from radflow.sdk.pipeline import StageSpec, available_functions, function_for_image, load_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = default_schemas_dir(REPO)
@@ -196,7 +196,7 @@ def test_gpu_operator_compiles_to_gpu_limits_and_placement(tmp_path: Path) -> No
     assert pod["timeoutSeconds"] == 600
     assert required_features([svc]) == {"kubernetes.podspec-nodeselector", "kubernetes.podspec-tolerations"}
     spec = StageSpec.model_validate_json(env_of(svc)["RADFLOW_STAGE_SPEC"])
-    assert spec.command == ["python3", "/app/seg.py"] and env_of(svc)["FUNCTION_SOURCE"] == "functions/clara_operator/main.py"
+    assert spec.command == ["python3", "/app/seg.py"] and env_of(svc)["FUNCTION_SOURCE"] == "src/radflow/functions/clara_operator/main.py"
     if (SCHEMAS / "knative").is_dir():
         assert Validator(SCHEMAS).validate(svc) == []
 

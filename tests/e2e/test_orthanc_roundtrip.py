@@ -27,11 +27,11 @@ from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 from radflow.demo.runner import PIPELINE, RTSTRUCT, SEG, adapter_config, dciodvfy, seg_dice
 from radflow.demo.study import SyntheticStudy, make_study
 from radflow.engine.config import load_engine_config
-from radflow.engine.jobs_cli import load_job, load_jobs
+from radflow.cli.jobs import load_job, load_jobs
 from radflow.engine.ports import free_port, wait_for_port
 from radflow.engine.stack import Engine
-from radflow.shared.manifest import InstanceRef, StudyManifest
-from radflow.shared.storage import ObjectStore
+from radflow.sdk.manifest import InstanceRef, StudyManifest
+from radflow.sdk.storage import ObjectStore
 
 pytestmark = [
     pytest.mark.slow,

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from radflow.shared.claims import Claim, Outcome
-from radflow.shared.errors import Unavailable
-from radflow.shared.storage import ObjectStore
+from radflow.sdk.claims import Claim, Outcome
+from radflow.sdk.errors import Unavailable
+from radflow.sdk.storage import ObjectStore
 
 
 def test_heartbeat_keeps_a_live_claim_fresh_and_a_hung_one_lapses(store: ObjectStore) -> None:

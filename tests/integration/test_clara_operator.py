@@ -11,11 +11,11 @@ import pytest
 
 from pipeline_support import REPO, seed_study, store_env, study_event
 from radflow.functions.clara_operator.logic import map_paths
-from radflow.shared import events
-from radflow.shared.events import EventType
-from radflow.shared.pipeline import parse_pipeline, stage_spec
-from radflow.shared.settings import StoreSettings
-from radflow.shared.storage import Keys, ObjectStore
+from radflow.sdk import events
+from radflow.sdk.events import EventType
+from radflow.sdk.pipeline import parse_pipeline, stage_spec
+from radflow.sdk.settings import StoreSettings
+from radflow.sdk.storage import Keys, ObjectStore
 
 SCRIPT = (
     "import os, sys, pathlib\n"
@@ -53,7 +53,7 @@ def run_stage(monkeypatch: pytest.MonkeyPatch, settings: StoreSettings, store: O
     for k, v in {**store_env(settings), **op.variables}.items():
         monkeypatch.setenv(k, v)
     req = seed_study(store, "byo", series=1, instances=3)
-    app = functions_framework.create_app("handle", str(REPO / "functions/clara_operator/main.py")).test_client()
+    app = functions_framework.create_app("handle", str(REPO / "src/radflow/functions/clara_operator/main.py")).test_client()
     h, b = events.to_binary(study_event(store, req))
     return app.post("/", headers=h, data=b), req
 

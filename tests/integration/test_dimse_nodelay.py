@@ -9,7 +9,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
 from radflow.demo.pacs import LocalPacs
-from radflow.shared.dimse import NODELAY_HANDLERS
+from radflow.imaging.dimse import NODELAY_HANDLERS
 
 
 def _nodelay(assoc) -> int:  # noqa: ANN001

@@ -10,11 +10,11 @@ import functions_framework
 import pytest
 
 from pipeline_support import REPO, store_env
-from radflow.engine import jobs_cli
-from radflow.shared import events
-from radflow.shared.events import EventType
-from radflow.shared.settings import StoreSettings
-from radflow.shared.storage import ObjectStore
+from radflow.cli import jobs as jobs_cli
+from radflow.sdk import events
+from radflow.sdk.events import EventType
+from radflow.sdk.settings import StoreSettings
+from radflow.sdk.storage import ObjectStore
 
 DAG = {"p": {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]}}
 
@@ -27,7 +27,7 @@ def tracker(monkeypatch: pytest.MonkeyPatch, store_settings: StoreSettings, stor
     from radflow.functions.job_tracker import service
 
     service._deps.cache_clear()
-    yield functions_framework.create_app("handle", str(REPO / "functions/job_tracker/main.py")).test_client()
+    yield functions_framework.create_app("handle", str(REPO / "src/radflow/functions/job_tracker/main.py")).test_client()
     service._deps.cache_clear()
 
 

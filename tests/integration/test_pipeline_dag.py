@@ -17,10 +17,10 @@ import pytest
 
 from pipeline_support import MiniBroker, run_log_counts, seed_study, store_env, study_event
 from radflow.engine.compiler import compile_pipelines, write_files
-from radflow.shared import events
-from radflow.shared.events import EventType
-from radflow.shared.settings import StoreSettings
-from radflow.shared.storage import Keys, ObjectStore
+from radflow.sdk import events
+from radflow.sdk.events import EventType
+from radflow.sdk.settings import StoreSettings
+from radflow.sdk.storage import Keys, ObjectStore
 
 pytestmark = pytest.mark.slow
 EXAMPLE = "pipelines/examples/fan-in-example.yaml"

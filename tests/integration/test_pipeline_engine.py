@@ -13,9 +13,9 @@ import pytest
 
 from pipeline_support import EngineDriver, run_log_counts, seed_study, store_env, study_event
 from radflow.engine.compiler import compile_pipelines, write_files
-from radflow.shared.events import EventType
-from radflow.shared.settings import StoreSettings
-from radflow.shared.storage import Keys, ObjectStore
+from radflow.sdk.events import EventType
+from radflow.sdk.settings import StoreSettings
+from radflow.sdk.storage import Keys, ObjectStore
 
 pytestmark = pytest.mark.slow
 STAGES = ["ingest", "join", "left", "report", "right"]

@@ -20,10 +20,10 @@ import pytest
 from pipeline_support import REPO, EngineDriver, MiniBroker, store_env, study_event
 from radflow.engine.compiler import compile_pipelines, write_files
 from radflow.engine.ports import free_port, wait_for_port
-from radflow.shared import events
-from radflow.shared.manifest import InstanceRef, StudyManifest
-from radflow.shared.settings import StoreSettings
-from radflow.shared.storage import Keys, ObjectStore
+from radflow.sdk import events
+from radflow.sdk.manifest import InstanceRef, StudyManifest
+from radflow.sdk.settings import StoreSettings
+from radflow.sdk.storage import Keys, ObjectStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 MODELS = REPO / "models/triton"

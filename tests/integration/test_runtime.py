@@ -16,12 +16,12 @@ import functions_framework
 import pytest
 
 from pipeline_support import REPO, seed_study, store_env, study_event
-from radflow.shared import events
-from radflow.shared.events import EventType
-from radflow.shared.pipeline import parse_pipeline, stage_spec
-from radflow.shared.runtime import StageRuntime, completed_event_id
-from radflow.shared.settings import StoreSettings
-from radflow.shared.storage import Keys, ObjectStore
+from radflow.sdk import events
+from radflow.sdk.events import EventType
+from radflow.sdk.pipeline import parse_pipeline, stage_spec
+from radflow.sdk.runtime import StageRuntime, completed_event_id
+from radflow.sdk.settings import StoreSettings
+from radflow.sdk.storage import Keys, ObjectStore
 
 PROBE = str(REPO / "tests/operators/probe/main.py")
 PIPELINE = """\

@@ -14,14 +14,15 @@ import pytest
 from pipeline_support import study_event
 from radflow.demo.study import make_study
 from radflow.functions.dicom_parser import logic as parser_logic
-from radflow.shared import events, staging
-from radflow.shared.errors import Unavailable
-from radflow.shared.events import EventType
-from radflow.shared.manifest import InstanceRef, StudyManifest
-from radflow.shared.pipeline import parse_pipeline, stage_spec
-from radflow.shared.runtime import StageRuntime
-from radflow.shared.stage import StageContext
-from radflow.shared.storage import Changed, Fetched, Keys, NotFound, ObjectStore
+from radflow.imaging.dicom_prefix import pixel_data_offset
+from radflow.sdk import events, staging
+from radflow.sdk.errors import Unavailable
+from radflow.sdk.events import EventType
+from radflow.sdk.manifest import InstanceRef, StudyManifest
+from radflow.sdk.pipeline import parse_pipeline, stage_spec
+from radflow.sdk.runtime import StageRuntime
+from radflow.sdk.stage import StageContext
+from radflow.sdk.storage import Changed, Fetched, Keys, NotFound, ObjectStore
 
 
 class CountingStore(ObjectStore):
@@ -156,7 +157,7 @@ def test_header_first_staging_reads_headers_and_completes_only_what_is_asked(sto
     manifest = staging.load_manifest(store, req.manifest_key)
     partial = staging.PartialFiles(store)
     folder = tmp_path / "in"
-    assert staging.stage_study_headers(store, manifest, folder, partial) == len(files)
+    assert staging.stage_study_headers(store, manifest, folder, partial, pixel_data_offset) == len(files)
     staged = {ref.key: folder / ref.series_instance_uid / f"{ref.sop_instance_uid}.dcm" for ref in manifest.instances}
     by_key = {Keys.instance("study", *(lambda d: (d.SeriesInstanceUID, d.SOPInstanceUID))(pydicom.dcmread(f, stop_before_pixels=True))): f for f in files}  # fmt: skip
     assert len(partial) == len(files)
@@ -227,6 +228,6 @@ def test_dicom_parser_downloads_pixels_of_the_selected_series_only(store_setting
     trace, local_trace = (json.loads((d / "match-trace.json").read_text()) for d in (staged, tmp_path / "v"))
     assert trace["series"] == local_trace["series"] and trace["rules"] == local_trace["rules"]
     volume = next(p.name for p in staged.glob("*.nii.gz"))
-    from radflow.shared.imaging import read_volume
+    from radflow.imaging.volume import read_volume
 
     assert (read_volume(staged / volume)[0] == read_volume(tmp_path / "v" / volume)[0]).all()

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from radflow.shared.errors import Unavailable
-from radflow.shared.storage import AlreadyExists, Keys, NotFound, ObjectStore
+from radflow.sdk.errors import Unavailable
+from radflow.sdk.storage import AlreadyExists, Keys, NotFound, ObjectStore
 
 
 def test_put_get_list_delete(store: ObjectStore) -> None:
@@ -45,7 +45,7 @@ def test_put_file_checksum_is_verified_by_the_store(store: ObjectStore, tmp_path
 
 @pytest.mark.parametrize("streamed", [False, True])
 def test_put_file_if_absent_never_replaces(store: ObjectStore, tmp_path, monkeypatch, streamed) -> None:  # noqa: ANN001
-    from radflow.shared import storage
+    from radflow.sdk import storage
 
     if streamed:  # the path large files take (read from disk while sending)
         monkeypatch.setattr(storage, "_PUT_IN_ONE_PIECE", 10)
@@ -72,7 +72,7 @@ def test_hostile_uids_stay_inside_their_prefix() -> None:
 def test_objects_survive_a_killed_seaweedfs(tmp_path) -> None:  # noqa: ANN001
     """What S3 acknowledged is there after SIGKILL and a restart on the same data directory."""
     from radflow.engine.seaweed import SeaweedServer
-    from radflow.shared.settings import StoreSettings
+    from radflow.sdk.settings import StoreSettings
 
     server = SeaweedServer(data_dir=tmp_path / "data")
     server.start()

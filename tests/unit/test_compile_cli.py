@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from radflow.engine import jobs_cli
+from radflow.cli import jobs as jobs_cli
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from radflow.shared.dicom_prefix import NeedMoreBytes, pixel_data_offset
+from radflow.imaging.dicom_prefix import pixel_data_offset
+from radflow.sdk.staging import NeedMoreBytes
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 

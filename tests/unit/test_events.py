@@ -2,7 +2,7 @@
 
 import pytest
 
-from radflow.shared import events
+from radflow.sdk import events
 
 
 def test_binary_round_trip_keeps_extensions_and_content_type() -> None:

@@ -16,7 +16,7 @@ from radflow.engine.host.spec import (
     parse_deployment,
     parse_service,
 )
-from radflow.shared.errors import ConfigError
+from radflow.sdk.errors import ConfigError
 
 PY = sys.executable
 
@@ -31,7 +31,7 @@ def service(container: dict[str, Any], annotations: dict[str, str] | None = None
 
 
 FN = {"image": "radflow/seg-writer", "env": [{"name": "FUNCTION_TARGET", "value": "handle"},
-                                             {"name": "FUNCTION_SOURCE", "value": "functions/seg_writer/main.py"}]}  # fmt: skip
+                                             {"name": "FUNCTION_SOURCE", "value": "src/radflow/functions/seg_writer/main.py"}]}  # fmt: skip
 
 
 def test_defaults_follow_knative() -> None:
@@ -71,9 +71,9 @@ def test_value_from_and_reserved_env_are_refused() -> None:
 
 
 def test_function_image_runs_functions_framework() -> None:
-    env = {"FUNCTION_TARGET": "handle", "FUNCTION_SOURCE": "functions/seg_writer/main.py", "PORT": "8123"}
+    env = {"FUNCTION_TARGET": "handle", "FUNCTION_SOURCE": "src/radflow/functions/seg_writer/main.py", "PORT": "8123"}
     assert container_argv(FN, env, PY, "127.0.0.1", "x") == [
-        PY, "-m", "functions_framework", "--target", "handle", "--source", "functions/seg_writer/main.py",
+        PY, "-m", "functions_framework", "--target", "handle", "--source", "src/radflow/functions/seg_writer/main.py",
         "--signature-type", "http", "--host", "127.0.0.1", "--port", "8123",
     ]  # fmt: skip
 

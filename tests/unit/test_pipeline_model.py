@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from radflow.shared.errors import ConfigError
-from radflow.shared.pipeline import function_for_image, load_pipeline, parse_pipeline, stage_spec
+from radflow.sdk.errors import ConfigError
+from radflow.sdk.pipeline import function_for_image, load_pipeline, parse_pipeline, stage_spec
 
 FUNCTIONS = {"dicom_parser", "triton_infer", "seg_writer", "rtstruct_writer", "scu_export", "clara_operator", "job_tracker"}
 

@@ -17,8 +17,8 @@ from radflow.adapter.app import Adapter
 from radflow.adapter.config import parse_yaml_text
 from radflow.adapter.settings import AdapterSettings
 from radflow.engine.ports import free_port
-from radflow.shared.settings import StoreSettings
-from radflow.shared.storage import ObjectStore
+from radflow.sdk.settings import StoreSettings
+from radflow.sdk.storage import ObjectStore
 
 
 class EventSink:

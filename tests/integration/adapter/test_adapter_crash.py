@@ -19,8 +19,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
 from radflow.engine.ports import free_port, wait_for_port
-from radflow.shared.events import EventType
-from radflow.shared.manifest import StudyManifest
+from radflow.sdk.events import EventType
+from radflow.sdk.manifest import StudyManifest
 
 
 def _spawn(tmp_path: Path, store_settings, sink_url: str, dicom_port: int, rest_port: int, log_name: str) -> subprocess.Popen:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from adapter_data import make_study
 
-from radflow.shared.events import EventType
-from radflow.shared.manifest import StudyManifest
+from radflow.sdk.events import EventType
+from radflow.sdk.manifest import StudyManifest
 
 
 def test_dropped_study_is_grouped_and_starts_one_job(adapter_factory, sink, store, tmp_path):

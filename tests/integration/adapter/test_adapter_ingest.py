@@ -15,8 +15,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
-from radflow.shared.events import EventType
-from radflow.shared.manifest import StudyManifest
+from radflow.sdk.events import EventType
+from radflow.sdk.manifest import StudyManifest
 
 
 def pynetdicom_send(port: int, files: list[Path], *, called: str = "RADFLOW", calling: str = "PYSCU", abort: bool = False) -> list[int]:

@@ -9,7 +9,7 @@ from adapter_data import make_study
 from orthanc_server import ORTHANC, SKIP_REASON, OrthancServer
 from test_adapter_rest import call
 
-from radflow.shared.manifest import StudyManifest
+from radflow.sdk.manifest import StudyManifest
 
 
 @pytest.mark.slow

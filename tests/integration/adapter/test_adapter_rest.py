@@ -135,7 +135,7 @@ def test_cli_create_list_delete(adapter_factory):
     env = {**os.environ, "RADFLOW_ADAPTER_API": f"http://127.0.0.1:{a.rest_port}"}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "radflow.adapter.cli", "dicom", *args],
+        return subprocess.run([sys.executable, "-m", "radflow.cli.dicom", "dicom", *args],
                               capture_output=True, text=True, env=env, timeout=30)
 
     r = cli("create", "aetitle", "--ae-title", "CLIAE", "--pipeline", "p1", "--timeout", "0")
@@ -150,6 +150,6 @@ def test_cli_create_list_delete(adapter_factory):
     assert cli("delete", "aetitle", "--name", "CLIAE").returncode == 0
     assert cli("delete", "dest", "--name", "out").returncode == 0
     assert "CLIAE" not in [x["aeTitle"] for x in json.loads(cli("list", "aetitle").stdout)]
-    bad = subprocess.run([sys.executable, "-m", "radflow.adapter.cli", "dicom", "--api", "http://127.0.0.1:1", "list", "src"],
+    bad = subprocess.run([sys.executable, "-m", "radflow.cli.dicom", "dicom", "--api", "http://127.0.0.1:1", "list", "src"],
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "cannot reach" in bad.stderr

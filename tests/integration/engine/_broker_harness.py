@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from radflow.engine.broker import BrokerRuntime
-from radflow.shared import events as ev
+from radflow.sdk import events as ev
 
 API = "eventing.knative.dev/v1"
 

@@ -16,7 +16,7 @@ from _broker_harness import Subscriber, broker_manifest, event, post_event, sett
 from aiohttp import web
 from radflow.engine.broker import BrokerRuntime
 from radflow.engine.ports import free_port
-from radflow.shared import events as ev
+from radflow.sdk import events as ev
 
 
 async def spawn_broker(manifests: Path, state: Path, port: int) -> asyncio.subprocess.Process:

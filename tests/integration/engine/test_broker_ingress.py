@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 from _broker_harness import Subscriber, broker_manifest, event, post_event, settle, started, trigger_manifest
 from radflow.engine.broker.runtime import DB_NAME
-from radflow.shared import events as ev
+from radflow.sdk import events as ev
 
 
 def test_status_codes(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import yaml
 from radflow.engine.config import load_engine_config
 from radflow.engine.ports import free_port
 from radflow.engine.stack import Engine
-from radflow.shared import events
+from radflow.sdk import events
 
 pytestmark = pytest.mark.slow
 
@@ -146,7 +146,7 @@ def test_chain_reply_and_dead_letter_through_the_engine(tmp_path: Path, repo_roo
 def _start_engine(manifests: Path, state: Path, repo_root: Path) -> tuple[subprocess.Popen[bytes], str]:
     (state / "engine.json").unlink(missing_ok=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "radflow.engine.cli", "--state-dir", str(state), "up", "--manifests", str(manifests)],
+        [sys.executable, "-m", "radflow.cli.main", "--state-dir", str(state), "up", "--manifests", str(manifests)],
         cwd=repo_root, stdout=subprocess.DEVNULL, stderr=open(state.parent / "engine.log", "ab"),
     )  # fmt: skip
     assert wait_for(lambda: (state / "engine.json").exists() or proc.poll() is not None, 60)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from radflow.engine.host import LaunchContext, WorkloadRunner, register_launcher
-from radflow.shared.errors import ConfigError
+from radflow.sdk.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[3]
 

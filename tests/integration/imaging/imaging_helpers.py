@@ -14,8 +14,8 @@ import pytest
 
 from radflow.demo.study import SyntheticStudy, make_study
 from radflow.functions.dicom_parser import logic as parser
-from radflow.shared.imaging import Geometry, read_volume, write_volume
-from radflow.shared.stage import StageContext
+from radflow.imaging.volume import Geometry, read_volume, write_volume
+from radflow.sdk.stage import StageContext
 
 
 @dataclass

@@ -14,10 +14,10 @@ import SimpleITK as sitk
 
 from radflow.demo.study import SyntheticStudy, make_study
 from radflow.functions.dicom_parser import logic
-from radflow.shared import dicom
-from radflow.shared.errors import InvalidInput
-from radflow.shared.imaging import read_volume
-from radflow.shared.stage import StageContext
+from radflow.imaging import dicom
+from radflow.sdk.errors import InvalidInput
+from radflow.imaging.volume import read_volume
+from radflow.sdk.stage import StageContext
 
 SEED = {"selections": [{"name": "T1C", "conditions": {
     "Modality": "(?i)^MR", "StudyDescription": "(?i)Brain", "ImageType": ["ORIGINAL", "PRIMARY"],

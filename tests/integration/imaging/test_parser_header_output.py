@@ -10,7 +10,7 @@ import pydicom
 
 from radflow.demo.study import make_study
 from radflow.functions.dicom_parser import logic
-from radflow.shared.stage import StageContext
+from radflow.sdk.stage import StageContext
 
 SEED_RULE = {"selections": [{"name": "T1C", "conditions": {"Modality": "(?i)^MR", "StudyDescription": "(?i)Brain",
              "ImageType": ["ORIGINAL", "PRIMARY"], "SeriesDescription": "^(?=.*T1c)(?!.*(ref|rfmt|[0-9]x[0-9])).*"}}]}  # fmt: skip

@@ -11,9 +11,9 @@ import pytest
 from imaging_helpers import Parsed, dciodvfy_errors, make_mask, parse_study
 
 from radflow.functions.rtstruct_writer import logic
-from radflow.shared import masks, rtstruct
-from radflow.shared.errors import InvalidInput
-from radflow.shared.stage import StageContext
+from radflow.imaging import masks, rtstruct
+from radflow.sdk.errors import InvalidInput
+from radflow.sdk.stage import StageContext
 
 
 def write_rt(parsed: Parsed, mask_dir: Path, variables: dict[str, str] | None = None) -> tuple[dict[str, Any], pydicom.Dataset, Path]:

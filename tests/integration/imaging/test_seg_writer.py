@@ -14,10 +14,10 @@ import pytest
 from imaging_helpers import Parsed, dciodvfy_errors, make_mask, parse_study
 
 from radflow.functions.seg_writer import logic
-from radflow.shared.masks import parse_labels
-from radflow.shared.errors import InvalidInput
-from radflow.shared.imaging import Geometry, read_volume
-from radflow.shared.stage import StageContext
+from radflow.imaging.masks import parse_labels
+from radflow.sdk.errors import InvalidInput
+from radflow.imaging.volume import Geometry, read_volume
+from radflow.sdk.stage import StageContext
 
 
 def write_seg(parsed: Parsed, masks: Path, variables: dict[str, str] | None = None) -> tuple[dict[str, Any], pydicom.Dataset, Path]:

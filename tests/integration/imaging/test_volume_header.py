@@ -9,7 +9,7 @@ import pydicom
 import pytest
 
 from radflow.demo.study import make_study
-from radflow.shared import dicom
+from radflow.imaging import dicom
 
 SHAPE = (6, 40, 36)
 

@@ -12,9 +12,9 @@ from scu_peers import RTSTRUCT, SEG, PynetdicomSCP, StoreSCP, dataset_bytes, mak
 
 from radflow.functions.scu_export import deps, logic
 from radflow.functions.scu_export.destinations import CONFIG_KEY
-from radflow.shared.errors import InvalidInput, Unavailable
-from radflow.shared.stage import StageContext
-from radflow.shared.storage import ObjectStore
+from radflow.sdk.errors import InvalidInput, Unavailable
+from radflow.sdk.stage import StageContext
+from radflow.sdk.storage import ObjectStore
 
 
 def _ctx(tmp_path: Path, variables: dict[str, str]) -> StageContext:

@@ -14,10 +14,10 @@ import pytest
 from radflow.demo.phantom import brain_phantom
 from radflow.engine.triton import MODEL_REPOSITORY
 from radflow.functions.triton_infer import logic
-from radflow.shared.errors import InvalidInput
-from radflow.shared.imaging import Geometry, read_volume, write_volume
-from radflow.shared.inference import OnnxRuntimeClient
-from radflow.shared.stage import StageContext
+from radflow.sdk.errors import InvalidInput
+from radflow.imaging.volume import Geometry, read_volume, write_volume
+from radflow.imaging.inference import OnnxRuntimeClient
+from radflow.sdk.stage import StageContext
 
 HELD_OUT = 2_000_000  # far from the training seeds (0..319) and the training script's held-out set
 

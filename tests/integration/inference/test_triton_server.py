@@ -12,10 +12,10 @@ from radflow.demo.phantom import brain_phantom
 from radflow.engine.triton import MODEL_REPOSITORY, TritonServer, triton_available
 from radflow.functions.triton_infer import logic
 from radflow.functions.triton_infer.preprocess import postprocess, preprocess
-from radflow.shared.errors import InvalidInput, Unavailable
-from radflow.shared.imaging import Geometry, read_volume, write_volume
-from radflow.shared.inference import OnnxRuntimeClient, TritonInferenceClient
-from radflow.shared.stage import StageContext
+from radflow.sdk.errors import InvalidInput, Unavailable
+from radflow.imaging.volume import Geometry, read_volume, write_volume
+from radflow.imaging.inference import OnnxRuntimeClient, TritonInferenceClient
+from radflow.sdk.stage import StageContext
 
 AVAILABLE, REASON = triton_available()
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not AVAILABLE, reason=f"Triton cannot run here: {REASON}")]

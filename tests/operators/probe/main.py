@@ -9,8 +9,8 @@ import uuid
 
 import functions_framework
 
-from radflow.shared.errors import InvalidInput, Unavailable
-from radflow.shared.runtime import serve
+from radflow.sdk.errors import InvalidInput, Unavailable
+from radflow.sdk.runtime import serve
 
 
 def run(ctx):  # type: ignore[no-untyped-def]

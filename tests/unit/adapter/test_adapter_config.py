@@ -12,7 +12,7 @@ from radflow.adapter.config import (
     parse_yaml_text,
     source_from_rest,
 )
-from radflow.shared.errors import ConfigError, InvalidInput
+from radflow.sdk.errors import ConfigError, InvalidInput
 
 CLARA_YAML = """
 dicom:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from radflow.adapter import grouping
 from radflow.adapter.grouping import Decision, GroupState, decide, merge_revision
-from radflow.shared.manifest import InstanceRef
+from radflow.sdk.manifest import InstanceRef
 
 
 def st(open_=0, ready=0, unup=0, last=100.0, timeout=0.0) -> GroupState:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from radflow.engine.broker.filters import Result, compile_trigger_filter, matches
-from radflow.shared.errors import ConfigError
+from radflow.sdk.errors import ConfigError
 
 EVENT = {
     "specversion": "1.0",

@@ -16,7 +16,7 @@ from radflow.engine.broker.policy import (
     next_ttl,
     pass_through,
 )
-from radflow.shared.errors import ConfigError
+from radflow.sdk.errors import ConfigError
 
 API = "eventing.knative.dev/v1"
 

@@ -7,7 +7,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from radflow.shared.dicom import RADFLOW_UID_ROOT, new_uid, series_to_volume
+from radflow.imaging.dicom import RADFLOW_UID_ROOT, new_uid, series_to_volume
 
 
 def plane(z: float, pixels: np.ndarray, slope: str | None = None, intercept: str | None = None) -> Dataset:

@@ -10,8 +10,8 @@ import pytest
 from pydicom.multival import MultiValue
 from pydicom.valuerep import DSfloat, IS
 
-from radflow.shared.errors import InvalidInput
-from radflow.shared.selection import Rules, SeriesFacts, evaluate, parse_rules, rules_from_variables, select
+from radflow.sdk.errors import InvalidInput
+from radflow.imaging.selection import Rules, SeriesFacts, evaluate, parse_rules, rules_from_variables, select
 
 SEED = {"selections": [{"name": "T1C", "conditions": {
     "Modality": "(?i)^MR", "StudyDescription": "(?i)Brain", "ImageType": ["ORIGINAL", "PRIMARY"],

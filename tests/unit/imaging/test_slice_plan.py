@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from radflow.shared.dicom import SliceRef, orientation_label, plan_slices
-from radflow.shared.errors import InvalidInput
+from radflow.imaging.dicom import SliceRef, orientation_label, plan_slices
+from radflow.sdk.errors import InvalidInput
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
@@ -68,7 +68,7 @@ def test_single_slice_uses_thickness_for_depth() -> None:
 
 
 def test_match_grid_maps_positions_and_names_what_differs() -> None:
-    from radflow.shared.dicom import match_grid
+    from radflow.imaging.dicom import match_grid
 
     plan = plan_slices([ref(i, (0, 0, z)) for i, z in enumerate([0.0, 3.0, 6.0])])
     direction = plan.direction

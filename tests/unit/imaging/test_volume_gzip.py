@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from radflow.shared import imaging
-from radflow.shared.imaging import Geometry, read_volume, write_volume
+from radflow.imaging import volume as imaging
+from radflow.imaging.volume import Geometry, read_volume, write_volume
 
 
 def test_multi_member_nifti_gz_round_trips(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from radflow.functions.scu_export.destinations import Destination, parse_destinations, resolve, scu_ae_title
 from radflow.functions.scu_export.settings import ScuExportSettings
-from radflow.shared.errors import InvalidInput
+from radflow.sdk.errors import InvalidInput
 
 PACS = {"name": "MYPACS", "ae-title": "ORTHANC", "host-ip": "127.0.0.1", "port": 4242}
 ARCHIVE = {"name": "ARCHIVE", "ae-title": "DCM4CHEE", "host-ip": "10.0.0.5", "port": "11112"}

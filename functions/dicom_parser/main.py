@@ -1,7 +1,0 @@
-import functions_framework
-from radflow.shared.runtime import serve
-from radflow.functions.dicom_parser import logic
-
-@functions_framework.http
-def handle(request):
-    return serve(request, logic.run)

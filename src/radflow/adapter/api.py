@@ -1,0 +1,236 @@
+"""REST API compatible with Clara DICOM Adapter's ``/api/config/*`` plus health endpoints.
+
+=========================================  =================================================
+``GET /api/config/claraaetitle[/name]``    list / one (404 if unknown)
+``POST /api/config/claraaetitle``          Clara body -> 201 + entity; 400 invalid/duplicate
+``DELETE /api/config/claraaetitle/name``   200 + deleted entity; 404 if unknown
+same for ``sourceaetitle`` and ``destinationaetitle``
+``GET /health/live``, ``/health/ready``    200 / 503 (ready = listening, store reachable)
+``GET /health/status``                     counters (no identifiers)
+=========================================  =================================================
+
+Route prefixes are matched case-insensitively (Clara's examples use ``/api/config/ClaraAeTitle/``).
+Uses only the standard library's threading HTTP server: the API is a handful of requests a day.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from radflow.adapter import config as cfgmod
+from radflow.adapter.config import AdapterConfig
+from radflow.adapter.configstore import ConfigStore
+from radflow.sdk.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024
+
+
+class NotFoundError(Exception):
+    pass
+
+
+# -- pure edits of the configuration -----------------------------------------------------------
+
+
+def add_clara_ae(cfg: AdapterConfig, body: Any) -> tuple[AdapterConfig, dict[str, Any]]:
+    ae, mappings = cfgmod.clara_ae_from_rest(body)
+    if any(a.name == ae.name for a in cfg.ae_titles):
+        raise InvalidInput(f"Clara AE title named {ae.name!r} already exists")
+    if cfg.ae(ae.ae_title) is not None:
+        raise InvalidInput(f"AE title {ae.ae_title!r} is already served")
+    if any(m.name in {x.name for x in cfg.pipeline_mappings} for m in mappings):
+        raise InvalidInput("a pipeline mapping with the same name already exists")
+    new = _revalidate(cfg, ae_titles=(*cfg.ae_titles, ae), pipeline_mappings=(*cfg.pipeline_mappings, *mappings))
+    return new, cfgmod.clara_ae_to_rest(ae, new)
+
+
+def delete_clara_ae(cfg: AdapterConfig, name: str) -> tuple[AdapterConfig, dict[str, Any]]:
+    ae = next((a for a in cfg.ae_titles if a.name == name), None)
+    if ae is None:
+        raise NotFoundError(name)
+    entity = cfgmod.clara_ae_to_rest(ae, cfg)
+    new = _revalidate(
+        cfg,
+        ae_titles=tuple(a for a in cfg.ae_titles if a.name != name),
+        pipeline_mappings=tuple(m for m in cfg.pipeline_mappings if m.clara_ae_title != ae.ae_title),
+    )
+    return new, entity
+
+
+def add_source(cfg: AdapterConfig, body: Any) -> tuple[AdapterConfig, dict[str, Any]]:
+    src = cfgmod.source_from_rest(body)
+    if any(s.name == src.name for s in cfg.sources):
+        raise InvalidInput(f"source named {src.name!r} already exists")
+    if any((s.ae_title, s.host_ip) == (src.ae_title, src.host_ip) for s in cfg.sources):
+        raise InvalidInput(f"source {src.ae_title!r} at {src.host_ip} already exists")
+    return _revalidate(cfg, sources=(*cfg.sources, src)), cfgmod.source_to_rest(src)
+
+
+def delete_source(cfg: AdapterConfig, name: str) -> tuple[AdapterConfig, dict[str, Any]]:
+    src = next((s for s in cfg.sources if s.name == name), None)
+    if src is None:
+        raise NotFoundError(name)
+    return _revalidate(cfg, sources=tuple(s for s in cfg.sources if s.name != name)), cfgmod.source_to_rest(src)
+
+
+def add_destination(cfg: AdapterConfig, body: Any) -> tuple[AdapterConfig, dict[str, Any]]:
+    dst = cfgmod.destination_from_rest(body)
+    if any(d.name == dst.name for d in cfg.destinations):
+        raise InvalidInput(f"destination named {dst.name!r} already exists")
+    return _revalidate(cfg, destinations=(*cfg.destinations, dst)), cfgmod.destination_to_rest(dst)
+
+
+def delete_destination(cfg: AdapterConfig, name: str) -> tuple[AdapterConfig, dict[str, Any]]:
+    dst = next((d for d in cfg.destinations if d.name == name), None)
+    if dst is None:
+        raise NotFoundError(name)
+    new = _revalidate(cfg, destinations=tuple(d for d in cfg.destinations if d.name != name))
+    return new, cfgmod.destination_to_rest(dst)
+
+
+def _revalidate(cfg: AdapterConfig, **changes: Any) -> AdapterConfig:
+    try:
+        return AdapterConfig.model_validate({**dict(cfg), **changes})
+    except ValueError as exc:
+        raise InvalidInput(f"configuration would be invalid: {exc}") from None
+
+
+_RESOURCES: dict[str, tuple[Callable[..., Any], Callable[..., Any], Callable[[AdapterConfig], list[dict[str, Any]]]]] = {
+    "claraaetitle": (add_clara_ae, delete_clara_ae, lambda c: [cfgmod.clara_ae_to_rest(a, c) for a in c.ae_titles]),
+    "sourceaetitle": (add_source, delete_source, lambda c: [cfgmod.source_to_rest(s) for s in c.sources]),
+    "destinationaetitle": (add_destination, delete_destination, lambda c: [cfgmod.destination_to_rest(d) for d in c.destinations]),
+}
+
+
+class RestApi:
+    """The HTTP server; ``ready`` and ``status`` are callables supplied by the composition root."""
+
+    def __init__(self, store: ConfigStore, *, ready: Callable[[], bool], status: Callable[[], dict[str, Any]]) -> None:
+        self.store = store
+        self.ready = ready
+        self.status = status
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, host: str, port: int) -> int:
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            server_version = "radflow-dicom-adapter"
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+                return
+
+            def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+                api._dispatch(self, "GET")
+
+            def do_POST(self) -> None:  # noqa: N802
+                api._dispatch(self, "POST")
+
+            def do_DELETE(self) -> None:  # noqa: N802
+                api._dispatch(self, "DELETE")
+
+            def do_PUT(self) -> None:  # noqa: N802
+                _reply(self, 405, {"error": "method not allowed; use DELETE then POST"})
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="rest-api", daemon=True)
+        self._thread.start()
+        return int(self._server.server_address[1])
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def _dispatch(self, req: BaseHTTPRequestHandler, method: str) -> None:
+        path = req.path.split("?", 1)[0].rstrip("/")
+        parts = path.split("/")
+        lowered = [p.lower() for p in parts]
+        try:
+            if lowered[:2] == ["", "health"] and len(parts) == 3 and method == "GET":
+                return self._health(req, lowered[2])
+            if lowered[:3] != ["", "api", "config"] or len(parts) not in (4, 5) or lowered[3] not in _RESOURCES:
+                return _reply(req, 404, {"error": f"no such endpoint: {method} {path or '/'}"})
+            add, delete, listing = _RESOURCES[lowered[3]]
+            name = parts[4] if len(parts) == 5 else None
+            cfg = self.store.current()
+            if method == "GET":
+                items = listing(cfg)
+                if name is None:
+                    return _reply(req, 200, items)
+                found = next((i for i in items if i.get("name") == name), None)
+                return _reply(req, 200, found) if found else _reply(req, 404, {"error": f"{name!r} not found"})
+            if method == "POST" and name is None:
+                body = _read_json(req)
+                holder: dict[str, Any] = {}
+
+                def change(c: AdapterConfig) -> AdapterConfig:
+                    new, holder["entity"] = add(c, body)
+                    return new
+
+                self.store.update(change)
+                log.info("configuration changed over REST", extra={"resource": lowered[3], "op": "create"})
+                return _reply(req, 201, holder["entity"])
+            if method == "DELETE" and name is not None:
+                holder = {}
+
+                def change_del(c: AdapterConfig) -> AdapterConfig:
+                    new, holder["entity"] = delete(c, name)
+                    return new
+
+                self.store.update(change_del)
+                log.info("configuration changed over REST", extra={"resource": lowered[3], "op": "delete"})
+                return _reply(req, 200, holder["entity"])
+            return _reply(req, 405, {"error": f"{method} not allowed on {path}"})
+        except InvalidInput as exc:
+            return _reply(req, 400, {"error": str(exc)})
+        except NotFoundError as exc:
+            return _reply(req, 404, {"error": f"{exc.args[0]!r} not found"})
+        except Exception:  # noqa: BLE001 - answer 500 rather than drop the connection
+            log.exception("REST request failed")
+            return _reply(req, 500, {"error": "internal error; see the adapter log"})
+
+    def _health(self, req: BaseHTTPRequestHandler, which: str) -> None:
+        if which == "live":
+            return _reply(req, 200, {"status": "alive"})
+        if which == "ready":
+            ok = self.ready()
+            return _reply(req, 200 if ok else 503, {"status": "ready" if ok else "not ready"})
+        if which == "status":
+            return _reply(req, 200, self.status())
+        return _reply(req, 404, {"error": "unknown health endpoint"})
+
+
+def _read_json(req: BaseHTTPRequestHandler) -> Any:
+    try:
+        length = int(req.headers.get("Content-Length") or 0)
+    except ValueError:
+        raise InvalidInput("Content-Length is not a number") from None
+    if length <= 0:
+        raise InvalidInput("request body is empty; expected a JSON object")
+    if length > MAX_BODY:
+        raise InvalidInput(f"request body larger than {MAX_BODY} bytes")
+    raw = req.rfile.read(length)
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("request body is not valid JSON") from None
+
+
+def _reply(req: BaseHTTPRequestHandler, status: int, body: Any) -> None:
+    data = json.dumps(body).encode()
+    req.send_response(status)
+    req.send_header("Content-Type", "application/json")
+    req.send_header("Content-Length", str(len(data)))
+    req.end_headers()
+    req.wfile.write(data)

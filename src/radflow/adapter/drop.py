@@ -1,0 +1,134 @@
+"""Object-store drop trigger: DICOM files put under ``inbox/<AE title>/...`` start jobs too.
+
+SeaweedFS offers no S3 bucket notifications (knative-contracts.md section 11), so this is a
+checkpointed poll: every ``interval`` seconds the prefix is listed; each object not yet seen
+(by key and ETag) is downloaded into the spool, checked exactly like a C-STORE, indexed under
+one pseudo-association per (poll pass, AE title) and deleted from the inbox. The pass's
+association is *released* at its end, so grouping, timeouts, revisions and events are the same
+code path as a DICOM push. A crash mid-pass leaves the association open; recovery treats it as
+released (the files were indexed), and objects not yet indexed are picked up again.
+Objects that are not DICOM, or sit under an AE title that is not configured, are moved to
+``quarantine/<original key>`` with the reason in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from typing import TYPE_CHECKING
+
+from radflow.adapter.dicomfile import SERIES_INSTANCE, SOP_CLASS, SOP_INSTANCE, STUDY_INSTANCE, NotDicom, inspect_bytes
+from radflow.adapter.handlers import check_header, record_for
+from radflow.adapter.spool import PendingUpload
+from radflow.sdk.errors import Unavailable
+from radflow.sdk.storage import NotFound
+
+if TYPE_CHECKING:
+    from radflow.adapter.app import Adapter
+
+log = logging.getLogger(__name__)
+
+DROP_CALLING_AE = "S3-DROP"
+
+
+class DropWatcher:
+    def __init__(self, adapter: Adapter, prefix: str, interval: float) -> None:
+        self.adapter = adapter
+        self.prefix = prefix if prefix.endswith("/") else prefix + "/"
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="drop-watcher", daemon=True)
+        self.ingested = 0
+        self.quarantined = 0
+
+    def start(self) -> None:
+        if self.interval > 0:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.poll_once()
+            except Unavailable as exc:
+                log.warning("drop trigger poll failed: %s", exc)
+            except Exception:  # noqa: BLE001 - keep polling
+                log.exception("drop trigger poll failed")
+
+    def poll_once(self) -> int:
+        """One pass over the inbox; returns how many instances were indexed."""
+        a = self.adapter
+        store, spool = a.store, a.spool
+        cfg = a.configs.current()
+        assocs: dict[str, str] = {}
+        count = 0
+        try:
+            for obj in list(store.list(self.prefix)):
+                if self._stop.is_set():
+                    break
+                rest = obj.key[len(self.prefix) :]
+                ae_title, _, tail = rest.partition("/")
+                if not tail:
+                    continue
+                if spool.drop_seen(obj.key) == obj.etag:
+                    store.delete(obj.key)  # indexed by an earlier pass that died before deleting
+                    continue
+                ae = cfg.ae(ae_title)
+                if ae is None:
+                    self._quarantine(obj.key, "no Clara AE title of that name is configured")
+                    continue
+                try:
+                    data = store.get_bytes(obj.key)
+                except NotFound:
+                    continue
+                wanted = frozenset({SOP_CLASS, SOP_INSTANCE, STUDY_INSTANCE, SERIES_INSTANCE, ae.group_tag})
+                try:
+                    header = inspect_bytes(data, wanted)
+                except NotDicom as exc:
+                    self._quarantine(obj.key, str(exc))
+                    continue
+                problem = check_header(header, ae.group_tag, ae.group_by, None)
+                if problem is not None:
+                    self._quarantine(obj.key, problem)
+                    continue
+                if header.values.get(SOP_CLASS, "") in ae.ignored_sop_classes:
+                    store.delete(obj.key)
+                    continue
+                assoc_id = assocs.get(ae.ae_title)
+                if assoc_id is None:
+                    assoc_id = f"drop-{uuid.uuid4().hex}"
+                    spool.open_association(assoc_id, ae.ae_title, DROP_CALLING_AE)
+                    assocs[ae.ae_title] = assoc_id
+                tmp = spool.tmp_dir / f"drop-{uuid.uuid4().hex}.dcm"
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                name = spool.take_file(tmp, assoc_id)
+                rec = record_for(header, assoc_id=assoc_id, called=ae.ae_title, calling=DROP_CALLING_AE,
+                                 spool_name=name, group_tag=ae.group_tag)
+                spool.add_instance(rec)
+                spool.mark_drop_seen(obj.key, obj.etag, "indexed")
+                a.uploader.enqueue(PendingUpload(name, rec.key))
+                store.delete(obj.key)
+                count += 1
+        finally:
+            for assoc_id in assocs.values():
+                spool.close_association(assoc_id, released=True)
+            if assocs:
+                a.emitter.wake()
+        self.ingested += count
+        return count
+
+    def _quarantine(self, key: str, reason: str) -> None:
+        store = self.adapter.store
+        try:
+            store.put_bytes(f"quarantine/{key}", store.get_bytes(key))
+            store.delete(key)
+        except NotFound:
+            return
+        self.quarantined += 1
+        log.warning("dropped object quarantined: %s", reason, extra={"quarantine_key": f"quarantine/{key}"})

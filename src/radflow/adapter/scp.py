@@ -1,0 +1,141 @@
+"""The DICOM listener: one pynetdicom AE serving every configured Clara AE title on one port.
+
+Fast path (shared/docs/performance-baselines.md): datasets are streamed by pynetdicom into a
+temp file in the spool's ``tmp/`` (same filesystem, so accepting it is a rename), never decoded;
+the maximum PDU is 128 KiB; identifiers of requests are not logged. Every storage SOP class
+(and private/unknown ones) is accepted with whichever transfer syntax the peer proposes first,
+since instances are stored byte for byte.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import ssl
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+from pynetdicom import AE, _config, dimse_messages
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from radflow.adapter.config import TlsConfig
+from radflow.adapter.handlers import StoreHandlers
+from radflow.adapter.spool import SpoolFiles
+from radflow.sdk.errors import ConfigError
+
+VERIFICATION_SYNTAXES = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"]
+
+
+_SWITCHES = {
+    "STORE_RECV_CHUNKED_DATASET": True,
+    "UNRESTRICTED_STORAGE_SERVICE": True,
+    "LOG_REQUEST_IDENTIFIERS": False,
+    "LOG_RESPONSE_IDENTIFIERS": False,
+    "LOG_HANDLER_LEVEL": "none",
+}
+_saved: dict[str, object] = {}
+
+
+def configure_pynetdicom(spool: SpoolFiles) -> None:
+    """Process-wide pynetdicom switches for the fast path (set once, by the composition root)."""
+    for name, value in _SWITCHES.items():
+        _saved.setdefault(name, getattr(_config, name))
+        setattr(_config, name, value)
+    # pynetdicom creates its NamedTemporaryFile in the default temp dir: point pynetdicom's (and
+    # only pynetdicom's) at the spool's tmp/ so accepting an instance is a rename, not a copy
+    dimse_messages.NamedTemporaryFile = functools.partial(tempfile.NamedTemporaryFile, dir=str(spool.tmp_dir))
+
+
+def restore_pynetdicom() -> None:
+    """Undo the switches and the temp-dir redirection (tests start adapters in one process)."""
+    dimse_messages.NamedTemporaryFile = tempfile.NamedTemporaryFile
+    for name, value in _saved.items():
+        setattr(_config, name, value)
+    _saved.clear()
+
+
+def tls_context(tls: TlsConfig) -> tuple[ssl.SSLContext, Callable[[Any], bool] | None]:
+    """Server TLS context and, with an allow-list, the check for the client certificate."""
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(str(tls.certificate), str(tls.private_key))
+        if tls.ca_certificate:
+            ctx.load_verify_locations(str(tls.ca_certificate))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"dicom.scp.tls: cannot load certificate/key: {exc}") from None
+    if not tls.allowed_client_certificates:
+        ctx.verify_mode = ssl.CERT_OPTIONAL if tls.ca_certificate else ssl.CERT_NONE
+        return ctx, None
+    if not tls.ca_certificate:
+        raise ConfigError("dicom.scp.tls: allowed-client-certificates needs ca-certificate to verify clients")
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    allowed = {a.replace(":", "").lower() for a in tls.allowed_client_certificates}
+
+    def check(der: Any) -> bool:
+        if not der:
+            return False
+        if hashlib.sha256(der).hexdigest() in allowed:
+            return True
+        return _common_name(der) in {a.lower() for a in tls.allowed_client_certificates}
+
+    return ctx, check
+
+
+def _common_name(der: bytes) -> str:
+    """Subject CN of a DER certificate (no extra dependency: search the OID 2.5.4.3)."""
+    marker = b"\x06\x03\x55\x04\x03"
+    idx = der.rfind(marker)  # the subject comes after the issuer
+    if idx < 0:
+        return ""
+    pos = idx + len(marker) + 1  # skip the string type byte
+    length = der[pos]
+    return der[pos + 1 : pos + 1 + length].decode("utf-8", "replace").lower()
+
+
+class DicomServer:
+    """Owns the pynetdicom AE and its listening socket."""
+
+    def __init__(self, handlers: StoreHandlers, *, max_pdu: int, max_associations: int) -> None:
+        self.handlers = handlers
+        self.ae = AE(ae_title="RADFLOW")
+        self.ae.maximum_pdu_size = max_pdu
+        self.ae.maximum_associations = max_associations
+        self.ae.require_called_aet = False  # checked against every Clara AE title in EVT_REQUESTED
+        self.ae.add_supported_context(Verification, VERIFICATION_SYNTAXES)
+        self.ae.network_timeout = 60
+        self.ae.dimse_timeout = 60
+        self._server: Any = None
+        self._detached = False
+
+    def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
+        self._server = self.ae.start_server(
+            (host, port), block=False, evt_handlers=self.handlers.bindings(), ssl_context=ssl_context
+        )
+        return int(self._server.server_address[1])
+
+    def set_max_associations(self, value: int) -> None:
+        self.ae.maximum_associations = value
+
+    def detach(self) -> None:
+        """Serve connections handed over by :meth:`serve_connection` instead of listening.
+
+        A receiver process gets its connections from the adapter process, which owns the
+        listening socket; pynetdicom's server object is still what runs each association (its
+        event handlers, contexts, timeouts), only its own listening socket is closed unused.
+        """
+        self._server = self.ae.make_server(("127.0.0.1", 0), evt_handlers=self.handlers.bindings())
+        self._server.socket.close()
+        self._detached = True
+
+    def serve_connection(self, sock: Any, address: tuple[str, int]) -> None:
+        """Run one association on ``sock`` (already TLS-wrapped if needed) until it ends."""
+        self._server.finish_request(sock, address)  # starts the association's thread
+        for assoc in self._server.active_associations:
+            if getattr(assoc.dul.socket, "socket", None) is sock:
+                assoc.join()
+
+    def stop(self) -> None:
+        if self._server is not None and not self._detached:
+            self._server.shutdown()
+        self._server = None

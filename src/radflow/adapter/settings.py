@@ -1,0 +1,52 @@
+"""The adapter's process settings (env prefix ``RADFLOW_ADAPTER_``), read once at start-up.
+
+The Clara YAML says *what* the adapter serves (AE titles, sources, pipelines); these settings say
+*where* this process keeps its state and listens, so one image runs unchanged under Kubernetes
+(spool on a PVC, ``K_SINK`` from a SinkBinding) and under ``radflow up`` (spool under the
+engine's state folder, loopback only).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
+
+from radflow.sdk.settings import ServiceSettings
+
+
+class AdapterSettings(ServiceSettings):
+    """Environment: ``RADFLOW_ADAPTER_CONFIG``, ``RADFLOW_ADAPTER_SPOOL_DIR``, ... and ``K_SINK``."""
+
+    model_config = SettingsConfigDict(env_prefix="RADFLOW_ADAPTER_", frozen=True, extra="ignore")
+
+    config: Path | None = Field(None, description="Clara DICOM Adapter YAML; --config overrides it.")
+    spool_dir: Path = Field(
+        Path("/var/lib/radflow/dicom-adapter"), description="Durable spool; the PVC mount path in knative/adapter.yaml."
+    )
+    host: str = Field(
+        default_factory=lambda: "0.0.0.0" if os.environ.get("KUBERNETES_SERVICE_HOST") else "127.0.0.1",
+        description="Address the listeners bind: all interfaces in a pod, loopback elsewhere.",
+    )
+    dicom_port: int | None = Field(None, description="Overrides dicom.scp.port of the YAML.")
+    rest_port: int = Field(5000, description="REST API and health endpoints (Clara's default 5000).")
+    sink: str | None = Field(
+        None,
+        validation_alias=AliasChoices("K_SINK", "RADFLOW_ADAPTER_SINK", "sink"),
+        description="Broker URL the job events are POSTed to; a SinkBinding injects K_SINK.",
+    )
+    upload_workers: int = Field(8, ge=1, le=64, description="Threads draining the spool to S3.")
+    drop_prefix: str = Field("inbox/", description="Bucket prefix watched for dropped DICOM files.")
+    drop_poll_seconds: float = Field(2.0, ge=0, description="Poll interval of the drop trigger; 0 = off.")
+    tick_seconds: float = Field(0.1, gt=0, description="How often timed-out groups are checked.")
+    outbox_max_backoff: float = Field(30.0, gt=0, description="Cap of the outbox retry delay (s).")
+    max_pdu: int = Field(131072, ge=0, description="Maximum PDU size the SCP advertises (0 = none).")
+    receivers: int = Field(
+        2,
+        ge=0,
+        le=64,
+        description="Receiver processes serving DICOM associations (adapter/receiver_pool.py); 0 = serve them"
+        " in the adapter process itself. About one per core of the container's CPU request.",
+    )

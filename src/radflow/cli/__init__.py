@@ -1,0 +1,1 @@
+"""radflow.cli: the ``radflow`` command, on top of everything else."""

@@ -1,0 +1,127 @@
+"""``radflow dicom ...``: manage the adapter's AE titles over its REST API (Clara's CLI verbs).
+
+::
+
+    radflow dicom create aetitle --name brain --ae-title BRAIN --pipeline brain-seg [--timeout 0]
+    radflow dicom create src --name pacs --ae-title PACS --host-ip 10.0.0.5
+    radflow dicom create dest --name mypacs --ae-title MYPACS --host-ip 10.0.0.6 --port 104
+    radflow dicom list aetitle|src|dest
+    radflow dicom delete aetitle|src|dest --name NAME
+
+The coordinator mounts :func:`add_dicom_commands` under the ``radflow`` console command; the
+module also runs on its own as ``python -m radflow.cli.dicom dicom ...``. The API URL comes
+from ``--api`` or ``RADFLOW_ADAPTER_API`` (default ``http://127.0.0.1:5000``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+DEFAULT_API = "http://127.0.0.1:5000"
+_RESOURCE = {"aetitle": "claraaetitle", "src": "sourceaetitle", "dest": "destinationaetitle"}
+
+
+def add_dicom_commands(subparsers: Any) -> None:
+    """Register ``dicom create|list|delete`` on an argparse subparsers object."""
+    dicom = subparsers.add_parser("dicom", help="manage the DICOM adapter's AE titles (REST API)")
+    dicom.add_argument("--api", default=None, help=f"adapter REST URL (env RADFLOW_ADAPTER_API, default {DEFAULT_API})")
+    verbs = dicom.add_subparsers(dest="dicom_verb", required=True)
+
+    create = verbs.add_parser("create", help="create an AE title, a source or a destination")
+    kinds = create.add_subparsers(dest="kind", required=True)
+    ae = kinds.add_parser("aetitle", help="a Clara AE title the adapter listens as")
+    ae.add_argument("--name", help="entity name (default: the AE title)")
+    ae.add_argument("--ae-title", required=True)
+    ae.add_argument("--pipeline", action="append", default=[], metavar="PIPELINE_ID", help="pipeline to start (repeatable)")
+    ae.add_argument("--timeout", type=float, help="grouping timeout in seconds (0 = on association release)")
+    ae.add_argument("--group-by", help="grouping tag, e.g. 0020,000D")
+    ae.add_argument("--overwrite", action="store_true", help="overwrite-same-instance")
+    ae.add_argument("--ignore-sop-class", action="append", default=[], metavar="UID")
+    src = kinds.add_parser("src", help="a DICOM source allowed to send")
+    src.add_argument("--name")
+    src.add_argument("--ae-title", required=True)
+    src.add_argument("--host-ip", required=True)
+    dest = kinds.add_parser("dest", help="a DICOM destination for exports")
+    dest.add_argument("--name", required=True)
+    dest.add_argument("--ae-title", required=True)
+    dest.add_argument("--host-ip", required=True)
+    dest.add_argument("--port", type=int, required=True)
+
+    lst = verbs.add_parser("list", help="list AE titles, sources or destinations")
+    lst.add_argument("kind", choices=sorted(_RESOURCE))
+    delete = verbs.add_parser("delete", help="delete an AE title, a source or a destination")
+    delete.add_argument("kind", choices=sorted(_RESOURCE))
+    delete.add_argument("--name", required=True)
+    dicom.set_defaults(func=run_dicom)
+
+
+def _body(args: argparse.Namespace) -> dict[str, Any]:
+    if args.kind == "aetitle":
+        settings: dict[str, Any] = {}
+        if args.timeout is not None:
+            settings["timeout"] = args.timeout
+        if args.group_by:
+            settings["groupBy"] = args.group_by
+        for i, pid in enumerate(args.pipeline):
+            settings[f"pipeline-{i}" if len(args.pipeline) > 1 else "pipeline-default"] = pid
+        body: dict[str, Any] = {
+            "name": args.name or args.ae_title,
+            "aeTitle": args.ae_title,
+            "overwriteSameInstance": args.overwrite,
+            "ignoredSopClasses": args.ignore_sop_class,
+            "processorSettings": settings,
+        }
+        return body
+    if args.kind == "src":
+        return {"name": args.name or args.ae_title, "aeTitle": args.ae_title, "hostIp": args.host_ip}
+    return {"name": args.name, "aeTitle": args.ae_title, "hostIp": args.host_ip, "port": args.port}
+
+
+def _call(method: str, url: str, body: Any = None) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - operator-supplied URL
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.loads(exc.read() or b"null")
+        except ValueError:
+            return exc.code, {"error": exc.reason}
+
+
+def run_dicom(args: argparse.Namespace) -> int:
+    base = (args.api or os.environ.get("RADFLOW_ADAPTER_API") or DEFAULT_API).rstrip("/")
+    try:
+        if args.dicom_verb == "create":
+            status, out = _call("POST", f"{base}/api/config/{_RESOURCE[args.kind]}", _body(args))
+        elif args.dicom_verb == "list":
+            status, out = _call("GET", f"{base}/api/config/{_RESOURCE[args.kind]}")
+        else:
+            status, out = _call("DELETE", f"{base}/api/config/{_RESOURCE[args.kind]}/{args.name}")
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"error: cannot reach the DICOM adapter API at {base}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+        return 2
+    if status >= 400:
+        print(f"error: {status}: {(out or {}).get('error', out)}", file=sys.stderr)
+        return 1
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m radflow.cli.dicom")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_dicom_commands(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

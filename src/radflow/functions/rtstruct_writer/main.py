@@ -1,0 +1,7 @@
+import functions_framework
+from radflow.sdk.runtime import serve
+from radflow.functions.rtstruct_writer import logic
+
+@functions_framework.http
+def handle(request):
+    return serve(request, logic.run)

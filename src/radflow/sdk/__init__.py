@@ -1,0 +1,1 @@
+"""radflow.sdk: the platform SDK every deployable builds on (no imaging knowledge)."""

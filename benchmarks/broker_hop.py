@@ -25,6 +25,7 @@ from pathlib import Path
 import aiohttp
 import yaml
 from aiohttp import web
+
 from radflow.engine.ports import free_port
 from radflow.sdk import events as ev
 
@@ -45,7 +46,11 @@ def pct(values: list[float], q: float) -> float:
 
 
 def summary(ms: list[float]) -> dict[str, float]:
-    return {"median_ms": round(statistics.median(ms), 3), "p99_ms": round(pct(ms, 0.99), 3), "n": len(ms)}
+    return {
+        "median_ms": round(statistics.median(ms), 3),
+        "p99_ms": round(pct(ms, 0.99), 3),
+        "n": len(ms),
+    }
 
 
 async def run(events: int, warmup: int, burst: int, concurrency: int) -> dict[str, object]:
@@ -72,12 +77,20 @@ async def run(events: int, warmup: int, burst: int, concurrency: int) -> dict[st
     tmp = Path(tempfile.mkdtemp(prefix="broker-bench-"))
     (tmp / "m").mkdir()
     docs = [
-        {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "metadata": {"name": "default"}},
+        {
+            "apiVersion": "eventing.knative.dev/v1",
+            "kind": "Broker",
+            "metadata": {"name": "default"},
+        },
         {
             "apiVersion": "eventing.knative.dev/v1",
             "kind": "Trigger",
             "metadata": {"name": "t"},
-            "spec": {"broker": "default", "filters": [{"exact": {"type": "bench.v1"}}], "subscriber": {"uri": sub_url}},
+            "spec": {
+                "broker": "default",
+                "filters": [{"exact": {"type": "bench.v1"}}],
+                "subscriber": {"uri": sub_url},
+            },
         },
     ]
     (tmp / "m" / "broker.yaml").write_text(yaml.safe_dump_all(docs))
@@ -106,11 +119,15 @@ async def run(events: int, warmup: int, burst: int, concurrency: int) -> dict[st
 
             async def hop(url: str, i: int, tag: str) -> tuple[float, float]:
                 event_id = f"{tag}-{i}"
-                headers, body = ev.to_binary(ev.make_event("bench.v1", "/bench", {"i": i}, id=event_id))
+                headers, body = ev.to_binary(
+                    ev.make_event("bench.v1", "/bench", {"i": i}, id=event_id)
+                )
                 fut: asyncio.Future[float] = loop.create_future()
                 waiters[event_id] = fut
                 t0 = time.perf_counter()
-                async with session.post(url, data=body, headers={k: str(v) for k, v in headers.items()}) as r:
+                async with session.post(
+                    url, data=body, headers={k: str(v) for k, v in headers.items()}
+                ) as r:
                     assert r.status in (200, 202), r.status
                     acked = time.perf_counter()
                 received = await asyncio.wait_for(fut, 10)
@@ -153,7 +170,11 @@ async def run(events: int, warmup: int, burst: int, concurrency: int) -> dict[st
     direct, broker = summary(results["direct"]), summary(results["broker"])
     return {
         "command": "python benchmarks/broker_hop.py " + " ".join(sys.argv[1:]),
-        "machine": {"nproc": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version()},
+        "machine": {
+            "nproc": os.cpu_count(),
+            "cpu": cpu_model(),
+            "python": platform.python_version(),
+        },
         "direct_post": direct,
         "broker_hop": broker,
         "broker_ingress_ack": summary(results["broker_ack"]),
@@ -167,10 +188,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--burst", type=int, default=0, help="also post this many events concurrently")
+    parser.add_argument(
+        "--burst", type=int, default=0, help="also post this many events concurrently"
+    )
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.events, args.warmup, args.burst, args.concurrency)), indent=2))
+    print(
+        json.dumps(
+            asyncio.run(run(args.events, args.warmup, args.burst, args.concurrency)), indent=2
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -33,28 +33,47 @@ from radflow.engine.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 PREWARM = list(IMAGING_STACK)
-FUNCTIONS = {"light": "benchmarks/functions/cold_light.py", "full": "benchmarks/functions/cold_full.py"}
+FUNCTIONS = {
+    "light": "benchmarks/functions/cold_light.py",
+    "full": "benchmarks/functions/cold_full.py",
+}
 
 
 def manifest(name: str, source: str) -> dict[str, Any]:
-    env = [{"name": "FUNCTION_TARGET", "value": "handle"}, {"name": "FUNCTION_SOURCE", "value": source},
-           {"name": "FUNCTION_SIGNATURE_TYPE", "value": "http"}]  # fmt: skip
+    env = [
+        {"name": "FUNCTION_TARGET", "value": "handle"},
+        {"name": "FUNCTION_SOURCE", "value": source},
+        {"name": "FUNCTION_SIGNATURE_TYPE", "value": "http"},
+    ]
     return {
         "apiVersion": "serving.knative.dev/v1",
         "kind": "Service",
         "metadata": {"name": name},
-        "spec": {"template": {"spec": {"containerConcurrency": 1, "containers": [{"image": f"bench/{name}", "env": env}]}}},
+        "spec": {
+            "template": {
+                "spec": {
+                    "containerConcurrency": 1,
+                    "containers": [{"image": f"bench/{name}", "env": env}],
+                }
+            }
+        },
     }
 
 
-async def cold_once(kind: str, state: Path, session: aiohttp.ClientSession, **host_kw: Any) -> tuple[float, float]:
-    host = FunctionHost(services=[manifest(kind, FUNCTIONS[kind])], workdir=REPO, state_dir=state, **host_kw)
+async def cold_once(
+    kind: str, state: Path, session: aiohttp.ClientSession, **host_kw: Any
+) -> tuple[float, float]:
+    host = FunctionHost(
+        services=[manifest(kind, FUNCTIONS[kind])], workdir=REPO, state_dir=state, **host_kw
+    )
     await host.start()
     try:
         if "prewarm" in host_kw:
             assert await host.wait_prewarmed(60), "fork server did not come up"
         t0 = time.perf_counter()
-        async with session.post(host.url(kind), data=b"{}", headers={"Content-Type": "application/json"}) as resp:
+        async with session.post(
+            host.url(kind), data=b"{}", headers={"Content-Type": "application/json"}
+        ) as resp:
             await resp.read()
             assert resp.status == 200, resp.status
         total = time.perf_counter() - t0
@@ -68,10 +87,22 @@ async def bare_once(kind: str, session: aiohttp.ClientSession) -> tuple[float, f
     port = free_port()
     t0 = time.perf_counter()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "functions_framework", "--target", "handle", "--source", FUNCTIONS[kind],
-        "--host", "127.0.0.1", "--port", str(port), cwd=str(REPO), start_new_session=True,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "functions_framework",
+        "--target",
+        "handle",
+        "--source",
+        FUNCTIONS[kind],
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        cwd=str(REPO),
+        start_new_session=True,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     try:
         while True:
             try:
@@ -87,8 +118,12 @@ async def bare_once(kind: str, session: aiohttp.ClientSession) -> tuple[float, f
         await proc.wait()
 
 
-async def warm(n: int, state: Path, session: aiohttp.ClientSession, **host_kw: Any) -> dict[str, list[float]]:
-    host = FunctionHost(services=[manifest("light", FUNCTIONS["light"])], workdir=REPO, state_dir=state, **host_kw)
+async def warm(
+    n: int, state: Path, session: aiohttp.ClientSession, **host_kw: Any
+) -> dict[str, list[float]]:
+    host = FunctionHost(
+        services=[manifest("light", FUNCTIONS["light"])], workdir=REPO, state_dir=state, **host_kw
+    )
     await host.start()
     try:
         activator = host.url("light")
@@ -99,7 +134,9 @@ async def warm(n: int, state: Path, session: aiohttp.ClientSession, **host_kw: A
         for _ in range(n):
             for label, url in (("activator", activator), ("direct", direct)):
                 t0 = time.perf_counter()
-                async with session.post(url, data=b"{}", headers={"Content-Type": "application/json"}) as resp:
+                async with session.post(
+                    url, data=b"{}", headers={"Content-Type": "application/json"}
+                ) as resp:
                     await resp.read()
                 out[label].append(time.perf_counter() - t0)
         return out
@@ -130,7 +167,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             async def once(mode: str, kind: str, state: Path) -> tuple[float, float]:
                 if mode == "bare":
                     return await bare_once(kind, session)
-                return await cold_once(kind, state, session, **({"prewarm": PREWARM} if mode == "prewarm" else {}))
+                return await cold_once(
+                    kind, state, session, **({"prewarm": PREWARM} if mode == "prewarm" else {})
+                )
 
             samples: dict[str, list[float]] = {}
             for mode in args.modes:
@@ -153,10 +192,17 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warm", type=int, default=300, help="warm requests per path (0 = skip)")
-    parser.add_argument("--modes", nargs="+", default=["bare", "spawn", "prewarm"], choices=["bare", "spawn", "prewarm"])
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["bare", "spawn", "prewarm"],
+        choices=["bare", "spawn", "prewarm"],
+    )
     parser.add_argument("--kinds", nargs="+", default=["light", "full"], choices=sorted(FUNCTIONS))
     print(json.dumps(asyncio.run(main(parser.parse_args())), indent=2))
     sys.exit(0)

@@ -43,7 +43,11 @@ def make_file(path: Path, nbytes: int) -> Instance:
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = SegmentationStorage, uid, "SEG"
     ds.add_new(0x00090010, "LO", "RADFLOW BENCH")
-    ds.add_new(0x00091010, "OB", np.random.default_rng(0).integers(0, 255, nbytes, dtype=np.uint8).tobytes())
+    ds.add_new(
+        0x00091010,
+        "OB",
+        np.random.default_rng(0).integers(0, 255, nbytes, dtype=np.uint8).tobytes(),
+    )
     ds.save_as(path, enforce_file_format=True)
     return Instance(path, path.name, str(SegmentationStorage), uid, str(ExplicitVRLittleEndian))
 
@@ -68,8 +72,10 @@ def main() -> None:
         out.mkdir()
         scp = subprocess.Popen(
             ["storescp", "-aet", "BENCH", "+B", "--max-pdu", "131072", "-od", str(out), str(port)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             if not wait_for_port("127.0.0.1", port, 10):
                 raise SystemExit("storescp did not start")
@@ -85,16 +91,35 @@ def main() -> None:
                     assert report.files[0].result == "sent", report
                     t0 = time.perf_counter()
                     subprocess.run(
-                        ["storescu", "-R", "-aec", "BENCH", "--max-pdu", "131072", "127.0.0.1", str(port), str(inst.path)],
-                        env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                    )  # fmt: skip
+                        [
+                            "storescu",
+                            "-R",
+                            "-aec",
+                            "BENCH",
+                            "--max-pdu",
+                            "131072",
+                            "127.0.0.1",
+                            str(port),
+                            str(inst.path),
+                        ],
+                        env=env,
+                        check=True,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
                     theirs.append(time.perf_counter() - t0)
                     for f in out.iterdir():
                         f.unlink()
                 result[f"{mb:g} MB"] = {
                     "file_bytes": inst.path.stat().st_size,
-                    "radflow_s": {"median": round(statistics.median(ours), 4), "min": round(min(ours), 4)},
-                    "storescu_s": {"median": round(statistics.median(theirs), 4), "min": round(min(theirs), 4)},
+                    "radflow_s": {
+                        "median": round(statistics.median(ours), 4),
+                        "min": round(min(ours), 4),
+                    },
+                    "storescu_s": {
+                        "median": round(statistics.median(theirs), 4),
+                        "min": round(min(theirs), 4),
+                    },
                 }
         finally:
             scp.terminate()

@@ -38,10 +38,15 @@ def _times(fn: Callable[[], object], repeat: int) -> dict[str, float]:
         fn()
         samples.append((time.perf_counter() - t0) * 1000)
     samples.sort()
-    return {"median_ms": round(statistics.median(samples), 2), "p90_ms": round(samples[int(0.9 * (len(samples) - 1))], 2)}
+    return {
+        "median_ms": round(statistics.median(samples), 2),
+        "p90_ms": round(samples[int(0.9 * (len(samples) - 1))], 2),
+    }
 
 
-def measure(client: InferenceClient, volume: np.ndarray, repeat: int) -> dict[str, dict[str, float]]:
+def measure(
+    client: InferenceClient, volume: np.ndarray, repeat: int
+) -> dict[str, dict[str, float]]:
     x = preprocess(volume, SIZE)
 
     def infer() -> object:
@@ -66,7 +71,9 @@ def main() -> None:
         "python": platform.python_version(),
         "volume_shape": list(shape),
         "repeat": args.repeat,
-        "onnxruntime_in_process": measure(OnnxRuntimeClient(MODEL_REPOSITORY, threads=2), volume, args.repeat),
+        "onnxruntime_in_process": measure(
+            OnnxRuntimeClient(MODEL_REPOSITORY, threads=2), volume, args.repeat
+        ),
     }
     ok, reason = triton_available()
     if ok:

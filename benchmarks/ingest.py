@@ -42,9 +42,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from adapter_data import make_instance  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 
+from adapter_data import make_instance  # noqa: E402
 from radflow.engine.ports import free_port, wait_for_port  # noqa: E402
 from radflow.engine.seaweed import SeaweedServer  # noqa: E402
 from radflow.sdk.settings import StoreSettings  # noqa: E402
@@ -65,7 +65,7 @@ class Sink:
             def log_message(self, *a: Any) -> None:
                 return
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 now = time.time()
                 with sink.cond:
@@ -121,8 +121,21 @@ def send_parallel(port: int, called: str, files: list[Path], assocs: int) -> tup
     start = time.time()
     procs = [
         subprocess.Popen(
-            ["storescu", "-aet", "STORESCU", "-aec", called, "--max-pdu", "131072", "127.0.0.1", str(port), *map(str, c)],
-            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [
+                "storescu",
+                "-aet",
+                "STORESCU",
+                "-aec",
+                called,
+                "--max-pdu",
+                "131072",
+                "127.0.0.1",
+                str(port),
+                *map(str, c),
+            ],
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         for c in chunks
     ]
@@ -138,8 +151,21 @@ def run_storescp(files: list[Path], assocs: int, out: Path) -> float:
     out.mkdir(parents=True)
     port = free_port()
     proc = subprocess.Popen(
-        ["storescp", "--fork", "--max-pdu", "131072", "-aet", "STORESCP", "-od", str(out), str(port)],
-        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            "storescp",
+            "--fork",
+            "--max-pdu",
+            "131072",
+            "-aet",
+            "STORESCP",
+            "-od",
+            str(out),
+            str(port),
+        ],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         assert wait_for_port("127.0.0.1", port, 10), "storescp did not start"
@@ -168,8 +194,13 @@ ae.start_server(("127.0.0.1", int(sys.argv[1])), evt_handlers=[(evt.EVT_C_STORE,
 def run_pynetdicom_floor(files: list[Path], assocs: int) -> float:
     """pynetdicom's own ceiling here: the same fast path, handler acks without storing anything."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", FLOOR_SCP, str(port)], env=ENV, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FLOOR_SCP, str(port)],
+        env=ENV,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         assert wait_for_port("127.0.0.1", port, 20), "pynetdicom floor SCP did not start"
         start, end = send_parallel(port, "FLOOR", files, assocs)
@@ -211,8 +242,12 @@ pipeline-mappings:
         "RADFLOW_S3_BUCKET": store.bucket,
         "K_SINK": sink.url,
     }
-    proc = subprocess.Popen([sys.executable, "-m", "radflow.adapter"], env=env, stderr=open(work / "adapter.log", "ab"),
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "radflow.adapter"],
+        env=env,
+        stderr=open(work / "adapter.log", "ab"),
+        start_new_session=True,
+    )
     if not wait_for_port("127.0.0.1", port, 30):
         raise RuntimeError(f"adapter did not start; see {work / 'adapter.log'}")
     return proc, port
@@ -244,13 +279,19 @@ def main() -> int:
             t_dcmtk = run_storescp(files, args.assocs, work / "storescp-out")
             t_floor = run_pynetdicom_floor(files, args.assocs)
             n_before = len(sink.arrivals)
-            parts = {"adapter": [adapter.pid], "receivers": child_pids(adapter.pid), "seaweedfs": [seaweed.process.pid]}
+            parts = {
+                "adapter": [adapter.pid],
+                "receivers": child_pids(adapter.pid),
+                "seaweedfs": [seaweed.process.pid],
+            }
             cpu0 = {k: cpu_seconds(v) for k, v in parts.items()}
             start, end = send_parallel(port, "RADFLOW", files, args.assocs)
             event_at = sink.wait(n_before + 1, timeout=300)
             if event_at is None:
                 raise RuntimeError("no job event within 300 s")
-            cpu_ms = {k: 1000 * (cpu_seconds(v) - cpu0[k]) / args.instances for k, v in parts.items()}
+            cpu_ms = {
+                k: 1000 * (cpu_seconds(v) - cpu0[k]) / args.instances for k, v in parts.items()
+            }
             t_adapter = end - start
             # a modality's view: the same study over one association, release -> job event
             single = make_series(work / "study1", args.instances)

@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ingest  # the shared study, senders and adapter launcher (benchmarks/ingest.py)
+
 from radflow.engine.ports import free_port, wait_for_port
 from radflow.engine.seaweed import SeaweedServer
 from radflow.sdk.settings import StoreSettings
@@ -65,8 +66,13 @@ def noop(files: list[Path], processes: int, assocs: int) -> tuple[float, float]:
     """(instances/s, CPU ms per instance of the SCP processes)."""
     port = free_port()
     procs = [
-        subprocess.Popen([sys.executable, "-c", NOOP_SCP, str(port)], env=ingest.ENV, start_new_session=True,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.Popen(
+            [sys.executable, "-c", NOOP_SCP, str(port)],
+            env=ingest.ENV,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for _ in range(processes)
     ]
     try:
@@ -109,7 +115,8 @@ def main() -> None:
             spool = args.instances / (end - start)
             row = {
                 "storescp inst/s": dcmtk,
-                "no-op 1 proc, 1 assoc: x storescp": one / dcmtk, "no-op 1 proc, 1 assoc: CPU ms/inst": one_cpu,
+                "no-op 1 proc, 1 assoc: x storescp": one / dcmtk,
+                "no-op 1 proc, 1 assoc: CPU ms/inst": one_cpu,
                 f"no-op 1 proc, {args.assocs} assoc: x storescp": many / dcmtk,
                 f"no-op 1 proc, {args.assocs} assoc: CPU ms/inst": many_cpu,
                 f"no-op {args.assocs} procs: x storescp": procs / dcmtk,
@@ -117,13 +124,19 @@ def main() -> None:
             }
             for k, v in row.items():
                 rows.setdefault(k, []).append(v)
-            print(f"round {r + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()), flush=True)
+            print(
+                f"round {r + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()), flush=True
+            )
     finally:
         os.killpg(adapter.pid, signal.SIGKILL)
         adapter.wait(timeout=10)
-    print(f"\nmedians of {args.rounds} rounds ({args.instances} x 526 KB, {args.assocs} storescu senders):")
+    print(
+        f"\nmedians of {args.rounds} rounds ({args.instances} x 526 KB, {args.assocs} storescu senders):"
+    )
     for k, values in rows.items():
-        print(f"  {k:40s} {statistics.median(values):8.2f}   [{', '.join(f'{v:.2f}' for v in values)}]")
+        print(
+            f"  {k:40s} {statistics.median(values):8.2f}   [{', '.join(f'{v:.2f}' for v in values)}]"
+        )
 
 
 if __name__ == "__main__":

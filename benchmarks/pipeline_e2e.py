@@ -97,7 +97,9 @@ def cpu_by_part(engine: Engine) -> dict[str, float]:
     tree = {**_descendants(os.getpid()), os.getpid(): (0, "")}
     for pid, (_ppid, cmd) in tree.items():
         label, up = names.get(pid), pid
-        while label is None and up in tree and up != os.getpid():  # e.g. a function's server workers
+        while (
+            label is None and up in tree and up != os.getpid()
+        ):  # e.g. a function's server workers
             up = tree[up][0]
             label = names.get(up) if up != os.getpid() else None
         if label is None:
@@ -111,7 +113,11 @@ def cpu_by_part(engine: Engine) -> dict[str, float]:
 
 
 def _delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {k: round(v - before.get(k, 0.0), 2) for k, v in sorted(after.items()) if v - before.get(k, 0.0) >= 0.01}
+    return {
+        k: round(v - before.get(k, 0.0), 2)
+        for k, v in sorted(after.items())
+        if v - before.get(k, 0.0) >= 0.01
+    }
 
 
 def find_job(study_uid: str, timeout: float) -> dict[str, Any] | None:
@@ -127,7 +133,9 @@ def find_job(study_uid: str, timeout: float) -> dict[str, Any] | None:
     return None
 
 
-def stage_timings(store: ObjectStore, job: dict[str, Any], dag: dict[str, list[str]]) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+def stage_timings(
+    store: ObjectStore, job: dict[str, Any], dag: dict[str, list[str]]
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
     """Per stage (seconds): hop (ready -> received), claim, stage_in, logic, stage_out; ready/replied epochs.
 
     Also returns each stage's summary (what ``logic.run`` returned) from its completed marker.
@@ -136,7 +144,9 @@ def stage_timings(store: ObjectStore, job: dict[str, Any], dag: dict[str, list[s
     summaries: dict[str, Any] = {}
     for stage in dag:
         try:
-            doc = json.loads(store.get_bytes(Keys.stage_marker(job["job_id"], stage, "completed.json")))
+            doc = json.loads(
+                store.get_bytes(Keys.stage_marker(job["job_id"], stage, "completed.json"))
+            )
         except NotFound:
             marks[stage] = {}
             continue
@@ -148,7 +158,11 @@ def stage_timings(store: ObjectStore, job: dict[str, Any], dag: dict[str, list[s
         t = marks[stage]
         if not t:
             continue
-        ready = max((marks[u].get("replied", 0.0) for u in ups), default=requested) if ups else requested
+        ready = (
+            max((marks[u].get("replied", 0.0) for u in ups), default=requested)
+            if ups
+            else requested
+        )
         out[stage] = {
             "ready": ready,
             "hop": t["received"] - ready,
@@ -161,19 +175,35 @@ def stage_timings(store: ObjectStore, job: dict[str, Any], dag: dict[str, list[s
     return out, summaries
 
 
-async def one_run(engine: Engine, pacs: LocalPacs, store: ObjectStore, dag: dict[str, list[str]], work: Path,
-                  port: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
+async def one_run(
+    engine: Engine,
+    pacs: LocalPacs,
+    store: ObjectStore,
+    dag: dict[str, list[str]],
+    work: Path,
+    port: int,
+    seed: int,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
     shape = (args.slices, args.size, args.size)
     t = time.perf_counter()
     study = await asyncio.to_thread(
-        make_study, work / f"study-{seed}", shape, seed=seed, phantom_factor=4, decoys=True, other_series=False
+        make_study,
+        work / f"study-{seed}",
+        shape,
+        seed=seed,
+        phantom_factor=4,
+        decoys=True,
+        other_series=False,
     )
     generate_s = time.perf_counter() - t
     before = cold_starts(engine)
     cpu_before = cpu_by_part(engine)
     sent_at, released = await asyncio.to_thread(send_study, study, port)
     cpu_released = cpu_by_part(engine)
-    found = await asyncio.to_thread(pacs.wait_for, {SEG, RTSTRUCT}, study.study_instance_uid, args.timeout)
+    found = await asyncio.to_thread(
+        pacs.wait_for, {SEG, RTSTRUCT}, study.study_instance_uid, args.timeout
+    )
     if set(found) != {SEG, RTSTRUCT}:
         raise RuntimeError(f"seed {seed}: timed out, the PACS has {sorted(found)}")
     arrived = max(r.at for r in found.values())
@@ -193,15 +223,24 @@ async def one_run(engine: Engine, pacs: LocalPacs, store: ObjectStore, dag: dict
         "generate_s": generate_s,
         "send_s": released - sent_at,
         "released_to_job_event_s": (requested - released) if requested else None,
-        "stages": {k: {m: v for m, v in s.items() if m not in ("ready", "replied")} for k, s in stages.items()},
-        "scu_export_replied_after_pacs_s": stages.get("scu-export", {}).get("replied", arrived) - arrived,
+        "stages": {
+            k: {m: v for m, v in s.items() if m not in ("ready", "replied")}
+            for k, s in stages.items()
+        },
+        "scu_export_replied_after_pacs_s": stages.get("scu-export", {}).get("replied", arrived)
+        - arrived,
         "released_to_seg_and_rtstruct_s": total,
         "inference_s": inference,
         "platform_overhead_s": total - inference,
         "model_call_s": float(summaries.get(INFER, {}).get("inference_seconds", 0.0)),
-        "overhead_minus_model_call_only_s": total - float(summaries.get(INFER, {}).get("inference_seconds", 0.0)),
+        "overhead_minus_model_call_only_s": total
+        - float(summaries.get(INFER, {}).get("inference_seconds", 0.0)),
         "infer_backend": summaries.get(INFER, {}).get("backend"),
-        "cold_starts": {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)},
+        "cold_starts": {
+            k: after.get(k, 0) - before.get(k, 0)
+            for k in after
+            if after.get(k, 0) != before.get(k, 0)
+        },
         "job_state": job.get("state"),
         "cpu_s_send": _delta(cpu_before, cpu_released),
         "cpu_s_released_to_arrival": _delta(cpu_released, cpu_after),
@@ -217,8 +256,11 @@ def p90(values: list[float]) -> float:
 def render(results: list[dict[str, Any]], order: list[str]) -> str:
     """Per run: send, job event, each stage's wall time (wait + claim + in + logic + out), totals."""
     short = {s: s.replace("-writer", "").replace("-", "")[:9] for s in order}
-    lines = [f"{'run':>3} {'cold':>4} {'send':>6} {'->job':>6} " + " ".join(f"{short[s]:>9}" for s in order)
-             + f" {'e2e':>6} {'infer':>6} {'overhead':>8}"]  # fmt: skip
+    lines = [
+        f"{'run':>3} {'cold':>4} {'send':>6} {'->job':>6} "
+        + " ".join(f"{short[s]:>9}" for s in order)
+        + f" {'e2e':>6} {'infer':>6} {'overhead':>8}"
+    ]
     for i, r in enumerate(results, 1):
         walls = [sum(r["stages"][s].values()) if s in r["stages"] else float("nan") for s in order]
         lines.append(
@@ -227,18 +269,24 @@ def render(results: list[dict[str, Any]], order: list[str]) -> str:
             + f" {r['released_to_seg_and_rtstruct_s']:>6.2f} {r['inference_s']:>6.2f} {r['platform_overhead_s']:>8.2f}"
         )
     lines.append("")
-    lines.append(f"{'stage (s)':<16} {'run':>4} {'wait':>6} {'claim':>6} {'S3 in':>6} {'logic':>6} {'S3 out':>6}")
+    lines.append(
+        f"{'stage (s)':<16} {'run':>4} {'wait':>6} {'claim':>6} {'S3 in':>6} {'logic':>6} {'S3 out':>6}"
+    )
     for i, r in enumerate(results, 1):
         for s in order:
             st = r["stages"].get(s)
             if st:
-                lines.append(f"{s:<16} {i:>4} {st['hop']:>6.2f} {st['claim']:>6.2f} {st['stage_in']:>6.2f} {st['logic']:>6.2f} {st['stage_out']:>6.2f}")
+                lines.append(
+                    f"{s:<16} {i:>4} {st['hop']:>6.2f} {st['claim']:>6.2f} {st['stage_in']:>6.2f} {st['logic']:>6.2f} {st['stage_out']:>6.2f}"
+                )
     return "\n".join(lines)
 
 
 def summarize(results: list[dict[str, Any]], order: list[str]) -> dict[str, Any]:
     warm = [r for r in results if not r["cold_starts"]] or results[1:]
-    out: dict[str, Any] = {"cold_overhead_s": [r["platform_overhead_s"] for r in results if r["cold_starts"]]}
+    out: dict[str, Any] = {
+        "cold_overhead_s": [r["platform_overhead_s"] for r in results if r["cold_starts"]]
+    }
     if warm:
         ovh = [r["platform_overhead_s"] for r in warm]
         out.update(
@@ -248,21 +296,39 @@ def summarize(results: list[dict[str, Any]], order: list[str]) -> dict[str, Any]
             e2e_median_s=statistics.median(r["released_to_seg_and_rtstruct_s"] for r in warm),
             inference_median_s=statistics.median(r["inference_s"] for r in warm),
             model_call_median_s=statistics.median(r.get("model_call_s", 0.0) for r in warm),
-            overhead_minus_model_call_only_p90_s=p90([r.get("overhead_minus_model_call_only_s", 0.0) for r in warm]),
+            overhead_minus_model_call_only_p90_s=p90(
+                [r.get("overhead_minus_model_call_only_s", 0.0) for r in warm]
+            ),
             send_median_s=statistics.median(r["send_s"] for r in warm),
-            released_to_job_event_median_s=statistics.median(r["released_to_job_event_s"] or 0 for r in warm),
+            released_to_job_event_median_s=statistics.median(
+                r["released_to_job_event_s"] or 0 for r in warm
+            ),
             stage_median_s={
-                s: {m: statistics.median(r["stages"][s][m] for r in warm if s in r["stages"])
-                    for m in ("hop", "claim", "stage_in", "logic", "stage_out")}
+                s: {
+                    m: statistics.median(r["stages"][s][m] for r in warm if s in r["stages"])
+                    for m in ("hop", "claim", "stage_in", "logic", "stage_out")
+                }
                 for s in order
-            },  # fmt: skip
+            },
         )
     return out
 
 
 def machine() -> dict[str, Any]:
-    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), "?")
-    return {"nproc": os.cpu_count(), "cpu": model, "loadavg_start": os.getloadavg(), "python": platform.python_version()}
+    model = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        "?",
+    )
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "loadavg_start": os.getloadavg(),
+        "python": platform.python_version(),
+    }
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -271,7 +337,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     pacs = LocalPacs(work / "pacs")
     pacs.start()
     port = free_port()
-    engine = Engine(load_engine_config(adapter_config(work / "dicom-adapter.yaml", port, (pacs.ae_title, pacs.port), work / "engine")))
+    engine = Engine(
+        load_engine_config(
+            adapter_config(
+                work / "dicom-adapter.yaml", port, (pacs.ae_title, pacs.port), work / "engine"
+            )
+        )
+    )
     t0 = time.time()
     await engine.start()
     try:
@@ -288,11 +360,20 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         for k in range(args.runs):
             r = await one_run(engine, pacs, store, dag, work, port, args.seed + k, args)
             results.append(r)
-            print(f"run {k + 1}: e2e {r['released_to_seg_and_rtstruct_s']:.2f} s, inference {r['inference_s']:.2f} s, "
-                  f"overhead {r['platform_overhead_s']:.2f} s, cold starts {r['cold_starts']}", flush=True)  # fmt: skip
+            print(
+                f"run {k + 1}: e2e {r['released_to_seg_and_rtstruct_s']:.2f} s, inference {r['inference_s']:.2f} s, "
+                f"overhead {r['platform_overhead_s']:.2f} s, cold starts {r['cold_starts']}",
+                flush=True,
+            )
         info["loadavg_end"] = os.getloadavg()
         order = list(dag)
-        return {"machine": info, "args": vars(args), "stage_order": order, "runs": results, "summary": summarize(results, order)}
+        return {
+            "machine": info,
+            "args": vars(args),
+            "stage_order": order,
+            "runs": results,
+            "summary": summarize(results, order),
+        }
     finally:
         await engine.stop()
         pacs.stop()
@@ -310,7 +391,9 @@ async def _stoppable(coro: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--slices", type=int, default=200)
     ap.add_argument("--size", type=int, default=512)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import boto3
 from botocore.config import Config
+
 from radflow.engine.seaweed import SeaweedServer
 from radflow.sdk.settings import StoreSettings
 from radflow.sdk.storage import ObjectStore
@@ -41,7 +42,9 @@ def own_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def measure(put: Callable[[str], object], n: int, weed_pid: int, prefix: str) -> tuple[float, float, float]:
+def measure(
+    put: Callable[[str], object], n: int, weed_pid: int, prefix: str
+) -> tuple[float, float, float]:
     """(wall ms, client CPU ms, SeaweedFS CPU ms) per PUT."""
     c0, w0, t0 = own_cpu(), proc_cpu(weed_pid), time.perf_counter()
     for i in range(n):
@@ -67,7 +70,9 @@ def main() -> None:
             f.write_bytes(os.urandom(526_000))
             digest = hashlib.sha256(f.read_bytes()).hexdigest()
             client = boto3.client(
-                "s3", endpoint_url=settings.endpoint_url, region_name=settings.region,
+                "s3",
+                endpoint_url=settings.endpoint_url,
+                region_name=settings.region,
                 aws_access_key_id=settings.access_key_id.get_secret_value(),
                 aws_secret_access_key=settings.secret_access_key.get_secret_value(),
                 config=Config(s3={"addressing_style": "path"}),
@@ -75,10 +80,14 @@ def main() -> None:
 
             def boto_default(key: str) -> object:
                 with open(f, "rb") as fh:
-                    return client.put_object(Bucket=settings.bucket, Key=key, Body=fh, ContentType="application/dicom")
+                    return client.put_object(
+                        Bucket=settings.bucket, Key=key, Body=fh, ContentType="application/dicom"
+                    )
 
             def radflow_put(key: str) -> object:
-                return store.put_file(key, f, content_type="application/dicom", sha256=digest, if_absent=True)
+                return store.put_file(
+                    key, f, content_type="application/dicom", sha256=digest, if_absent=True
+                )
 
             variants = {"boto3 default": boto_default, "radflow put_file": radflow_put}
             for name, put in variants.items():
@@ -87,10 +96,16 @@ def main() -> None:
             for r in range(args.rounds):
                 for name, put in variants.items():
                     results[name].append(measure(put, args.puts, server.process.pid, f"{name}/{r}"))
-            print(f"{args.puts} PUTs of 526 KB x {args.rounds} rounds, SeaweedFS on loopback (medians per PUT):")
+            print(
+                f"{args.puts} PUTs of 526 KB x {args.rounds} rounds, SeaweedFS on loopback (medians per PUT):"
+            )
             for name, rows in results.items():
-                wall, client_cpu, weed_cpu = (statistics.median(x[i] for x in rows) for i in range(3))
-                print(f"  {name:18s} wall {wall:5.1f} ms   client CPU {client_cpu:4.2f} ms   SeaweedFS CPU {weed_cpu:4.2f} ms")
+                wall, client_cpu, weed_cpu = (
+                    statistics.median(x[i] for x in rows) for i in range(3)
+                )
+                print(
+                    f"  {name:18s} wall {wall:5.1f} ms   client CPU {client_cpu:4.2f} ms   SeaweedFS CPU {weed_cpu:4.2f} ms"
+                )
         finally:
             server.stop()
 

@@ -32,7 +32,9 @@ def many_labels(shape: tuple[int, int, int], n: int, seed: int = 0) -> np.ndarra
     for label in range(1, n + 1):
         c = rng.uniform(0.25, 0.75, 3) * shape
         r = rng.uniform(0.04, 0.1, 3) * shape
-        out[((z - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((x - c[2]) / r[2]) ** 2 <= 1] = label
+        out[((z - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((x - c[2]) / r[2]) ** 2 <= 1] = (
+            label
+        )
     return out
 
 
@@ -47,12 +49,16 @@ def measure(label: str, build: Callable[[], Dataset], out: Path, repeat: int) ->
         create.append(t1 - t0)
     total = [c + w for c, w in zip(create, write, strict=True)]
     frames = getattr(ds, "NumberOfFrames", "-")
-    print(f"{label:<38} create {min(create):.3f} s, write {min(write):.3f} s, total min {min(total):.3f} / "
-          f"median {statistics.median(total):.3f} s, frames {frames}, {out.stat().st_size / 1e6:.2f} MB")  # fmt: skip
+    print(
+        f"{label:<38} create {min(create):.3f} s, write {min(write):.3f} s, total min {min(total):.3f} / "
+        f"median {statistics.median(total):.3f} s, frames {frames}, {out.stat().st_size / 1e6:.2f} MB"
+    )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--slices", type=int, default=200)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--repeat", type=int, default=3)
@@ -60,7 +66,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         shape = (args.slices, args.size, args.size)
-        study = make_study(root / "study", shape, decoys=False, other_series=False, phantom_factor=4, seed=2)
+        study = make_study(
+            root / "study", shape, decoys=False, other_series=False, phantom_factor=4, seed=2
+        )
         headers = [dicom.read_header(f) for f in study.target.files]
         plan = dicom.plan_slices(dicom.slice_refs(headers))
         sources = [headers[r.instance] for r in plan.slices]
@@ -68,22 +76,55 @@ def main() -> None:
         labels10 = many_labels(shape, 10)
         prov = seg.Provenance("benchmark", "0", "brain-tumour-demo", "1")
         names10 = [f"structure-{i}" for i in range(1, 11)]
-        print(f"machine: {platform.node()} {platform.machine()}, python {platform.python_version()}")
-        print(f"grid {shape}; tumour in {int(tumour.any(axis=(1, 2)).sum())} slices; 10 labels in "
-              f"{int(labels10.any(axis=(1, 2)).sum())} slices")  # fmt: skip
+        print(
+            f"machine: {platform.node()} {platform.machine()}, python {platform.python_version()}"
+        )
+        print(
+            f"grid {shape}; tumour in {int(tumour.any(axis=(1, 2)).sum())} slices; 10 labels in "
+            f"{int(labels10.any(axis=(1, 2)).sum())} slices"
+        )
 
         def seg_of(mask: np.ndarray, names: list[str], kind: str) -> Callable[[], Dataset]:
-            return lambda: seg.build_segmentation(sources, mask, seg.segment_specs(names), prov, series_number=1, segmentation_type=kind)
+            return lambda: seg.build_segmentation(
+                sources,
+                mask,
+                seg.segment_specs(names),
+                prov,
+                series_number=1,
+                segmentation_type=kind,
+            )
 
         out = root / "out.dcm"
         measure("SEG 1 segment BINARY", seg_of(tumour, ["tumour"], "binary"), out, args.repeat)
         measure("SEG 10 segments BINARY", seg_of(labels10, names10, "binary"), out, args.repeat)
-        measure("SEG 10 segments FRACTIONAL JPEG-LS (auto)", seg_of(labels10, names10, "auto"), out, args.repeat)
-        measure("SEG 10 segments LABELMAP JPEG-LS", seg_of(labels10, names10, "labelmap"), out, args.repeat)
-        measure("RTSTRUCT 1 ROI", lambda: rtstruct.build_rtstruct(headers, plan, tumour, rtstruct.roi_specs(["tumour"]), prov, series_number=1),
-                out, args.repeat)  # fmt: skip
-        measure("RTSTRUCT 10 ROIs", lambda: rtstruct.build_rtstruct(headers, plan, labels10, rtstruct.roi_specs(names10), prov, series_number=1),
-                out, args.repeat)  # fmt: skip
+        measure(
+            "SEG 10 segments FRACTIONAL JPEG-LS (auto)",
+            seg_of(labels10, names10, "auto"),
+            out,
+            args.repeat,
+        )
+        measure(
+            "SEG 10 segments LABELMAP JPEG-LS",
+            seg_of(labels10, names10, "labelmap"),
+            out,
+            args.repeat,
+        )
+        measure(
+            "RTSTRUCT 1 ROI",
+            lambda: rtstruct.build_rtstruct(
+                headers, plan, tumour, rtstruct.roi_specs(["tumour"]), prov, series_number=1
+            ),
+            out,
+            args.repeat,
+        )
+        measure(
+            "RTSTRUCT 10 ROIs",
+            lambda: rtstruct.build_rtstruct(
+                headers, plan, labels10, rtstruct.roi_specs(names10), prov, series_number=1
+            ),
+            out,
+            args.repeat,
+        )
 
 
 if __name__ == "__main__":

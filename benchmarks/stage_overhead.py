@@ -30,14 +30,27 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from pipeline_support import EngineDriver, MiniBroker, engine_available, seed_study, store_env, study_event  # noqa: E402
+from pipeline_support import (  # noqa: E402
+    EngineDriver,
+    MiniBroker,
+    engine_available,
+    seed_study,
+    store_env,
+    study_event,
+)
 from radflow.engine.compiler import compile_pipelines, write_files  # noqa: E402
 from radflow.engine.seaweed import SeaweedServer  # noqa: E402
 from radflow.sdk.settings import StoreSettings  # noqa: E402
 from radflow.sdk.storage import Keys, ObjectStore  # noqa: E402
 
 STAGES = ["ingest", "left", "right", "join", "report"]
-UPSTREAM = {"ingest": [], "left": ["ingest"], "right": ["ingest"], "join": ["left", "right"], "report": ["join"]}
+UPSTREAM = {
+    "ingest": [],
+    "left": ["ingest"],
+    "right": ["ingest"],
+    "join": ["left", "right"],
+    "report": ["join"],
+}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -51,18 +64,26 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--json", type=Path, help="also write the raw samples here")
-    ap.add_argument("--engine", action="store_true", help="deliver through the engine's broker and function host")
+    ap.add_argument(
+        "--engine",
+        action="store_true",
+        help="deliver through the engine's broker and function host",
+    )
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="radflow-bench-"))
     weed = SeaweedServer(data_dir=work / "s3", log_path=work / "weed.log")
     weed.start()
     broker = None
     try:
-        settings = StoreSettings(endpoint_url=weed.endpoint_url, bucket=f"bench{uuid.uuid4().hex[:8]}")
+        settings = StoreSettings(
+            endpoint_url=weed.endpoint_url, bucket=f"bench{uuid.uuid4().hex[:8]}"
+        )
         store = ObjectStore(settings)
         store.ensure_bucket()
         kn = work / "knative"
-        write_files(compile_pipelines([REPO / "pipelines/examples/fan-in-example.yaml"], kn, root=REPO))
+        write_files(
+            compile_pipelines([REPO / "pipelines/examples/fan-in-example.yaml"], kn, root=REPO)
+        )
         (work / "logs").mkdir()
         if args.engine:
             if reason := engine_available():
@@ -71,13 +92,20 @@ def main() -> int:
         else:
             broker = MiniBroker(kn, store_env(settings), work / "logs", backoff_delay=0.1)
         broker.start()
-        samples: dict[str, dict[str, list[float]]] = {s: {"in": [], "hop": [], "out": [], "operator": []} for s in STAGES}
+        samples: dict[str, dict[str, list[float]]] = {
+            s: {"in": [], "hop": [], "out": [], "operator": []} for s in STAGES
+        }
         for i in range(args.warmup + args.jobs):
             req = seed_study(store, "fan-in-example", series=1, instances=4)
             sent = time.time()
             broker.publish(study_event(store, req))
             broker.wait_idle()
-            t = {s: json.loads(store.get_bytes(Keys.stage_marker(req.job_id, s, "completed.json")))["timings"] for s in STAGES}
+            t = {
+                s: json.loads(store.get_bytes(Keys.stage_marker(req.job_id, s, "completed.json")))[
+                    "timings"
+                ]
+                for s in STAGES
+            }
             if i < args.warmup:
                 continue  # cold processes, first S3 connections
             for s in STAGES:
@@ -87,14 +115,22 @@ def main() -> int:
                 samples[s]["out"].append((t[s]["replied"] - t[s]["logic_end"]) * 1000)
                 samples[s]["operator"].append((t[s]["logic_end"] - t[s]["logic_start"]) * 1000)
         driver = "engine (BrokerRuntime + FunctionHost)" if args.engine else "MiniBroker"
-        print(f"machine: {platform.node()} {platform.machine()} python {platform.python_version()}, jobs={args.jobs}, driver: {driver}")
-        print(f"{'stage':<8} {'in median':>10} {'in p99':>8} {'out median':>11} {'out p99':>8} {'operator median':>16} {'hop median':>11}  (ms)")
+        print(
+            f"machine: {platform.node()} {platform.machine()} python {platform.python_version()}, jobs={args.jobs}, driver: {driver}"
+        )
+        print(
+            f"{'stage':<8} {'in median':>10} {'in p99':>8} {'out median':>11} {'out p99':>8} {'operator median':>16} {'hop median':>11}  (ms)"
+        )
         for s in STAGES:
             x = samples[s]
-            print(f"{s:<8} {statistics.median(x['in']):>10.1f} {pct(x['in'], 99):>8.1f} {statistics.median(x['out']):>11.1f} {pct(x['out'], 99):>8.1f} {statistics.median(x['operator']):>16.1f} {statistics.median(x['hop']):>11.1f}")
+            print(
+                f"{s:<8} {statistics.median(x['in']):>10.1f} {pct(x['in'], 99):>8.1f} {statistics.median(x['out']):>11.1f} {pct(x['out'], 99):>8.1f} {statistics.median(x['operator']):>16.1f} {statistics.median(x['hop']):>11.1f}"
+            )
         all_in = [v for s in STAGES for v in samples[s]["in"]]
         all_out = [v for s in STAGES for v in samples[s]["out"]]
-        print(f"{'all':<8} {statistics.median(all_in):>10.1f} {pct(all_in, 99):>8.1f} {statistics.median(all_out):>11.1f} {pct(all_out, 99):>8.1f}")
+        print(
+            f"{'all':<8} {statistics.median(all_in):>10.1f} {pct(all_in, 99):>8.1f} {statistics.median(all_out):>11.1f} {pct(all_out, 99):>8.1f}"
+        )
         if args.json:
             args.json.write_text(json.dumps(samples, indent=1))
     finally:

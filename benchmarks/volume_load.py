@@ -36,7 +36,9 @@ from radflow.sdk.settings import StoreSettings
 from radflow.sdk.storage import ObjectStore
 
 
-def compare(ours: Callable[[], np.ndarray], theirs: Callable[[], np.ndarray], repeat: int, label: str) -> None:
+def compare(
+    ours: Callable[[], np.ndarray], theirs: Callable[[], np.ndarray], repeat: int, label: str
+) -> None:
     """Run both alternately (shared machines drift) and print min and median of each."""
     t_ours, t_theirs, c_ours, c_theirs = [], [], [], []
     for _ in range(repeat):
@@ -49,10 +51,12 @@ def compare(ours: Callable[[], np.ndarray], theirs: Callable[[], np.ndarray], re
                 a = result
             else:
                 assert np.array_equal(a, result), "readers disagree"
-    print(f"{label}: radflow min {min(t_ours):.3f} s / median {statistics.median(t_ours):.3f} s; "
-          f"SimpleITK min {min(t_theirs):.3f} s / median {statistics.median(t_theirs):.3f} s; "
-          f"ratio (min) {min(t_ours) / min(t_theirs):.2f}x, (median) {statistics.median(t_ours) / statistics.median(t_theirs):.2f}x; "
-          f"process CPU min {min(c_ours):.3f} s vs {min(c_theirs):.3f} s ({min(c_ours) / min(c_theirs):.2f}x)")
+    print(
+        f"{label}: radflow min {min(t_ours):.3f} s / median {statistics.median(t_ours):.3f} s; "
+        f"SimpleITK min {min(t_theirs):.3f} s / median {statistics.median(t_theirs):.3f} s; "
+        f"ratio (min) {min(t_ours) / min(t_theirs):.2f}x, (median) {statistics.median(t_ours) / statistics.median(t_theirs):.2f}x; "
+        f"process CPU min {min(c_ours):.3f} s vs {min(c_theirs):.3f} s ({min(c_ours) / min(c_theirs):.2f}x)"
+    )
 
 
 def ours_local(files: list[Path]) -> np.ndarray:
@@ -66,7 +70,9 @@ def sitk_local(folder: Path) -> np.ndarray:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--slices", type=int, default=200)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--repeat", type=int, default=5)
@@ -74,12 +80,20 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        study = make_study(root / "study", (args.slices, args.size, args.size), decoys=False, other_series=False,
-                           phantom_factor=4, shuffle=True)  # fmt: skip
+        study = make_study(
+            root / "study",
+            (args.slices, args.size, args.size),
+            decoys=False,
+            other_series=False,
+            phantom_factor=4,
+            shuffle=True,
+        )
         files = list(study.target.files)
         folder = files[0].parent
         mb = sum(f.stat().st_size for f in files) / 1e6
-        print(f"machine: {platform.node()} {platform.machine()} {platform.processor() or ''}, python {platform.python_version()}")
+        print(
+            f"machine: {platform.node()} {platform.machine()} {platform.processor() or ''}, python {platform.python_version()}"
+        )
         print(f"series: {len(files)} instances, {args.size}x{args.size}, {mb:.0f} MB")
         ours_local(files), sitk_local(folder)  # warm the page cache and imports
         compare(lambda: ours_local(files), lambda: sitk_local(folder), args.repeat, "local disk")
@@ -87,11 +101,15 @@ def main() -> None:
         server = SeaweedServer(data_dir=root / "weed", log_path=root / "weed.log")
         server.start()
         try:
-            store = ObjectStore(StoreSettings(endpoint_url=server.endpoint_url, bucket=f"b{uuid.uuid4().hex[:12]}"))
+            store = ObjectStore(
+                StoreSettings(endpoint_url=server.endpoint_url, bucket=f"b{uuid.uuid4().hex[:12]}")
+            )
             store.ensure_bucket()
             keys = [f"series/{f.name}" for f in files]
             with ThreadPoolExecutor(args.threads) as pool:
-                list(pool.map(lambda kf: store.put_file(kf[0], kf[1]), zip(keys, files, strict=True)))
+                list(
+                    pool.map(lambda kf: store.put_file(kf[0], kf[1]), zip(keys, files, strict=True))
+                )
 
             def ours_s3() -> np.ndarray:
                 # headers parsed as the objects arrive, while the next GETs are in flight
@@ -100,7 +118,11 @@ def main() -> None:
             def sitk_s3() -> np.ndarray:
                 with tempfile.TemporaryDirectory() as dl:
                     with ThreadPoolExecutor(args.threads) as pool:
-                        list(pool.map(lambda k: store.download_file(k, Path(dl) / Path(k).name), keys))
+                        list(
+                            pool.map(
+                                lambda k: store.download_file(k, Path(dl) / Path(k).name), keys
+                            )
+                        )
                     return sitk_local(Path(dl))
 
             ours_s3()

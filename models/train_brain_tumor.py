@@ -21,10 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import time
 from pathlib import Path
-
-import sys
 
 # Python puts this script's folder first on sys.path, where the model repository's ``triton/``
 # folder would shadow the ``triton`` compiler package that torch probes for: drop it.
@@ -101,7 +100,9 @@ def sample(seed: int, rng: random.Random) -> tuple[np.ndarray, np.ndarray]:
 CROP = (24, 48, 48)
 
 
-def crops(xs: torch.Tensor, ys: torch.Tensor, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def crops(
+    xs: torch.Tensor, ys: torch.Tensor, n: int, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` random crops of ``CROP`` (the net is fully convolutional; crops make steps cheap),
     half of them placed around a tumour voxel when the case has one."""
     bx, by = [], []
@@ -109,9 +110,15 @@ def crops(xs: torch.Tensor, ys: torch.Tensor, n: int, g: torch.Generator) -> tup
         fg = torch.nonzero(ys[i])
         if len(fg) and torch.rand(1, generator=g).item() < 0.5:
             centre = fg[torch.randint(0, len(fg), (1,), generator=g).item()]
-            lo = [int(c) - s // 2 + int(torch.randint(-s // 4, s // 4 + 1, (1,), generator=g)) for c, s in zip(centre, CROP)]
+            lo = [
+                int(c) - s // 2 + int(torch.randint(-s // 4, s // 4 + 1, (1,), generator=g))
+                for c, s in zip(centre, CROP)
+            ]
         else:
-            lo = [int(torch.randint(0, m - s + 1, (1,), generator=g)) for m, s in zip(MODEL_SIZE, CROP)]
+            lo = [
+                int(torch.randint(0, m - s + 1, (1,), generator=g))
+                for m, s in zip(MODEL_SIZE, CROP)
+            ]
         lo = [min(max(v, 0), m - s) for v, m, s in zip(lo, MODEL_SIZE, CROP)]
         sl = tuple(slice(v, v + s) for v, s in zip(lo, CROP))
         bx.append(xs[i][(slice(None), *sl)])
@@ -175,7 +182,9 @@ def main() -> None:
     model = TinyUNet3D()
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=args.steps, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=3e-3, total_steps=args.steps, pct_start=0.1
+    )
     g = torch.Generator().manual_seed(args.seed)
     model.train()
     for step in range(args.steps):
@@ -216,7 +225,11 @@ def main() -> None:
         "seed": args.seed,
         "parameters": n_params,
         "input": {"name": "INPUT__0", "shape": [1, 1, *MODEL_SIZE], "normalisation": "zscore"},
-        "output": {"name": "OUTPUT__0", "shape": [1, 2, *MODEL_SIZE], "kind": "softmax, class 1 = tumour"},
+        "output": {
+            "name": "OUTPUT__0",
+            "shape": [1, 2, *MODEL_SIZE],
+            "kind": "softmax, class 1 = tumour",
+        },
         "training_seeds": [0, args.n_train - 1],
         "held_out_seeds_from": HELD_OUT_SEED,
         "train_seconds": round(t_train, 1),

@@ -69,12 +69,22 @@ def make_instance(
     ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
     ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
     path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True, implicit_vr=transfer_syntax == ImplicitVRLittleEndian, little_endian=True)
+    ds.save_as(
+        path,
+        enforce_file_format=True,
+        implicit_vr=transfer_syntax == ImplicitVRLittleEndian,
+        little_endian=True,
+    )
     return sop_uid
 
 
 def make_study(
-    folder: Path, *, series: int = 2, per_series: int = 3, size: int = 16, study_uid: str | None = None
+    folder: Path,
+    *,
+    series: int = 2,
+    per_series: int = 3,
+    size: int = 16,
+    study_uid: str | None = None,
 ) -> Study:
     """``series`` x ``per_series`` MR instances of one study under ``folder``."""
     study = Study(study_uid=study_uid or generate_uid())
@@ -84,13 +94,19 @@ def make_study(
         study.series_uids.append(series_uid)
         for i in range(per_series):
             path = folder / f"s{s}_i{i}.dcm"
-            study.sop_uids.append(make_instance(path, study_uid=study.study_uid, series_uid=series_uid, index=n, size=size))
+            study.sop_uids.append(
+                make_instance(
+                    path, study_uid=study.study_uid, series_uid=series_uid, index=n, size=size
+                )
+            )
             study.files.append(path)
             n += 1
     return study
 
 
-def config_yaml(port: int, *, timeout: float = 0, reject_unknown: bool = False, extra_ae: str = "") -> str:
+def config_yaml(
+    port: int, *, timeout: float = 0, reject_unknown: bool = False, extra_ae: str = ""
+) -> str:
     return f"""
 dicom:
   scp:

@@ -22,7 +22,9 @@ from typing import Any
 
 from radflow.engine.ports import free_port, wait_for_port
 
-ORTHANC = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
+ORTHANC = shutil.which("Orthanc") or (
+    "/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None
+)
 SKIP_REASON = "Orthanc is not installed (Debian package 'orthanc', /usr/sbin/Orthanc)"
 
 
@@ -72,11 +74,20 @@ class OrthancServer:
         env = {**os.environ, "TCP_NODELAY": "1"}
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [ORTHANC, str(path)], env=env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True
+                [ORTHANC, str(path)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
             )
-        if not (wait_for_port("127.0.0.1", self.http_port, timeout) and wait_for_port("127.0.0.1", self.dicom_port, timeout)):
+        if not (
+            wait_for_port("127.0.0.1", self.http_port, timeout)
+            and wait_for_port("127.0.0.1", self.dicom_port, timeout)
+        ):
             self.stop()
-            raise RuntimeError(f"Orthanc did not start listening; its log ends with:\n{self.log_tail()}")
+            raise RuntimeError(
+                f"Orthanc did not start listening; its log ends with:\n{self.log_tail()}"
+            )
         return self
 
     def stop(self) -> None:
@@ -96,9 +107,13 @@ class OrthancServer:
 
     # -- REST ----------------------------------------------------------------------------------
 
-    def request(self, method: str, path: str, body: bytes | None = None, timeout: float = 120) -> bytes:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=body, method=method)
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - loopback Orthanc
+    def request(
+        self, method: str, path: str, body: bytes | None = None, timeout: float = 120
+    ) -> bytes:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}{path}", data=body, method=method
+        )
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.read()
 
     def json(self, method: str, path: str, body: Any = None) -> Any:
@@ -114,9 +129,17 @@ class OrthancServer:
 
     def store_to(self, modality: str, resources: list[str]) -> dict[str, Any]:
         """Have Orthanc C-STORE ``resources`` to ``modality`` (synchronous REST job)."""
-        return dict(self.json("POST", f"/modalities/{modality}/store", {"Resources": resources, "Synchronous": True}))
+        return dict(
+            self.json(
+                "POST",
+                f"/modalities/{modality}/store",
+                {"Resources": resources, "Synchronous": True},
+            )
+        )
 
-    def instances_of_modalities(self, study_id: str, modalities: set[str]) -> dict[str, list[dict[str, Any]]]:
+    def instances_of_modalities(
+        self, study_id: str, modalities: set[str]
+    ) -> dict[str, list[dict[str, Any]]]:
         """Instances of the study's series whose Modality is in ``modalities``, grouped by SOP
         Class UID, each with its simplified tags and Orthanc ``ID`` (cheap: skips image series)."""
         found: dict[str, list[dict[str, Any]]] = {}
@@ -125,10 +148,14 @@ class OrthancServer:
                 continue
             for instance_id in series.get("Instances", []):
                 tags = self.json("GET", f"/instances/{instance_id}/simplified-tags")
-                found.setdefault(str(tags.get("SOPClassUID", "")), []).append({"ID": instance_id, **tags})
+                found.setdefault(str(tags.get("SOPClassUID", "")), []).append(
+                    {"ID": instance_id, **tags}
+                )
         return found
 
-    def wait_for_instances(self, study_id: str, modalities: set[str], sop_classes: set[str], timeout: float) -> dict[str, list[dict[str, Any]]]:
+    def wait_for_instances(
+        self, study_id: str, modalities: set[str], sop_classes: set[str], timeout: float
+    ) -> dict[str, list[dict[str, Any]]]:
         """Poll the study until it holds an instance of every class in ``sop_classes`` (or time runs out)."""
         deadline = time.monotonic() + timeout
         while True:

@@ -42,7 +42,9 @@ from radflow.sdk.storage import Keys, ObjectStore
 REPO = Path(__file__).resolve().parents[1]
 
 
-def seed_study(store: ObjectStore, pipeline: str, *, series: int = 2, instances: int = 3, tag: str = "") -> events.JobRequested:
+def seed_study(
+    store: ObjectStore, pipeline: str, *, series: int = 2, instances: int = 3, tag: str = ""
+) -> events.JobRequested:
     """Write fake instance objects and a StudyManifest; return the job request pointing at them."""
     study_uid = f"1.2.826.0.1.3680043.10.1{tag or uuid.uuid4().int % 10**9}"
     study_id = events.deterministic_id("study", study_uid)
@@ -66,7 +68,13 @@ def seed_study(store: ObjectStore, pipeline: str, *, series: int = 2, instances:
                     sha256="0" * 64,
                 )
             )
-    manifest = StudyManifest(study_id=study_id, study_instance_uid=study_uid, group_id=group_id, called_ae="RADFLOW", instances=refs)
+    manifest = StudyManifest(
+        study_id=study_id,
+        study_instance_uid=study_uid,
+        group_id=group_id,
+        called_ae="RADFLOW",
+        instances=refs,
+    )
     manifest_key = Keys.manifest(study_id, group_id)
     store.put_bytes(manifest_key, manifest.model_dump_json().encode())
     job_id = events.deterministic_id(group_id, pipeline, "0")
@@ -81,8 +89,14 @@ def seed_study(store: ObjectStore, pipeline: str, *, series: int = 2, instances:
     )
 
 
-def study_event(store: ObjectStore, req: events.JobRequested, *, traceparent: str | None = None) -> events.CloudEvent:
-    ext = {Ext.JOB: req.job_id, Ext.PIPELINE: req.pipeline, Ext.DATAREF: store.uri(req.manifest_key)}
+def study_event(
+    store: ObjectStore, req: events.JobRequested, *, traceparent: str | None = None
+) -> events.CloudEvent:
+    ext = {
+        Ext.JOB: req.job_id,
+        Ext.PIPELINE: req.pipeline,
+        Ext.DATAREF: store.uri(req.manifest_key),
+    }
     if traceparent:
         ext[Ext.TRACEPARENT] = traceparent
     return events.make_event(
@@ -112,7 +126,11 @@ def load_manifests(folder: Path) -> list[dict[str, Any]]:
     for path in sorted(folder.rglob("*.yaml")):
         if "overlays" in path.parts:
             continue
-        docs += [d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") != "Kustomization"]
+        docs += [
+            d
+            for d in yaml.safe_load_all(path.read_text())
+            if d and d.get("kind") != "Kustomization"
+        ]
     return docs
 
 
@@ -147,8 +165,14 @@ class FunctionProcess:
 
     def start(self) -> None:
         self.port = free_port()
-        env = {**os.environ, **self.env, "PORT": str(self.port), "HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
-        out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115 - closed with the process
+        env = {
+            **os.environ,
+            **self.env,
+            "PORT": str(self.port),
+            "HOST": "127.0.0.1",
+            "PYTHONUNBUFFERED": "1",
+        }
+        out = open(self.log, "ab") if self.log else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from functions_framework._cli import _cli; _cli()"],
             env=env,
@@ -160,7 +184,9 @@ class FunctionProcess:
 
     def wait_ready(self, timeout: float = 60) -> None:
         if not wait_for_port("127.0.0.1", self.port, timeout):
-            raise TimeoutError(f"function {self.name} did not listen on {self.port}; see {self.log}")
+            raise TimeoutError(
+                f"function {self.name} did not listen on {self.port}; see {self.log}"
+            )
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -202,21 +228,29 @@ class MiniBroker:
     dead_letters: list[events.CloudEvent] = field(default_factory=list)
     #: called with (service name, event) before each delivery attempt (tests kill processes here)
     before_delivery: Callable[[str, events.CloudEvent, int], None] | None = None
-    _pool: concurrent.futures.ThreadPoolExecutor = field(default_factory=lambda: concurrent.futures.ThreadPoolExecutor(max_workers=32))
+    _pool: concurrent.futures.ThreadPoolExecutor = field(
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(max_workers=32)
+    )
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _pending: int = 0
     _idle: threading.Condition = field(default_factory=threading.Condition)
 
     def __post_init__(self) -> None:
         docs = load_manifests(self.knative_dir)
-        self.services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service" and d["apiVersion"].startswith("serving")}
+        self.services = {
+            d["metadata"]["name"]: d
+            for d in docs
+            if d["kind"] == "Service" and d["apiVersion"].startswith("serving")
+        }
         self.triggers = [d for d in docs if d["kind"] == "Trigger"]
         broker = next(d for d in docs if d["kind"] == "Broker")
         self.dls = broker["spec"]["delivery"]["deadLetterSink"]["ref"]["name"]
 
     def start(self) -> None:
         for name, svc in sorted(self.services.items()):
-            fp = FunctionProcess(name, {**service_env(svc), **self.extra_env}, log=self.log_dir / f"{name}.log")
+            fp = FunctionProcess(
+                name, {**service_env(svc), **self.extra_env}, log=self.log_dir / f"{name}.log"
+            )
             fp.start()
             self.functions[name] = fp
         for fp in self.functions.values():
@@ -255,7 +289,9 @@ class MiniBroker:
 
     def _post(self, url: str, event: events.CloudEvent) -> tuple[int, dict[str, str], bytes]:
         headers, body = events.to_binary(event)
-        req = urllib.request.Request(url, data=body, headers={**headers, "Prefer": "reply"}, method="POST")
+        req = urllib.request.Request(
+            url, data=body, headers={**headers, "Prefer": "reply"}, method="POST"
+        )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return resp.status, dict(resp.headers), resp.read()
@@ -274,7 +310,9 @@ class MiniBroker:
                     self.before_delivery(target, event, attempt)
                 status, headers, body = self._post(self.functions[target].url, event)
                 with self._lock:
-                    self.deliveries.append(Delivery(trigger, event["id"], event["type"], attempt, status))
+                    self.deliveries.append(
+                        Delivery(trigger, event["id"], event["type"], attempt, status)
+                    )
                 if 200 <= status < 300:
                     lower = {k.lower(): v for k, v in headers.items()}
                     if "ce-specversion" in lower:
@@ -310,7 +348,9 @@ class MiniBroker:
                 self._idle.wait(left)
 
     def job_status(self, job_id: str) -> dict[str, Any]:
-        with urllib.request.urlopen(self.functions[self.dls].url + f"jobs/{job_id}", timeout=10) as resp:
+        with urllib.request.urlopen(
+            self.functions[self.dls].url + f"jobs/{job_id}", timeout=10
+        ) as resp:
             return dict(json.loads(resp.read()))
 
 
@@ -345,11 +385,15 @@ class EngineDriver:
         import asyncio
 
         docs = load_manifests(self.knative_dir)
-        self._services = [d for d in docs if d["kind"] == "Service" and d["apiVersion"].startswith("serving")]
+        self._services = [
+            d for d in docs if d["kind"] == "Service" and d["apiVersion"].startswith("serving")
+        ]
         self._brokers = [d for d in docs if d["kind"] == "Broker"]
         self._triggers = [d for d in docs if d["kind"] == "Trigger"]
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="engine-loop", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="engine-loop", daemon=True
+        )
 
     def _run(self, coro: Any, timeout: float = 120) -> Any:
         import asyncio
@@ -361,20 +405,32 @@ class EngineDriver:
         from radflow.engine.host import FunctionHost
 
         self._thread.start()
-        self.host = FunctionHost(services=self._services, workdir=REPO, state_dir=self.state_dir / "host", base_env={**os.environ, **self.extra_env})
+        self.host = FunctionHost(
+            services=self._services,
+            workdir=REPO,
+            state_dir=self.state_dir / "host",
+            base_env={**os.environ, **self.extra_env},
+        )
         self._run(self.host.start())
 
         def resolve(dest: dict[str, Any], namespace: str) -> str:
             ref = dest["ref"]
             return self.host.url(ref["name"], ref.get("namespace") or namespace)
 
-        self.broker = BrokerRuntime(brokers=self._brokers, triggers=self._triggers, state_dir=self.state_dir / "broker", resolve=resolve)
+        self.broker = BrokerRuntime(
+            brokers=self._brokers,
+            triggers=self._triggers,
+            state_dir=self.state_dir / "broker",
+            resolve=resolve,
+        )
         self._run(self.broker.start())
 
     def publish(self, event: events.CloudEvent) -> None:
         self.published.append(event)
         headers, body = events.to_binary(event)
-        req = urllib.request.Request(self.broker.ingress_url("default", "radflow"), data=body, headers=headers, method="POST")
+        req = urllib.request.Request(
+            self.broker.ingress_url("default", "radflow"), data=body, headers=headers, method="POST"
+        )
         with urllib.request.urlopen(req, timeout=30) as resp:
             assert resp.status == 202, resp.status
 
@@ -389,7 +445,9 @@ class EngineDriver:
         raise TimeoutError(f"{self.broker.pending} deliveries still pending")
 
     def job_status(self, job_id: str) -> dict[str, Any]:
-        with urllib.request.urlopen(self.host.url("job-tracker") + f"/jobs/{job_id}", timeout=30) as resp:
+        with urllib.request.urlopen(
+            self.host.url("job-tracker") + f"/jobs/{job_id}", timeout=30
+        ) as resp:
             return dict(json.loads(resp.read()))
 
     def stop(self) -> None:

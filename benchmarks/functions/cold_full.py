@@ -13,6 +13,11 @@ import SimpleITK  # noqa: F401
 
 @functions_framework.http
 def handle(request):
-    headers = {"ce-specversion": "1.0", "ce-id": "bench", "ce-source": "/bench", "ce-type": "dev.radflow.bench.v1",
-               "Content-Type": "application/json"}  # fmt: skip
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": "bench",
+        "ce-source": "/bench",
+        "ce-type": "dev.radflow.bench.v1",
+        "Content-Type": "application/json",
+    }
     return json.dumps({"ok": True}), 200, headers

@@ -23,7 +23,10 @@ from radflow.sdk.pipeline import StageSpec, available_functions, function_for_im
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = default_schemas_dir(REPO)
 FINAL_TYPES = {EventType.JOB_COMPLETED.value, EventType.JOB_FAILED.value}
-needs_schemas = pytest.mark.skipif(not (SCHEMAS / "knative").is_dir(), reason=f"Knative/skaffold schemas not found at {SCHEMAS} (../shared/schemas)")
+needs_schemas = pytest.mark.skipif(
+    not (SCHEMAS / "knative").is_dir(),
+    reason=f"Knative/skaffold schemas not found at {SCHEMAS} (../shared/schemas)",
+)
 
 
 def manifest_files() -> list[Path]:
@@ -41,7 +44,10 @@ def is_knative_service(d: dict[str, Any]) -> bool:
 def env_of(svc: dict[str, Any]) -> dict[str, str]:
     if not is_knative_service(svc):
         return {}
-    return {e["name"]: e["value"] for e in svc["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+    return {
+        e["name"]: e["value"]
+        for e in svc["spec"]["template"]["spec"]["containers"][0].get("env", [])
+    }
 
 
 @needs_schemas
@@ -62,7 +68,9 @@ def test_skaffold_yaml_validates_against_the_skaffold_schema() -> None:
 @needs_schemas
 def test_validator_catches_what_the_schemas_and_webhooks_would() -> None:
     v = Validator(SCHEMAS)
-    svc = next(d for d in docs() if d["kind"] == "Service" and d["apiVersion"].startswith("serving"))
+    svc = next(
+        d for d in docs() if d["kind"] == "Service" and d["apiVersion"].startswith("serving")
+    )
     bad = json.loads(json.dumps(svc))
     pod = bad["spec"]["template"]["spec"]
     pod["containerConcurency"] = pod.pop("containerConcurrency")
@@ -78,9 +86,19 @@ def test_validator_catches_what_the_schemas_and_webhooks_would() -> None:
     two["spec"]["filters"] = [{"exact": {"type": "x"}, "suffix": {"radflow_stage": "y"}}]
     msgs = [p.message for p in v.validate(two)]
     assert "spec.filters[0]: exactly one dialect per filter entry, found 2 (exact, suffix)" in msgs
-    assert "spec.filters[0].suffix.radflow_stage: attribute names must match ^[a-z][a-z0-9]*$" in msgs
-    gpu = {**svc, "spec": {"template": {"spec": {**svc["spec"]["template"]["spec"], "nodeSelector": {"a": "b"}}}}}
-    assert any("kubernetes.podspec-nodeselector" in p.message for p in Validator(SCHEMAS, enabled_features=frozenset()).validate(gpu))
+    assert (
+        "spec.filters[0].suffix.radflow_stage: attribute names must match ^[a-z][a-z0-9]*$" in msgs
+    )
+    gpu = {
+        **svc,
+        "spec": {
+            "template": {"spec": {**svc["spec"]["template"]["spec"], "nodeSelector": {"a": "b"}}}
+        },
+    }
+    assert any(
+        "kubernetes.podspec-nodeselector" in p.message
+        for p in Validator(SCHEMAS, enabled_features=frozenset()).validate(gpu)
+    )
     broker = next(d for d in docs() if d["kind"] == "Broker")
     slow = json.loads(json.dumps(broker))
     slow["spec"]["delivery"].update(backoffPolicy="fibonacci", backoffDelay="2s")
@@ -93,14 +111,25 @@ def test_compile_is_stable_and_matches_the_committed_files(tmp_path: Path) -> No
     pipelines = sorted((REPO / "pipelines").glob("*.yaml"))
     # function folders only gate validation (tested in tests/unit); assume the referenced ones
     # exist so this diff also runs on a branch that lacks some of them
-    referenced = {f for p in pipelines for op in yaml.safe_load(p.read_text())["operators"] if (f := function_for_image(op["container"]["image"]))}
+    referenced = {
+        f
+        for p in pipelines
+        for op in yaml.safe_load(p.read_text())["operators"]
+        if (f := function_for_image(op["container"]["image"]))
+    }
     functions = available_functions() | referenced
     first = compile_pipelines(pipelines, tmp_path / "a" / "knative", root=REPO, functions=functions)
-    second = compile_pipelines(pipelines, tmp_path / "b" / "knative", root=REPO, functions=functions)
+    second = compile_pipelines(
+        pipelines, tmp_path / "b" / "knative", root=REPO, functions=functions
+    )
     rel = lambda files, base: {p.relative_to(base).as_posix(): t for p, t in files.items()}  # noqa: E731
     assert rel(first, tmp_path / "a") == rel(second, tmp_path / "b")
     committed = compile_pipelines(pipelines, REPO / "knative", root=REPO, functions=functions)
-    drift = [str(p.relative_to(REPO)) for p, t in committed.items() if not p.exists() or p.read_text() != t]
+    drift = [
+        str(p.relative_to(REPO))
+        for p, t in committed.items()
+        if not p.exists() or p.read_text() != t
+    ]
     drift += [str(p.relative_to(REPO)) for p in stale_files(committed, REPO / "knative")]
     assert drift == [], f"run `radflow pipeline compile` and commit: {drift}"
 
@@ -108,23 +137,35 @@ def test_compile_is_stable_and_matches_the_committed_files(tmp_path: Path) -> No
 def _emitted() -> list[dict[str, str]]:
     """Every (type + extensions) combination some component emits, from the manifests."""
     out = []
-    pipelines = {env_of(s)["RADFLOW_PIPELINE"] for s in docs() if s["kind"] == "Service" and "RADFLOW_PIPELINE" in env_of(s)}
+    pipelines = {
+        env_of(s)["RADFLOW_PIPELINE"]
+        for s in docs()
+        if s["kind"] == "Service" and "RADFLOW_PIPELINE" in env_of(s)
+    }
     for p in pipelines:  # the DICOM adapter: one job request per pipeline
         for t in (EventType.STUDY_RECEIVED, EventType.STUDY_REVISED):
             out.append({"type": t.value, "radflowpipeline": p})
         for t in FINAL_TYPES:  # the job tracker
             out.append({"type": t, "radflowpipeline": p})
     for svc in docs():
-        env = env_of(svc) if svc["kind"] == "Service" and svc["apiVersion"].startswith("serving") else {}
+        env = (
+            env_of(svc)
+            if svc["kind"] == "Service" and svc["apiVersion"].startswith("serving")
+            else {}
+        )
         if "RADFLOW_STAGE_SPEC" in env:
             spec = StageSpec.model_validate_json(env["RADFLOW_STAGE_SPEC"])
             for t in (EventType.STAGE_COMPLETED, EventType.STAGE_FAILED):
-                out.append({"type": t.value, "radflowpipeline": spec.pipeline, "radflowstage": spec.stage})
+                out.append(
+                    {"type": t.value, "radflowpipeline": spec.pipeline, "radflowstage": spec.stage}
+                )
     return out
 
 
 def _matches(trigger: dict[str, Any], attrs: dict[str, str]) -> bool:
-    return all(attrs.get(k) == v for f in trigger["spec"].get("filters", []) for k, v in f["exact"].items())
+    return all(
+        attrs.get(k) == v for f in trigger["spec"].get("filters", []) for k, v in f["exact"].items()
+    )
 
 
 def test_every_trigger_filter_matches_an_event_some_component_emits() -> None:
@@ -133,7 +174,9 @@ def test_every_trigger_filter_matches_an_event_some_component_emits() -> None:
     assert triggers
     for t in triggers:
         assert all(set(f) == {"exact"} for f in t["spec"]["filters"]), t["metadata"]["name"]
-        assert any(_matches(t, e) for e in emitted), f"{t['metadata']['name']} matches no emitted event"
+        assert any(_matches(t, e) for e in emitted), (
+            f"{t['metadata']['name']} matches no emitted event"
+        )
 
 
 def test_every_emitted_event_has_a_consumer_or_is_final() -> None:
@@ -146,7 +189,11 @@ def test_every_emitted_event_has_a_consumer_or_is_final() -> None:
 
 
 def test_triggers_are_exactly_the_dag_edges_and_never_loop() -> None:
-    services = {d["metadata"]["name"]: d for d in docs() if d["kind"] == "Service" and d["apiVersion"].startswith("serving")}
+    services = {
+        d["metadata"]["name"]: d
+        for d in docs()
+        if d["kind"] == "Service" and d["apiVersion"].startswith("serving")
+    }
     triggers = [d for d in docs() if d["kind"] == "Trigger"]
     for name, svc in services.items():
         env = env_of(svc)
@@ -154,20 +201,35 @@ def test_triggers_are_exactly_the_dag_edges_and_never_loop() -> None:
             continue
         spec = StageSpec.model_validate_json(env["RADFLOW_STAGE_SPEC"])
         mine = [t for t in triggers if t["spec"]["subscriber"]["ref"]["name"] == name]
-        ups = sorted(f["exact"]["radflowstage"] for t in mine for f in t["spec"]["filters"] if "radflowstage" in f["exact"])
+        ups = sorted(
+            f["exact"]["radflowstage"]
+            for t in mine
+            for f in t["spec"]["filters"]
+            if "radflowstage" in f["exact"]
+        )
         assert ups == spec.upstream, name
-        own = {"type": EventType.STAGE_COMPLETED.value, "radflowpipeline": spec.pipeline, "radflowstage": spec.stage}
+        own = {
+            "type": EventType.STAGE_COMPLETED.value,
+            "radflowpipeline": spec.pipeline,
+            "radflowstage": spec.stage,
+        }
         assert not any(_matches(t, own) for t in mine), f"{name} would consume its own reply"
 
 
 def test_services_match_the_pipeline_definitions() -> None:
-    services = {d["metadata"]["name"]: d for d in docs() if d["kind"] == "Service" and d["apiVersion"].startswith("serving")}
+    services = {
+        d["metadata"]["name"]: d
+        for d in docs()
+        if d["kind"] == "Service" and d["apiVersion"].startswith("serving")
+    }
     for path in sorted((REPO / "pipelines").glob("*.yaml")):
         raw = yaml.safe_load(path.read_text())
         for op in raw["operators"]:
             svc = services[f"{raw['name']}-{op['name']}"]
             env = env_of(svc)
-            assert {k: env[k] for k in op.get("variables", {})} == {k: str(v) for k, v in op.get("variables", {}).items()}
+            assert {k: env[k] for k in op.get("variables", {})} == {
+                k: str(v) for k, v in op.get("variables", {}).items()
+            }
             pod = svc["spec"]["template"]["spec"]
             assert pod["containerConcurrency"] == 1 and pod["timeoutSeconds"] <= 600
             annotations = svc["spec"]["template"]["metadata"]["annotations"]
@@ -176,7 +238,9 @@ def test_services_match_the_pipeline_definitions() -> None:
                 assert pod["timeoutSeconds"] == 600  # inference gets the maximum
                 assert "NVIDIA_TRITON_HTTPURI" in env and "NVIDIA_TRITON_GRPCURI" in env
             gpu = (op.get("requests") or {}).get("gpu", 0)
-            assert ("nvidia.com/gpu" in pod["containers"][0].get("resources", {}).get("limits", {})) == bool(gpu)
+            assert (
+                "nvidia.com/gpu" in pod["containers"][0].get("resources", {}).get("limits", {})
+            ) == bool(gpu)
             assert ("nodeSelector" in pod) == bool(gpu)
 
 
@@ -188,15 +252,28 @@ def test_gpu_operator_compiles_to_gpu_limits_and_placement(tmp_path: Path) -> No
         "    requests: {gpu: 1, memory: 8192}\n    input: [{path: /input}]\n    output: [{path: /output}]\n"
     )
     files = compile_pipelines([src], tmp_path / "knative", root=tmp_path)
-    (svc,) = list(yaml.safe_load_all(files[tmp_path / "knative/pipelines/gpu-demo/services.yaml"]))[:1]
+    (svc,) = list(yaml.safe_load_all(files[tmp_path / "knative/pipelines/gpu-demo/services.yaml"]))[
+        :1
+    ]
     pod = svc["spec"]["template"]["spec"]
-    assert pod["containers"][0]["resources"]["limits"] == {"memory": "8192Mi", "nvidia.com/gpu": "1"}
+    assert pod["containers"][0]["resources"]["limits"] == {
+        "memory": "8192Mi",
+        "nvidia.com/gpu": "1",
+    }
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
-    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
     assert pod["timeoutSeconds"] == 600
-    assert required_features([svc]) == {"kubernetes.podspec-nodeselector", "kubernetes.podspec-tolerations"}
+    assert required_features([svc]) == {
+        "kubernetes.podspec-nodeselector",
+        "kubernetes.podspec-tolerations",
+    }
     spec = StageSpec.model_validate_json(env_of(svc)["RADFLOW_STAGE_SPEC"])
-    assert spec.command == ["python3", "/app/seg.py"] and env_of(svc)["FUNCTION_SOURCE"] == "src/radflow/functions/clara_operator/main.py"
+    assert (
+        spec.command == ["python3", "/app/seg.py"]
+        and env_of(svc)["FUNCTION_SOURCE"] == "src/radflow/functions/clara_operator/main.py"
+    )
     if (SCHEMAS / "knative").is_dir():
         assert Validator(SCHEMAS).validate(svc) == []
 
@@ -205,13 +282,20 @@ def test_manifests_are_runnable_by_the_engine_as_written() -> None:
     """The engine's function host resolves no Secrets: env values are literal, no envFrom."""
     for svc in filter(is_knative_service, docs()):
         for c in svc["spec"]["template"]["spec"]["containers"]:
-            assert "envFrom" not in c and all("value" in e and "valueFrom" not in e for e in c.get("env", [])), svc["metadata"]["name"]
+            assert "envFrom" not in c and all(
+                "value" in e and "valueFrom" not in e for e in c.get("env", [])
+            ), svc["metadata"]["name"]
 
 
 def test_every_function_image_has_a_skaffold_artifact_and_dockerfile() -> None:
     config = yaml.safe_load((REPO / "skaffold.yaml").read_text())
     artifacts = {a["image"]: a for a in config["build"]["artifacts"]}
-    images = {c["image"] for d in docs() if d["kind"] == "Service" and d["apiVersion"].startswith("serving") for c in d["spec"]["template"]["spec"]["containers"]}
+    images = {
+        c["image"]
+        for d in docs()
+        if d["kind"] == "Service" and d["apiVersion"].startswith("serving")
+        for c in d["spec"]["template"]["spec"]["containers"]
+    }
     for image in images:
         assert image in artifacts, f"{image} has no skaffold artifact"
         a = artifacts[image]
@@ -220,22 +304,55 @@ def test_every_function_image_has_a_skaffold_artifact_and_dockerfile() -> None:
         assert function_for_image(image) == fn
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed (renders kustomize)")
+@pytest.mark.skipif(
+    shutil.which("kubectl") is None, reason="kubectl not installed (renders kustomize)"
+)
 def test_kustomize_renders_the_gpu_base_and_the_cpu_overlay() -> None:
-    base = list(yaml.safe_load_all(subprocess.run(["kubectl", "kustomize", "knative"], cwd=REPO, check=True, capture_output=True, text=True).stdout))
+    base = list(
+        yaml.safe_load_all(
+            subprocess.run(
+                ["kubectl", "kustomize", "knative"],
+                cwd=REPO,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
+    )
     assert len(base) == len(docs())
     for svc in filter(is_knative_service, base):  # the store Secret is added on clusters only
-        assert svc["spec"]["template"]["spec"]["containers"][0]["envFrom"] == [{"secretRef": {"name": "radflow-s3"}}]
-    cpu_text = subprocess.run(["kubectl", "kustomize", "deploy/overlays/dev-cpu"], cwd=REPO, check=True, capture_output=True, text=True).stdout
+        assert svc["spec"]["template"]["spec"]["containers"][0]["envFrom"] == [
+            {"secretRef": {"name": "radflow-s3"}}
+        ]
+    cpu_text = subprocess.run(
+        ["kubectl", "kustomize", "deploy/overlays/dev-cpu"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     cpu = list(yaml.safe_load_all(cpu_text))
     assert len(cpu) == len(base)
-    assert "nvidia.com/gpu" not in cpu_text and "nodeSelector" not in cpu_text and "tolerations" not in cpu_text
+    assert (
+        "nvidia.com/gpu" not in cpu_text
+        and "nodeSelector" not in cpu_text
+        and "tolerations" not in cpu_text
+    )
     broker = next(d for d in cpu if d["kind"] == "Broker")
-    assert broker["metadata"]["annotations"]["eventing.knative.dev/broker.class"] == "MTChannelBasedBroker"
+    assert (
+        broker["metadata"]["annotations"]["eventing.knative.dev/broker.class"]
+        == "MTChannelBasedBroker"
+    )
     assert "config" not in broker["spec"]
 
 
 def test_reference_pipeline_loads_and_its_functions_exist() -> None:
     path = REPO / "pipelines/brain-tumor-segmentation.yaml"
-    assert {"dicom_parser", "triton_infer", "seg_writer", "rtstruct_writer", "scu_export"} <= available_functions()
+    assert {
+        "dicom_parser",
+        "triton_infer",
+        "seg_writer",
+        "rtstruct_writer",
+        "scu_export",
+    } <= available_functions()
     assert load_pipeline(path).name == "brain-tumor-segmentation"

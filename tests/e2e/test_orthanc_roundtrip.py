@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from orthanc_server import ORTHANC, SKIP_REASON, OrthancServer
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
+from orthanc_server import ORTHANC, SKIP_REASON, OrthancServer
+from radflow.cli.jobs import load_job, load_jobs
 from radflow.demo.runner import PIPELINE, RTSTRUCT, SEG, adapter_config, dciodvfy, seg_dice
 from radflow.demo.study import SyntheticStudy, make_study
 from radflow.engine.config import load_engine_config
-from radflow.cli.jobs import load_job, load_jobs
 from radflow.engine.ports import free_port, wait_for_port
 from radflow.engine.stack import Engine
 from radflow.sdk.manifest import InstanceRef, StudyManifest
@@ -70,7 +70,9 @@ class _EngineThread:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="radflow-engine", daemon=True)
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="radflow-engine", daemon=True
+        )
 
     def start(self) -> None:
         self.thread.start()
@@ -92,21 +94,32 @@ class _EngineThread:
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     work = tmp_path_factory.mktemp("orthanc-e2e")
     adapter_port = free_port()
-    orthanc = OrthancServer(work / "orthanc", {"radflow": ["BRAINSEG", "127.0.0.1", adapter_port]}, aet="ORTHANC")
+    orthanc = OrthancServer(
+        work / "orthanc", {"radflow": ["BRAINSEG", "127.0.0.1", adapter_port]}, aet="ORTHANC"
+    )
     orthanc.start()
     try:
         config = adapter_config(
-            work / "dicom-adapter.yaml", adapter_port, (orthanc.aet, orthanc.dicom_port), work / "engine",
-            scale_to_zero_after=60, group_timeout=GROUP_TIMEOUT_S,
+            work / "dicom-adapter.yaml",
+            adapter_port,
+            (orthanc.aet, orthanc.dicom_port),
+            work / "engine",
+            scale_to_zero_after=60,
+            group_timeout=GROUP_TIMEOUT_S,
         )
         engine = Engine(load_engine_config(config))
         runner = _EngineThread(engine)
         runner.start()
         try:
             with pytest.MonkeyPatch.context() as mp:
-                for name, value in engine.base_env().items():  # jobs_cli reads the store from RADFLOW_S3_*
+                for (
+                    name,
+                    value,
+                ) in engine.base_env().items():  # jobs_cli reads the store from RADFLOW_S3_*
                     mp.setenv(name, value)
-                assert wait_for_port("127.0.0.1", adapter_port, 60), "the DICOM adapter did not start listening"
+                assert wait_for_port("127.0.0.1", adapter_port, 60), (
+                    "the DICOM adapter did not start listening"
+                )
                 yield Rig(engine, orthanc)
         finally:
             runner.stop()
@@ -123,7 +136,11 @@ def _finished_jobs(study_uid: str, timeout: float) -> list[dict[str, Any]]:
     """The tracker's view of the study's jobs once none is running (or the last seen)."""
     deadline = time.monotonic() + timeout
     while True:
-        listed = [j for j in load_jobs(None) if j.get("pipeline") == PIPELINE and j.get("study_instance_uid") == study_uid]
+        listed = [
+            j
+            for j in load_jobs(None)
+            if j.get("pipeline") == PIPELINE and j.get("study_instance_uid") == study_uid
+        ]
         jobs = [job for job in (load_job(None, j["job_id"]) for j in listed) if job]
         if (jobs and all(j.get("state") != "running" for j in jobs)) or time.monotonic() > deadline:
             return jobs
@@ -148,7 +165,9 @@ class RoundTrip:
 
 
 @pytest.fixture(scope="module", params=list(CASES))
-def roundtrip(request: pytest.FixtureRequest, rig: Rig, tmp_path_factory: pytest.TempPathFactory) -> RoundTrip:
+def roundtrip(
+    request: pytest.FixtureRequest, rig: Rig, tmp_path_factory: pytest.TempPathFactory
+) -> RoundTrip:
     case = request.param
     work = tmp_path_factory.mktemp(case)
     seed, compression = CASES[case]["seed"], CASES[case]["compression"]
@@ -156,13 +175,19 @@ def roundtrip(request: pytest.FixtureRequest, rig: Rig, tmp_path_factory: pytest
     orthanc = rig.orthanc
     study_id = orthanc.upload(study.files)
     pushed = orthanc.store_to("radflow", [study_id])
-    found = orthanc.wait_for_instances(study_id, {"SEG", "RTSTRUCT"}, {SEG, RTSTRUCT}, RESULT_TIMEOUT_S)
+    found = orthanc.wait_for_instances(
+        study_id, {"SEG", "RTSTRUCT"}, {SEG, RTSTRUCT}, RESULT_TIMEOUT_S
+    )
     if not {SEG, RTSTRUCT} <= set(found):
-        pytest.fail(f"{case}: after {RESULT_TIMEOUT_S} s Orthanc holds {sorted(found)} of SEG/RTSTRUCT for the study\n{_engine_logs(rig.engine)}")
+        pytest.fail(
+            f"{case}: after {RESULT_TIMEOUT_S} s Orthanc holds {sorted(found)} of SEG/RTSTRUCT for the study\n{_engine_logs(rig.engine)}"
+        )
     files: dict[str, Path] = {}
     for sop_class, name in ((SEG, "seg.dcm"), (RTSTRUCT, "rtstruct.dcm")):
         files[sop_class] = work / name
-        files[sop_class].write_bytes(orthanc.request("GET", f"/instances/{found[sop_class][0]['ID']}/file"))
+        files[sop_class].write_bytes(
+            orthanc.request("GET", f"/instances/{found[sop_class][0]['ID']}/file")
+        )
     jobs = _finished_jobs(study.study_instance_uid, 60)
     received: dict[str, InstanceRef] = {}
     store = ObjectStore(rig.engine.store_settings())
@@ -179,14 +204,21 @@ def test_orthanc_pushed_the_whole_study(roundtrip: RoundTrip) -> None:
     # the adapter stored every instance, and the target arrived as sent (Orthanc did not transcode)
     assert {i.sop_instance_uid for i in roundtrip.received} >= set(_sop_uids(roundtrip.study.files))
     target = roundtrip.study.target.series_instance_uid
-    syntaxes = {i.transfer_syntax_uid for i in roundtrip.received if i.series_instance_uid == target}
-    assert syntaxes == ({RLELossless} if CASES[roundtrip.case]["compression"] == "rle" else {ExplicitVRLittleEndian})
+    syntaxes = {
+        i.transfer_syntax_uid for i in roundtrip.received if i.series_instance_uid == target
+    }
+    assert syntaxes == (
+        {RLELossless} if CASES[roundtrip.case]["compression"] == "rle" else {ExplicitVRLittleEndian}
+    )
 
 
 def test_seg_and_rtstruct_arrive_once_in_the_same_study(roundtrip: RoundTrip) -> None:
     assert len(roundtrip.found[SEG]) == 1 and len(roundtrip.found[RTSTRUCT]) == 1, roundtrip.found
     for path in roundtrip.files.values():
-        assert dcmread(path, stop_before_pixels=True).StudyInstanceUID == roundtrip.study.study_instance_uid
+        assert (
+            dcmread(path, stop_before_pixels=True).StudyInstanceUID
+            == roundtrip.study.study_instance_uid
+        )
 
 
 def test_results_reference_the_t1c_target_series(roundtrip: RoundTrip) -> None:
@@ -194,14 +226,19 @@ def test_results_reference_the_t1c_target_series(roundtrip: RoundTrip) -> None:
     target_sops = set(_sop_uids(roundtrip.study.target.files))
     seg = dcmread(roundtrip.files[SEG], stop_before_pixels=True)
     assert [str(s.SeriesInstanceUID) for s in seg.ReferencedSeriesSequence] == [target_uid]
-    referenced = {str(i.ReferencedSOPInstanceUID) for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    referenced = {
+        str(i.ReferencedSOPInstanceUID)
+        for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    }
     assert referenced and referenced <= target_sops
     rtstruct = dcmread(roundtrip.files[RTSTRUCT])
     study_ref = rtstruct.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
     assert [str(s.SeriesInstanceUID) for s in study_ref.RTReferencedSeriesSequence] == [target_uid]
 
 
-@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy not installed (apt-get install dicom3tools)")
+@pytest.mark.skipif(
+    shutil.which("dciodvfy") is None, reason="dciodvfy not installed (apt-get install dicom3tools)"
+)
 def test_results_pass_dciodvfy(roundtrip: RoundTrip) -> None:
     for sop_class, path in roundtrip.files.items():
         ok, message = dciodvfy(path)
@@ -211,12 +248,16 @@ def test_results_pass_dciodvfy(roundtrip: RoundTrip) -> None:
 def test_seg_dice_against_the_phantom_truth(roundtrip: RoundTrip) -> None:
     dice = seg_dice(roundtrip.files[SEG], roundtrip.study)
     seed = CASES[roundtrip.case]["seed"]
-    assert dice >= 0.85, f"{roundtrip.case}: SEG Dice {dice:.3f} < 0.85 against the truth of held-out phantom seed {seed}"
+    assert dice >= 0.85, (
+        f"{roundtrip.case}: SEG Dice {dice:.3f} < 0.85 against the truth of held-out phantom seed {seed}"
+    )
 
 
 def test_job_tracker_reports_one_job_with_all_stages_completed(roundtrip: RoundTrip) -> None:
     # one study pushed once -> one job (a job started on a partial study would fail or be wasted)
-    assert len(roundtrip.jobs) == 1, [(j["job_id"], j["state"], j.get("failure") or j.get("error")) for j in roundtrip.jobs]
+    assert len(roundtrip.jobs) == 1, [
+        (j["job_id"], j["state"], j.get("failure") or j.get("error")) for j in roundtrip.jobs
+    ]
     job = roundtrip.jobs[0]
     assert job["state"] == "completed", job
     assert set(job["stages"]) == STAGES, sorted(job["stages"])

@@ -16,8 +16,14 @@ def test_heartbeat_keeps_a_live_claim_fresh_and_a_hung_one_lapses(store: ObjectS
     assert live.acquire() is Outcome.ACQUIRED
     live.start_heartbeat()
     time.sleep(1.8)  # longer than the lease: only the heartbeat (every 0.4 s) keeps it fresh
-    assert Claim(store, "jobs/j/s/claim", "ev-1", lease_seconds=1.2).acquire() is Outcome.BUSY_SAME_EVENT
-    assert Claim(store, "jobs/j/s/claim", "ev-2", lease_seconds=1.2).acquire() is Outcome.BUSY_OTHER_EVENT
+    assert (
+        Claim(store, "jobs/j/s/claim", "ev-1", lease_seconds=1.2).acquire()
+        is Outcome.BUSY_SAME_EVENT
+    )
+    assert (
+        Claim(store, "jobs/j/s/claim", "ev-2", lease_seconds=1.2).acquire()
+        is Outcome.BUSY_OTHER_EVENT
+    )
     time.sleep(live.started_at + 2.4 + 1.2 + 0.6 - time.time())  # past max_seconds + lease
     retry = Claim(store, "jobs/j/s/claim", "ev-1", lease_seconds=1.2)
     assert retry.acquire() is Outcome.STALE

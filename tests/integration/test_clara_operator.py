@@ -36,8 +36,16 @@ def pipeline(exit_code: int) -> str:
             "operators": [
                 {
                     "name": "legacy",
-                    "container": {"image": "clara/legacy-op", "tag": "0.8.1", "command": ["python3", "-c", SCRIPT, "/input", "/output"]},
-                    "variables": {"REPORT_PATH": "/publish/report.txt", "GREETING": "hello", "EXIT": str(exit_code)},
+                    "container": {
+                        "image": "clara/legacy-op",
+                        "tag": "0.8.1",
+                        "command": ["python3", "-c", SCRIPT, "/input", "/output"],
+                    },
+                    "variables": {
+                        "REPORT_PATH": "/publish/report.txt",
+                        "GREETING": "hello",
+                        "EXIT": str(exit_code),
+                    },
                     "input": [{"path": "/input"}],
                     "output": [{"path": "/output"}, {"name": "publish", "path": "/publish"}],
                 }
@@ -46,42 +54,62 @@ def pipeline(exit_code: int) -> str:
     )
 
 
-def run_stage(monkeypatch: pytest.MonkeyPatch, settings: StoreSettings, store: ObjectStore, exit_code: int) -> tuple[Any, events.JobRequested]:
+def run_stage(
+    monkeypatch: pytest.MonkeyPatch, settings: StoreSettings, store: ObjectStore, exit_code: int
+) -> tuple[Any, events.JobRequested]:
     p = parse_pipeline(pipeline(exit_code), source="byo.yaml", functions=set())
     op = p.operator("legacy")
     monkeypatch.setenv("RADFLOW_STAGE_SPEC", stage_spec(p, op, timeout_seconds=300).to_env())
     for k, v in {**store_env(settings), **op.variables}.items():
         monkeypatch.setenv(k, v)
     req = seed_study(store, "byo", series=1, instances=3)
-    app = functions_framework.create_app("handle", str(REPO / "src/radflow/functions/clara_operator/main.py")).test_client()
+    app = functions_framework.create_app(
+        "handle", str(REPO / "src/radflow/functions/clara_operator/main.py")
+    ).test_client()
     h, b = events.to_binary(study_event(store, req))
     return app.post("/", headers=h, data=b), req
 
 
-def test_command_runs_with_inputs_and_named_outputs_mapped(monkeypatch: pytest.MonkeyPatch, store_settings: StoreSettings, store: ObjectStore) -> None:
+def test_command_runs_with_inputs_and_named_outputs_mapped(
+    monkeypatch: pytest.MonkeyPatch, store_settings: StoreSettings, store: ObjectStore
+) -> None:
     resp, req = run_stage(monkeypatch, store_settings, store, 0)
     assert resp.status_code == 200, resp.data
     ev = events.from_http(dict(resp.headers), resp.data)
     assert ev["type"] == EventType.STAGE_COMPLETED.value
     assert store.get_bytes(Keys.stage_output(req.job_id, "legacy", "default", "count.txt")) == b"3"
-    assert store.get_bytes(Keys.stage_output(req.job_id, "legacy", "publish", "report.txt")) == b"hello"
-    assert events.parse_payload(ev, events.StageCompleted).summary["output_files"] == {"default": 1, "publish": 1}
+    assert (
+        store.get_bytes(Keys.stage_output(req.job_id, "legacy", "publish", "report.txt"))
+        == b"hello"
+    )
+    assert events.parse_payload(ev, events.StageCompleted).summary["output_files"] == {
+        "default": 1,
+        "publish": 1,
+    }
 
 
-def test_nonzero_exit_is_a_permanent_failure(monkeypatch: pytest.MonkeyPatch, store_settings: StoreSettings, store: ObjectStore) -> None:
+def test_nonzero_exit_is_a_permanent_failure(
+    monkeypatch: pytest.MonkeyPatch, store_settings: StoreSettings, store: ObjectStore
+) -> None:
     resp, _ = run_stage(monkeypatch, store_settings, store, 3)
     ev = events.from_http(dict(resp.headers), resp.data)
     assert ev["type"] == EventType.STAGE_FAILED.value
     assert events.parse_payload(ev, events.StageFailed).reason == "operator_exit_3"
 
 
-def test_exit_75_is_transient(monkeypatch: pytest.MonkeyPatch, store_settings: StoreSettings, store: ObjectStore) -> None:
+def test_exit_75_is_transient(
+    monkeypatch: pytest.MonkeyPatch, store_settings: StoreSettings, store: ObjectStore
+) -> None:
     resp, _ = run_stage(monkeypatch, store_settings, store, 75)
     assert resp.status_code == 503
 
 
 def test_path_mapping_whole_components_only() -> None:
-    paths = {"/input": Path("/tmp/x/in"), "/input/dicom": Path("/tmp/x/dicom"), "/output": Path("/tmp/x/out")}
+    paths = {
+        "/input": Path("/tmp/x/in"),
+        "/input/dicom": Path("/tmp/x/dicom"),
+        "/output": Path("/tmp/x/out"),
+    }
     assert map_paths("/input", paths) == "/tmp/x/in"
     assert map_paths("--in=/input/a.dcm", paths) == "--in=/tmp/x/in/a.dcm"
     assert map_paths("/input/dicom/1.dcm", paths) == "/tmp/x/dicom/1.dcm"

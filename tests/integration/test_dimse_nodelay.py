@@ -12,7 +12,7 @@ from radflow.demo.pacs import LocalPacs
 from radflow.imaging.dimse import NODELAY_HANDLERS
 
 
-def _nodelay(assoc) -> int:  # noqa: ANN001
+def _nodelay(assoc) -> int:
     return int(assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
 
@@ -28,7 +28,9 @@ def test_requestor_and_acceptor_sockets_have_tcp_nodelay(tmp_path: Path) -> None
         plain = ae.associate("127.0.0.1", pacs.port, ae_title=pacs.ae_title)
         assert plain.is_established and _nodelay(plain) == 0  # pynetdicom's own default: Nagle on
         plain.release()
-        assoc = ae.associate("127.0.0.1", pacs.port, ae_title=pacs.ae_title, evt_handlers=NODELAY_HANDLERS)
+        assoc = ae.associate(
+            "127.0.0.1", pacs.port, ae_title=pacs.ae_title, evt_handlers=NODELAY_HANDLERS
+        )
         assert assoc.is_established and _nodelay(assoc) == 1
         assert assoc.send_c_echo().Status == 0x0000
         assoc.release()

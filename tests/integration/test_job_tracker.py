@@ -20,14 +20,18 @@ DAG = {"p": {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]}}
 
 
 @pytest.fixture
-def tracker(monkeypatch: pytest.MonkeyPatch, store_settings: StoreSettings, store: ObjectStore) -> Any:
+def tracker(
+    monkeypatch: pytest.MonkeyPatch, store_settings: StoreSettings, store: ObjectStore
+) -> Any:
     for k, v in store_env(store_settings).items():
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("RADFLOW_DAGS", json.dumps(DAG))
     from radflow.functions.job_tracker import service
 
     service._deps.cache_clear()
-    yield functions_framework.create_app("handle", str(REPO / "src/radflow/functions/job_tracker/main.py")).test_client()
+    yield functions_framework.create_app(
+        "handle", str(REPO / "src/radflow/functions/job_tracker/main.py")
+    ).test_client()
     service._deps.cache_clear()
 
 
@@ -35,7 +39,13 @@ def stage_event(stage: str, job: str = "job-1") -> events.CloudEvent:
     return events.make_event(
         EventType.STAGE_COMPLETED,
         f"/radflow/p/{stage}",
-        events.StageCompleted(job_id=job, pipeline="p", stage=stage, outputs={"o": f"jobs/{job}/{stage}/out/o/"}, duration_ms=1500),
+        events.StageCompleted(
+            job_id=job,
+            pipeline="p",
+            stage=stage,
+            outputs={"o": f"jobs/{job}/{stage}/out/o/"},
+            duration_ms=1500,
+        ),
         id=events.deterministic_id(job, stage, "completed"),
         subject="study-opaque-id",
         extensions={"radflowjob": job, "radflowpipeline": "p", "radflowstage": stage},
@@ -47,7 +57,9 @@ def post(c: Any, ev: events.CloudEvent) -> Any:
     return c.post("/", headers=h, data=b)
 
 
-def test_concurrent_events_build_one_document_and_one_job_completed(tracker: Any, store: ObjectStore) -> None:
+def test_concurrent_events_build_one_document_and_one_job_completed(
+    tracker: Any, store: ObjectStore
+) -> None:
     evs = [stage_event(s) for s in "abcd"] * 3
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
         resps = list(pool.map(lambda e: post(tracker, e), evs))
@@ -60,14 +72,18 @@ def test_concurrent_events_build_one_document_and_one_job_completed(tracker: Any
     assert doc["stages"]["a"]["outputs"] == {"o": store.uri("jobs/job-1/a/out/o/")}
     assert doc["stages"]["a"]["log"] == store.uri("jobs/job-1/a/log.jsonl")
     listing = json.loads(tracker.get("/jobs").data)["jobs"]
-    assert [j["job_id"] for j in listing] == ["job-1"] and listing[0]["study_id"] == "study-opaque-id"
+    assert [j["job_id"] for j in listing] == ["job-1"] and listing[0][
+        "study_id"
+    ] == "study-opaque-id"
     assert tracker.get("/jobs/nope").status_code == 404
 
 
 def test_failed_stage_replies_job_failed(tracker: Any) -> None:
     post(tracker, stage_event("a", job="job-2"))
     failed = events.make_event(
-        EventType.STAGE_FAILED, "/radflow/p/b", events.StageFailed(job_id="job-2", pipeline="p", stage="b", reason="no_series_selected"),
+        EventType.STAGE_FAILED,
+        "/radflow/p/b",
+        events.StageFailed(job_id="job-2", pipeline="p", stage="b", reason="no_series_selected"),
         extensions={"radflowjob": "job-2", "radflowpipeline": "p", "radflowstage": "b"},
     )
     r = post(tracker, failed)
@@ -76,12 +92,16 @@ def test_failed_stage_replies_job_failed(tracker: Any) -> None:
     assert events.parse_payload(ev, events.JobFinished).failed_stage == "b"
 
 
-def test_jobs_cli_lists_and_shows(tracker: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_jobs_cli_lists_and_shows(
+    tracker: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     for s in "ab":
         post(tracker, stage_event(s, job="job-3"))
     assert jobs_cli.main(["jobs"]) == 0
     out = capsys.readouterr().out
-    assert "job-3" in out and "running" in out and "a:completed(1.5s)" in out and "c:pending(-)" in out
+    assert (
+        "job-3" in out and "running" in out and "a:completed(1.5s)" in out and "c:pending(-)" in out
+    )
     assert jobs_cli.main(["jobs", "show", "job-3"]) == 0
     out = capsys.readouterr().out
     assert "stage timeline:" in out and "output o: s3://" in out and "log: s3://" in out
@@ -90,14 +110,19 @@ def test_jobs_cli_lists_and_shows(tracker: Any, monkeypatch: pytest.MonkeyPatch,
     assert jobs_cli.main(["jobs", "show", "missing"]) == 1
 
 
-def test_study_request_records_the_study_instance_uid_for_the_listing(tracker: Any, store: ObjectStore, capsys: pytest.CaptureFixture[str]) -> None:
+def test_study_request_records_the_study_instance_uid_for_the_listing(
+    tracker: Any, store: ObjectStore, capsys: pytest.CaptureFixture[str]
+) -> None:
     from pipeline_support import seed_study, study_event
 
     req = seed_study(store, "p", series=1, instances=1, tag="4242")
     r = post(tracker, study_event(store, req))
     assert r.status_code == 202 and r.data == b""
     doc = json.loads(tracker.get(f"/jobs/{req.job_id}").data)
-    assert doc["study_instance_uid"] == "1.2.826.0.1.3680043.10.14242" and doc["study_id"] == req.study_id
+    assert (
+        doc["study_instance_uid"] == "1.2.826.0.1.3680043.10.14242"
+        and doc["study_id"] == req.study_id
+    )
     assert doc["state"] == "running" and set(doc["stages"]) == {"a", "b", "c", "d"}
     assert jobs_cli.main(["jobs"]) == 0
     assert "1.2.826.0.1.3680043.10.14242" in capsys.readouterr().out

@@ -34,15 +34,23 @@ def knative_dir(tmp_path: Path, repo_root: Path) -> Path:
     return out
 
 
-def _broker(knative_dir: Path, tmp_path: Path, store_settings: StoreSettings, **kw: object) -> MiniBroker:
-    env = {**store_env(store_settings), "RUN_LOG": str(tmp_path / "runs.log"), "RADFLOW_CLAIM_LEASE_SECONDS": "2"}
+def _broker(
+    knative_dir: Path, tmp_path: Path, store_settings: StoreSettings, **kw: object
+) -> MiniBroker:
+    env = {
+        **store_env(store_settings),
+        "RUN_LOG": str(tmp_path / "runs.log"),
+        "RADFLOW_CLAIM_LEASE_SECONDS": "2",
+    }
     env.update(kw.pop("env", {}))  # type: ignore[arg-type]
     (tmp_path / "logs").mkdir(exist_ok=True)
     return MiniBroker(knative_dir, env, tmp_path / "logs", **kw)  # type: ignore[arg-type]
 
 
 @pytest.fixture
-def broker(knative_dir: Path, tmp_path: Path, store_settings: StoreSettings, store: ObjectStore) -> Iterator[MiniBroker]:
+def broker(
+    knative_dir: Path, tmp_path: Path, store_settings: StoreSettings, store: ObjectStore
+) -> Iterator[MiniBroker]:
     b = _broker(knative_dir, tmp_path, store_settings, duplicates=2)
     b.start()
     yield b
@@ -56,9 +64,13 @@ def _completed_types(b: MiniBroker) -> dict[str, list[str]]:
     return out
 
 
-def test_duplicated_deliveries_run_every_stage_exactly_once(broker: MiniBroker, store: ObjectStore, tmp_path: Path) -> None:
+def test_duplicated_deliveries_run_every_stage_exactly_once(
+    broker: MiniBroker, store: ObjectStore, tmp_path: Path
+) -> None:
     req = seed_study(store, "fan-in-example", series=2, instances=2)
-    ev = study_event(store, req, traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    ev = study_event(
+        store, req, traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    )
     broker.publish(ev)
     broker.publish(ev)  # the adapter's own retry: same id
     broker.wait_idle()
@@ -72,7 +84,11 @@ def test_duplicated_deliveries_run_every_stage_exactly_once(broker: MiniBroker, 
     report = [i.key for i in store.list(Keys.stage_output(req.job_id, "report", "report"))]
     assert len(report) == 8
     # one distinct completion per stage (duplicates carry the same deterministic id)
-    completed = {e["id"]: e["radflowstage"] for e in broker.published if e["type"] == EventType.STAGE_COMPLETED.value}
+    completed = {
+        e["id"]: e["radflowstage"]
+        for e in broker.published
+        if e["type"] == EventType.STAGE_COMPLETED.value
+    }
     assert sorted(completed.values()) == STAGES
     for e in broker.published:
         if e["type"] == EventType.STAGE_COMPLETED.value:
@@ -86,8 +102,12 @@ def test_duplicated_deliveries_run_every_stage_exactly_once(broker: MiniBroker, 
     assert not broker.dead_letters
 
 
-def test_function_killed_mid_run_is_redone_once_by_the_retry(knative_dir: Path, tmp_path: Path, store_settings: StoreSettings, store: ObjectStore) -> None:
-    b = _broker(knative_dir, tmp_path, store_settings, env={"SLEEP_SECONDS": "1.5"}, backoff_delay=0.5)
+def test_function_killed_mid_run_is_redone_once_by_the_retry(
+    knative_dir: Path, tmp_path: Path, store_settings: StoreSettings, store: ObjectStore
+) -> None:
+    b = _broker(
+        knative_dir, tmp_path, store_settings, env={"SLEEP_SECONDS": "1.5"}, backoff_delay=0.5
+    )
     killed = threading.Event()
     target = "fan-in-example-join"
 
@@ -95,6 +115,7 @@ def test_function_killed_mid_run_is_redone_once_by_the_retry(knative_dir: Path, 
         # the first delivery that will run join: kill its process 0.5 s into the run, then
         # bring a fresh process up (the function host scaling from zero)
         if service == target and not killed.is_set() and attempt == 0:
+
             def later() -> None:
                 import time
 

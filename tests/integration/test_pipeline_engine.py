@@ -21,10 +21,16 @@ pytestmark = pytest.mark.slow
 STAGES = ["ingest", "join", "left", "report", "right"]
 
 
-def test_fan_in_example_through_the_engine_runs_each_stage_once(tmp_path: Path, repo_root: Path, store_settings: StoreSettings, store: ObjectStore) -> None:
+def test_fan_in_example_through_the_engine_runs_each_stage_once(
+    tmp_path: Path, repo_root: Path, store_settings: StoreSettings, store: ObjectStore
+) -> None:
     # a Service's own env wins over the engine's base env (as on Knative): put RUN_LOG in the pipeline
     src = tmp_path / "fan-in-example.yaml"
-    src.write_text((repo_root / "pipelines/examples/fan-in-example.yaml").read_text().replace('RUN_LOG: ""', f"RUN_LOG: {tmp_path / 'runs.log'}"))
+    src.write_text(
+        (repo_root / "pipelines/examples/fan-in-example.yaml")
+        .read_text()
+        .replace('RUN_LOG: ""', f"RUN_LOG: {tmp_path / 'runs.log'}")
+    )
     kn = tmp_path / "knative"
     write_files(compile_pipelines([src], kn, root=tmp_path))
     engine = EngineDriver(kn, store_env(store_settings), tmp_path / "state")

@@ -37,7 +37,9 @@ def _skip_reason() -> str | None:
 
 @pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
 @pytest.mark.parametrize("driver", ["minibroker", "engine"])
-def test_brain_study_to_seg_and_rtstruct_at_mypacs(driver: str, tmp_path: Path, store_settings: StoreSettings, store: ObjectStore) -> None:
+def test_brain_study_to_seg_and_rtstruct_at_mypacs(
+    driver: str, tmp_path: Path, store_settings: StoreSettings, store: ObjectStore
+) -> None:
     import pydicom
 
     from radflow.demo.study import make_study  # type: ignore[import-not-found]
@@ -50,31 +52,76 @@ def test_brain_study_to_seg_and_rtstruct_at_mypacs(driver: str, tmp_path: Path, 
         key = Keys.instance(sid, ds.SeriesInstanceUID, ds.SOPInstanceUID)
         data = f.read_bytes()
         store.put_bytes(key, data)
-        refs.append(InstanceRef(sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID, series_instance_uid=ds.SeriesInstanceUID,
-                                transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, key=key, size=len(data), sha256="0" * 64))  # fmt: skip
+        refs.append(
+            InstanceRef(
+                sop_instance_uid=ds.SOPInstanceUID,
+                sop_class_uid=ds.SOPClassUID,
+                series_instance_uid=ds.SeriesInstanceUID,
+                transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
+                key=key,
+                size=len(data),
+                sha256="0" * 64,
+            )
+        )
     study_uid = str(ds.StudyInstanceUID)
-    sid, gid = events.deterministic_id("study", study_uid), events.deterministic_id("group", study_uid)
-    manifest = StudyManifest(study_id=sid, study_instance_uid=study_uid, group_id=gid, called_ae="RADFLOW", instances=refs)
+    sid, gid = (
+        events.deterministic_id("study", study_uid),
+        events.deterministic_id("group", study_uid),
+    )
+    manifest = StudyManifest(
+        study_id=sid,
+        study_instance_uid=study_uid,
+        group_id=gid,
+        called_ae="RADFLOW",
+        instances=refs,
+    )
     store.put_bytes(Keys.manifest(sid, gid), manifest.model_dump_json().encode())
-    req = events.JobRequested(job_id=events.deterministic_id(gid, "brain-tumor-segmentation", "0"), pipeline="brain-tumor-segmentation",
-                              study_id=sid, group_id=gid, manifest_key=Keys.manifest(sid, gid), instance_count=len(refs), called_ae="RADFLOW")  # fmt: skip
+    req = events.JobRequested(
+        job_id=events.deterministic_id(gid, "brain-tumor-segmentation", "0"),
+        pipeline="brain-tumor-segmentation",
+        study_id=sid,
+        group_id=gid,
+        manifest_key=Keys.manifest(sid, gid),
+        instance_count=len(refs),
+        called_ae="RADFLOW",
+    )
 
     port = free_port()
     pacs = tmp_path / "pacs"
     pacs.mkdir()
-    scp = subprocess.Popen(["storescp", "-aet", "MYPACS", "-od", str(pacs), str(port)], env={**os.environ, "TCP_NODELAY": "1"})
+    scp = subprocess.Popen(
+        ["storescp", "-aet", "MYPACS", "-od", str(pacs), str(port)],
+        env={**os.environ, "TCP_NODELAY": "1"},
+    )
     assert wait_for_port("127.0.0.1", port, 10)
-    store.put_bytes("config/dicom-adapter.json", json.dumps({"destinations": [{"name": "MYPACS", "ae-title": "MYPACS", "host-ip": "127.0.0.1", "port": port}]}).encode())
+    store.put_bytes(
+        "config/dicom-adapter.json",
+        json.dumps(
+            {
+                "destinations": [
+                    {"name": "MYPACS", "ae-title": "MYPACS", "host-ip": "127.0.0.1", "port": port}
+                ]
+            }
+        ).encode(),
+    )
     # no Triton server here: triton-infer's in-process ONNX Runtime backend, set in the pipeline
     # (a Service's env wins over the engine's base env, as on Knative)
     src = tmp_path / "brain-tumor-segmentation.yaml"
     text = (REPO / "pipelines/brain-tumor-segmentation.yaml").read_text()
-    src.write_text(text.replace("TRITON_BACKEND: triton", "TRITON_BACKEND: onnxruntime").replace('TRITON_MODEL_REPOSITORY: ""', f"TRITON_MODEL_REPOSITORY: {MODELS}"))
+    src.write_text(
+        text.replace("TRITON_BACKEND: triton", "TRITON_BACKEND: onnxruntime").replace(
+            'TRITON_MODEL_REPOSITORY: ""', f"TRITON_MODEL_REPOSITORY: {MODELS}"
+        )
+    )
     kn = tmp_path / "knative"
     write_files(compile_pipelines([src], kn, root=tmp_path))
     (tmp_path / "logs").mkdir()
     env = {**store_env(store_settings), "TCP_NODELAY": "1"}
-    broker: MiniBroker | EngineDriver = MiniBroker(kn, env, tmp_path / "logs", timeout=300) if driver == "minibroker" else EngineDriver(kn, env, tmp_path / "state")
+    broker: MiniBroker | EngineDriver = (
+        MiniBroker(kn, env, tmp_path / "logs", timeout=300)
+        if driver == "minibroker"
+        else EngineDriver(kn, env, tmp_path / "state")
+    )
     try:
         broker.start()
         broker.publish(study_event(store, req))

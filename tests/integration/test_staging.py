@@ -28,12 +28,14 @@ from radflow.sdk.storage import Changed, Fetched, Keys, NotFound, ObjectStore
 class CountingStore(ObjectStore):
     """The real store, counting the bytes every read brings back per key."""
 
-    def __init__(self, settings) -> None:  # noqa: ANN001
+    def __init__(self, settings) -> None:
         super().__init__(settings)
         self.read_bytes: Counter[str] = Counter()
         self._count_lock = threading.Lock()
 
-    def get_range(self, key: str, start: int = 0, length: int | None = None, *, if_match: str | None = None) -> Fetched:
+    def get_range(
+        self, key: str, start: int = 0, length: int | None = None, *, if_match: str | None = None
+    ) -> Fetched:
         got = super().get_range(key, start, length, if_match=if_match)
         with self._count_lock:
             self.read_bytes[key] += len(got.data)
@@ -87,7 +89,11 @@ def test_iter_objects_yields_every_object_in_key_order(store: ObjectStore) -> No
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _fill(folder: Path, n: int, *, big: bool = True) -> None:
@@ -99,19 +105,23 @@ def _fill(folder: Path, n: int, *, big: bool = True) -> None:
         (folder / "volume.nii.gz").write_bytes(b"v" * (staging.BUNDLE_MAX_MEMBER + 1))
 
 
-def test_many_small_files_travel_as_bundles_and_arrive_unchanged(store: ObjectStore, tmp_path: Path) -> None:
+def test_many_small_files_travel_as_bundles_and_arrive_unchanged(
+    store: ObjectStore, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     _fill(out, 40)
     prefix, count = staging.upload_output(store, "job", "parser", "dicom", out)
     assert count == 41
-    names = sorted(i.key[len(prefix):] for i in store.list(prefix))
+    names = sorted(i.key[len(prefix) :] for i in store.list(prefix))
     assert names == ["@bundle-0000.tar", "volume.nii.gz"]  # 40 small files -> one object
     got = tmp_path / "in"
     assert staging.stage_output_in(store, "job", "parser", "dicom", got) == 41
     assert _tree(got) == _tree(out)
 
 
-def test_bundled_output_rerun_overwrites_the_same_keys_and_drops_leftovers(store: ObjectStore, tmp_path: Path) -> None:
+def test_bundled_output_rerun_overwrites_the_same_keys_and_drops_leftovers(
+    store: ObjectStore, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     _fill(out, 20, big=False)
     prefix, _ = staging.upload_output(store, "job", "w", "o", out)
@@ -121,7 +131,7 @@ def test_bundled_output_rerun_overwrites_the_same_keys_and_drops_leftovers(store
     smaller = tmp_path / "smaller"
     _fill(smaller, 3, big=False)  # a rerun writing fewer files: single objects, old bundle gone
     staging.upload_output(store, "job", "w", "o", smaller)
-    assert sorted(i.key[len(prefix):] for i in store.list(prefix)) == sorted(_tree(smaller))
+    assert sorted(i.key[len(prefix) :] for i in store.list(prefix)) == sorted(_tree(smaller))
     got = tmp_path / "in"
     staging.stage_output_in(store, "job", "w", "o", got)
     assert _tree(got) == _tree(smaller)
@@ -138,28 +148,59 @@ def _seed(store: ObjectStore, files: list[Path], pipeline: str = "parse") -> eve
         store.put_file(key, path)
         refs.append(
             InstanceRef(
-                sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID, series_instance_uid=ds.SeriesInstanceUID,
-                transfer_syntax_uid=ds.file_meta.TransferSyntaxUID, key=key, size=path.stat().st_size, sha256="0" * 64,
+                sop_instance_uid=ds.SOPInstanceUID,
+                sop_class_uid=ds.SOPClassUID,
+                series_instance_uid=ds.SeriesInstanceUID,
+                transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
+                key=key,
+                size=path.stat().st_size,
+                sha256="0" * 64,
             )
-        )  # fmt: skip
-    manifest = StudyManifest(study_id="study", study_instance_uid="1.2.3", group_id="g", called_ae="RADFLOW", instances=refs)
+        )
+    manifest = StudyManifest(
+        study_id="study",
+        study_instance_uid="1.2.3",
+        group_id="g",
+        called_ae="RADFLOW",
+        instances=refs,
+    )
     store.put_bytes(Keys.manifest("study", "g"), manifest.model_dump_json().encode())
     return events.JobRequested(
-        job_id=events.deterministic_id("g", pipeline), pipeline=pipeline, study_id="study", group_id="g",
-        manifest_key=Keys.manifest("study", "g"), instance_count=len(refs), called_ae="RADFLOW",
-    )  # fmt: skip
+        job_id=events.deterministic_id("g", pipeline),
+        pipeline=pipeline,
+        study_id="study",
+        group_id="g",
+        manifest_key=Keys.manifest("study", "g"),
+        instance_count=len(refs),
+        called_ae="RADFLOW",
+    )
 
 
-def test_header_first_staging_reads_headers_and_completes_only_what_is_asked(store: ObjectStore, tmp_path: Path) -> None:
+def test_header_first_staging_reads_headers_and_completes_only_what_is_asked(
+    store: ObjectStore, tmp_path: Path
+) -> None:
     study = make_study(tmp_path / "study", (4, 128, 128), seed=3, decoys=False, other_series=False)
     files = sorted(study.files)
     req = _seed(store, files)
     manifest = staging.load_manifest(store, req.manifest_key)
     partial = staging.PartialFiles(store)
     folder = tmp_path / "in"
-    assert staging.stage_study_headers(store, manifest, folder, partial, pixel_data_offset) == len(files)
-    staged = {ref.key: folder / ref.series_instance_uid / f"{ref.sop_instance_uid}.dcm" for ref in manifest.instances}
-    by_key = {Keys.instance("study", *(lambda d: (d.SeriesInstanceUID, d.SOPInstanceUID))(pydicom.dcmread(f, stop_before_pixels=True))): f for f in files}  # fmt: skip
+    assert staging.stage_study_headers(store, manifest, folder, partial, pixel_data_offset) == len(
+        files
+    )
+    staged = {
+        ref.key: folder / ref.series_instance_uid / f"{ref.sop_instance_uid}.dcm"
+        for ref in manifest.instances
+    }
+    by_key = {
+        Keys.instance(
+            "study",
+            *(lambda d: (d.SeriesInstanceUID, d.SOPInstanceUID))(
+                pydicom.dcmread(f, stop_before_pixels=True)
+            ),
+        ): f
+        for f in files
+    }
     assert len(partial) == len(files)
     for key, path in staged.items():
         original = by_key[key].read_bytes()
@@ -177,8 +218,19 @@ def test_header_first_staging_reads_headers_and_completes_only_what_is_asked(sto
         partial.complete([staged[rest[0]]])
 
 
-SELECT_T1C = {"selections": [{"name": "T1C", "conditions": {"Modality": "(?i)^MR", "StudyDescription": "(?i)Brain",
-              "ImageType": ["ORIGINAL", "PRIMARY"], "SeriesDescription": "^(?=.*T1c)(?!.*(ref|rfmt|[0-9]x[0-9])).*"}}]}  # fmt: skip
+SELECT_T1C = {
+    "selections": [
+        {
+            "name": "T1C",
+            "conditions": {
+                "Modality": "(?i)^MR",
+                "StudyDescription": "(?i)Brain",
+                "ImageType": ["ORIGINAL", "PRIMARY"],
+                "SeriesDescription": "^(?=.*T1c)(?!.*(ref|rfmt|[0-9]x[0-9])).*",
+            },
+        }
+    ]
+}
 PARSER_PIPELINE = """\
 api-version: 0.4.0
 name: parse
@@ -191,41 +243,71 @@ operators:
 """
 
 
-def test_dicom_parser_downloads_pixels_of_the_selected_series_only(store_settings, tmp_path: Path) -> None:  # noqa: ANN001
+def test_dicom_parser_downloads_pixels_of_the_selected_series_only(
+    store_settings, tmp_path: Path
+) -> None:
     """Decoys' pixel data never leaves the store; selection and trace equal a full local run."""
     study = make_study(tmp_path / "study", (6, 128, 128), seed=7)
     files = sorted(study.files)
     rules = base64.b64encode(json.dumps(SELECT_T1C).encode()).decode()
-    pipeline = parse_pipeline(PARSER_PIPELINE % rules, source="parse.yaml", functions={"dicom_parser"})
+    pipeline = parse_pipeline(
+        PARSER_PIPELINE % rules, source="parse.yaml", functions={"dicom_parser"}
+    )
     op = pipeline.operator("dicom-parser")
     store = CountingStore(store_settings)
     store.ensure_bucket()
     req = _seed(store, files)
-    runtime = StageRuntime(stage_spec(pipeline, op, timeout_seconds=300), store, dict(op.variables), work_dir=tmp_path)
+    runtime = StageRuntime(
+        stage_spec(pipeline, op, timeout_seconds=300), store, dict(op.variables), work_dir=tmp_path
+    )
     headers, body = events.to_binary(study_event(store, req))
     _, status, reply_headers = runtime.handle(headers, body, parser_logic.run)
     assert status == 200 and reply_headers["ce-type"] == EventType.STAGE_COMPLETED.value
 
     target = {str(f) for f in study.target.files}
-    sizes = {Keys.instance("study", ds.SeriesInstanceUID, ds.SOPInstanceUID): (f.stat().st_size, str(f) in target)
-             for f in files for ds in [pydicom.dcmread(f, stop_before_pixels=True)]}  # fmt: skip
-    big_decoys = [k for k, (size, selected) in sizes.items() if not selected and size > staging.HEADER_PREFIX_BYTES]
+    sizes = {
+        Keys.instance("study", ds.SeriesInstanceUID, ds.SOPInstanceUID): (
+            f.stat().st_size,
+            str(f) in target,
+        )
+        for f in files
+        for ds in [pydicom.dcmread(f, stop_before_pixels=True)]
+    }
+    big_decoys = [
+        k
+        for k, (size, selected) in sizes.items()
+        if not selected and size > staging.HEADER_PREFIX_BYTES
+    ]
     assert len(big_decoys) >= 12  # "T1c ref" and the other full-size series
     for key, (size, selected) in sizes.items():
-        assert store.read_bytes[key] == size if selected else store.read_bytes[key] <= staging.HEADER_PREFIX_BYTES
+        assert (
+            store.read_bytes[key] == size
+            if selected
+            else store.read_bytes[key] <= staging.HEADER_PREFIX_BYTES
+        )
 
     # the same study parsed from whole local files gives the same selection, trace and volume
-    local = StageContext(job_id="j", pipeline="parse", stage="dicom-parser", inputs={"default": study.root},
-                         outputs={"volumes": tmp_path / "v", "dicom": tmp_path / "d"}, variables=dict(op.variables),
-                         work_dir=tmp_path)  # fmt: skip
+    local = StageContext(
+        job_id="j",
+        pipeline="parse",
+        stage="dicom-parser",
+        inputs={"default": study.root},
+        outputs={"volumes": tmp_path / "v", "dicom": tmp_path / "d"},
+        variables=dict(op.variables),
+        work_dir=tmp_path,
+    )
     for folder in local.outputs.values():
         folder.mkdir()
     parser_logic.run(local)
     staged = tmp_path / "staged"
     staging.stage_output_in(store, req.job_id, "dicom-parser", "volumes", staged)
     for name in ("selected-series.json", "series-images.json", "dicom-metadata.json"):
-        assert json.loads((staged / name).read_text()) == json.loads((tmp_path / "v" / name).read_text()), name
-    trace, local_trace = (json.loads((d / "match-trace.json").read_text()) for d in (staged, tmp_path / "v"))
+        assert json.loads((staged / name).read_text()) == json.loads(
+            (tmp_path / "v" / name).read_text()
+        ), name
+    trace, local_trace = (
+        json.loads((d / "match-trace.json").read_text()) for d in (staged, tmp_path / "v")
+    )
     assert trace["series"] == local_trace["series"] and trace["rules"] == local_trace["rules"]
     volume = next(p.name for p in staged.glob("*.nii.gz"))
     from radflow.imaging.volume import read_volume

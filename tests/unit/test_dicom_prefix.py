@@ -9,7 +9,11 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 
 from radflow.imaging.dicom_prefix import pixel_data_offset
 from radflow.sdk.staging import NeedMoreBytes
@@ -21,7 +25,12 @@ def _pydicom_offset(data: bytes) -> int | None:
     buffer = io.BytesIO(data)
     pydicom.dcmread(buffer, stop_before_pixels=True)
     offset = buffer.tell()
-    return offset if data[offset : offset + 4] in (b"\xe0\x7f\x10\x00", b"\xe0\x7f\x08\x00", b"\xe0\x7f\x09\x00") else None
+    return (
+        offset
+        if data[offset : offset + 4]
+        in (b"\xe0\x7f\x10\x00", b"\xe0\x7f\x08\x00", b"\xe0\x7f\x09\x00")
+        else None
+    )
 
 
 def _files() -> list[Path]:
@@ -74,7 +83,11 @@ def _file(syntax: str, **extra: object) -> bytes:
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
 def test_nested_sequences_in_both_little_endian_syntaxes(syntax: str) -> None:
     data = _file(syntax)
-    assert pixel_data_offset(data) == _pydicom_offset(data) == len(data) - 8 - (12 if syntax == ExplicitVRLittleEndian else 8)
+    assert (
+        pixel_data_offset(data)
+        == _pydicom_offset(data)
+        == len(data) - 8 - (12 if syntax == ExplicitVRLittleEndian else 8)
+    )
 
 
 def test_what_it_cannot_walk_is_none_not_a_guess() -> None:

@@ -6,7 +6,9 @@ from radflow.sdk import events
 
 
 def test_binary_round_trip_keeps_extensions_and_content_type() -> None:
-    ev = events.make_event(events.EventType.STAGE_COMPLETED, "/op", {"a": 1}, extensions={"radflowjob": "j1"})
+    ev = events.make_event(
+        events.EventType.STAGE_COMPLETED, "/op", {"a": 1}, extensions={"radflowjob": "j1"}
+    )
     headers, body = events.to_binary(ev)
     assert headers["content-type"] == "application/json"
     assert headers["ce-type"] == "dev.radflow.stage.completed.v1"
@@ -31,7 +33,9 @@ def test_bad_extension_name_rejected() -> None:
 
 
 def test_payload_error_names_the_field_not_the_value() -> None:
-    ev = events.make_event("t", "/s", {"job_id": "j", "pipeline": "p", "stage": "s", "reason": 5, "message": "SECRET"})
+    ev = events.make_event(
+        "t", "/s", {"job_id": "j", "pipeline": "p", "stage": "s", "reason": 5, "message": "SECRET"}
+    )
     ev2 = events.make_event("t", "/s", {"job_id": "j"})
     with pytest.raises(events.InvalidEvent, match="pipeline"):
         events.parse_payload(ev2, events.StageFailed)

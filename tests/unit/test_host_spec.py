@@ -21,30 +21,65 @@ from radflow.sdk.errors import ConfigError
 PY = sys.executable
 
 
-def service(container: dict[str, Any], annotations: dict[str, str] | None = None, **pod: Any) -> dict[str, Any]:
+def service(
+    container: dict[str, Any], annotations: dict[str, str] | None = None, **pod: Any
+) -> dict[str, Any]:
     return {
         "apiVersion": "serving.knative.dev/v1",
         "kind": "Service",
         "metadata": {"name": "seg-writer"},
-        "spec": {"template": {"metadata": {"annotations": annotations or {}}, "spec": {"containers": [container], **pod}}},
+        "spec": {
+            "template": {
+                "metadata": {"annotations": annotations or {}},
+                "spec": {"containers": [container], **pod},
+            }
+        },
     }
 
 
-FN = {"image": "radflow/seg-writer", "env": [{"name": "FUNCTION_TARGET", "value": "handle"},
-                                             {"name": "FUNCTION_SOURCE", "value": "src/radflow/functions/seg_writer/main.py"}]}  # fmt: skip
+FN = {
+    "image": "radflow/seg-writer",
+    "env": [
+        {"name": "FUNCTION_TARGET", "value": "handle"},
+        {"name": "FUNCTION_SOURCE", "value": "src/radflow/functions/seg_writer/main.py"},
+    ],
+}
 
 
 def test_defaults_follow_knative() -> None:
     spec = parse_service(service(FN))
-    assert (spec.timeout_s, spec.container_concurrency, spec.min_scale, spec.max_scale) == (300, 0, 0, 0)
-    assert (spec.window_s, spec.retention_s, spec.slot_limit, spec.revision) == (60, 0, 100, "seg-writer-00001")
+    assert (spec.timeout_s, spec.container_concurrency, spec.min_scale, spec.max_scale) == (
+        300,
+        0,
+        0,
+        0,
+    )
+    assert (spec.window_s, spec.retention_s, spec.slot_limit, spec.revision) == (
+        60,
+        0,
+        100,
+        "seg-writer-00001",
+    )
 
 
 def test_annotations_and_durations() -> None:
-    ann = {f"autoscaling.knative.dev/{k}": v for k, v in
-           {"min-scale": "1", "max-scale": "3", "window": "1m30s", "scale-to-zero-pod-retention-period": "500ms"}.items()}  # fmt: skip
+    ann = {
+        f"autoscaling.knative.dev/{k}": v
+        for k, v in {
+            "min-scale": "1",
+            "max-scale": "3",
+            "window": "1m30s",
+            "scale-to-zero-pod-retention-period": "500ms",
+        }.items()
+    }
     spec = parse_service(service(FN, ann, containerConcurrency=1, timeoutSeconds=600))
-    assert (spec.min_scale, spec.max_scale, spec.window_s, spec.retention_s, spec.slot_limit) == (1, 3, 90, 0.5, 1)
+    assert (spec.min_scale, spec.max_scale, spec.window_s, spec.retention_s, spec.slot_limit) == (
+        1,
+        3,
+        90,
+        0.5,
+        1,
+    )
 
 
 @pytest.mark.parametrize(
@@ -52,17 +87,29 @@ def test_annotations_and_durations() -> None:
     [
         ({"timeoutSeconds": 601}, {}, r"timeoutSeconds: 601 is out of range"),
         ({"containerConcurrency": -1}, {}, r"containerConcurrency"),
-        ({}, {"autoscaling.knative.dev/min-scale": "3", "autoscaling.knative.dev/max-scale": "2"}, "min-scale 3 is greater"),
+        (
+            {},
+            {"autoscaling.knative.dev/min-scale": "3", "autoscaling.knative.dev/max-scale": "2"},
+            "min-scale 3 is greater",
+        ),
         ({}, {"autoscaling.knative.dev/window": "soon"}, "not a duration"),
     ],
 )
-def test_invalid_serving_settings_name_the_service(pod: dict[str, Any], annotations: dict[str, str], match: str) -> None:
+def test_invalid_serving_settings_name_the_service(
+    pod: dict[str, Any], annotations: dict[str, str], match: str
+) -> None:
     with pytest.raises(ConfigError, match=f"Service default/seg-writer.*{match}"):
         parse_service(service(FN, annotations, **pod))
 
 
 def test_value_from_and_reserved_env_are_refused() -> None:
-    secret = {**FN, "env": [*FN["env"], {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}
+    secret = {
+        **FN,
+        "env": [
+            *FN["env"],
+            {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+        ],
+    }
     with pytest.raises(ConfigError, match="seg-writer: env TOKEN uses valueFrom"):
         parse_service(service(secret))
     reserved = {**FN, "env": [*FN["env"], {"name": "K_SERVICE", "value": "x"}]}
@@ -71,21 +118,51 @@ def test_value_from_and_reserved_env_are_refused() -> None:
 
 
 def test_function_image_runs_functions_framework() -> None:
-    env = {"FUNCTION_TARGET": "handle", "FUNCTION_SOURCE": "src/radflow/functions/seg_writer/main.py", "PORT": "8123"}
+    env = {
+        "FUNCTION_TARGET": "handle",
+        "FUNCTION_SOURCE": "src/radflow/functions/seg_writer/main.py",
+        "PORT": "8123",
+    }
     assert container_argv(FN, env, PY, "127.0.0.1", "x") == [
-        PY, "-m", "functions_framework", "--target", "handle", "--source", "src/radflow/functions/seg_writer/main.py",
-        "--signature-type", "http", "--host", "127.0.0.1", "--port", "8123",
-    ]  # fmt: skip
+        PY,
+        "-m",
+        "functions_framework",
+        "--target",
+        "handle",
+        "--source",
+        "src/radflow/functions/seg_writer/main.py",
+        "--signature-type",
+        "http",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8123",
+    ]
 
 
 def test_command_resolves_to_the_interpreters_venv() -> None:
     bin_dir = Path(PY).parent
-    argv = container_argv({"command": ["python", "-m", "x"], "args": ["--port", "$(PORT)"]}, {"PORT": "9"}, PY, "h", "x")
+    argv = container_argv(
+        {"command": ["python", "-m", "x"], "args": ["--port", "$(PORT)"]},
+        {"PORT": "9"},
+        PY,
+        "h",
+        "x",
+    )
     assert argv == [PY, "-m", "x", "--port", "9"]
     ff = bin_dir / "functions-framework"
-    if ff.exists():  # a console script runs through the interpreter (copied venvs keep stale #! lines)
-        assert container_argv({"command": ["functions-framework"]}, {}, PY, "h", "x") == [PY, str(ff)]
-    assert container_argv({"command": ["sh", "-c", "echo"]}, {}, PY, "h", "x") == ["sh", "-c", "echo"]
+    if (
+        ff.exists()
+    ):  # a console script runs through the interpreter (copied venvs keep stale #! lines)
+        assert container_argv({"command": ["functions-framework"]}, {}, PY, "h", "x") == [
+            PY,
+            str(ff),
+        ]
+    assert container_argv({"command": ["sh", "-c", "echo"]}, {}, PY, "h", "x") == [
+        "sh",
+        "-c",
+        "echo",
+    ]
 
 
 def test_container_without_command_or_function_env_is_refused() -> None:
@@ -98,16 +175,23 @@ def test_kubernetes_variable_expansion() -> None:
 
 
 def deployment(name: str, labels: dict[str, str], namespace: str = "default") -> Any:
-    return parse_deployment({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        "spec": {"template": {"spec": {"containers": [{"image": "i", "command": ["true"]}]}}},
-    })  # fmt: skip
+    return parse_deployment(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": {"template": {"spec": {"containers": [{"image": "i", "command": ["true"]}]}}},
+        }
+    )
 
 
 def binding(subject: dict[str, Any], **spec: Any) -> dict[str, Any]:
     subject = {"apiVersion": "apps/v1", "kind": "Deployment", **subject}
-    return {"kind": "SinkBinding", "metadata": {"name": "b", "namespace": "default"}, "spec": {"subject": subject, **spec}}
+    return {
+        "kind": "SinkBinding",
+        "metadata": {"name": "b", "namespace": "default"},
+        "spec": {"subject": subject, **spec},
+    }
 
 
 def test_sinkbinding_subject_by_name_selector_and_namespace() -> None:
@@ -116,22 +200,35 @@ def test_sinkbinding_subject_by_name_selector_and_namespace() -> None:
     assert not binding_matches(binding({"name": "other"}), adapter)
     assert binding_matches(binding({"selector": {"matchLabels": {"app": "dicom"}}}), adapter)
     assert not binding_matches(binding({"selector": {"matchLabels": {"app": "web"}}}), adapter)
-    expr = {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["edge"]}, {"key": "x", "operator": "DoesNotExist"}]}
+    expr = {
+        "matchExpressions": [
+            {"key": "tier", "operator": "In", "values": ["edge"]},
+            {"key": "x", "operator": "DoesNotExist"},
+        ]
+    }
     assert binding_matches(binding({"selector": expr}), adapter)
-    assert not binding_matches(binding({"name": "dicom-adapter"}), deployment("dicom-adapter", {}, namespace="other"))
+    assert not binding_matches(
+        binding({"name": "dicom-adapter"}), deployment("dicom-adapter", {}, namespace="other")
+    )
     assert not binding_matches(binding({"name": "dicom-adapter", "kind": "StatefulSet"}), adapter)
 
 
 def test_ce_overrides_like_go_json_marshal() -> None:
     assert ce_overrides_json(binding({"name": "x"})) == ""
     assert ce_overrides_json(binding({"name": "x"}, ceOverrides={})) == "{}"
-    assert ce_overrides_json(binding({"name": "x"}, ceOverrides={"extensions": {"z": 1, "a": "é&"}})) == (
-        '{"extensions":{"a":"é\\u0026","z":"1"}}'
-    )
+    assert ce_overrides_json(
+        binding({"name": "x"}, ceOverrides={"extensions": {"z": 1, "a": "é&"}})
+    ) == ('{"extensions":{"a":"é\\u0026","z":"1"}}')
 
 
 def test_function_host_refuses_an_unmappable_container_before_starting(tmp_path: Path) -> None:
     from radflow.engine.host import FunctionHost
 
-    with pytest.raises(ConfigError, match="Service default/seg-writer: container 'nginx' has no command"):
-        FunctionHost(services=[service({"name": "nginx", "image": "nginx"})], workdir=tmp_path, state_dir=tmp_path)
+    with pytest.raises(
+        ConfigError, match="Service default/seg-writer: container 'nginx' has no command"
+    ):
+        FunctionHost(
+            services=[service({"name": "nginx", "image": "nginx"})],
+            workdir=tmp_path,
+            state_dir=tmp_path,
+        )

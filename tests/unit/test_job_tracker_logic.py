@@ -9,12 +9,28 @@ from radflow.functions.job_tracker import logic
 DAG = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]}
 
 
-def completed(stage: str, eid: str, when: str = "2026-01-01T00:00:10+00:00", ms: float = 2000) -> tuple[dict[str, Any], dict[str, Any]]:
-    attrs = {"id": eid, "type": "dev.radflow.stage.completed.v1", "time": when, "subject": "study-1", "radflowstage": stage}
-    return attrs, {"job_id": "j", "pipeline": "p", "stage": stage, "duration_ms": ms, "outputs": {"o": f"jobs/j/{stage}/out/o/"}}
+def completed(
+    stage: str, eid: str, when: str = "2026-01-01T00:00:10+00:00", ms: float = 2000
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    attrs = {
+        "id": eid,
+        "type": "dev.radflow.stage.completed.v1",
+        "time": when,
+        "subject": "study-1",
+        "radflowstage": stage,
+    }
+    return attrs, {
+        "job_id": "j",
+        "pipeline": "p",
+        "stage": stage,
+        "duration_ms": ms,
+        "outputs": {"o": f"jobs/j/{stage}/out/o/"},
+    }
 
 
-def fold(events: list[tuple[dict[str, Any], dict[str, Any]]]) -> tuple[dict[str, Any], list[str | None]]:
+def fold(
+    events: list[tuple[dict[str, Any], dict[str, Any]]],
+) -> tuple[dict[str, Any], list[str | None]]:
     doc = logic.new_job("j", "p", DAG)
     finals = []
     for attrs, data in events:
@@ -24,7 +40,13 @@ def fold(events: list[tuple[dict[str, Any], dict[str, Any]]]) -> tuple[dict[str,
 
 
 def test_job_completes_only_when_every_stage_did_in_any_order_with_duplicates() -> None:
-    evs = [completed("d", "4"), completed("a", "1"), completed("b", "2"), completed("a", "1"), completed("c", "3")]
+    evs = [
+        completed("d", "4"),
+        completed("a", "1"),
+        completed("b", "2"),
+        completed("a", "1"),
+        completed("c", "3"),
+    ]
     doc, finals = fold(evs)
     assert finals == [None, None, None, None, "completed"]
     assert doc["state"] == "completed" and doc["study_id"] == "study-1"
@@ -34,14 +56,35 @@ def test_job_completes_only_when_every_stage_did_in_any_order_with_duplicates() 
 
 def test_failed_stage_fails_the_job_with_its_reason() -> None:
     attrs = {"id": "f", "type": "dev.radflow.stage.failed.v1", "time": "2026-01-01T00:00:01+00:00"}
-    doc, finals = fold([completed("a", "1"), (attrs, {"stage": "b", "reason": "no_series_selected", "message": "rule T1C matched nothing"})])
+    doc, finals = fold(
+        [
+            completed("a", "1"),
+            (
+                attrs,
+                {
+                    "stage": "b",
+                    "reason": "no_series_selected",
+                    "message": "rule T1C matched nothing",
+                },
+            ),
+        ]
+    )
     assert finals[-1] == "failed"
-    assert doc["stages"]["b"] == {"state": "failed", "failed_at": "2026-01-01T00:00:01+00:00", "reason": "no_series_selected", "message": "rule T1C matched nothing"}
+    assert doc["stages"]["b"] == {
+        "state": "failed",
+        "failed_at": "2026-01-01T00:00:01+00:00",
+        "reason": "no_series_selected",
+        "message": "rule T1C matched nothing",
+    }
 
 
 def test_dead_letter_marks_the_stage_it_was_meant_for() -> None:
     attrs, data = completed("a", "1")
-    dead = {**attrs, "knativeerrorcode": "503", "knativeerrordest": "http://p-b.default.svc.cluster.local"}
+    dead = {
+        **attrs,
+        "knativeerrorcode": "503",
+        "knativeerrordest": "http://p-b.default.svc.cluster.local",
+    }
     doc, finals = fold([(attrs, data), (dead, data)])
     assert doc["stages"]["b"]["state"] == "dead_lettered"
     assert doc["dead_letters"][0]["stage"] == "b" and doc["dead_letters"][0]["code"] == "503"

@@ -10,7 +10,15 @@ import pytest
 from radflow.sdk.errors import ConfigError
 from radflow.sdk.pipeline import function_for_image, load_pipeline, parse_pipeline, stage_spec
 
-FUNCTIONS = {"dicom_parser", "triton_infer", "seg_writer", "rtstruct_writer", "scu_export", "clara_operator", "job_tracker"}
+FUNCTIONS = {
+    "dicom_parser",
+    "triton_infer",
+    "seg_writer",
+    "rtstruct_writer",
+    "scu_export",
+    "clara_operator",
+    "job_tracker",
+}
 
 BASE = """\
 api-version: 0.4.0
@@ -29,7 +37,7 @@ operators:
 """
 
 
-def parse(text: str):  # noqa: ANN201
+def parse(text: str):
     return parse_pipeline(text, source="pipelines/demo.yaml", functions=FUNCTIONS)
 
 
@@ -44,13 +52,27 @@ def test_valid_pipeline_dag() -> None:
 
 def test_reference_pipeline_parses(repo_root: Path) -> None:
     p = load_pipeline(repo_root / "pipelines/brain-tumor-segmentation.yaml", functions=FUNCTIONS)
-    assert p.stage_names() == ["dicom-parser", "triton-infer", "rtstruct-writer", "seg-writer", "scu-export"]
+    assert p.stage_names() == [
+        "dicom-parser",
+        "triton-infer",
+        "rtstruct-writer",
+        "seg-writer",
+        "scu-export",
+    ]
     assert p.operator("scu-export").upstream() == ["rtstruct-writer", "seg-writer"]
     assert p.operator("scu-export").variables == {"DESTINATIONS": "MYPACS"}
-    assert p.operator("triton-infer").services[0].connections.http[0].name == "NVIDIA_TRITON_HTTPURI"
+    assert (
+        p.operator("triton-infer").services[0].connections.http[0].name == "NVIDIA_TRITON_HTTPURI"
+    )
     # service addresses reach the operator's ctx.variables, as Clara handed them to operators
     spec = stage_spec(p, p.operator("triton-infer"), timeout_seconds=600)
-    assert spec.variables == ["NVIDIA_TRITON_GRPCURI", "NVIDIA_TRITON_HTTPURI", "TRITON_BACKEND", "TRITON_MODEL_NAME", "TRITON_MODEL_REPOSITORY"]
+    assert spec.variables == [
+        "NVIDIA_TRITON_GRPCURI",
+        "NVIDIA_TRITON_HTTPURI",
+        "TRITON_BACKEND",
+        "TRITON_MODEL_NAME",
+        "TRITON_MODEL_REPOSITORY",
+    ]
 
 
 def test_image_mapping() -> None:
@@ -87,7 +109,10 @@ def test_image_mapping() -> None:
             "pipelines/demo.yaml: api-version: '0.5.0' is not supported; radflow reads Clara pipeline api-version 0.4.0",
         ),
         (
-            ("    container: {image: radflow/triton-infer}", "    contaner: {image: radflow/triton-infer}"),
+            (
+                "    container: {image: radflow/triton-infer}",
+                "    contaner: {image: radflow/triton-infer}",
+            ),
             "pipelines/demo.yaml: operator 'infer': container: Field required; operator 'infer': contaner: unknown field (not part of Clara api-version 0.4.0)",
         ),
         (
@@ -109,34 +134,60 @@ def test_invalid_files_give_the_exact_error(change: tuple[str, str], message: st
 
 
 def test_cycle_is_named_in_data_flow_order() -> None:
-    text = BASE.replace("input: [{path: /input}]", "input: [{from: infer, name: masks, path: /input}]")
-    with pytest.raises(ConfigError, match=re.escape("pipelines/demo.yaml: operators form a cycle: infer -> parser -> infer; a pipeline must be a DAG")):
+    text = BASE.replace(
+        "input: [{path: /input}]", "input: [{from: infer, name: masks, path: /input}]"
+    )
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "pipelines/demo.yaml: operators form a cycle: infer -> parser -> infer; a pipeline must be a DAG"
+        ),
+    ):
         parse(text)
 
 
 def test_yaml_syntax_error_names_line() -> None:
-    with pytest.raises(ConfigError, match=r"pipelines/demo.yaml: not valid YAML \(line 4, column 1\): expected the node content"):
+    with pytest.raises(
+        ConfigError,
+        match=r"pipelines/demo.yaml: not valid YAML \(line 4, column 1\): expected the node content",
+    ):
         parse("api-version: 0.4.0\nname: x\noperators: [\n")
 
 
 def test_missing_file_names_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path / 'nope.yaml'}: cannot read pipeline file")):
+    with pytest.raises(
+        ConfigError, match=re.escape(f"{tmp_path / 'nope.yaml'}: cannot read pipeline file")
+    ):
         load_pipeline(tmp_path / "nope.yaml", functions=FUNCTIONS)
 
 
 def test_reserved_variable_rejected() -> None:
-    text = BASE.replace("    container: {image: radflow/triton-infer}", "    container: {image: radflow/triton-infer}\n    variables: {RADFLOW_STAGE: x}")
-    with pytest.raises(ConfigError, match=re.escape("operator 'infer': variables.RADFLOW_STAGE: reserved for the radflow runtime")):
+    text = BASE.replace(
+        "    container: {image: radflow/triton-infer}",
+        "    container: {image: radflow/triton-infer}\n    variables: {RADFLOW_STAGE: x}",
+    )
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "operator 'infer': variables.RADFLOW_STAGE: reserved for the radflow runtime"
+        ),
+    ):
         parse(text)
 
 
 def test_operator_specific_radflow_variables_are_allowed() -> None:
-    text = BASE.replace("    container: {image: radflow/triton-infer}", "    container: {image: radflow/triton-infer}\n    variables: {RADFLOW_SEG_TYPE: binary}")
+    text = BASE.replace(
+        "    container: {image: radflow/triton-infer}",
+        "    container: {image: radflow/triton-infer}\n    variables: {RADFLOW_SEG_TYPE: binary}",
+    )
     assert parse(text).operator("infer").variables == {"RADFLOW_SEG_TYPE": "binary"}
 
 
 def test_variables_become_text_and_byo_command_split() -> None:
-    text = BASE.replace("    container: {image: radflow/triton-infer}", "    container: {image: clara/ai, tag: 1, command: 'python3 /app/run.py --fast'}\n    variables: {PORT_X: 104, FLAG: true}")
+    text = BASE.replace(
+        "    container: {image: radflow/triton-infer}",
+        "    container: {image: clara/ai, tag: 1, command: 'python3 /app/run.py --fast'}\n    variables: {PORT_X: 104, FLAG: true}",
+    )
     op = parse(text).operator("infer")
     assert op.is_byo and op.function == "clara_operator"
     assert op.container.command == ["python3", "/app/run.py", "--fast"] and op.container.tag == "1"

@@ -22,7 +22,9 @@ log = logging.getLogger("radflow.adapter")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m radflow.adapter", description=__doc__)
-    parser.add_argument("--config", type=Path, help="Clara DICOM Adapter YAML (env RADFLOW_ADAPTER_CONFIG wins)")
+    parser.add_argument(
+        "--config", type=Path, help="Clara DICOM Adapter YAML (env RADFLOW_ADAPTER_CONFIG wins)"
+    )
     args = parser.parse_args(argv)
     settings = AdapterSettings()
     configure_logging("dicom-adapter", settings.log_level, settings.log_format)
@@ -38,14 +40,19 @@ def main(argv: list[str] | None = None) -> int:
         else:
             # no YAML (e.g. `radflow up` without --config): serve what was configured over REST
             # and persisted in the bucket, or nothing until `radflow dicom create aetitle ...`
-            log.warning("configuration file %s not found; using the persisted configuration only", path)
+            log.warning(
+                "configuration file %s not found; using the persisted configuration only", path
+            )
             config = AdapterConfig(port=11112)
         adapter = Adapter(settings, config, ObjectStore(StoreSettings())).start()
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
         return 2
     except Unavailable as exc:
-        log.error("cannot start (object store or receiver processes unavailable): %s; exiting so the supervisor restarts us", exc)
+        log.error(
+            "cannot start (object store or receiver processes unavailable): %s; exiting so the supervisor restarts us",
+            exc,
+        )
         return 3
     done.wait()
     log.info("stopping")

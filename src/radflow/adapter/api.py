@@ -47,7 +47,9 @@ def add_clara_ae(cfg: AdapterConfig, body: Any) -> tuple[AdapterConfig, dict[str
         raise InvalidInput(f"AE title {ae.ae_title!r} is already served")
     if any(m.name in {x.name for x in cfg.pipeline_mappings} for m in mappings):
         raise InvalidInput("a pipeline mapping with the same name already exists")
-    new = _revalidate(cfg, ae_titles=(*cfg.ae_titles, ae), pipeline_mappings=(*cfg.pipeline_mappings, *mappings))
+    new = _revalidate(
+        cfg, ae_titles=(*cfg.ae_titles, ae), pipeline_mappings=(*cfg.pipeline_mappings, *mappings)
+    )
     return new, cfgmod.clara_ae_to_rest(ae, new)
 
 
@@ -59,7 +61,9 @@ def delete_clara_ae(cfg: AdapterConfig, name: str) -> tuple[AdapterConfig, dict[
     new = _revalidate(
         cfg,
         ae_titles=tuple(a for a in cfg.ae_titles if a.name != name),
-        pipeline_mappings=tuple(m for m in cfg.pipeline_mappings if m.clara_ae_title != ae.ae_title),
+        pipeline_mappings=tuple(
+            m for m in cfg.pipeline_mappings if m.clara_ae_title != ae.ae_title
+        ),
     )
     return new, entity
 
@@ -77,7 +81,9 @@ def delete_source(cfg: AdapterConfig, name: str) -> tuple[AdapterConfig, dict[st
     src = next((s for s in cfg.sources if s.name == name), None)
     if src is None:
         raise NotFoundError(name)
-    return _revalidate(cfg, sources=tuple(s for s in cfg.sources if s.name != name)), cfgmod.source_to_rest(src)
+    return _revalidate(
+        cfg, sources=tuple(s for s in cfg.sources if s.name != name)
+    ), cfgmod.source_to_rest(src)
 
 
 def add_destination(cfg: AdapterConfig, body: Any) -> tuple[AdapterConfig, dict[str, Any]]:
@@ -102,17 +108,34 @@ def _revalidate(cfg: AdapterConfig, **changes: Any) -> AdapterConfig:
         raise InvalidInput(f"configuration would be invalid: {exc}") from None
 
 
-_RESOURCES: dict[str, tuple[Callable[..., Any], Callable[..., Any], Callable[[AdapterConfig], list[dict[str, Any]]]]] = {
-    "claraaetitle": (add_clara_ae, delete_clara_ae, lambda c: [cfgmod.clara_ae_to_rest(a, c) for a in c.ae_titles]),
-    "sourceaetitle": (add_source, delete_source, lambda c: [cfgmod.source_to_rest(s) for s in c.sources]),
-    "destinationaetitle": (add_destination, delete_destination, lambda c: [cfgmod.destination_to_rest(d) for d in c.destinations]),
+_RESOURCES: dict[
+    str,
+    tuple[Callable[..., Any], Callable[..., Any], Callable[[AdapterConfig], list[dict[str, Any]]]],
+] = {
+    "claraaetitle": (
+        add_clara_ae,
+        delete_clara_ae,
+        lambda c: [cfgmod.clara_ae_to_rest(a, c) for a in c.ae_titles],
+    ),
+    "sourceaetitle": (
+        add_source,
+        delete_source,
+        lambda c: [cfgmod.source_to_rest(s) for s in c.sources],
+    ),
+    "destinationaetitle": (
+        add_destination,
+        delete_destination,
+        lambda c: [cfgmod.destination_to_rest(d) for d in c.destinations],
+    ),
 }
 
 
 class RestApi:
     """The HTTP server; ``ready`` and ``status`` are callables supplied by the composition root."""
 
-    def __init__(self, store: ConfigStore, *, ready: Callable[[], bool], status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self, store: ConfigStore, *, ready: Callable[[], bool], status: Callable[[], dict[str, Any]]
+    ) -> None:
         self.store = store
         self.ready = ready
         self.status = status
@@ -125,24 +148,26 @@ class RestApi:
         class Handler(BaseHTTPRequestHandler):
             server_version = "radflow-dicom-adapter"
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+            def log_message(self, format: str, *args: Any) -> None:
                 return
 
-            def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+            def do_GET(self) -> None:
                 api._dispatch(self, "GET")
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 api._dispatch(self, "POST")
 
-            def do_DELETE(self) -> None:  # noqa: N802
+            def do_DELETE(self) -> None:
                 api._dispatch(self, "DELETE")
 
-            def do_PUT(self) -> None:  # noqa: N802
+            def do_PUT(self) -> None:
                 _reply(self, 405, {"error": "method not allowed; use DELETE then POST"})
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="rest-api", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="rest-api", daemon=True
+        )
         self._thread.start()
         return int(self._server.server_address[1])
 
@@ -159,7 +184,11 @@ class RestApi:
         try:
             if lowered[:2] == ["", "health"] and len(parts) == 3 and method == "GET":
                 return self._health(req, lowered[2])
-            if lowered[:3] != ["", "api", "config"] or len(parts) not in (4, 5) or lowered[3] not in _RESOURCES:
+            if (
+                lowered[:3] != ["", "api", "config"]
+                or len(parts) not in (4, 5)
+                or lowered[3] not in _RESOURCES
+            ):
                 return _reply(req, 404, {"error": f"no such endpoint: {method} {path or '/'}"})
             add, delete, listing = _RESOURCES[lowered[3]]
             name = parts[4] if len(parts) == 5 else None
@@ -169,7 +198,11 @@ class RestApi:
                 if name is None:
                     return _reply(req, 200, items)
                 found = next((i for i in items if i.get("name") == name), None)
-                return _reply(req, 200, found) if found else _reply(req, 404, {"error": f"{name!r} not found"})
+                return (
+                    _reply(req, 200, found)
+                    if found
+                    else _reply(req, 404, {"error": f"{name!r} not found"})
+                )
             if method == "POST" and name is None:
                 body = _read_json(req)
                 holder: dict[str, Any] = {}
@@ -179,7 +212,10 @@ class RestApi:
                     return new
 
                 self.store.update(change)
-                log.info("configuration changed over REST", extra={"resource": lowered[3], "op": "create"})
+                log.info(
+                    "configuration changed over REST",
+                    extra={"resource": lowered[3], "op": "create"},
+                )
                 return _reply(req, 201, holder["entity"])
             if method == "DELETE" and name is not None:
                 holder = {}
@@ -189,14 +225,17 @@ class RestApi:
                     return new
 
                 self.store.update(change_del)
-                log.info("configuration changed over REST", extra={"resource": lowered[3], "op": "delete"})
+                log.info(
+                    "configuration changed over REST",
+                    extra={"resource": lowered[3], "op": "delete"},
+                )
                 return _reply(req, 200, holder["entity"])
             return _reply(req, 405, {"error": f"{method} not allowed on {path}"})
         except InvalidInput as exc:
             return _reply(req, 400, {"error": str(exc)})
         except NotFoundError as exc:
             return _reply(req, 404, {"error": f"{exc.args[0]!r} not found"})
-        except Exception:  # noqa: BLE001 - answer 500 rather than drop the connection
+        except Exception:
             log.exception("REST request failed")
             return _reply(req, 500, {"error": "internal error; see the adapter log"})
 

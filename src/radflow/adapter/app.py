@@ -32,15 +32,32 @@ log = logging.getLogger(__name__)
 
 
 class Adapter:
-    def __init__(self, settings: AdapterSettings, config: AdapterConfig, store: ObjectStore) -> None:
+    def __init__(
+        self, settings: AdapterSettings, config: AdapterConfig, store: ObjectStore
+    ) -> None:
         self.settings = settings
         self.store = store
         self.configs = ConfigStore(config, store)
         self.spool = Spool(settings.spool_dir)
-        self.emitter = Emitter(self.spool, store, self.configs.current, on_queued=self._events_queued, tick=settings.tick_seconds)
-        self.uploader = Uploader(self.spool, store, workers=settings.upload_workers, on_uploaded=self.emitter.wake)
-        self.outbox = Outbox(self.spool, lambda: self.settings.sink, max_backoff=settings.outbox_max_backoff)
-        self.handlers = StoreHandlers(self.spool, self.configs.current, on_stored=self.uploader.enqueue, on_closed=self.emitter.wake)
+        self.emitter = Emitter(
+            self.spool,
+            store,
+            self.configs.current,
+            on_queued=self._events_queued,
+            tick=settings.tick_seconds,
+        )
+        self.uploader = Uploader(
+            self.spool, store, workers=settings.upload_workers, on_uploaded=self.emitter.wake
+        )
+        self.outbox = Outbox(
+            self.spool, lambda: self.settings.sink, max_backoff=settings.outbox_max_backoff
+        )
+        self.handlers = StoreHandlers(
+            self.spool,
+            self.configs.current,
+            on_stored=self.uploader.enqueue,
+            on_closed=self.emitter.wake,
+        )
         self.scp: DicomServer | None = None
         self.receivers: ReceiverPool | None = None
         self.api = RestApi(self.configs, ready=self.ready, status=self.status)
@@ -67,26 +84,44 @@ class Adapter:
         except OSError as exc:
             # e.g. Clara's 5000 taken on a developer machine: keep ingesting, say where the API is
             self.rest_port = self.api.start(self.settings.host, 0)
-            log.warning("REST port %d unavailable (%s); REST API on port %d instead",
-                        self.settings.rest_port, exc.strerror, self.rest_port)
+            log.warning(
+                "REST port %d unavailable (%s); REST API on port %d instead",
+                self.settings.rest_port,
+                exc.strerror,
+                self.rest_port,
+            )
         port = self.settings.dicom_port if self.settings.dicom_port is not None else cfg.port
         ssl_ctx = None
         if cfg.tls is not None:
-            ssl_ctx, allowed = tls_context(cfg.tls)  # also validates the files before receivers start
+            ssl_ctx, allowed = tls_context(
+                cfg.tls
+            )  # also validates the files before receivers start
             self.handlers.cert_allowed = allowed
         if self.settings.receivers > 0:
-            self.receivers = ReceiverPool(self.spool, self.handlers, self.configs.current,
-                                          processes=self.settings.receivers, max_pdu=self.settings.max_pdu)
+            self.receivers = ReceiverPool(
+                self.spool,
+                self.handlers,
+                self.configs.current,
+                processes=self.settings.receivers,
+                max_pdu=self.settings.max_pdu,
+            )
             self.configs.subscribe(self.receivers.config_changed)
             self.dicom_port = self.receivers.start(self.settings.host, port)
         else:
             configure_pynetdicom(self.spool)
-            self.scp = DicomServer(self.handlers, max_pdu=self.settings.max_pdu, max_associations=cfg.max_associations)
-            self.configs.subscribe(lambda c: self.scp.set_max_associations(c.max_associations) if self.scp else None)
+            self.scp = DicomServer(
+                self.handlers, max_pdu=self.settings.max_pdu, max_associations=cfg.max_associations
+            )
+            self.configs.subscribe(
+                lambda c: self.scp.set_max_associations(c.max_associations) if self.scp else None
+            )
             self.dicom_port = self.scp.start(self.settings.host, port, ssl_ctx)
         self.drop.start()
         self._listening.set()
-        log.info("dicom adapter listening", extra={"dicom_port": self.dicom_port, "rest_port": self.rest_port})
+        log.info(
+            "dicom adapter listening",
+            extra={"dicom_port": self.dicom_port, "rest_port": self.rest_port},
+        )
         return self
 
     def stop(self) -> None:
@@ -132,6 +167,8 @@ class Adapter:
             "outbox": self.spool.outbox_counts(),
             "events_sent": self.outbox.sent,
             "scp": self.scp_counters(),
-            "receivers": self.receivers.describe() if self.receivers is not None else {"processes": 0, "ready": 0},
+            "receivers": self.receivers.describe()
+            if self.receivers is not None
+            else {"processes": 0, "ready": 0},
             "sink_configured": bool(self.settings.sink),
         }

@@ -39,7 +39,12 @@ def check_ae_title(value: str) -> str:
     if not isinstance(value, str):
         raise ValueError("AE title must be a string")
     stripped = value.strip()
-    if not stripped or len(value) > 16 or "\\" in value or any(ord(c) < 0x20 or ord(c) > 0x7E for c in value):
+    if (
+        not stripped
+        or len(value) > 16
+        or "\\" in value
+        or any(ord(c) < 0x20 or ord(c) > 0x7E for c in value)
+    ):
         raise ValueError("AE title must be 1-16 printable ASCII characters without backslash")
     return stripped
 
@@ -53,7 +58,9 @@ def parse_tag(value: str) -> int:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True, hide_input_in_errors=True)
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, hide_input_in_errors=True
+    )
 
 
 class ClaraAeTitle(_Model):
@@ -63,7 +70,9 @@ class ClaraAeTitle(_Model):
     ae_title: str = Field(alias="ae-title")
     overwrite_same_instance: bool = Field(False, alias="overwrite-same-instance")
     ignored_sop_classes: tuple[str, ...] = Field((), alias="ignored-sop-classes")
-    timeout: float = Field(5.0, ge=0, le=86400, description="0: close on release; N: N quiet seconds")
+    timeout: float = Field(
+        5.0, ge=0, le=86400, description="0: close on release; N: N quiet seconds"
+    )
     group_by: str = Field("0020,000D", alias="group-by")
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: check_ae_title(v)))
@@ -215,7 +224,9 @@ class AdapterConfig(_Model):
             "ae-titles": [a.model_dump(mode="json", by_alias=True) for a in self.ae_titles],
             "sources": [s.model_dump(mode="json", by_alias=True) for s in self.sources],
             "destinations": [d.model_dump(mode="json", by_alias=True) for d in self.destinations],
-            "pipeline-mappings": [m.model_dump(mode="json", by_alias=True) for m in self.pipeline_mappings],
+            "pipeline-mappings": [
+                m.model_dump(mode="json", by_alias=True) for m in self.pipeline_mappings
+            ],
             "scu-ae-title": self.scu_ae_title,
         }
 
@@ -248,7 +259,9 @@ def _host_matches(allowed: str, peer: str) -> bool:
 
 
 def _problems(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors())
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,7 +286,9 @@ def parse_yaml_text(text: str, *, origin: str = "<config>") -> AdapterConfig:
         if not isinstance(entry, dict):
             raise ConfigError(f"{origin}: dicom.scp.ae-titles[{i}] must be a mapping")
         entry = dict(entry)
-        settings = dict(entry.pop("processor-settings", None) or entry.pop("processorSettings", None) or {})
+        settings = dict(
+            entry.pop("processor-settings", None) or entry.pop("processorSettings", None) or {}
+        )
         entry.pop("processor", None)
         if "timeout" in settings:
             entry.setdefault("timeout", settings.pop("timeout"))
@@ -283,7 +298,11 @@ def parse_yaml_text(text: str, *, origin: str = "<config>") -> AdapterConfig:
         for key, value in settings.items():  # Clara processor-settings "pipeline-<name>: <id>"
             if key.startswith("pipeline-"):
                 mappings.append(
-                    {"name": f"{entry['name']}-{key[9:]}", "clara-ae-title": entry.get("ae-title"), "pipeline-id": value}
+                    {
+                        "name": f"{entry['name']}-{key[9:]}",
+                        "clara-ae-title": entry.get("ae-title"),
+                        "pipeline-id": value,
+                    }
                 )
         ae_titles.append(entry)
     sources = []
@@ -310,7 +329,9 @@ def parse_yaml_text(text: str, *, origin: str = "<config>") -> AdapterConfig:
         "pipeline-mappings": mappings,
         "reject-unknown-sources": scp.get("reject-unknown-sources", True),
         "max-associations": scp.get("max-associations", 25),
-        "verification-enabled": verification.get("enabled", True) if isinstance(verification, dict) else True,
+        "verification-enabled": verification.get("enabled", True)
+        if isinstance(verification, dict)
+        else True,
         "scu-ae-title": scu.get("ae-title", "ClaraSCU"),
     }
     if scp.get("tls"):
@@ -350,7 +371,14 @@ def _validate(model: type[_Model], data: dict[str, Any], what: str) -> Any:
 def clara_ae_from_rest(body: Any) -> tuple[ClaraAeTitle, list[PipelineMapping]]:
     """``POST /api/config/claraaetitle`` body -> AE title and its pipeline mappings."""
     body = _require_object(body)
-    unknown = set(body) - {"name", "aeTitle", "overwriteSameInstance", "ignoredSopClasses", "processor", "processorSettings"}
+    unknown = set(body) - {
+        "name",
+        "aeTitle",
+        "overwriteSameInstance",
+        "ignoredSopClasses",
+        "processor",
+        "processorSettings",
+    }
     if unknown:
         raise InvalidInput(f"invalid Clara AE title: unknown field(s) {sorted(unknown)}")
     settings = body.get("processorSettings") or {}
@@ -373,7 +401,11 @@ def clara_ae_from_rest(body: Any) -> tuple[ClaraAeTitle, list[PipelineMapping]]:
             mappings.append(
                 _validate(
                     PipelineMapping,
-                    {"name": f"{ae.name}-{key[9:]}", "clara-ae-title": ae.ae_title, "pipeline-id": value},
+                    {
+                        "name": f"{ae.name}-{key[9:]}",
+                        "clara-ae-title": ae.ae_title,
+                        "pipeline-id": value,
+                    },
                     f"processorSettings.{key}",
                 )
             )
@@ -402,7 +434,11 @@ def source_from_rest(body: Any) -> SourceAeTitle:
         raise InvalidInput(f"invalid source AE title: unknown field(s) {sorted(unknown)}")
     return _validate(
         SourceAeTitle,
-        {"name": body.get("name") or body.get("aeTitle"), "ae-title": body.get("aeTitle"), "host-ip": body.get("hostIp")},
+        {
+            "name": body.get("name") or body.get("aeTitle"),
+            "ae-title": body.get("aeTitle"),
+            "host-ip": body.get("hostIp"),
+        },
         "source AE title",
     )
 
@@ -421,7 +457,12 @@ def destination_from_rest(body: Any) -> DestinationAeTitle:
         raise InvalidInput("invalid destination AE title: port must be an integer 1-65535")
     return _validate(
         DestinationAeTitle,
-        {"name": body.get("name"), "ae-title": body.get("aeTitle"), "host-ip": body.get("hostIp"), "port": port},
+        {
+            "name": body.get("name"),
+            "ae-title": body.get("aeTitle"),
+            "host-ip": body.get("hostIp"),
+            "port": port,
+        },
         "destination AE title",
     )
 

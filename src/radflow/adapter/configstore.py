@@ -59,7 +59,9 @@ class ConfigStore:
         try:
             doc = json.loads(blob)
         except ValueError:
-            raise ConfigError(f"{CONFIG_KEY}: not valid JSON; fix or delete it to re-seed from the YAML") from None
+            raise ConfigError(
+                f"{CONFIG_KEY}: not valid JSON; fix or delete it to re-seed from the YAML"
+            ) from None
         self._config = self._config.with_document(doc)
         self._etag = etag
         log.info("effective configuration loaded from the object store", extra={"key": CONFIG_KEY})

@@ -29,7 +29,21 @@ STUDY_INSTANCE = 0x0020000D
 SERIES_INSTANCE = 0x0020000E
 TRANSFER_SYNTAX = 0x00020010
 
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_LONG_VRS = {
+    b"OB",
+    b"OD",
+    b"OF",
+    b"OL",
+    b"OV",
+    b"OW",
+    b"SQ",
+    b"SV",
+    b"UC",
+    b"UN",
+    b"UR",
+    b"UT",
+    b"UV",
+}
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _MAX_DEPTH = 32
@@ -49,7 +63,9 @@ class Header:
 
 
 class _Walker:
-    def __init__(self, data: memoryview, implicit: bool, little: bool, wanted: frozenset[int]) -> None:
+    def __init__(
+        self, data: memoryview, implicit: bool, little: bool, wanted: frozenset[int]
+    ) -> None:
         self.d = data
         self.implicit = implicit
         self.e = "<" if little else ">"
@@ -67,24 +83,32 @@ class _Walker:
         tag = self._tag(pos)
         if self.implicit:
             if pos + 8 > len(self.d):
-                raise NotDicom(f"truncated: element ({tag >> 16:04X},{tag & 0xFFFF:04X}) header at byte {pos}")
+                raise NotDicom(
+                    f"truncated: element ({tag >> 16:04X},{tag & 0xFFFF:04X}) header at byte {pos}"
+                )
             (length,) = struct.unpack_from(self.e + "I", self.d, pos + 4)
             vr = b"SQ" if length == _UNDEFINED else b"??"
             pos += 8
         else:
             if pos + 8 > len(self.d):
-                raise NotDicom(f"truncated: element ({tag >> 16:04X},{tag & 0xFFFF:04X}) header at byte {pos}")
+                raise NotDicom(
+                    f"truncated: element ({tag >> 16:04X},{tag & 0xFFFF:04X}) header at byte {pos}"
+                )
             vr = bytes(self.d[pos + 4 : pos + 6])
             if vr in _LONG_VRS:
                 if pos + 12 > len(self.d):
-                    raise NotDicom(f"truncated: element ({tag >> 16:04X},{tag & 0xFFFF:04X}) header at byte {pos}")
+                    raise NotDicom(
+                        f"truncated: element ({tag >> 16:04X},{tag & 0xFFFF:04X}) header at byte {pos}"
+                    )
                 (length,) = struct.unpack_from(self.e + "I", self.d, pos + 8)
                 pos += 12
             elif vr.isalpha() and vr.isupper():
                 (length,) = struct.unpack_from(self.e + "H", self.d, pos + 6)
                 pos += 8
             else:
-                raise NotDicom(f"invalid VR at byte {pos + 4} for element ({tag >> 16:04X},{tag & 0xFFFF:04X})")
+                raise NotDicom(
+                    f"invalid VR at byte {pos + 4} for element ({tag >> 16:04X},{tag & 0xFFFF:04X})"
+                )
         if length == _UNDEFINED:
             if depth > _MAX_DEPTH:
                 raise NotDicom(f"sequences nested deeper than {_MAX_DEPTH} at byte {pos}")
@@ -102,7 +126,9 @@ class _Walker:
                 f" the file ends at {len(self.d)}"
             )
         if top and tag in self.wanted:
-            self.values[tag] = bytes(self.d[pos:end]).decode("ascii", "replace").rstrip("\x00 ").strip()
+            self.values[tag] = (
+                bytes(self.d[pos:end]).decode("ascii", "replace").rstrip("\x00 ").strip()
+            )
         return end
 
     def _undefined(self, pos: int, depth: int, encapsulated: bool) -> int:
@@ -128,7 +154,9 @@ class _Walker:
             else:
                 pos += length
                 if pos > len(self.d):
-                    raise NotDicom(f"truncated: item of {length} bytes runs past the end of the file")
+                    raise NotDicom(
+                        f"truncated: item of {length} bytes runs past the end of the file"
+                    )
 
 
 def inspect_bytes(data: bytes | memoryview, wanted: frozenset[int]) -> Header:
@@ -145,7 +173,9 @@ def inspect_bytes(data: bytes | memoryview, wanted: frozenset[int]) -> Header:
         raise NotDicom("file meta information has no (0002,0010) Transfer Syntax UID")
     if ts in DEFLATED:
         return _inspect_deflated(data, ts, wanted)
-    walker = _Walker(d, implicit=(ts == IMPLICIT_VR_LE), little=(ts != EXPLICIT_VR_BE), wanted=wanted)
+    walker = _Walker(
+        d, implicit=(ts == IMPLICIT_VR_LE), little=(ts != EXPLICIT_VR_BE), wanted=wanted
+    )
     while pos < len(d):
         pos = walker.element(pos, 0, top=True)
     return Header(transfer_syntax=ts, values=walker.values, size=len(d))
@@ -158,7 +188,7 @@ def _inspect_deflated(data: bytes | memoryview, ts: str, wanted: frozenset[int])
 
     try:
         ds = pydicom.dcmread(io.BytesIO(bytes(data)), stop_before_pixels=True)
-    except Exception as exc:  # noqa: BLE001 - any decoder failure means "not DICOM"
+    except Exception as exc:
         raise NotDicom(f"deflated dataset cannot be read: {type(exc).__name__}") from None
     values = {}
     for tag in wanted:

@@ -18,7 +18,14 @@ import threading
 import uuid
 from typing import TYPE_CHECKING
 
-from radflow.adapter.dicomfile import SERIES_INSTANCE, SOP_CLASS, SOP_INSTANCE, STUDY_INSTANCE, NotDicom, inspect_bytes
+from radflow.adapter.dicomfile import (
+    SERIES_INSTANCE,
+    SOP_CLASS,
+    SOP_INSTANCE,
+    STUDY_INSTANCE,
+    NotDicom,
+    inspect_bytes,
+)
 from radflow.adapter.handlers import check_header, record_for
 from radflow.adapter.spool import PendingUpload
 from radflow.sdk.errors import Unavailable
@@ -57,7 +64,7 @@ class DropWatcher:
                 self.poll_once()
             except Unavailable as exc:
                 log.warning("drop trigger poll failed: %s", exc)
-            except Exception:  # noqa: BLE001 - keep polling
+            except Exception:
                 log.exception("drop trigger poll failed")
 
     def poll_once(self) -> int:
@@ -86,7 +93,9 @@ class DropWatcher:
                     data = store.get_bytes(obj.key)
                 except NotFound:
                     continue
-                wanted = frozenset({SOP_CLASS, SOP_INSTANCE, STUDY_INSTANCE, SERIES_INSTANCE, ae.group_tag})
+                wanted = frozenset(
+                    {SOP_CLASS, SOP_INSTANCE, STUDY_INSTANCE, SERIES_INSTANCE, ae.group_tag}
+                )
                 try:
                     header = inspect_bytes(data, wanted)
                 except NotDicom as exc:
@@ -108,8 +117,14 @@ class DropWatcher:
                 with open(tmp, "wb") as fh:
                     fh.write(data)
                 name = spool.take_file(tmp, assoc_id)
-                rec = record_for(header, assoc_id=assoc_id, called=ae.ae_title, calling=DROP_CALLING_AE,
-                                 spool_name=name, group_tag=ae.group_tag)
+                rec = record_for(
+                    header,
+                    assoc_id=assoc_id,
+                    called=ae.ae_title,
+                    calling=DROP_CALLING_AE,
+                    spool_name=name,
+                    group_tag=ae.group_tag,
+                )
                 spool.add_instance(rec)
                 spool.mark_drop_seen(obj.key, obj.etag, "indexed")
                 a.uploader.enqueue(PendingUpload(name, rec.key))
@@ -131,4 +146,6 @@ class DropWatcher:
         except NotFound:
             return
         self.quarantined += 1
-        log.warning("dropped object quarantined: %s", reason, extra={"quarantine_key": f"quarantine/{key}"})
+        log.warning(
+            "dropped object quarantined: %s", reason, extra={"quarantine_key": f"quarantine/{key}"}
+        )

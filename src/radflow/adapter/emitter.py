@@ -16,9 +16,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from radflow.adapter.loop import WakeableLoop
 from radflow.adapter import grouping
 from radflow.adapter.config import AdapterConfig
+from radflow.adapter.loop import WakeableLoop
 from radflow.adapter.spool import GroupRow, Spool
 from radflow.sdk import events
 from radflow.sdk.errors import Unavailable
@@ -54,7 +54,7 @@ class Emitter(WakeableLoop):
             except Unavailable as exc:
                 log.warning("group emission postponed: %s", exc)
                 self._wake.wait(1.0)
-            except Exception:  # noqa: BLE001 - keep closing groups whatever happens to one pass
+            except Exception:
                 log.exception("group emission pass failed")
                 self._wake.wait(1.0)
             self._wake.wait(self.tick)
@@ -66,7 +66,9 @@ class Emitter(WakeableLoop):
         for row in self.spool.group_rows():
             ae = cfg.ae(row.called_ae)
             timeout = ae.timeout if ae is not None else 0.0
-            state = grouping.GroupState(row.open_instances, row.ready_instances, row.unuploaded, row.last_activity, timeout)
+            state = grouping.GroupState(
+                row.open_instances, row.ready_instances, row.unuploaded, row.last_activity, timeout
+            )
             if grouping.decide(state, now) is grouping.Decision.EMIT:
                 if self._emit(row, cfg):
                     count += 1
@@ -82,9 +84,13 @@ class Emitter(WakeableLoop):
         previous: list[InstanceRef] = []
         if revision > 0 and row.last_manifest:
             try:
-                previous = StudyManifest.model_validate_json(self.store.get_bytes(row.last_manifest)).instances
+                previous = StudyManifest.model_validate_json(
+                    self.store.get_bytes(row.last_manifest)
+                ).instances
             except NotFound:
-                log.error("manifest of the previous revision is missing; revision lists only new instances")
+                log.error(
+                    "manifest of the previous revision is missing; revision lists only new instances"
+                )
         arrived = [
             InstanceRef(
                 sop_instance_uid=r.sop_uid,
@@ -116,10 +122,15 @@ class Emitter(WakeableLoop):
             instances=instances,
         )
         key = Keys.manifest(sid, grouping.manifest_group(row.group_id, revision))
-        self.store.put_bytes(key, manifest.model_dump_json(indent=1).encode(), content_type="application/json")
+        self.store.put_bytes(
+            key, manifest.model_dump_json(indent=1).encode(), content_type="application/json"
+        )
         pipelines = cfg.pipelines_for(row.called_ae)
         if not pipelines:
-            log.warning("no pipeline mapped to the called AE; study stored, no job started", extra={"called_ae": row.called_ae})
+            log.warning(
+                "no pipeline mapped to the called AE; study stored, no job started",
+                extra={"called_ae": row.called_ae},
+            )
         batch = []
         for pipeline in pipelines:
             jid = grouping.job_id(row.group_id, pipeline, revision)
@@ -134,12 +145,18 @@ class Emitter(WakeableLoop):
                 called_ae=row.called_ae,
             )
             event = events.make_event(
-                events.EventType.STUDY_RECEIVED if revision == 0 else events.EventType.STUDY_REVISED,
+                events.EventType.STUDY_RECEIVED
+                if revision == 0
+                else events.EventType.STUDY_REVISED,
                 f"/radflow/dicom-adapter/{row.called_ae}",
                 data,
                 id=jid,
                 subject=sid,
-                extensions={events.Ext.JOB: jid, events.Ext.PIPELINE: pipeline, events.Ext.DATAREF: self.store.uri(key)},
+                extensions={
+                    events.Ext.JOB: jid,
+                    events.Ext.PIPELINE: pipeline,
+                    events.Ext.DATAREF: self.store.uri(key),
+                },
             )
             batch.append((jid, events.to_json(event)))
         if not self.spool.commit_emission(row.group_id, revision, key, ids, batch):
@@ -147,7 +164,12 @@ class Emitter(WakeableLoop):
         self.emitted += 1
         log.info(
             "group emitted",
-            extra={"group_id": row.group_id, "revision": revision, "instances": len(instances), "jobs": len(batch)},
+            extra={
+                "group_id": row.group_id,
+                "revision": revision,
+                "instances": len(instances),
+                "jobs": len(batch),
+            },
         )
         self.on_queued()
         return True

@@ -91,8 +91,11 @@ def record_for(
 def check_header(header: Header, group_tag: int, group_by: str, sop_uid: str | None) -> str | None:
     """Why ``header`` cannot be stored (naming the tag), or ``None`` when it can."""
     v = header.values
-    for tag, label in ((STUDY_INSTANCE, "(0020,000D) Study Instance UID"), (SERIES_INSTANCE, "(0020,000E) Series Instance UID"),
-                       (SOP_INSTANCE, "(0008,0018) SOP Instance UID")):
+    for tag, label in (
+        (STUDY_INSTANCE, "(0020,000D) Study Instance UID"),
+        (SERIES_INSTANCE, "(0020,000E) Series Instance UID"),
+        (SOP_INSTANCE, "(0008,0018) SOP Instance UID"),
+    ):
         if not v.get(tag):
             return f"{label} is missing or empty"
     if sop_uid is not None and v[SOP_INSTANCE] != sop_uid:
@@ -123,8 +126,15 @@ class StoreHandlers:
         #: in a receiver process: was this association's connection over max-associations?
         self.over_limit = over_limit
         self._lock = threading.Lock()
-        self._open: dict[int, str] = {}  # id(assoc) -> spool association id, once it stored something
-        self.counters = {"stored": 0, "rejected_associations": 0, "refused_instances": 0, "ignored": 0}
+        self._open: dict[
+            int, str
+        ] = {}  # id(assoc) -> spool association id, once it stored something
+        self.counters = {
+            "stored": 0,
+            "rejected_associations": 0,
+            "refused_instances": 0,
+            "ignored": 0,
+        }
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
@@ -143,7 +153,9 @@ class StoreHandlers:
 
     # -- admission -------------------------------------------------------------------------------
 
-    def admission(self, called_ae: str, calling_ae: str, host: str, peer_cert: Any = None) -> tuple[int, int] | None:
+    def admission(
+        self, called_ae: str, calling_ae: str, host: str, peer_cert: Any = None
+    ) -> tuple[int, int] | None:
         """``None`` to accept, else (result, reason) of the A-ASSOCIATE-RJ. Pure given the config."""
         cfg = self.config()
         if cfg.ae(called_ae) is None:
@@ -175,7 +187,12 @@ class StoreHandlers:
         result, reason = verdict
         log.warning(
             "association rejected",
-            extra={"called_ae": called, "calling_ae": calling, "peer": host, "reject_reason": reason},
+            extra={
+                "called_ae": called,
+                "calling_ae": calling,
+                "peer": host,
+                "reject_reason": reason,
+            },
         )
         self._reject(assoc, result, SOURCE_USER, reason)
 
@@ -195,7 +212,7 @@ class StoreHandlers:
     def on_store(self, event: Any) -> int:
         try:
             return self._store(event)
-        except Exception:  # noqa: BLE001 - a handler must answer, never raise
+        except Exception:
             log.exception("C-STORE handling failed unexpectedly")
             return PROCESSING_FAILURE
 
@@ -227,11 +244,21 @@ class StoreHandlers:
         try:
             assoc_id = self._association(assoc, called, calling)
             name = self.spool.take_file(path, assoc_id)
-            rec = record_for(header, assoc_id=assoc_id, called=called, calling=calling, spool_name=name, group_tag=ae.group_tag)
+            rec = record_for(
+                header,
+                assoc_id=assoc_id,
+                called=called,
+                calling=calling,
+                spool_name=name,
+                group_tag=ae.group_tag,
+            )
             self.spool.add_instance(rec)  # queued behind the ack: the fsync'd file is the record
         except OSError as exc:  # disk full, or (receiver process) the adapter process is gone
-            log.error("spool write failed: %s; answering Out of Resources", exc.strerror or type(exc).__name__,
-                      extra={"called_ae": called})
+            log.error(
+                "spool write failed: %s; answering Out of Resources",
+                exc.strerror or type(exc).__name__,
+                extra={"called_ae": called},
+            )
             return OUT_OF_RESOURCES
         with self._lock:
             self.counters["stored"] += 1
@@ -259,13 +286,22 @@ class StoreHandlers:
         ae = self.config().ae(assoc.called_ae)
         group_tag, group_by = (ae.group_tag, ae.group_by) if ae else (STUDY_INSTANCE, "0020,000D")
         try:
-            header = inspect_file(path, frozenset({SOP_CLASS, SOP_INSTANCE, STUDY_INSTANCE, SERIES_INSTANCE, group_tag}))
+            header = inspect_file(
+                path,
+                frozenset({SOP_CLASS, SOP_INSTANCE, STUDY_INSTANCE, SERIES_INSTANCE, group_tag}),
+            )
         except (NotDicom, OSError):
             return None
         if check_header(header, group_tag, group_by, None) is not None:
             return None
-        return record_for(header, assoc_id=assoc.id, called=assoc.called_ae, calling=assoc.calling_ae,
-                          spool_name=path.name, group_tag=group_tag)
+        return record_for(
+            header,
+            assoc_id=assoc.id,
+            called=assoc.called_ae,
+            calling=assoc.calling_ae,
+            spool_name=path.name,
+            group_tag=group_tag,
+        )
 
     # -- end of association ----------------------------------------------------------------------
 
@@ -276,7 +312,11 @@ class StoreHandlers:
             return
         count = self.spool.close_association(assoc_id, released=released)
         if not released:
-            log.warning("association aborted: %d instance(s) discarded", count, extra={"association": assoc_id})
+            log.warning(
+                "association aborted: %d instance(s) discarded",
+                count,
+                extra={"association": assoc_id},
+            )
         self.on_closed()
 
     def on_released(self, event: Any) -> None:

@@ -38,7 +38,9 @@ class Channel:
     def send(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
         data = json.dumps(message, separators=(",", ":")).encode()
         if len(data) > MAX_MESSAGE:
-            raise ValueError(f"IPC message {message.get('op')!r} is {len(data)} bytes (limit {MAX_MESSAGE})")
+            raise ValueError(
+                f"IPC message {message.get('op')!r} is {len(data)} bytes (limit {MAX_MESSAGE})"
+            )
         try:
             with self._send_lock:
                 if fds:

@@ -24,7 +24,14 @@ log = logging.getLogger(__name__)
 
 
 class Outbox(WakeableLoop):
-    def __init__(self, spool: Spool, sink: Callable[[], str | None], *, max_backoff: float = 30.0, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        sink: Callable[[], str | None],
+        *,
+        max_backoff: float = 30.0,
+        timeout: float = 10.0,
+    ) -> None:
         self.spool = spool
         self.sink = sink
         self.max_backoff = max_backoff
@@ -39,7 +46,7 @@ class Outbox(WakeableLoop):
             try:
                 self.flush_once()
                 nxt = self.spool.outbox_next_due()
-            except Exception:  # noqa: BLE001 - keep sending whatever else happens
+            except Exception:
                 log.exception("outbox pass failed")
                 nxt = time.time() + 1.0
             wait = 5.0 if nxt is None else max(0.0, min(5.0, nxt - time.time()))
@@ -53,7 +60,9 @@ class Outbox(WakeableLoop):
             return 0
         if not url:
             for event_id, _, attempts in due:
-                self.spool.outbox_retry(event_id, time.time() + self._backoff(attempts), "K_SINK is not set")
+                self.spool.outbox_retry(
+                    event_id, time.time() + self._backoff(attempts), "K_SINK is not set"
+                )
             log.warning("%d job event(s) waiting: K_SINK is not set (no SinkBinding?)", len(due))
             return 0
         ok = 0
@@ -68,7 +77,13 @@ class Outbox(WakeableLoop):
                 ok += 1
             else:
                 delay = self._backoff(attempts)
-                log.warning("event delivery failed (%s); retry %d in %.1fs", error, attempts + 1, delay, extra={"event_id": event_id})
+                log.warning(
+                    "event delivery failed (%s); retry %d in %.1fs",
+                    error,
+                    attempts + 1,
+                    delay,
+                    extra={"event_id": event_id},
+                )
                 self.spool.outbox_retry(event_id, time.time() + delay, error)
         return ok
 
@@ -81,7 +96,7 @@ class Outbox(WakeableLoop):
         headers, body = events.to_binary(event)
         request = urllib.request.Request(url, data=body, method="POST", headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as resp:  # noqa: S310 - broker URL from K_SINK
+            with urllib.request.urlopen(request, timeout=self.timeout) as resp:
                 resp.read()
                 return None if 200 <= resp.status < 300 else f"HTTP {resp.status}"
         except urllib.error.HTTPError as exc:

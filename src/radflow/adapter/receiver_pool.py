@@ -98,7 +98,9 @@ class ReceiverPool:
         self._listener = listener
         for slot in range(self.processes):
             self._spawn(slot)
-        self._accept_thread = threading.Thread(target=self._accept_loop, name="dicom-accept", daemon=True)
+        self._accept_thread = threading.Thread(
+            target=self._accept_loop, name="dicom-accept", daemon=True
+        )
         self._accept_thread.start()
         # connections wait in the backlog meanwhile; returning once every receiver is up keeps
         # readiness honest (a receiver takes about half a second to import pynetdicom)
@@ -160,8 +162,12 @@ class ReceiverPool:
         alive = self._alive()
         with self._lock:
             active = sum(r.active for r in alive)
-        return {"processes": self.processes, "running": len(alive), "ready": sum(r.ready.is_set() for r in alive),
-                "associations": active}
+        return {
+            "processes": self.processes,
+            "running": len(alive),
+            "ready": sum(r.ready.is_set() for r in alive),
+            "associations": active,
+        }
 
     def ready(self) -> bool:
         return any(r.ready.is_set() for r in self._alive())
@@ -178,18 +184,29 @@ class ReceiverPool:
     def _spawn(self, slot: int) -> None:
         channel, theirs = Channel.pair()
         cmd = [
-            sys.executable, "-m", "radflow.adapter.receiver_worker",
-            "--channel-fd", str(theirs.fileno()), "--spool", str(self.spool.root), "--max-pdu", str(self.max_pdu),
+            sys.executable,
+            "-m",
+            "radflow.adapter.receiver_worker",
+            "--channel-fd",
+            str(theirs.fileno()),
+            "--spool",
+            str(self.spool.root),
+            "--max-pdu",
+            str(self.max_pdu),
         ]
         # own session: a SIGTERM/SIGINT to the adapter's process group (Ctrl-C, an engine stopping
         # the workload) must not cut associations before this process has stopped accepting and
         # can account for them; receivers stop when it closes their channel, or dies
-        proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, start_new_session=True
+        )
         theirs.close()
         receiver = _Receiver(slot, proc, channel)
         with self._lock:
             self._receivers[slot] = receiver
-        receiver.reader = threading.Thread(target=self._read, args=(receiver,), name=f"receiver-{slot}", daemon=True)
+        receiver.reader = threading.Thread(
+            target=self._read, args=(receiver,), name=f"receiver-{slot}", daemon=True
+        )
         receiver.reader.start()
 
     def _read(self, r: _Receiver) -> None:
@@ -204,7 +221,7 @@ class ReceiverPool:
                 self._handle(r, message)
             except ChannelClosed:
                 break
-            except Exception:  # noqa: BLE001 - one bad message must not stop the receiver's index
+            except Exception:
                 log.exception("receiver message %r failed", message.get("op"))
         self._exited(r)
 
@@ -222,7 +239,9 @@ class ReceiverPool:
                 r.open_assocs.add(message["assoc"])
             r.channel.send({"op": "reply", "id": message["id"], "value": None})
         elif op == "close":
-            count = self.spool.close_association(message["assoc"], released=bool(message["released"]))
+            count = self.spool.close_association(
+                message["assoc"], released=bool(message["released"])
+            )
             with self._lock:
                 r.open_assocs.discard(message["assoc"])
             r.channel.send({"op": "reply", "id": message["id"], "value": count})
@@ -230,7 +249,9 @@ class ReceiverPool:
         elif op == "done":
             with self._lock:
                 r.active = max(0, r.active - 1)
-                r.counters = {k: int(v) for k, v in message.get("counters", {}).items() if k != "stored"}
+                r.counters = {
+                    k: int(v) for k, v in message.get("counters", {}).items() if k != "stored"
+                }
                 self._lock.notify_all()
         elif op == "ready":
             r.ready.set()
@@ -252,14 +273,26 @@ class ReceiverPool:
         if cut:
             # cut by us, like a crash: acknowledged instances are kept, never discarded
             reindexed = self.spool.recover_associations(cut, self.handlers.describe)
-            log.warning("receiver process exited with %d association(s) open; their acknowledged instances are kept",
-                        len(cut), extra={"exit_code": code, "reindexed": reindexed})
+            log.warning(
+                "receiver process exited with %d association(s) open; their acknowledged instances are kept",
+                len(cut),
+                extra={"exit_code": code, "reindexed": reindexed},
+            )
             self.handlers.on_closed()
         # a receiver that dies before it ever became ready (e.g. an unreadable configuration)
         # is restarted with a growing delay instead of in a tight loop
         self._quick_exits[r.slot] = 0 if r.ready.is_set() else self._quick_exits[r.slot] + 1
-        delay = min(RESTART_MAX_DELAY, 0.5 * 2 ** (self._quick_exits[r.slot] - 1)) if self._quick_exits[r.slot] else 0.0
-        log.error("receiver process %d exited (code %s); starting a new one in %.1f s", r.slot, code, delay)
+        delay = (
+            min(RESTART_MAX_DELAY, 0.5 * 2 ** (self._quick_exits[r.slot] - 1))
+            if self._quick_exits[r.slot]
+            else 0.0
+        )
+        log.error(
+            "receiver process %d exited (code %s); starting a new one in %.1f s",
+            r.slot,
+            code,
+            delay,
+        )
         with self._lock:
             self._lock.wait_for(lambda: self._stopping, timeout=delay)
             if self._stopping:
@@ -303,7 +336,8 @@ class ReceiverPool:
                 receiver, limited = picked
                 try:
                     receiver.channel.send(
-                        {"op": "conn", "addr": [address[0], address[1]], "limited": limited}, [conn.fileno()]
+                        {"op": "conn", "addr": [address[0], address[1]], "limited": limited},
+                        [conn.fileno()],
                     )
                 except ChannelClosed:
                     with self._lock:

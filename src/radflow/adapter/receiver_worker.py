@@ -81,7 +81,9 @@ class RemoteSpool:
             self.channel.send({**message, "id": call_id})
             return future.result(timeout=CALL_TIMEOUT)
         except TimeoutError:
-            raise ChannelClosed(f"the adapter process did not answer {message['op']!r} in {CALL_TIMEOUT:.0f} s") from None
+            raise ChannelClosed(
+                f"the adapter process did not answer {message['op']!r} in {CALL_TIMEOUT:.0f} s"
+            ) from None
         finally:
             with self._lock:
                 self._pending.pop(call_id, None)
@@ -147,7 +149,10 @@ class Receiver:
                 sock = socket.socket(fileno=fds[0])
                 address = (str(message["addr"][0]), int(message["addr"][1]))
                 threading.Thread(
-                    target=self._serve, args=(sock, address, bool(message.get("limited"))), name="receiver-conn", daemon=True
+                    target=self._serve,
+                    args=(sock, address, bool(message.get("limited"))),
+                    name="receiver-conn",
+                    daemon=True,
                 ).start()
             elif op == "reply":
                 self.remote.resolve(int(message["id"]), message.get("value"))
@@ -182,7 +187,9 @@ class Receiver:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m radflow.adapter.receiver_worker", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m radflow.adapter.receiver_worker", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--channel-fd", type=int, required=True)
     parser.add_argument("--spool", type=Path, required=True)
     parser.add_argument("--max-pdu", type=int, default=131072)

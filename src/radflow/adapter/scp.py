@@ -44,7 +44,9 @@ def configure_pynetdicom(spool: SpoolFiles) -> None:
         setattr(_config, name, value)
     # pynetdicom creates its NamedTemporaryFile in the default temp dir: point pynetdicom's (and
     # only pynetdicom's) at the spool's tmp/ so accepting an instance is a rename, not a copy
-    dimse_messages.NamedTemporaryFile = functools.partial(tempfile.NamedTemporaryFile, dir=str(spool.tmp_dir))
+    dimse_messages.NamedTemporaryFile = functools.partial(
+        tempfile.NamedTemporaryFile, dir=str(spool.tmp_dir)
+    )
 
 
 def restore_pynetdicom() -> None:
@@ -68,7 +70,9 @@ def tls_context(tls: TlsConfig) -> tuple[ssl.SSLContext, Callable[[Any], bool] |
         ctx.verify_mode = ssl.CERT_OPTIONAL if tls.ca_certificate else ssl.CERT_NONE
         return ctx, None
     if not tls.ca_certificate:
-        raise ConfigError("dicom.scp.tls: allowed-client-certificates needs ca-certificate to verify clients")
+        raise ConfigError(
+            "dicom.scp.tls: allowed-client-certificates needs ca-certificate to verify clients"
+        )
     ctx.verify_mode = ssl.CERT_REQUIRED
     allowed = {a.replace(":", "").lower() for a in tls.allowed_client_certificates}
 
@@ -110,7 +114,10 @@ class DicomServer:
 
     def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
         self._server = self.ae.start_server(
-            (host, port), block=False, evt_handlers=self.handlers.bindings(), ssl_context=ssl_context
+            (host, port),
+            block=False,
+            evt_handlers=self.handlers.bindings(),
+            ssl_context=ssl_context,
         )
         return int(self._server.server_address[1])
 

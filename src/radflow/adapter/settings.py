@@ -22,16 +22,23 @@ class AdapterSettings(ServiceSettings):
 
     model_config = SettingsConfigDict(env_prefix="RADFLOW_ADAPTER_", frozen=True, extra="ignore")
 
-    config: Path | None = Field(None, description="Clara DICOM Adapter YAML; --config overrides it.")
+    config: Path | None = Field(
+        None, description="Clara DICOM Adapter YAML; --config overrides it."
+    )
     spool_dir: Path = Field(
-        Path("/var/lib/radflow/dicom-adapter"), description="Durable spool; the PVC mount path in knative/adapter.yaml."
+        Path("/var/lib/radflow/dicom-adapter"),
+        description="Durable spool; the PVC mount path in knative/adapter.yaml.",
     )
     host: str = Field(
-        default_factory=lambda: "0.0.0.0" if os.environ.get("KUBERNETES_SERVICE_HOST") else "127.0.0.1",
+        default_factory=lambda: (
+            "0.0.0.0" if os.environ.get("KUBERNETES_SERVICE_HOST") else "127.0.0.1"
+        ),
         description="Address the listeners bind: all interfaces in a pod, loopback elsewhere.",
     )
     dicom_port: int | None = Field(None, description="Overrides dicom.scp.port of the YAML.")
-    rest_port: int = Field(5000, description="REST API and health endpoints (Clara's default 5000).")
+    rest_port: int = Field(
+        5000, description="REST API and health endpoints (Clara's default 5000)."
+    )
     sink: str | None = Field(
         None,
         validation_alias=AliasChoices("K_SINK", "RADFLOW_ADAPTER_SINK", "sink"),
@@ -39,10 +46,14 @@ class AdapterSettings(ServiceSettings):
     )
     upload_workers: int = Field(8, ge=1, le=64, description="Threads draining the spool to S3.")
     drop_prefix: str = Field("inbox/", description="Bucket prefix watched for dropped DICOM files.")
-    drop_poll_seconds: float = Field(2.0, ge=0, description="Poll interval of the drop trigger; 0 = off.")
+    drop_poll_seconds: float = Field(
+        2.0, ge=0, description="Poll interval of the drop trigger; 0 = off."
+    )
     tick_seconds: float = Field(0.1, gt=0, description="How often timed-out groups are checked.")
     outbox_max_backoff: float = Field(30.0, gt=0, description="Cap of the outbox retry delay (s).")
-    max_pdu: int = Field(131072, ge=0, description="Maximum PDU size the SCP advertises (0 = none).")
+    max_pdu: int = Field(
+        131072, ge=0, description="Maximum PDU size the SCP advertises (0 = none)."
+    )
     receivers: int = Field(
         2,
         ge=0,

@@ -126,7 +126,10 @@ class ReadyInstance:
 def _log_failure(future: Future[Any]) -> None:
     exc = future.exception()
     if exc is not None:
-        log.error("indexing a spooled instance failed (%s); it is re-indexed at the next start", type(exc).__name__)
+        log.error(
+            "indexing a spooled instance failed (%s); it is re-indexed at the next start",
+            type(exc).__name__,
+        )
 
 
 class _Job:
@@ -195,7 +198,9 @@ class Spool(SpoolFiles):
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
-        self._conn = sqlite3.connect(self.root / "index.sqlite3", isolation_level=None, check_same_thread=False)
+        self._conn = sqlite3.connect(
+            self.root / "index.sqlite3", isolation_level=None, check_same_thread=False
+        )
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(_SCHEMA)
@@ -234,7 +239,7 @@ class Spool(SpoolFiles):
                 self._conn.execute("SAVEPOINT job")
                 try:
                     value = job.fn(self._conn)
-                except BaseException as exc:  # noqa: BLE001 - delivered to the caller
+                except BaseException as exc:
                     self._conn.execute("ROLLBACK TO job")
                     self._conn.execute("RELEASE job")
                     results.append((job, None, exc))
@@ -242,7 +247,7 @@ class Spool(SpoolFiles):
                     self._conn.execute("RELEASE job")
                     results.append((job, value, None))
             self._conn.execute("COMMIT")
-        except BaseException as exc:  # noqa: BLE001 - the commit failed: nobody's write is durable
+        except BaseException as exc:
             log.exception("spool index commit failed")
             try:
                 self._conn.execute("ROLLBACK")
@@ -302,7 +307,9 @@ class Spool(SpoolFiles):
                 return 0
             if not released:
                 c.execute("UPDATE instances SET discarded=1 WHERE assoc_id=?", (assoc_id,))
-            row = c.execute("SELECT COUNT(*) FROM instances WHERE assoc_id=?", (assoc_id,)).fetchone()
+            row = c.execute(
+                "SELECT COUNT(*) FROM instances WHERE assoc_id=?", (assoc_id,)
+            ).fetchone()
             if row[0] == 0:
                 c.execute("DELETE FROM associations WHERE id=?", (assoc_id,))
             return int(row[0])
@@ -317,8 +324,17 @@ class Spool(SpoolFiles):
                 "INSERT INTO instances(assoc_id, group_id, called_ae, study_uid, series_uid, sop_uid,"
                 " sop_class, ts_uid, spool_name, key, received) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
-                    rec.assoc_id, rec.group_id, rec.called_ae, rec.study_uid, rec.series_uid, rec.sop_uid,
-                    rec.sop_class, rec.ts_uid, rec.spool_name, rec.key, rec.received,
+                    rec.assoc_id,
+                    rec.group_id,
+                    rec.called_ae,
+                    rec.study_uid,
+                    rec.series_uid,
+                    rec.sop_uid,
+                    rec.sop_class,
+                    rec.ts_uid,
+                    rec.spool_name,
+                    rec.key,
+                    rec.received,
                 ),
             )
             c.execute(
@@ -335,7 +351,9 @@ class Spool(SpoolFiles):
         else:
             future.add_done_callback(_log_failure)
 
-    def recover(self, describe: Callable[[Path, AssociationRow], InstanceRecord | None]) -> dict[str, int]:
+    def recover(
+        self, describe: Callable[[Path, AssociationRow], InstanceRecord | None]
+    ) -> dict[str, int]:
         """After a crash: associations left open were cut by *us*, not aborted by the peer.
 
         Their instances were acknowledged, so they are kept and the associations count as
@@ -350,10 +368,18 @@ class Spool(SpoolFiles):
         now = time.time()
 
         def fn(c: sqlite3.Connection) -> dict[str, int]:
-            opened = c.execute("UPDATE associations SET state='released', closed=? WHERE state='open'", (now,))
-            pending = c.execute("SELECT COUNT(*) FROM instances WHERE uploaded=0 AND discarded=0").fetchone()[0]
+            opened = c.execute(
+                "UPDATE associations SET state='released', closed=? WHERE state='open'", (now,)
+            )
+            pending = c.execute(
+                "SELECT COUNT(*) FROM instances WHERE uploaded=0 AND discarded=0"
+            ).fetchone()[0]
             outbox = c.execute("SELECT COUNT(*) FROM outbox WHERE state='pending'").fetchone()[0]
-            return {"interrupted_associations": opened.rowcount, "pending_uploads": pending, "pending_events": outbox}
+            return {
+                "interrupted_associations": opened.rowcount,
+                "pending_uploads": pending,
+                "pending_events": outbox,
+            }
 
         reindexed = self._reindex(describe, None)
         stats = self.run(fn)
@@ -361,7 +387,9 @@ class Spool(SpoolFiles):
         return stats
 
     def recover_associations(
-        self, assoc_ids: Iterable[str], describe: Callable[[Path, AssociationRow], InstanceRecord | None]
+        self,
+        assoc_ids: Iterable[str],
+        describe: Callable[[Path, AssociationRow], InstanceRecord | None],
     ) -> int:
         """A receiver process died: its open associations were cut by *us*, like a crash.
 
@@ -376,20 +404,35 @@ class Spool(SpoolFiles):
         now = time.time()
         self.run(
             lambda c: c.executemany(
-                "UPDATE associations SET state='released', closed=? WHERE id=? AND state='open'", [(now, a) for a in wanted]
+                "UPDATE associations SET state='released', closed=? WHERE id=? AND state='open'",
+                [(now, a) for a in wanted],
             )
         )
         return reindexed
 
     def _reindex(
-        self, describe: Callable[[Path, AssociationRow], InstanceRecord | None], only: set[str] | None
+        self,
+        describe: Callable[[Path, AssociationRow], InstanceRecord | None],
+        only: set[str] | None,
     ) -> int:
         """Index acknowledged files without a row (of the associations ``only``, or all)."""
-        known = set(self.run(lambda c: [r[0] for r in c.execute("SELECT spool_name FROM instances")]))
-        uploaded = set(self.run(lambda c: [r[0] for r in c.execute("SELECT spool_name FROM instances WHERE uploaded=1")]))
+        known = set(
+            self.run(lambda c: [r[0] for r in c.execute("SELECT spool_name FROM instances")])
+        )
+        uploaded = set(
+            self.run(
+                lambda c: [
+                    r[0] for r in c.execute("SELECT spool_name FROM instances WHERE uploaded=1")
+                ]
+            )
+        )
         assocs = {
             r[0]: AssociationRow(*r)
-            for r in self.run(lambda c: c.execute("SELECT id, called_ae, calling_ae, state FROM associations").fetchall())
+            for r in self.run(
+                lambda c: c.execute(
+                    "SELECT id, called_ae, calling_ae, state FROM associations"
+                ).fetchall()
+            )
         }
         reindexed = 0
         for f in sorted(self.data_dir.iterdir()):
@@ -404,7 +447,10 @@ class Spool(SpoolFiles):
             row = assocs.get(owner)
             rec = describe(f, row) if row is not None and row.state != "aborted" else None
             if rec is None:
-                log.error("spooled file cannot be re-indexed; moved to quarantine/", extra={"spool_file": f.name})
+                log.error(
+                    "spooled file cannot be re-indexed; moved to quarantine/",
+                    extra={"spool_file": f.name},
+                )
                 (self.root / "quarantine").mkdir(exist_ok=True)
                 os.replace(f, self.root / "quarantine" / f.name)
                 continue
@@ -418,11 +464,15 @@ class Spool(SpoolFiles):
         return self.run(
             lambda c: [
                 PendingUpload(r[0], r[1])
-                for r in c.execute("SELECT spool_name, key FROM instances WHERE uploaded=0 AND discarded=0 ORDER BY id")
+                for r in c.execute(
+                    "SELECT spool_name, key FROM instances WHERE uploaded=0 AND discarded=0 ORDER BY id"
+                )
             ]
         )
 
-    def mark_uploaded(self, spool_name: str, size: int, sha256: str, key: str | None = None) -> bool:
+    def mark_uploaded(
+        self, spool_name: str, size: int, sha256: str, key: str | None = None
+    ) -> bool:
         """Record a finished upload (under ``key`` if it moved); ``False`` if discarded meanwhile."""
 
         def fn(c: sqlite3.Connection) -> bool:
@@ -430,7 +480,9 @@ class Spool(SpoolFiles):
                 "UPDATE instances SET uploaded=1, size=?, sha256=?, key=COALESCE(?, key) WHERE spool_name=?",
                 (size, sha256, key, spool_name),
             )
-            row = c.execute("SELECT discarded FROM instances WHERE spool_name=?", (spool_name,)).fetchone()
+            row = c.execute(
+                "SELECT discarded FROM instances WHERE spool_name=?", (spool_name,)
+            ).fetchone()
             return bool(row) and row[0] == 0
 
         return self.run(fn)
@@ -463,8 +515,12 @@ class Spool(SpoolFiles):
 
     def key_in_use(self, key: str) -> bool:
         return self.run(
-            lambda c: c.execute("SELECT 1 FROM instances WHERE key=? AND discarded=0 LIMIT 1", (key,)).fetchone()
-            is not None
+            lambda c: (
+                c.execute(
+                    "SELECT 1 FROM instances WHERE key=? AND discarded=0 LIMIT 1", (key,)
+                ).fetchone()
+                is not None
+            )
         )
 
     # -- groups ----------------------------------------------------------------------------------
@@ -479,7 +535,18 @@ class Spool(SpoolFiles):
         )
         return self.run(
             lambda c: [
-                GroupRow(r[0], r[1], r[2], r[3], int(r[4]), float(r[5]), r[6], int(r[7] or 0), int(r[8] or 0), int(r[9] or 0))
+                GroupRow(
+                    r[0],
+                    r[1],
+                    r[2],
+                    r[3],
+                    int(r[4]),
+                    float(r[5]),
+                    r[6],
+                    int(r[7] or 0),
+                    int(r[8] or 0),
+                    int(r[9] or 0),
+                )
                 for r in c.execute(sql)
             ]
         )
@@ -494,7 +561,12 @@ class Spool(SpoolFiles):
         return self.run(lambda c: [ReadyInstance(*r) for r in c.execute(sql, (group_id,))])
 
     def commit_emission(
-        self, group_id: str, revision: int, manifest_key: str | None, instance_ids: list[int], events: list[tuple[str, bytes]]
+        self,
+        group_id: str,
+        revision: int,
+        manifest_key: str | None,
+        instance_ids: list[int],
+        events: list[tuple[str, bytes]],
     ) -> bool:
         """Atomically: queue ``events`` in the outbox, drop the emitted rows, advance the revision.
 
@@ -514,7 +586,8 @@ class Spool(SpoolFiles):
             c.executemany("DELETE FROM instances WHERE id=?", [(i,) for i in instance_ids])
             if manifest_key is not None:
                 c.execute(
-                    "UPDATE groups SET next_revision=?, last_manifest=? WHERE id=?", (revision + 1, manifest_key, group_id)
+                    "UPDATE groups SET next_revision=?, last_manifest=? WHERE id=?",
+                    (revision + 1, manifest_key, group_id),
                 )
             c.execute(
                 "DELETE FROM associations WHERE state!='open'"
@@ -538,27 +611,40 @@ class Spool(SpoolFiles):
         )
 
     def outbox_next_due(self) -> float | None:
-        row = self.run(lambda c: c.execute("SELECT MIN(next_at) FROM outbox WHERE state='pending'").fetchone())
+        row = self.run(
+            lambda c: c.execute("SELECT MIN(next_at) FROM outbox WHERE state='pending'").fetchone()
+        )
         return None if row is None or row[0] is None else float(row[0])
 
     def outbox_sent(self, event_id: str) -> None:
         now = time.time()
-        self.run(lambda c: c.execute("UPDATE outbox SET state='sent', sent=? WHERE id=?", (now, event_id)))
+        self.run(
+            lambda c: c.execute(
+                "UPDATE outbox SET state='sent', sent=? WHERE id=?", (now, event_id)
+            )
+        )
 
     def outbox_retry(self, event_id: str, next_at: float, error: str) -> None:
         self.run(
             lambda c: c.execute(
-                "UPDATE outbox SET attempts=attempts+1, next_at=?, last_error=? WHERE id=?", (next_at, error[:200], event_id)
+                "UPDATE outbox SET attempts=attempts+1, next_at=?, last_error=? WHERE id=?",
+                (next_at, error[:200], event_id),
             )
         )
 
     def outbox_counts(self) -> dict[str, int]:
-        return self.run(lambda c: dict(c.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()))
+        return self.run(
+            lambda c: dict(
+                c.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
+            )
+        )
 
     # -- drop trigger checkpoint -----------------------------------------------------------------
 
     def drop_seen(self, key: str) -> str | None:
-        row = self.run(lambda c: c.execute("SELECT etag FROM drop_seen WHERE key=?", (key,)).fetchone())
+        row = self.run(
+            lambda c: c.execute("SELECT etag FROM drop_seen WHERE key=?", (key,)).fetchone()
+        )
         return None if row is None else str(row[0])
 
     def mark_drop_seen(self, key: str, etag: str, outcome: str) -> None:

@@ -31,7 +31,9 @@ def _digest(path: Path, algorithm: str) -> str:
 
 
 class Uploader:
-    def __init__(self, spool: Spool, store: ObjectStore, *, workers: int, on_uploaded: Callable[[], None]) -> None:
+    def __init__(
+        self, spool: Spool, store: ObjectStore, *, workers: int, on_uploaded: Callable[[], None]
+    ) -> None:
         self.spool = spool
         self.store = store
         self.on_uploaded = on_uploaded
@@ -39,8 +41,13 @@ class Uploader:
         self._inflight: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._work, name=f"uploader-{i}", daemon=True) for i in range(workers)]
-        self._janitor = threading.Thread(target=self._clean_loop, name="uploader-janitor", daemon=True)
+        self._threads = [
+            threading.Thread(target=self._work, name=f"uploader-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        self._janitor = threading.Thread(
+            target=self._clean_loop, name="uploader-janitor", daemon=True
+        )
         self.uploaded = 0
 
     def start(self) -> None:
@@ -73,7 +80,7 @@ class Uploader:
                 return
             try:
                 self._upload(item)
-            except Exception:  # noqa: BLE001 - a worker must not die; the row stays pending
+            except Exception:
                 log.exception("upload failed unexpectedly; retrying in 5 s")
                 threading.Timer(5.0, self._queue.put, args=(item,)).start()
                 continue  # still in flight: the janitor must not clean it meanwhile
@@ -85,7 +92,10 @@ class Uploader:
         try:
             size, digest = path.stat().st_size, _digest(path, "sha256")
         except FileNotFoundError:
-            log.error("spooled file missing; instance cannot be uploaded", extra={"spool_file": item.spool_name})
+            log.error(
+                "spooled file missing; instance cannot be uploaded",
+                extra={"spool_file": item.spool_name},
+            )
             return
         delay = 0.2
         key = item.key
@@ -93,7 +103,9 @@ class Uploader:
             try:
                 # streamed from the spool file: a multi-GB enhanced object never sits in memory;
                 # conditional, so a stored instance is never replaced (manifests point at it)
-                self.store.put_file(key, path, content_type="application/dicom", sha256=digest, if_absent=True)
+                self.store.put_file(
+                    key, path, content_type="application/dicom", sha256=digest, if_absent=True
+                )
                 break
             except AlreadyExists:
                 if key != item.key or self._same_bytes(key, path):
@@ -109,7 +121,9 @@ class Uploader:
                 delay = min(delay * 2, 10.0)
         else:
             return  # stopping: the row stays pending and the next start uploads it
-        live = self.spool.mark_uploaded(item.spool_name, size, digest, key if key != item.key else None)
+        live = self.spool.mark_uploaded(
+            item.spool_name, size, digest, key if key != item.key else None
+        )
         self.spool.unlink(item.spool_name)
         self.uploaded += 1
         if not live and not self.spool.key_in_use(key):
@@ -150,7 +164,7 @@ class Uploader:
         while not self._stop.wait(1.0):
             try:
                 self.clean_discarded()
-            except Exception:  # noqa: BLE001 - housekeeping must not die
+            except Exception:
                 log.exception("cleanup of discarded instances failed")
 
     def wait_idle(self, timeout: float) -> bool:

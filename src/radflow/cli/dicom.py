@@ -30,7 +30,11 @@ _RESOURCE = {"aetitle": "claraaetitle", "src": "sourceaetitle", "dest": "destina
 def add_dicom_commands(subparsers: Any) -> None:
     """Register ``dicom create|list|delete`` on an argparse subparsers object."""
     dicom = subparsers.add_parser("dicom", help="manage the DICOM adapter's AE titles (REST API)")
-    dicom.add_argument("--api", default=None, help=f"adapter REST URL (env RADFLOW_ADAPTER_API, default {DEFAULT_API})")
+    dicom.add_argument(
+        "--api",
+        default=None,
+        help=f"adapter REST URL (env RADFLOW_ADAPTER_API, default {DEFAULT_API})",
+    )
     verbs = dicom.add_subparsers(dest="dicom_verb", required=True)
 
     create = verbs.add_parser("create", help="create an AE title, a source or a destination")
@@ -38,8 +42,16 @@ def add_dicom_commands(subparsers: Any) -> None:
     ae = kinds.add_parser("aetitle", help="a Clara AE title the adapter listens as")
     ae.add_argument("--name", help="entity name (default: the AE title)")
     ae.add_argument("--ae-title", required=True)
-    ae.add_argument("--pipeline", action="append", default=[], metavar="PIPELINE_ID", help="pipeline to start (repeatable)")
-    ae.add_argument("--timeout", type=float, help="grouping timeout in seconds (0 = on association release)")
+    ae.add_argument(
+        "--pipeline",
+        action="append",
+        default=[],
+        metavar="PIPELINE_ID",
+        help="pipeline to start (repeatable)",
+    )
+    ae.add_argument(
+        "--timeout", type=float, help="grouping timeout in seconds (0 = on association release)"
+    )
     ae.add_argument("--group-by", help="grouping tag, e.g. 0020,000D")
     ae.add_argument("--overwrite", action="store_true", help="overwrite-same-instance")
     ae.add_argument("--ignore-sop-class", action="append", default=[], metavar="UID")
@@ -79,15 +91,21 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
         }
         return body
     if args.kind == "src":
-        return {"name": args.name or args.ae_title, "aeTitle": args.ae_title, "hostIp": args.host_ip}
+        return {
+            "name": args.name or args.ae_title,
+            "aeTitle": args.ae_title,
+            "hostIp": args.host_ip,
+        }
     return {"name": args.name, "aeTitle": args.ae_title, "hostIp": args.host_ip, "port": args.port}
 
 
 def _call(method: str, url: str, body: Any = None) -> tuple[int, Any]:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - operator-supplied URL
+        with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.loads(resp.read() or b"null")
     except urllib.error.HTTPError as exc:
         try:
@@ -106,7 +124,10 @@ def run_dicom(args: argparse.Namespace) -> int:
         else:
             status, out = _call("DELETE", f"{base}/api/config/{_RESOURCE[args.kind]}/{args.name}")
     except (urllib.error.URLError, OSError) as exc:
-        print(f"error: cannot reach the DICOM adapter API at {base}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+        print(
+            f"error: cannot reach the DICOM adapter API at {base}: {getattr(exc, 'reason', exc)}",
+            file=sys.stderr,
+        )
         return 2
     if status >= 400:
         print(f"error: {status}: {(out or {}).get('error', out)}", file=sys.stderr)

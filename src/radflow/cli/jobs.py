@@ -14,8 +14,6 @@ import argparse
 import datetime as _dt
 import json
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,9 @@ from radflow.sdk.pipeline import load_pipeline
 
 
 def add_pipeline_commands(subparsers: Any) -> None:
-    p = subparsers.add_parser("pipeline", help="Clara pipeline definitions: validate, compile to Knative")
+    p = subparsers.add_parser(
+        "pipeline", help="Clara pipeline definitions: validate, compile to Knative"
+    )
     sub = p.add_subparsers(dest="pipeline_command", required=True)
     add_compile_parser(sub)
     v = sub.add_parser("validate", help="check pipeline files and print their DAGs")
@@ -78,7 +78,9 @@ def _short_time(value: Any) -> str:
     if not value:
         return "-"
     try:
-        return _dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).strftime("%Y-%m-%d %H:%M:%S")
+        return _dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).strftime(
+            "%Y-%m-%d %H:%M:%S"
+        )
     except ValueError:
         return str(value)
 
@@ -88,8 +90,19 @@ def render_jobs(jobs: list[dict[str, Any]]) -> str:
         return "no jobs yet"
     rows = [("JOB", "PIPELINE", "STUDY", "STATE", "CREATED", "STAGES")]
     for j in jobs:
-        stages = "  ".join(f"{name}:{s['state']}({_ms(s.get('duration_ms'))})" for name, s in j["stages"].items())
-        rows.append((j["job_id"], j["pipeline"], j.get("study_instance_uid") or j.get("study_id") or "-", j["state"], _short_time(j.get("created_at")), stages))
+        stages = "  ".join(
+            f"{name}:{s['state']}({_ms(s.get('duration_ms'))})" for name, s in j["stages"].items()
+        )
+        rows.append(
+            (
+                j["job_id"],
+                j["pipeline"],
+                j.get("study_instance_uid") or j.get("study_id") or "-",
+                j["state"],
+                _short_time(j.get("created_at")),
+                stages,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     return "\n".join("  ".join(r[i].ljust(widths[i]) for i in range(5)) + "  " + r[5] for r in rows)
 
@@ -117,7 +130,9 @@ def render_job(doc: dict[str, Any]) -> str:
         if s.get("log"):
             lines.append(f"      log: {s['log']}")
     for dl in doc.get("dead_letters", []):
-        lines.append(f"  dead letter: {dl['type']} -> {dl.get('stage') or dl.get('destination')} (HTTP {dl['code']}) at {_short_time(dl['at'])}")
+        lines.append(
+            f"  dead letter: {dl['type']} -> {dl.get('stage') or dl.get('destination')} (HTTP {dl['code']}) at {_short_time(dl['at'])}"
+        )
     return "\n".join(lines)
 
 

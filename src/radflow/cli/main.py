@@ -55,9 +55,13 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _format_status(status: dict[str, Any]) -> str:
-    lines = [f"engine      pid {status['pid']}  control {status['control_url']}  state {status['state_dir']}"]
+    lines = [
+        f"engine      pid {status['pid']}  control {status['control_url']}  state {status['state_dir']}"
+    ]
     s3 = status["s3"]
-    lines.append(f"s3          {s3['endpoint_url']}  bucket {s3['bucket']}{'  (SeaweedFS)' if s3['embedded'] else ''}")
+    lines.append(
+        f"s3          {s3['endpoint_url']}  bucket {s3['bucket']}{'  (SeaweedFS)' if s3['embedded'] else ''}"
+    )
     if status.get("triton"):
         lines.append(f"triton      {status['triton']['url']}")
     for b in status["brokers"]:
@@ -79,7 +83,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         with urllib.request.urlopen(state["control_url"] + "/status", timeout=5) as resp:
             status = json.load(resp)
     except OSError as exc:
-        print(f"radflow engine pid {state['pid']} does not answer at {state['control_url']}: {exc}", file=sys.stderr)
+        print(
+            f"radflow engine pid {state['pid']} does not answer at {state['control_url']}: {exc}",
+            file=sys.stderr,
+        )
         return 1
     print(json.dumps(status, indent=2) if args.json else _format_status(status))
     return 0
@@ -109,13 +116,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="radflow", description=__doc__)
-    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE, help="engine state folder (default .radflow)")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE,
+        help="engine state folder (default .radflow)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run the embedded engine in the foreground")
-    up.add_argument("--config", type=Path, help="Clara DICOM adapter YAML (optional radflow: section)")
+    up.add_argument(
+        "--config", type=Path, help="Clara DICOM adapter YAML (optional radflow: section)"
+    )
     up.add_argument("--manifests", type=Path, help="manifest folder (default: the repo's knative/)")
-    up.add_argument("--scale-to-zero-after", type=float, help="idle seconds before a function stops")
+    up.add_argument(
+        "--scale-to-zero-after", type=float, help="idle seconds before a function stops"
+    )
     up.add_argument("--log-level", default="INFO")
     up.set_defaults(func=cmd_up)
 
@@ -124,12 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=cmd_status)
 
     lg = sub.add_parser("logs", help="a function's log")
-    lg.add_argument("function", help="Knative Service name (or seaweedfs, triton, a Deployment name)")
+    lg.add_argument(
+        "function", help="Knative Service name (or seaweedfs, triton, a Deployment name)"
+    )
     lg.add_argument("-f", "--follow", action="store_true")
     lg.add_argument("-n", "--lines", type=int, default=200)
     lg.set_defaults(func=cmd_logs)
 
-    demo = sub.add_parser("demo", help="push a synthetic brain MR study through the reference pipeline")
+    demo = sub.add_parser(
+        "demo", help="push a synthetic brain MR study through the reference pipeline"
+    )
     demo.add_argument("--keep", action="store_true", help="keep the demo's state folder")
     demo.add_argument("--slices", type=int, default=None, help="slices of the synthetic series")
     demo.set_defaults(func=cmd_demo)

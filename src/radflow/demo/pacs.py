@@ -41,7 +41,9 @@ class LocalPacs:
         path = self.folder / f"{ds.SOPInstanceUID}.dcm"
         ds.save_as(path, enforce_file_format=True)
         with self._lock:
-            self.received.append(Received(path, str(ds.SOPClassUID), str(ds.StudyInstanceUID), time.time()))
+            self.received.append(
+                Received(path, str(ds.SOPClassUID), str(ds.StudyInstanceUID), time.time())
+            )
         return 0x0000
 
     def start(self) -> None:
@@ -52,19 +54,25 @@ class LocalPacs:
         ae.add_supported_context(Verification)
         ae.maximum_pdu_size = 0
         self._server = ae.start_server(
-            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._on_store), *NODELAY_HANDLERS]
+            ("127.0.0.1", self.port),
+            block=False,
+            evt_handlers=[(evt.EVT_C_STORE, self._on_store), *NODELAY_HANDLERS],
         )
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
 
-    def wait_for(self, sop_classes: set[str], study_uid: str, timeout: float) -> dict[str, Received]:
+    def wait_for(
+        self, sop_classes: set[str], study_uid: str, timeout: float
+    ) -> dict[str, Received]:
         """The first instance of each SOP class in ``sop_classes`` for the study, or what arrived."""
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:
-                found = {r.sop_class_uid: r for r in self.received if r.study_instance_uid == study_uid}
+                found = {
+                    r.sop_class_uid: r for r in self.received if r.study_instance_uid == study_uid
+                }
             if sop_classes <= set(found) or time.monotonic() > deadline:
                 return {k: v for k, v in found.items() if k in sop_classes}
             time.sleep(0.2)

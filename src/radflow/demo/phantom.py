@@ -29,7 +29,9 @@ class Phantom:
     label: np.ndarray
 
 
-def _ellipsoid(grid: tuple[np.ndarray, ...], center: np.ndarray, radii: np.ndarray, angle: float = 0.0) -> np.ndarray:
+def _ellipsoid(
+    grid: tuple[np.ndarray, ...], center: np.ndarray, radii: np.ndarray, angle: float = 0.0
+) -> np.ndarray:
     """Voxels inside an ellipsoid whose (y, x) axes are rotated by ``angle`` radians about z."""
     z, y, x = grid
     dy, dx = y - center[1], x - center[2]
@@ -38,18 +40,28 @@ def _ellipsoid(grid: tuple[np.ndarray, ...], center: np.ndarray, radii: np.ndarr
     return ((z - center[0]) / radii[0]) ** 2 + (ry / radii[1]) ** 2 + (rx / radii[2]) ** 2 <= 1.0
 
 
-def _bias_field(rng: np.random.Generator, shape: tuple[int, int, int], strength: float) -> np.ndarray:
+def _bias_field(
+    rng: np.random.Generator, shape: tuple[int, int, int], strength: float
+) -> np.ndarray:
     """A smooth multiplicative field (second-order polynomial), 1 +/- about ``strength``."""
     d, h, w = shape
     z = (np.arange(d, dtype=np.float32) / max(d - 1, 1) - 0.5)[:, None, None]
     y = (np.arange(h, dtype=np.float32) / max(h - 1, 1) - 0.5)[None, :, None]
     x = (np.arange(w, dtype=np.float32) / max(w - 1, 1) - 0.5)[None, None, :]
     a = rng.uniform(-1, 1, 6).astype(np.float32) * strength
-    field = 1 + a[0] * z + a[1] * y + a[2] * x + 2 * (a[3] * z * y + a[4] * y * x + a[5] * (x * x - 1 / 12))
+    field = (
+        1
+        + a[0] * z
+        + a[1] * y
+        + a[2] * x
+        + 2 * (a[3] * z * y + a[4] * y * x + a[5] * (x * x - 1 / 12))
+    )
     return np.clip(field, 0.5, 1.5).astype(np.float32)
 
 
-def brain_phantom(shape: tuple[int, int, int] = (32, 64, 64), *, seed: int, tumor: bool = True) -> Phantom:
+def brain_phantom(
+    shape: tuple[int, int, int] = (32, 64, 64), *, seed: int, tumor: bool = True
+) -> Phantom:
     """One random phantom of ``shape`` (z, y, x); the same seed gives the same phantom."""
     rng = np.random.default_rng(seed)
     d, h, w = shape
@@ -82,7 +94,12 @@ def brain_phantom(shape: tuple[int, int, int] = (32, 64, 64), *, seed: int, tumo
                 core = cand
                 if rng.random() < 0.5:  # rim-enhancing with a necrotic centre
                     necrosis = _ellipsoid(grid, tc, tr * rng.uniform(0.45, 0.7), t_angle) & core
-                oedema = _ellipsoid(grid, tc, tr * rng.uniform(1.2, 1.6), t_angle) & brain & ~core & ~vent
+                oedema = (
+                    _ellipsoid(grid, tc, tr * rng.uniform(1.2, 1.6), t_angle)
+                    & brain
+                    & ~core
+                    & ~vent
+                )
                 break
     label = core.astype(np.uint8)
     enhancing = core & ~necrosis
@@ -90,7 +107,9 @@ def brain_phantom(shape: tuple[int, int, int] = (32, 64, 64), *, seed: int, tumo
     noise_rel = float(rng.uniform(0.02, 0.07))
     bias_strength = float(rng.uniform(0.0, 0.25))
 
-    def contrast(scalp: float, gm: float, wm: float, csf: float, oed: float, nec: float, enh: float) -> np.ndarray:
+    def contrast(
+        scalp: float, gm: float, wm: float, csf: float, oed: float, nec: float, enh: float
+    ) -> np.ndarray:
         def j(v: float) -> float:
             return v * float(rng.uniform(0.88, 1.12)) * scale
 

@@ -65,10 +65,14 @@ def adapter_config(
             },
             "scu": {
                 "ae-title": "RADFLOW",
-                "destinations": [{"name": "MYPACS", "ae-title": ae_title, "host-ip": "127.0.0.1", "port": port}],
+                "destinations": [
+                    {"name": "MYPACS", "ae-title": ae_title, "host-ip": "127.0.0.1", "port": port}
+                ],
             },
         },
-        "pipeline-mappings": [{"name": "brain", "clara-ae-title": "BRAINSEG", "pipeline-id": PIPELINE}],
+        "pipeline-mappings": [
+            {"name": "brain", "clara-ae-title": "BRAINSEG", "pipeline-id": PIPELINE}
+        ],
         "radflow": {"state-dir": str(state), "scale-to-zero-after": scale_to_zero_after},
     }
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -114,8 +118,13 @@ def seg_dice(path: Path, study: SyntheticStudy) -> float:
     from radflow.imaging.seg import read_segmentation_mask
 
     mask, uids = read_segmentation_mask(str(path), 1)
-    by_uid = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in study.target.files}
-    ipp = {uid: np.asarray(dcmread(by_uid[uid], stop_before_pixels=True).ImagePositionPatient, float) for uid in uids}
+    by_uid = {
+        str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in study.target.files
+    }
+    ipp = {
+        uid: np.asarray(dcmread(by_uid[uid], stop_before_pixels=True).ImagePositionPatient, float)
+        for uid in uids
+    }
     origin = np.asarray(study.geometry.origin)
     normal = np.asarray(study.geometry.direction, float).reshape(3, 3)[:, 2]
     predicted = np.zeros_like(study.label, dtype=bool)
@@ -156,7 +165,11 @@ def _job_for(engine: Engine, timeout: float) -> dict[str, Any] | None:
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        jobs = [j for j in load_jobs(None) if j.get("pipeline") == PIPELINE and j.get("state") != "running"]
+        jobs = [
+            j
+            for j in load_jobs(None)
+            if j.get("pipeline") == PIPELINE and j.get("state") != "running"
+        ]
         if jobs:
             from radflow.engine.jobs import load_job
 
@@ -169,7 +182,9 @@ async def _demo(work: Path, slices: int) -> int:
     pacs = LocalPacs(work / "pacs")
     pacs.start()
     dicom_port = free_port()
-    config_path = adapter_config(work / "dicom-adapter.yaml", dicom_port, (pacs.ae_title, pacs.port), work / "engine")
+    config_path = adapter_config(
+        work / "dicom-adapter.yaml", dicom_port, (pacs.ae_title, pacs.port), work / "engine"
+    )
     engine = Engine(load_engine_config(config_path))
     print(f"starting the embedded engine (state in {work / 'engine'}) ...", flush=True)
     t0 = time.time()
@@ -182,11 +197,21 @@ async def _demo(work: Path, slices: int) -> int:
         if not await asyncio.to_thread(wait_for_port, "127.0.0.1", dicom_port, 60):
             print("the DICOM adapter did not start listening; see radflow logs", file=sys.stderr)
             return 1
-        print(f"engine up in {time.time() - t0:.1f} s; writing a synthetic brain MR study ...", flush=True)
-        study = await asyncio.to_thread(make_study, work / "study", (slices, 128, 128), seed=20261122)
-        print(f"sending {len(study.files)} instances in {len(study.series)} series to BRAINSEG@127.0.0.1:{dicom_port}", flush=True)
+        print(
+            f"engine up in {time.time() - t0:.1f} s; writing a synthetic brain MR study ...",
+            flush=True,
+        )
+        study = await asyncio.to_thread(
+            make_study, work / "study", (slices, 128, 128), seed=20261122
+        )
+        print(
+            f"sending {len(study.files)} instances in {len(study.series)} series to BRAINSEG@127.0.0.1:{dicom_port}",
+            flush=True,
+        )
         sent_at, released = await asyncio.to_thread(send_study, study, dicom_port)
-        found = await asyncio.to_thread(pacs.wait_for, {SEG, RTSTRUCT}, study.study_instance_uid, 600)
+        found = await asyncio.to_thread(
+            pacs.wait_for, {SEG, RTSTRUCT}, study.study_instance_uid, 600
+        )
         if set(found) != {SEG, RTSTRUCT}:
             print(f"timed out: the PACS has {sorted(found)} for the study", file=sys.stderr)
             return 1
@@ -203,7 +228,9 @@ async def _demo(work: Path, slices: int) -> int:
         print()
         print(stage_table(job or {}, released, arrived))
         print(f"\nsend (C-STORE of {len(study.files)} instances): {released - sent_at:.2f} s")
-        print("The segmentation model is a demo model trained on synthetic phantoms: not for clinical use.")
+        print(
+            "The segmentation model is a demo model trained on synthetic phantoms: not for clinical use."
+        )
         return 0 if ok and dice >= 0.5 else 1
     finally:
         await engine.stop()
@@ -226,7 +253,11 @@ async def _cancellable(coro: Any) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    work = Path(".radflow-demo").resolve() if args.keep else Path(tempfile.mkdtemp(prefix="radflow-demo-"))
+    work = (
+        Path(".radflow-demo").resolve()
+        if args.keep
+        else Path(tempfile.mkdtemp(prefix="radflow-demo-"))
+    )
     try:
         return asyncio.run(_cancellable(_demo(work, args.slices or 32)))
     finally:

@@ -93,7 +93,9 @@ class _Writer:
         self.root, self.rng, self.study_uid, self.for_uid = root, rng, study_uid, for_uid
         self.when = dt.datetime(2026, 3, 14, 9, 26, 53)
 
-    def base(self, series_uid: str, number: int, description: str, image_type: list[str]) -> Dataset:
+    def base(
+        self, series_uid: str, number: int, description: str, image_type: list[str]
+    ) -> Dataset:
         ds = Dataset()
         ds.PatientName = "Phantom^Brain"
         ds.PatientID = "RF-SYNTH-0001"
@@ -197,6 +199,7 @@ def make_study(
         Compute the phantom at ``shape // factor`` and upsample (fast large benchmark studies).
     """
     rng = np.random.default_rng(seed)
+
     def uid() -> str:
         return str(generate_uid(prefix=DEMO_UID_ROOT, entropy_srcs=[str(seed), str(rng.random())]))
 
@@ -210,7 +213,9 @@ def make_study(
             return a
         big = a.repeat(phantom_factor, 0).repeat(phantom_factor, 1).repeat(phantom_factor, 2)
         out = np.zeros(shape, a.dtype)
-        out[: big.shape[0], : big.shape[1], : big.shape[2]] = big[: shape[0], : shape[1], : shape[2]]
+        out[: big.shape[0], : big.shape[1], : big.shape[2]] = big[
+            : shape[0], : shape[1], : shape[2]
+        ]
         return out
 
     label = up(ph.label)
@@ -219,7 +224,12 @@ def make_study(
     nz, nrows, ncols = shape
     row_sp, col_sp = pixel_spacing
     center = np.array([2.5, -14.0, 21.0])
-    origin = center - (ncols - 1) / 2 * col_sp * row - (nrows - 1) / 2 * row_sp * col - (nz - 1) / 2 * slice_step * normal
+    origin = (
+        center
+        - (ncols - 1) / 2 * col_sp * row
+        - (nrows - 1) / 2 * row_sp * col
+        - (nz - 1) / 2 * slice_step * normal
+    )
     geometry = Geometry(
         origin=(float(origin[0]), float(origin[1]), float(origin[2])),
         spacing=(col_sp, row_sp, slice_step),
@@ -227,8 +237,15 @@ def make_study(
     )
     series: dict[str, SeriesInfo] = {}
 
-    def volume_series(name: str, number: int, desc: str, values: np.ndarray, *, target: bool = False,
-                      factor: int = 1) -> None:  # fmt: skip
+    def volume_series(
+        name: str,
+        number: int,
+        desc: str,
+        values: np.ndarray,
+        *,
+        target: bool = False,
+        factor: int = 1,
+    ) -> None:
         s_uid = uid()
         vals = values[:, ::factor, ::factor]
         n = vals.shape[0]
@@ -241,8 +258,20 @@ def make_study(
         itype = ["ORIGINAL", "PRIMARY", "M", "NONE"]
         if target and enhanced:
             ds = w.base(s_uid, number, desc, itype)
-            _enhanced(ds, uid(), stored, order, origin, row, col, normal, (row_sp * factor, col_sp * factor),
-                      slice_step, slope, intercept)  # fmt: skip
+            _enhanced(
+                ds,
+                uid(),
+                stored,
+                order,
+                origin,
+                row,
+                col,
+                normal,
+                (row_sp * factor, col_sp * factor),
+                slice_step,
+                slope,
+                intercept,
+            )
             files.append(w.save(ds, f"series{number:03d}", syntax, stored[order]))
         else:
             for k, z in enumerate(order):
@@ -279,11 +308,19 @@ def make_study(
     slope, intercept = rescale
     target_values = _stored(up(ph.t1c), slope, intercept).astype(np.float64) * slope + intercept
     all_files = tuple(f for s in series.values() for f in s.files)
-    return SyntheticStudy(root, study_uid, for_uid, series, label, target_values, geometry, all_files)
+    return SyntheticStudy(
+        root, study_uid, for_uid, series, label, target_values, geometry, all_files
+    )
 
 
-def _localizer(w: _Writer, uid: Callable[[], str], series: dict[str, SeriesInfo], shape: tuple[int, int, int],
-               spacing: tuple[float, float], center: np.ndarray) -> None:  # fmt: skip
+def _localizer(
+    w: _Writer,
+    uid: Callable[[], str],
+    series: dict[str, SeriesInfo],
+    shape: tuple[int, int, int],
+    spacing: tuple[float, float],
+    center: np.ndarray,
+) -> None:
     """A 3-plane localizer: one axial, one coronal and one sagittal image in one series."""
     s_uid = uid()
     files = []
@@ -304,9 +341,20 @@ def _localizer(w: _Writer, uid: Callable[[], str], series: dict[str, SeriesInfo]
     series["localizer"] = SeriesInfo("localizer", s_uid, "3-plane loc", 1, tuple(files))
 
 
-def _enhanced(ds: Dataset, sop_uid: str, stored: np.ndarray, order: np.ndarray, origin: np.ndarray,  # noqa: PLR0913
-              row: np.ndarray, col: np.ndarray, normal: np.ndarray, spacing: tuple[float, float],
-              step: float, slope: float, intercept: float) -> None:  # fmt: skip
+def _enhanced(
+    ds: Dataset,
+    sop_uid: str,
+    stored: np.ndarray,
+    order: np.ndarray,
+    origin: np.ndarray,
+    row: np.ndarray,
+    col: np.ndarray,
+    normal: np.ndarray,
+    spacing: tuple[float, float],
+    step: float,
+    slope: float,
+    intercept: float,
+) -> None:
     """Turn ``ds`` into an Enhanced MR image whose frames are ``stored[order]``."""
     ds.SOPClassUID = ENHANCED_MR_STORAGE
     ds.SOPInstanceUID = sop_uid

@@ -145,14 +145,20 @@ def knative_service(pipeline: Pipeline, op: Operator, source: str) -> dict[str, 
     }
     container: dict[str, Any] = {
         "name": "operator",
-        "image": f"radflow/byo-{service_name(pipeline, op)}" if op.is_byo else function_image(function),
+        "image": f"radflow/byo-{service_name(pipeline, op)}"
+        if op.is_byo
+        else function_image(function),
         "ports": [{"name": "http1", "containerPort": 8080}],
         "env": _env(env),
     }
     resources = _resources(op.requests.cpu, op.requests.memory, op.gpu)
     if resources:
         container["resources"] = resources
-    pod: dict[str, Any] = {"containerConcurrency": 1, "timeoutSeconds": timeout, "containers": [container]}
+    pod: dict[str, Any] = {
+        "containerConcurrency": 1,
+        "timeoutSeconds": timeout,
+        "containers": [container],
+    }
     if op.gpu:
         pod["nodeSelector"] = dict(GPU_NODE_SELECTOR)
         pod["tolerations"] = [dict(t) for t in GPU_TOLERATIONS]
@@ -168,7 +174,12 @@ def knative_service(pipeline: Pipeline, op: Operator, source: str) -> dict[str, 
     return {
         "apiVersion": "serving.knative.dev/v1",
         "kind": "Service",
-        "metadata": {"name": service_name(pipeline, op), "namespace": NAMESPACE, "labels": labels, "annotations": annotations},
+        "metadata": {
+            "name": service_name(pipeline, op),
+            "namespace": NAMESPACE,
+            "labels": labels,
+            "annotations": annotations,
+        },
         "spec": {
             "template": {
                 "metadata": {
@@ -190,7 +201,9 @@ def knative_service(pipeline: Pipeline, op: Operator, source: str) -> dict[str, 
     }
 
 
-def clara_service_objects(pipeline: Pipeline, op: Operator, svc: Service, source: str) -> list[dict[str, Any]]:
+def clara_service_objects(
+    pipeline: Pipeline, op: Operator, svc: Service, source: str
+) -> list[dict[str, Any]]:
     """A Clara ``service`` (Triton): long-lived, so a Deployment + ClusterIP Service, not Knative."""
     name = clara_service_name(pipeline, svc)
     labels = {**LABELS, "radflow.dev/pipeline": pipeline.name, "radflow.dev/service": svc.name}
@@ -208,13 +221,21 @@ def clara_service_objects(pipeline: Pipeline, op: Operator, svc: Service, source
     if svc.container.command:
         container["command"] = list(svc.container.command)
     if any(c.port == 8000 for c in svc.connections.http):
-        container["readinessProbe"] = {"httpGet": {"path": "/v2/health/ready", "port": 8000}, "periodSeconds": 5}
+        container["readinessProbe"] = {
+            "httpGet": {"path": "/v2/health/ready", "port": 8000},
+            "periodSeconds": 5,
+        }
     resources = _resources(svc.requests.cpu, svc.requests.memory, svc.requests.gpu)
     if resources:
         container["resources"] = resources
     pod: dict[str, Any] = {
         "containers": [container],
-        "volumes": [{"name": "models", "persistentVolumeClaim": {"claimName": "radflow-models", "readOnly": True}}],
+        "volumes": [
+            {
+                "name": "models",
+                "persistentVolumeClaim": {"claimName": "radflow-models", "readOnly": True},
+            }
+        ],
     }
     if svc.requests.gpu:
         pod["nodeSelector"] = dict(GPU_NODE_SELECTOR)
@@ -224,7 +245,11 @@ def clara_service_objects(pipeline: Pipeline, op: Operator, svc: Service, source
         "name": name,
         "namespace": NAMESPACE,
         "labels": labels,
-        "annotations": {"radflow.dev/embedded": embedded, "radflow.dev/source": source, "radflow.dev/used-by": op.name},
+        "annotations": {
+            "radflow.dev/embedded": embedded,
+            "radflow.dev/source": source,
+            "radflow.dev/used-by": op.name,
+        },
     }
     deployment = {
         "apiVersion": "apps/v1",
@@ -233,7 +258,10 @@ def clara_service_objects(pipeline: Pipeline, op: Operator, svc: Service, source
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": {"radflow.dev/service-instance": name}},
-            "template": {"metadata": {"labels": {**labels, "radflow.dev/service-instance": name}}, "spec": pod},
+            "template": {
+                "metadata": {"labels": {**labels, "radflow.dev/service-instance": name}},
+                "spec": pod,
+            },
         },
     }
     service = {
@@ -242,13 +270,18 @@ def clara_service_objects(pipeline: Pipeline, op: Operator, svc: Service, source
         "metadata": {**meta, "labels": dict(labels), "annotations": dict(meta["annotations"])},
         "spec": {
             "selector": {"radflow.dev/service-instance": name},
-            "ports": [{"name": p["name"], "port": p["containerPort"], "targetPort": p["containerPort"]} for p in ports],
+            "ports": [
+                {"name": p["name"], "port": p["containerPort"], "targetPort": p["containerPort"]}
+                for p in ports
+            ],
         },
     }
     return [deployment, service]
 
 
-def trigger(name: str, subscriber: str, exact: dict[str, str], labels: dict[str, str]) -> dict[str, Any]:
+def trigger(
+    name: str, subscriber: str, exact: dict[str, str], labels: dict[str, str]
+) -> dict[str, Any]:
     return {
         "apiVersion": "eventing.knative.dev/v1",
         "kind": "Trigger",
@@ -256,7 +289,13 @@ def trigger(name: str, subscriber: str, exact: dict[str, str], labels: dict[str,
         "spec": {
             "broker": BROKER,
             "filters": [{"exact": dict(sorted(exact.items()))}],
-            "subscriber": {"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": subscriber}},
+            "subscriber": {
+                "ref": {
+                    "apiVersion": "serving.knative.dev/v1",
+                    "kind": "Service",
+                    "name": subscriber,
+                }
+            },
         },
     }
 
@@ -268,10 +307,24 @@ def pipeline_triggers(pipeline: Pipeline) -> list[dict[str, Any]]:
         target = service_name(pipeline, op)
         labels = {"radflow.dev/pipeline": pipeline.name, "radflow.dev/stage": op.name}
         if not op.upstream():
-            for etype, word in ((EventType.STUDY_RECEIVED, "study-received"), (EventType.STUDY_REVISED, "study-revised")):
-                out.append(trigger(short_name(target, word), target, {"type": etype.value, "radflowpipeline": pipeline.name}, labels))
+            for etype, word in (
+                (EventType.STUDY_RECEIVED, "study-received"),
+                (EventType.STUDY_REVISED, "study-revised"),
+            ):
+                out.append(
+                    trigger(
+                        short_name(target, word),
+                        target,
+                        {"type": etype.value, "radflowpipeline": pipeline.name},
+                        labels,
+                    )
+                )
         for up in op.upstream():
-            exact = {"type": EventType.STAGE_COMPLETED.value, "radflowpipeline": pipeline.name, "radflowstage": up}
+            exact = {
+                "type": EventType.STAGE_COMPLETED.value,
+                "radflowpipeline": pipeline.name,
+                "radflowstage": up,
+            }
             out.append(trigger(short_name(target, "from", up), target, exact, labels))
     return out
 
@@ -288,10 +341,22 @@ def broker() -> dict[str, Any]:
             "annotations": {"eventing.knative.dev/broker.class": "Kafka"},
         },
         "spec": {
-            "config": {"apiVersion": "v1", "kind": "ConfigMap", "name": "kafka-broker-config", "namespace": "knative-eventing"},
+            "config": {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "name": "kafka-broker-config",
+                "namespace": "knative-eventing",
+            },
             "delivery": {
                 **DELIVERY,
-                "deadLetterSink": {"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": TRACKER, "namespace": NAMESPACE}},
+                "deadLetterSink": {
+                    "ref": {
+                        "apiVersion": "serving.knative.dev/v1",
+                        "kind": "Service",
+                        "name": TRACKER,
+                        "namespace": NAMESPACE,
+                    }
+                },
             },
         },
     }
@@ -315,7 +380,10 @@ def tracker_objects(pipelines: Sequence[Pipeline]) -> list[dict[str, Any]]:
             "template": {
                 "metadata": {
                     "labels": dict(labels),
-                    "annotations": {"autoscaling.knative.dev/min-scale": "0", "autoscaling.knative.dev/max-scale": "2"},
+                    "annotations": {
+                        "autoscaling.knative.dev/min-scale": "0",
+                        "autoscaling.knative.dev/max-scale": "2",
+                    },
                 },
                 "spec": {
                     "containerConcurrency": 16,
@@ -326,14 +394,19 @@ def tracker_objects(pipelines: Sequence[Pipeline]) -> list[dict[str, Any]]:
                             "image": function_image("job_tracker"),
                             "ports": [{"name": "http1", "containerPort": 8080}],
                             "env": _env(env),
-                                            }
+                        }
                     ],
                 },
             }
         },
     }
     triggers = [
-        trigger(short_name(TRACKER, word), TRACKER, {"type": etype.value}, {"radflow.dev/function": "job-tracker"})
+        trigger(
+            short_name(TRACKER, word),
+            TRACKER,
+            {"type": etype.value},
+            {"radflow.dev/function": "job-tracker"},
+        )
         for etype, word in (
             (EventType.STAGE_COMPLETED, "stage-completed"),
             (EventType.STAGE_FAILED, "stage-failed"),
@@ -383,13 +456,22 @@ def gpu_patches(path: str, objects: Iterable[dict[str, Any]]) -> list[dict[str, 
         ops: list[dict[str, Any]] = []
         for i, c in enumerate(pod["containers"]):
             if "nvidia.com/gpu" in c.get("resources", {}).get("limits", {}):
-                ops.append({"op": "remove", "path": f"{base}/containers/{i}/resources/limits/nvidia.com~1gpu"})
+                ops.append(
+                    {
+                        "op": "remove",
+                        "path": f"{base}/containers/{i}/resources/limits/nvidia.com~1gpu",
+                    }
+                )
         for field in ("nodeSelector", "tolerations"):
             if field in pod:
                 ops.append({"op": "remove", "path": f"{base}/{field}"})
         if ops:
             group, _, version = obj["apiVersion"].rpartition("/")
-            target = {"group": group, "version": version, "kind": kind, "name": obj["metadata"]["name"]} if group else {"version": version, "kind": kind, "name": obj["metadata"]["name"]}
+            target = (
+                {"group": group, "version": version, "kind": kind, "name": obj["metadata"]["name"]}
+                if group
+                else {"version": version, "kind": kind, "name": obj["metadata"]["name"]}
+            )
             patches.append({"target": target, "patch": _yaml(ops)})
     return patches
 
@@ -422,7 +504,9 @@ def compile_pipelines(
     if dupes:
         from radflow.sdk.errors import ConfigError
 
-        raise ConfigError(f"pipeline name {dupes[0]!r} is defined by more than one file; a pipeline's id is its name")
+        raise ConfigError(
+            f"pipeline name {dupes[0]!r} is defined by more than one file; a pipeline's id is its name"
+        )
     files: dict[Path, str] = {}
     all_objects: list[dict[str, Any]] = []
     brk = broker()
@@ -432,33 +516,75 @@ def compile_pipelines(
     files[out / "platform" / "job-tracker.yaml"] = dump(tracker, "pipelines/*.yaml")
     for p, source in loaded:
         folder = out / "pipelines" / p.name
-        services = [knative_service(p, op, source) for op in sorted(p.operators, key=lambda o: o.name)]
+        services = [
+            knative_service(p, op, source) for op in sorted(p.operators, key=lambda o: o.name)
+        ]
         files[folder / "services.yaml"] = dump(services, source)
         files[folder / "triggers.yaml"] = dump(pipeline_triggers(p), source)
-        extra = [obj for op in sorted(p.operators, key=lambda o: o.name) for svc in op.services for obj in clara_service_objects(p, op, svc, source)]
+        extra = [
+            obj
+            for op in sorted(p.operators, key=lambda o: o.name)
+            for svc in op.services
+            for obj in clara_service_objects(p, op, svc, source)
+        ]
         if extra:
             files[folder / "clara-services.yaml"] = dump(extra, source)
             all_objects += extra
         all_objects += services
     # hand-written manifests in knative/ (e.g. the DICOM adapter's) are deployed too
     generated = set(files)
-    own = {p for p in out.rglob("*.yaml") if p not in generated and p.name != "kustomization.yaml" and not _is_generated(p)} if out.exists() else set()
+    own = (
+        {
+            p
+            for p in out.rglob("*.yaml")
+            if p not in generated and p.name != "kustomization.yaml" and not _is_generated(p)
+        }
+        if out.exists()
+        else set()
+    )
     resources = sorted(f.relative_to(out).as_posix() for f in generated | own)
     # on a cluster every function reads RADFLOW_S3_* from one Secret; the manifests themselves
     # carry no envFrom (the engine passes the store settings in its own environment)
     store_patch = {
-        "target": {"group": "serving.knative.dev", "version": "v1", "kind": "Service", "labelSelector": "app.kubernetes.io/part-of=radflow"},
-        "patch": _yaml([{"op": "add", "path": "/spec/template/spec/containers/0/envFrom", "value": [{"secretRef": {"name": STORE_SECRET}}]}]),
+        "target": {
+            "group": "serving.knative.dev",
+            "version": "v1",
+            "kind": "Service",
+            "labelSelector": "app.kubernetes.io/part-of=radflow",
+        },
+        "patch": _yaml(
+            [
+                {
+                    "op": "add",
+                    "path": "/spec/template/spec/containers/0/envFrom",
+                    "value": [{"secretRef": {"name": STORE_SECRET}}],
+                }
+            ]
+        ),
     }
     files[out / "kustomization.yaml"] = GENERATED.format(source="") + _yaml(
-        {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": resources, "patches": [store_patch]}
+        {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": resources,
+            "patches": [store_patch],
+        }
     )
     overlay_patches = [
         {
-            "target": {"group": "eventing.knative.dev", "version": "v1", "kind": "Broker", "name": BROKER},
+            "target": {
+                "group": "eventing.knative.dev",
+                "version": "v1",
+                "kind": "Broker",
+                "name": BROKER,
+            },
             "patch": _yaml(
                 [
-                    {"op": "replace", "path": "/metadata/annotations/eventing.knative.dev~1broker.class", "value": "MTChannelBasedBroker"},
+                    {
+                        "op": "replace",
+                        "path": "/metadata/annotations/eventing.knative.dev~1broker.class",
+                        "value": "MTChannelBasedBroker",
+                    },
                     {"op": "remove", "path": "/spec/config"},
                 ]
             ),
@@ -469,7 +595,14 @@ def compile_pipelines(
     files[overlay / "kustomization.yaml"] = (
         "# A CPU-only development cluster: in-memory MT broker (not durable), no GPU limits or GPU node placement.\n"
         + GENERATED.format(source="")
-        + _yaml({"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": [base], "patches": overlay_patches})
+        + _yaml(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [base],
+                "patches": overlay_patches,
+            }
+        )
     )
     return files
 
@@ -490,7 +623,7 @@ def write_files(files: dict[Path, str]) -> None:
             path.write_text(text, encoding="utf-8")
 
 
-def stale_files(files: dict[Path, str], out: Path) -> list[Path]:  # noqa: D103
+def stale_files(files: dict[Path, str], out: Path) -> list[Path]:
     """Generated files under ``out/pipelines`` that no pipeline produces any more."""
     folder = out / "pipelines"
     return sorted(p for p in folder.rglob("*.yaml") if p not in files) if folder.exists() else []
@@ -506,7 +639,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     out = Path(args.out)
     files = compile_pipelines(paths, out, root=root)
     if args.check:
-        drift = [p for p, t in files.items() if not p.exists() or p.read_text(encoding="utf-8") != t]
+        drift = [
+            p for p, t in files.items() if not p.exists() or p.read_text(encoding="utf-8") != t
+        ]
         drift += stale_files(files, out)
         for p in drift:
             print(f"out of date: {p}")
@@ -523,5 +658,7 @@ def add_compile_parser(sub: Any) -> None:
     p = sub.add_parser("compile", help="write the Knative manifests for pipeline definitions")
     p.add_argument("pipelines", nargs="*", help="Clara pipeline files (default: pipelines/*.yaml)")
     p.add_argument("--out", default="knative", help="output folder (default: knative)")
-    p.add_argument("--check", action="store_true", help="exit 1 if the committed files are out of date")
+    p.add_argument(
+        "--check", action="store_true", help="exit 1 if the committed files are out of date"
+    )
     p.set_defaults(func=cmd_compile)

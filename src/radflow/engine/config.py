@@ -77,6 +77,8 @@ def load_engine_config(path: Path | None, **overrides: Any) -> EngineConfig:
     try:
         config = EngineConfig.model_validate(section)
     except ValidationError as exc:
-        where = "; ".join(f"radflow.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        where = "; ".join(
+            f"radflow.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+        )
         raise ConfigError(f"{path or 'engine configuration'}: {where}") from None
     return config.model_copy(update={"state_dir": config.state_dir.resolve()})

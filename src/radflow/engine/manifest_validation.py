@@ -30,7 +30,9 @@ import yaml
 
 ATTRIBUTE_NAME = re.compile(r"^[a-z][a-z0-9]*$")
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-ISO_DURATION = re.compile(r"^P(?!$)(\d+(\.\d+)?Y)?(\d+(\.\d+)?M)?(\d+(\.\d+)?W)?(\d+(\.\d+)?D)?(T(?=\d)(\d+(\.\d+)?H)?(\d+(\.\d+)?M)?(\d+(\.\d+)?S)?)?$")
+ISO_DURATION = re.compile(
+    r"^P(?!$)(\d+(\.\d+)?Y)?(\d+(\.\d+)?M)?(\d+(\.\d+)?W)?(\d+(\.\d+)?D)?(T(?=\d)(\d+(\.\d+)?H)?(\d+(\.\d+)?M)?(\d+(\.\d+)?S)?)?$"
+)
 DIALECTS = ("exact", "prefix", "suffix", "all", "any", "not", "cesql")
 #: Knative's default ``max-revision-timeout-seconds`` (config-defaults)
 MAX_REVISION_TIMEOUT = 600
@@ -61,9 +63,15 @@ CRD_FILES = {
     ("eventing.knative.dev/v1", "Broker"): "knative/eventing.knative.dev_brokers.yaml",
     ("eventing.knative.dev/v1", "Trigger"): "knative/eventing.knative.dev_triggers.yaml",
     ("sources.knative.dev/v1", "SinkBinding"): "knative/sources.knative.dev_sinkbindings.yaml",
-    ("sources.knative.dev/v1", "ContainerSource"): "knative/sources.knative.dev_containersources.yaml",
+    (
+        "sources.knative.dev/v1",
+        "ContainerSource",
+    ): "knative/sources.knative.dev_containersources.yaml",
     ("sources.knative.dev/v1", "PingSource"): "knative/sources.knative.dev_pingsources.yaml",
-    ("sources.knative.dev/v1", "ApiServerSource"): "knative/sources.knative.dev_apiserversources.yaml",
+    (
+        "sources.knative.dev/v1",
+        "ApiServerSource",
+    ): "knative/sources.knative.dev_apiserversources.yaml",
 }
 SKAFFOLD_SCHEMA = "skaffold/v4beta14.json"
 
@@ -105,7 +113,11 @@ class Validator:
     schemas_dir: Path
     max_timeout_seconds: int = MAX_REVISION_TIMEOUT
     #: ``config-features`` flags the target cluster enables (see docs/deploy.md)
-    enabled_features: frozenset[str] = field(default_factory=lambda: frozenset({"kubernetes.podspec-nodeselector", "kubernetes.podspec-tolerations"}))
+    enabled_features: frozenset[str] = field(
+        default_factory=lambda: frozenset(
+            {"kubernetes.podspec-nodeselector", "kubernetes.podspec-tolerations"}
+        )
+    )
 
     @cached_property
     def _schemas(self) -> dict[tuple[str, str], tuple[Any, Any]]:
@@ -113,7 +125,9 @@ class Validator:
         for key, rel in CRD_FILES.items():
             crd = yaml.safe_load((self.schemas_dir / rel).read_text(encoding="utf-8"))
             version = key[0].split("/")[1]
-            schema = next(v for v in crd["spec"]["versions"] if v["name"] == version)["schema"]["openAPIV3Schema"]
+            schema = next(v for v in crd["spec"]["versions"] if v["name"] == version)["schema"][
+                "openAPIV3Schema"
+            ]
             schema = copy.deepcopy(schema)
             schema.setdefault("properties", {})
             for top in ("apiVersion", "kind", "metadata"):
@@ -131,10 +145,17 @@ class Validator:
         problems: list[Problem] = []
         if key in CRD_FILES:
             schema, strict = self._schemas[key]
-            problems += [Problem(where, f"schema: {_loc(e)}: {e.message}") for e in _errors(schema, obj)]
+            problems += [
+                Problem(where, f"schema: {_loc(e)}: {e.message}") for e in _errors(schema, obj)
+            ]
             if not problems:
-                problems += [Problem(where, f"strict: {_loc(e)}: {e.message}") for e in _errors(strict, obj)]
-        problems += [Problem(where, m) for m in admission(obj, self.max_timeout_seconds, self.enabled_features)]
+                problems += [
+                    Problem(where, f"strict: {_loc(e)}: {e.message}") for e in _errors(strict, obj)
+                ]
+        problems += [
+            Problem(where, m)
+            for m in admission(obj, self.max_timeout_seconds, self.enabled_features)
+        ]
         return problems
 
     def validate_files(self, paths: Iterable[Path]) -> list[Problem]:
@@ -145,7 +166,9 @@ class Validator:
                     problems += self.validate(doc, str(path))
         return problems
 
-    def validate_skaffold(self, config: Mapping[str, Any], where: str = "skaffold.yaml") -> list[Problem]:
+    def validate_skaffold(
+        self, config: Mapping[str, Any], where: str = "skaffold.yaml"
+    ) -> list[Problem]:
         schema = json.loads((self.schemas_dir / SKAFFOLD_SCHEMA).read_text(encoding="utf-8"))
         validator = jsonschema.Draft7Validator(schema)
         problems = []
@@ -153,7 +176,9 @@ class Validator:
             deepest = _deepest(err)
             problems.append(Problem(where, f"{_loc(deepest)}: {deepest.message}"))
         if config.get("apiVersion") != "skaffold/v4beta14":
-            problems.append(Problem(where, f"apiVersion: {config.get('apiVersion')!r} is not skaffold/v4beta14"))
+            problems.append(
+                Problem(where, f"apiVersion: {config.get('apiVersion')!r} is not skaffold/v4beta14")
+            )
         return problems
 
 
@@ -161,11 +186,19 @@ def _deepest(err: jsonschema.ValidationError) -> jsonschema.ValidationError:
     """``anyOf``/``oneOf`` hide the useful message (the misspelled key) in their sub-errors."""
     if not err.context:
         return err
-    return max((_deepest(c) for c in err.context), key=lambda e: (len(e.absolute_path), e.validator == "additionalProperties"))
+    return max(
+        (_deepest(c) for c in err.context),
+        key=lambda e: (len(e.absolute_path), e.validator == "additionalProperties"),
+    )
 
 
 def _errors(schema: Any, obj: Any) -> Iterator[jsonschema.ValidationError]:
-    return iter(sorted(jsonschema.Draft7Validator(schema).iter_errors(obj), key=lambda e: list(map(str, e.absolute_path))))
+    return iter(
+        sorted(
+            jsonschema.Draft7Validator(schema).iter_errors(obj),
+            key=lambda e: list(map(str, e.absolute_path)),
+        )
+    )
 
 
 def _loc(err: jsonschema.ValidationError) -> str:
@@ -175,17 +208,27 @@ def _loc(err: jsonschema.ValidationError) -> str:
 # ---------------------------------------------------------------------------- admission rules
 
 
-def admission(obj: Mapping[str, Any], max_timeout: int = MAX_REVISION_TIMEOUT, features: frozenset[str] = frozenset()) -> list[str]:
+def admission(
+    obj: Mapping[str, Any],
+    max_timeout: int = MAX_REVISION_TIMEOUT,
+    features: frozenset[str] = frozenset(),
+) -> list[str]:
     kind = obj.get("kind")
     api = str(obj.get("apiVersion", ""))
     out: list[str] = []
     name = str((obj.get("metadata") or {}).get("name", ""))
-    if api.startswith(("serving.knative.dev", "eventing.knative.dev")) and not (DNS_1035.match(name) and len(name) <= 63):
+    if api.startswith(("serving.knative.dev", "eventing.knative.dev")) and not (
+        DNS_1035.match(name) and len(name) <= 63
+    ):
         out.append(f"metadata.name: {name!r} must be a DNS-1035 label of at most 63 characters")
     spec = obj.get("spec") or {}
     if kind == "Trigger" and api.startswith("eventing.knative.dev"):
         out += _trigger_rules(spec)
-    if kind in ("Trigger", "Broker") and api.startswith("eventing.knative.dev") and isinstance(spec.get("delivery"), dict):
+    if (
+        kind in ("Trigger", "Broker")
+        and api.startswith("eventing.knative.dev")
+        and isinstance(spec.get("delivery"), dict)
+    ):
         out += _delivery_rules(spec["delivery"], "spec.delivery")
     if kind == "Service" and api.startswith("serving.knative.dev"):
         out += _service_rules(obj, max_timeout, features)
@@ -201,7 +244,9 @@ def _trigger_rules(spec: Mapping[str, Any]) -> list[str]:
     legacy = (spec.get("filter") or {}).get("attributes") or {}
     for attr in legacy:
         if not ATTRIBUTE_NAME.match(str(attr)):
-            out.append(f"spec.filter.attributes.{attr}: attribute names must match {ATTRIBUTE_NAME.pattern}")
+            out.append(
+                f"spec.filter.attributes.{attr}: attribute names must match {ATTRIBUTE_NAME.pattern}"
+            )
     for i, entry in enumerate(spec.get("filters") or []):
         out += _filter_rules(entry, f"spec.filters[{i}]")
     return out
@@ -214,7 +259,9 @@ def _filter_rules(entry: Any, where: str) -> list[str]:
     unknown = [k for k in entry if k not in DIALECTS]
     out = [f"{where}.{k}: unknown filter dialect (one of {', '.join(DIALECTS)})" for k in unknown]
     if len(dialects) != 1:
-        out.append(f"{where}: exactly one dialect per filter entry, found {len(dialects)} ({', '.join(dialects) or 'none'})")
+        out.append(
+            f"{where}: exactly one dialect per filter entry, found {len(dialects)} ({', '.join(dialects) or 'none'})"
+        )
     for d in dialects:
         value = entry[d]
         if d in ("exact", "prefix", "suffix"):
@@ -223,7 +270,9 @@ def _filter_rules(entry: Any, where: str) -> list[str]:
                 continue
             for attr, v in value.items():
                 if not ATTRIBUTE_NAME.match(str(attr)):
-                    out.append(f"{where}.{d}.{attr}: attribute names must match {ATTRIBUTE_NAME.pattern}")
+                    out.append(
+                        f"{where}.{d}.{attr}: attribute names must match {ATTRIBUTE_NAME.pattern}"
+                    )
                 if not isinstance(v, str) or v == "":
                     out.append(f"{where}.{d}.{attr}: the value must be a non-empty string")
         elif d in ("all", "any"):
@@ -265,7 +314,9 @@ def _service_rules(obj: Mapping[str, Any], max_timeout: int, features: frozenset
     where = "spec.template.spec"
     timeout = pod.get("timeoutSeconds")
     if timeout is not None and not (isinstance(timeout, int) and 0 < timeout <= max_timeout):
-        out.append(f"{where}.timeoutSeconds: {timeout!r} must be within 1..{max_timeout} (max-revision-timeout-seconds)")
+        out.append(
+            f"{where}.timeoutSeconds: {timeout!r} must be within 1..{max_timeout} (max-revision-timeout-seconds)"
+        )
     cc = pod.get("containerConcurrency")
     if cc is not None and not (isinstance(cc, int) and 0 <= cc <= 1000):
         out.append(f"{where}.containerConcurrency: {cc!r} must be within 0..1000")
@@ -274,7 +325,9 @@ def _service_rules(obj: Mapping[str, Any], max_timeout: int, features: frozenset
         out.append(f"{where}.containers: at least one container")
     ports = [p for c in containers for p in (c.get("ports") or [])]
     if len(ports) > 1:
-        out.append(f"{where}.containers: only one container port may be specified (Knative runtime contract)")
+        out.append(
+            f"{where}.containers: only one container port may be specified (Knative runtime contract)"
+        )
     for p in ports:
         if p.get("name") not in (None, "http1", "h2c"):
             out.append(f"{where}.containers.ports.name: {p.get('name')!r} must be http1 or h2c")
@@ -286,9 +339,15 @@ def _service_rules(obj: Mapping[str, Any], max_timeout: int, features: frozenset
         if fld in pod and flag not in features:
             out.append(f"{where}.{fld}: rejected unless config-features enables {flag}")
     annotations = (template.get("metadata") or {}).get("annotations") or {}
-    for a in ("autoscaling.knative.dev/min-scale", "autoscaling.knative.dev/max-scale", "autoscaling.knative.dev/target"):
+    for a in (
+        "autoscaling.knative.dev/min-scale",
+        "autoscaling.knative.dev/max-scale",
+        "autoscaling.knative.dev/target",
+    ):
         if a in annotations and not str(annotations[a]).isdigit():
-            out.append(f"spec.template.metadata.annotations.{a}: {annotations[a]!r} must be a non-negative integer string")
+            out.append(
+                f"spec.template.metadata.annotations.{a}: {annotations[a]!r} must be a non-negative integer string"
+            )
     return out
 
 
@@ -296,7 +355,9 @@ def required_features(objects: Iterable[Mapping[str, Any]]) -> set[str]:
     """The ``config-features`` flags a set of manifests needs (docs/deploy.md lists them)."""
     flags = set()
     for obj in objects:
-        if obj.get("kind") == "Service" and str(obj.get("apiVersion", "")).startswith("serving.knative.dev"):
+        if obj.get("kind") == "Service" and str(obj.get("apiVersion", "")).startswith(
+            "serving.knative.dev"
+        ):
             pod = ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
             flags |= {flag for fld, flag in FEATURE_FLAGS.items() if fld in pod}
     return flags

@@ -81,10 +81,16 @@ def load_manifests(folder: Path) -> ManifestSet:
         api, kind = str(doc["apiVersion"]), str(doc["kind"])
         ident = (api.split("/")[0], kind, namespace_of(doc), name_of(doc))
         if ident in seen:
-            raise ConfigError(f"{path}: {kind} {ident[2]}/{ident[3]} is already defined in {seen[ident]}")
+            raise ConfigError(
+                f"{path}: {kind} {ident[2]}/{ident[3]} is already defined in {seen[ident]}"
+            )
         seen[ident] = path
         target = next(
-            (attr for (prefix, k), attr in _KINDS.items() if k == kind and (api == prefix or api.startswith(prefix))),
+            (
+                attr
+                for (prefix, k), attr in _KINDS.items()
+                if k == kind and (api == prefix or api.startswith(prefix))
+            ),
             None,
         )
         if target is None:

@@ -92,19 +92,33 @@ class SeaweedServer:
     def _start_once(self, timeout: float) -> None:
         ports = [free_port() for _ in range(10)]
         args = [
-            weed_binary(), "server",
-            f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-master.port={ports[0]}", f"-master.port.grpc={ports[1]}",
-            "-master.telemetry=false", "-master.volumeSizeLimitMB=256", "-volume.max=1000",
-            f"-volume.port={ports[2]}", f"-volume.port.grpc={ports[3]}",
-            f"-filer.port={ports[4]}", f"-filer.port.grpc={ports[5]}",
-            "-s3", f"-s3.port={self.s3_port}", f"-s3.port.grpc={ports[6]}",
-            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            weed_binary(),
+            "server",
+            f"-dir={self.data_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={ports[0]}",
+            f"-master.port.grpc={ports[1]}",
+            "-master.telemetry=false",
+            "-master.volumeSizeLimitMB=256",
+            "-volume.max=1000",
+            f"-volume.port={ports[2]}",
+            f"-volume.port.grpc={ports[3]}",
+            f"-filer.port={ports[4]}",
+            f"-filer.port.grpc={ports[5]}",
+            "-s3",
+            f"-s3.port={self.s3_port}",
+            f"-s3.port.grpc={ports[6]}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
             "-volume.preStopSeconds=0",  # nothing to drain locally: stop at once on SIGTERM
-        ]  # fmt: skip
+        ]
         with open(self.log_path, "ab") if self.log_path else open(os.devnull, "wb") as log:
             self.process = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
                 # one volume per new collection (bucket) instead of 7: tests make a bucket each
                 env={**os.environ, "WEED_MASTER_VOLUME_GROWTH_COPY_1": "1"},
                 preexec_fn=die_with_parent,

@@ -42,7 +42,9 @@ from radflow.sdk.storage import ObjectStore
 log = logging.getLogger(__name__)
 
 EMBEDDED = "radflow.dev/embedded"
-_CLUSTER_HOST = re.compile(r"(?P<scheme>[a-z+]+://)?(?P<svc>[a-z0-9-]+)\.(?P<ns>[a-z0-9-]+)(\.svc(\.cluster\.local)?)?:(?P<port>\d+)")
+_CLUSTER_HOST = re.compile(
+    r"(?P<scheme>[a-z+]+://)?(?P<svc>[a-z0-9-]+)\.(?P<ns>[a-z0-9-]+)(\.svc(\.cluster\.local)?)?:(?P<port>\d+)"
+)
 
 
 class Engine:
@@ -133,9 +135,10 @@ class Engine:
             spec = doc.get("spec", {}).get("template", {}).get("spec", {})
             for container in spec.get("containers", []):
                 env_from = [
-                    e for e in container.get("envFrom", []) or []
+                    e
+                    for e in container.get("envFrom", []) or []
                     if (e.get("secretRef") or {}).get("name") != STORE_SECRET
-                ]  # fmt: skip
+                ]
                 if env_from:
                     container["envFrom"] = env_from
                 else:
@@ -152,8 +155,13 @@ class Engine:
         names = {item.get("name") for item in env}
         if "NVIDIA_TRITON_HTTPURI" not in names:
             return
-        added = {"TRITON_BACKEND": "onnxruntime", "TRITON_MODEL_REPOSITORY": str(self.config.model_repository)}
-        env[:] = [e for e in env if e.get("name") not in added] + [{"name": k, "value": v} for k, v in added.items()]
+        added = {
+            "TRITON_BACKEND": "onnxruntime",
+            "TRITON_MODEL_REPOSITORY": str(self.config.model_repository),
+        }
+        env[:] = [e for e in env if e.get("name") not in added] + [
+            {"name": k, "value": v} for k, v in added.items()
+        ]
         for item in env:  # the runtime hands the operator only the variables its stage spec lists
             if item.get("name") == "RADFLOW_STAGE_SPEC":
                 stage = json.loads(item["value"])
@@ -174,7 +182,9 @@ class Engine:
         self.started_at = time.time()
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         if not self.config.s3.endpoint_url:
-            self.s3 = SeaweedServer(data_dir=self.state_dir / "s3", log_path=self.state_dir / "logs" / "seaweedfs.log")
+            self.s3 = SeaweedServer(
+                data_dir=self.state_dir / "s3", log_path=self.state_dir / "logs" / "seaweedfs.log"
+            )
             self.s3.start()  # from the main thread: its parent-death signal follows this thread
         await asyncio.to_thread(ObjectStore(self.store_settings()).ensure_bucket)
         await self._start_triton()
@@ -217,14 +227,19 @@ class Engine:
         self._write_state()
 
     async def _start_triton(self) -> None:
-        wanted = [d for d in self.manifests.deployments if _annotations(d).get(EMBEDDED) == "triton"]
+        wanted = [
+            d for d in self.manifests.deployments if _annotations(d).get(EMBEDDED) == "triton"
+        ]
         if not wanted:
             return
         from radflow.engine.triton import TritonServer, triton_available
 
         ok, reason = triton_available()
         if not ok:
-            log.warning("Triton cannot run here (%s): operators fall back to in-process ONNX Runtime", reason)
+            log.warning(
+                "Triton cannot run here (%s): operators fall back to in-process ONNX Runtime",
+                reason,
+            )
             return
         self.triton = TritonServer(self.config.model_repository, self.state_dir / "triton")
         self.triton.start()  # main thread, see engine/children.py
@@ -233,12 +248,24 @@ class Engine:
         for dep in wanted:
             for svc in self.manifests.k8s_services:
                 selector = (svc.get("spec") or {}).get("selector") or {}
-                labels = dep.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {})
-                if namespace_of(svc) != namespace_of(dep) or not selector or any(labels.get(k) != v for k, v in selector.items()):
+                labels = (
+                    dep.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {})
+                )
+                if (
+                    namespace_of(svc) != namespace_of(dep)
+                    or not selector
+                    or any(labels.get(k) != v for k, v in selector.items())
+                ):
                     continue
                 for port in svc["spec"].get("ports", []):
-                    local = grpc_port if "grpc" in str(port.get("name", "")) and grpc_port else http_port
-                    self.cluster_dns[(name_of(svc), namespace_of(svc), int(port["port"]))] = f"127.0.0.1:{local}"
+                    local = (
+                        grpc_port
+                        if "grpc" in str(port.get("name", "")) and grpc_port
+                        else http_port
+                    )
+                    self.cluster_dns[(name_of(svc), namespace_of(svc), int(port["port"]))] = (
+                        f"127.0.0.1:{local}"
+                    )
 
     async def _start_control(self) -> None:
         app = web.Application()
@@ -259,19 +286,33 @@ class Engine:
         return web.json_response(self.status())
 
     async def _metrics_handler(self, _request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(REGISTRY), content_type="text/plain", charset="utf-8")
+        return web.Response(
+            body=generate_latest(REGISTRY), content_type="text/plain", charset="utf-8"
+        )
 
     def status(self) -> dict[str, Any]:
-        brokers = [
-            {"namespace": namespace_of(b), "name": name_of(b), "url": self.broker.ingress_url(namespace_of(b), name_of(b))}
-            for b in self.manifests.brokers
-        ] if self.broker else []
+        brokers = (
+            [
+                {
+                    "namespace": namespace_of(b),
+                    "name": name_of(b),
+                    "url": self.broker.ingress_url(namespace_of(b), name_of(b)),
+                }
+                for b in self.manifests.brokers
+            ]
+            if self.broker
+            else []
+        )
         return {
             "pid": os.getpid(),
             "started_at": self.started_at,
             "state_dir": str(self.state_dir),
             "control_url": self.control_url,
-            "s3": {"endpoint_url": self.store_settings().endpoint_url, "bucket": self.config.s3.bucket, "embedded": self.s3 is not None},
+            "s3": {
+                "endpoint_url": self.store_settings().endpoint_url,
+                "bucket": self.config.s3.bucket,
+                "embedded": self.s3 is not None,
+            },
             "triton": {"url": self.triton.http_url} if self.triton else None,
             "brokers": brokers,
             "functions": self.host.status() if self.host else [],
@@ -280,7 +321,11 @@ class Engine:
 
     def _write_state(self) -> None:
         path = self.state_dir / "engine.json"
-        path.write_text(json.dumps({"pid": os.getpid(), "control_url": self.control_url, "started_at": self.started_at}))
+        path.write_text(
+            json.dumps(
+                {"pid": os.getpid(), "control_url": self.control_url, "started_at": self.started_at}
+            )
+        )
 
     async def stop(self) -> None:
         for part in (self.workloads, self.broker, self.host):

@@ -32,8 +32,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from radflow.engine.ports import free_port
 from radflow.engine.children import die_with_parent
+from radflow.engine.ports import free_port
 
 #: where the project's committed model repository lives (``models/triton``)
 MODEL_REPOSITORY = Path(__file__).resolve().parents[3] / "models" / "triton"
@@ -60,19 +60,34 @@ def triton_available() -> tuple[bool, str]:
     (:class:`radflow.imaging.inference.OnnxRuntimeClient`) and say so.
     """
     if sys.platform != "linux" or platform.machine() != "x86_64":
-        return False, f"the nvidia-pytriton wheel's tritonserver is Linux x86_64 only (this is {sys.platform}/{platform.machine()})"
+        return (
+            False,
+            f"the nvidia-pytriton wheel's tritonserver is Linux x86_64 only (this is {sys.platform}/{platform.machine()})",
+        )
     root = _pytriton_root()
     if root is None:
-        return False, "the nvidia-pytriton wheel is not installed (pip install 'radflow[inference]')"
+        return (
+            False,
+            "the nvidia-pytriton wheel is not installed (pip install 'radflow[inference]')",
+        )
     if not (root / "bin" / "tritonserver").exists():
         return False, f"no tritonserver binary in {root / 'bin'}"
     stub = root / "python_backend_stubs" / _python_version() / "triton_python_backend_stub"
     if not stub.exists():
-        return False, f"nvidia-pytriton has no python backend stub for Python {_python_version()} ({stub})"
+        return (
+            False,
+            f"nvidia-pytriton has no python backend stub for Python {_python_version()} ({stub})",
+        )
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     libpython = sysconfig.get_config_var("LDLIBRARY") or ""
-    if not libpython.endswith(".so") and not (Path(libdir) / f"libpython{_python_version()}.so").exists():
-        return False, f"this Python has no shared libpython{_python_version()}.so, which the backend stub links"
+    if (
+        not libpython.endswith(".so")
+        and not (Path(libdir) / f"libpython{_python_version()}.so").exists()
+    ):
+        return (
+            False,
+            f"this Python has no shared libpython{_python_version()}.so, which the backend stub links",
+        )
     return True, "tritonserver from nvidia-pytriton"
 
 
@@ -108,14 +123,19 @@ class TritonServer:
         python = backends / "python"
         if python.exists():
             shutil.rmtree(python)
-        shutil.copytree(root / "backends" / "python", python, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            root / "backends" / "python", python, ignore=shutil.ignore_patterns("__pycache__")
+        )
         stub = root / "python_backend_stubs" / _python_version() / "triton_python_backend_stub"
         shutil.copy2(stub, python / "triton_python_backend_stub")
         return backends
 
     def _environment(self, root: Path) -> dict[str, str]:
         env = os.environ.copy()
-        libs = [sysconfig.get_config_var("LIBDIR") or "", str(root.parent.parent / "nvidia_pytriton.libs")]
+        libs = [
+            sysconfig.get_config_var("LIBDIR") or "",
+            str(root.parent.parent / "nvidia_pytriton.libs"),
+        ]
         if env.get("LD_LIBRARY_PATH"):
             libs.append(env["LD_LIBRARY_PATH"])
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libs if p)
@@ -141,23 +161,34 @@ class TritonServer:
             str(root / "bin" / "tritonserver"),
             f"--model-repository={self.model_repository.resolve()}",
             f"--backend-directory={backends.resolve()}",
-            "--http-address=127.0.0.1", f"--http-port={self.http_port}",
-            "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",
-            "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
-            "--allow-cpu-metrics=false", "--allow-gpu-metrics=false",
-            "--strict-readiness=true", "--exit-on-error=true",
+            "--http-address=127.0.0.1",
+            f"--http-port={self.http_port}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={self.grpc_port}",
+            "--metrics-address=127.0.0.1",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-cpu-metrics=false",
+            "--allow-gpu-metrics=false",
+            "--strict-readiness=true",
+            "--exit-on-error=true",
             f"--exit-timeout-secs={self.exit_timeout}",
-        ]  # fmt: skip
+        ]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, env=self._environment(root), start_new_session=True,
+                args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self._environment(root),
+                start_new_session=True,
                 preexec_fn=die_with_parent,  # never outlives the engine (engine/children.py)
             )
         deadline = time.monotonic() + timeout
         url = f"http://{self.http_url}/v2/health/ready"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"tritonserver exited with {self.process.returncode}; see {self.log_path}")
+                raise RuntimeError(
+                    f"tritonserver exited with {self.process.returncode}; see {self.log_path}"
+                )
             try:
                 with urllib.request.urlopen(url, timeout=1) as answer:
                     if answer.status == 200:
@@ -166,7 +197,9 @@ class TritonServer:
                 pass
             time.sleep(0.2)
         self.stop()
-        raise TimeoutError(f"Triton was not ready on {url} within {timeout:.0f} s; see {self.log_path}")
+        raise TimeoutError(
+            f"Triton was not ready on {url} within {timeout:.0f} s; see {self.log_path}"
+        )
 
     def stop(self, timeout: float | None = None) -> None:
         """SIGTERM the server (it drains, then stops its python-backend stubs); SIGKILL the

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 import pydicom
-from pydicom.dataelem import RawDataElement
 from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import pixel_array as decode_pixels
@@ -35,8 +35,8 @@ from pydicom.tag import Tag
 from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 
 from radflow.imaging.dicom_prefix import top_level_elements
-from radflow.sdk.staging import NeedMoreBytes
 from radflow.sdk.errors import InvalidInput
+from radflow.sdk.staging import NeedMoreBytes
 
 #: Root of every UID radflow creates. A sub-arc of pydicom's root, which pydicom's
 #: ``generate_uid`` uses by default; a site with its own registered root passes it instead.
@@ -87,7 +87,9 @@ def read_header(path: Path) -> Dataset:
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, EOFError, OSError, ValueError) as exc:
-        raise InvalidInput(f"a source instance is not a readable DICOM file ({type(exc).__name__})") from exc
+        raise InvalidInput(
+            f"a source instance is not a readable DICOM file ({type(exc).__name__})"
+        ) from exc
 
 
 def read_dataset(source: Path | bytes) -> FileDataset:
@@ -99,12 +101,28 @@ def read_dataset(source: Path | bytes) -> FileDataset:
 
 #: What volume assembly reads from a header (:func:`read_series_volume` keeps only these).
 VOLUME_KEYWORDS = (
-    "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "InstanceNumber", "Rows", "Columns",
-    "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
-    "RescaleSlope", "RescaleIntercept", "BitsAllocated", "BitsStored", "HighBit",
-    "PixelRepresentation", "SamplesPerPixel", "PhotometricInterpretation", "NumberOfFrames",
-    "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
-)  # fmt: skip
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "SeriesInstanceUID",
+    "InstanceNumber",
+    "Rows",
+    "Columns",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "PixelSpacing",
+    "SliceThickness",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "NumberOfFrames",
+    "SharedFunctionalGroupsSequence",
+    "PerFrameFunctionalGroupsSequence",
+)
 
 
 #: Bytes read for a header parse; a longer header falls back to parsing from the file.
@@ -126,7 +144,9 @@ def _read_header_and_offset(
         size = fp.seek(0, io.SEEK_END)
         try:
             buffer = io.BytesIO(chunk)
-            header = pydicom.dcmread(buffer, stop_before_pixels=True, force=force, specific_tags=tags)
+            header = pydicom.dcmread(
+                buffer, stop_before_pixels=True, force=force, specific_tags=tags
+            )
             offset = buffer.tell()
             if chunk[offset : offset + 4] == _PIXEL_DATA_TAG:
                 return header, offset
@@ -209,7 +229,10 @@ def group_series(instances: Iterable[Instance]) -> list[Series]:
         )
         keyed.append(((_int_or(ordered[0].header.get("SeriesNumber"), 0), uid), uid, ordered))
     keyed.sort(key=lambda item: item[0])
-    return [Series(index=n, series_instance_uid=uid, instances=insts) for n, (_, uid, insts) in enumerate(keyed)]
+    return [
+        Series(index=n, series_instance_uid=uid, instances=insts)
+        for n, (_, uid, insts) in enumerate(keyed)
+    ]
 
 
 # --------------------------------------------------------------------------- geometry
@@ -270,7 +293,9 @@ def _floats(value: Any, n: int, what: str, series: str) -> tuple[float, ...]:
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"series {series}: {what} is not numeric (rule: geometry)") from exc
     if len(out) != n:
-        raise InvalidInput(f"series {series}: {what} has {len(out)} values, expected {n} (rule: geometry)")
+        raise InvalidInput(
+            f"series {series}: {what} has {len(out)} values, expected {n} (rule: geometry)"
+        )
     return out
 
 
@@ -339,24 +364,34 @@ def slice_refs(series: Series | Sequence[Dataset], name: str = "?") -> list[Slic
                         instance=n,
                         frame=f,
                         position=_floats(pos.ImagePositionPatient, 3, "ImagePositionPatient", name),  # type: ignore[arg-type]
-                        orientation=_floats(ori.ImageOrientationPatient, 6, "ImageOrientationPatient", name),
+                        orientation=_floats(
+                            ori.ImageOrientationPatient, 6, "ImageOrientationPatient", name
+                        ),
                         pixel_spacing=_floats(meas.PixelSpacing, 2, "PixelSpacing", name),  # type: ignore[arg-type]
                         rows=rows,
                         columns=cols,
                         slope=float(pvt.get("RescaleSlope", 1.0) or 1.0) if pvt else 1.0,
                         intercept=float(pvt.get("RescaleIntercept", 0.0) or 0.0) if pvt else 0.0,
-                        thickness=float(meas.SliceThickness) if meas.get("SliceThickness") else None,
+                        thickness=float(meas.SliceThickness)
+                        if meas.get("SliceThickness")
+                        else None,
                     )
                 )
             continue
         position = _ds_values(ds, "ImagePositionPatient")
         orientation = _ds_values(ds, "ImageOrientationPatient")
         spacing = _ds_values(ds, "PixelSpacing")
-        for kw, value in (("ImagePositionPatient", position), ("ImageOrientationPatient", orientation), ("PixelSpacing", spacing)):
+        for kw, value in (
+            ("ImagePositionPatient", position),
+            ("ImageOrientationPatient", orientation),
+            ("PixelSpacing", spacing),
+        ):
             if not value:
                 raise InvalidInput(f"series {name}: an instance lacks ({kw}) (rule: geometry)")
         if frames != 1:
-            raise InvalidInput(f"series {name}: multi-frame instance without per-frame geometry (rule: geometry)")
+            raise InvalidInput(
+                f"series {name}: multi-frame instance without per-frame geometry (rule: geometry)"
+            )
         slope = _ds_values(ds, "RescaleSlope")
         intercept = _ds_values(ds, "RescaleIntercept")
         thickness = _ds_values(ds, "SliceThickness")
@@ -378,7 +413,9 @@ def slice_refs(series: Series | Sequence[Dataset], name: str = "?") -> list[Slic
     return refs
 
 
-def plan_slices(refs: Sequence[SliceRef], name: str = "?", *, default_depth: float | None = None) -> SlicePlan:
+def plan_slices(
+    refs: Sequence[SliceRef], name: str = "?", *, default_depth: float | None = None
+) -> SlicePlan:
     """Order planes along their normal and check that they form one regular volume.
 
     Rejects (InvalidInput naming the series and the rule) mixed orientation, mixed size or
@@ -391,15 +428,23 @@ def plan_slices(refs: Sequence[SliceRef], name: str = "?", *, default_depth: flo
     ori = np.array(first.orientation)
     for r in refs:
         if np.max(np.abs(np.array(r.orientation) - ori)) > ORIENTATION_TOLERANCE:
-            raise InvalidInput(f"series {name}: mixed ImageOrientationPatient (rule: one orientation per volume)")
+            raise InvalidInput(
+                f"series {name}: mixed ImageOrientationPatient (rule: one orientation per volume)"
+            )
         if (r.rows, r.columns) != (first.rows, first.columns):
-            raise InvalidInput(f"series {name}: mixed Rows/Columns (rule: one matrix size per volume)")
+            raise InvalidInput(
+                f"series {name}: mixed Rows/Columns (rule: one matrix size per volume)"
+            )
         if np.max(np.abs(np.array(r.pixel_spacing) - first.pixel_spacing)) > 1e-4:
-            raise InvalidInput(f"series {name}: mixed PixelSpacing (rule: one pixel spacing per volume)")
+            raise InvalidInput(
+                f"series {name}: mixed PixelSpacing (rule: one pixel spacing per volume)"
+            )
     row = ori[:3] / np.linalg.norm(ori[:3])
     col = ori[3:] / np.linalg.norm(ori[3:])
     if abs(float(row @ col)) > 1e-3:
-        raise InvalidInput(f"series {name}: ImageOrientationPatient row/column not orthogonal (rule: geometry)")
+        raise InvalidInput(
+            f"series {name}: ImageOrientationPatient row/column not orthogonal (rule: geometry)"
+        )
     normal = np.cross(row, col)
     positions = np.array([r.position for r in refs])
     dist = positions @ normal
@@ -443,8 +488,14 @@ def plan_slices(refs: Sequence[SliceRef], name: str = "?", *, default_depth: flo
 
 def geometry_fingerprint(plan: SlicePlan) -> str:
     """A short hash of the volume grid (orientation, origin, spacing, shape) for contracts."""
-    text = repr((np.round(plan.direction, 5).tolist(), np.round(plan.origin, 3).tolist(),
-                 np.round(plan.spacing, 4).tolist(), plan.shape))  # fmt: skip
+    text = repr(
+        (
+            np.round(plan.direction, 5).tolist(),
+            np.round(plan.origin, 3).tolist(),
+            np.round(plan.spacing, 4).tolist(),
+            plan.shape,
+        )
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -509,7 +560,9 @@ def instance_frames(ds: Dataset) -> np.ndarray:
     frames = _int_or(ds.get("NumberOfFrames"), 1)
     rows, cols = int(ds.Rows), int(ds.Columns)
     if _int_or(ds.get("SamplesPerPixel"), 1) != 1:
-        raise InvalidInput(f"SamplesPerPixel {ds.SamplesPerPixel}: only greyscale images form volumes")
+        raise InvalidInput(
+            f"SamplesPerPixel {ds.SamplesPerPixel}: only greyscale images form volumes"
+        )
     dtype = _native_dtype(ds)
     if dtype is not None:
         count = frames * rows * cols
@@ -529,14 +582,20 @@ def _rescaled(stored: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) ->
     if np.all(slopes == 1) and np.all(intercepts == 0):
         return stored
     if np.all(slopes == np.round(slopes)) and np.all(intercepts == np.round(intercepts)):
-        out = stored.astype(np.int64) * slopes.astype(np.int64)[:, None, None] + intercepts.astype(np.int64)[:, None, None]
+        out = (
+            stored.astype(np.int64) * slopes.astype(np.int64)[:, None, None]
+            + intercepts.astype(np.int64)[:, None, None]
+        )
         lo, hi = (int(out.min()), int(out.max())) if out.size else (0, 0)
         for dtype in (np.int16, np.uint16, np.int32):
             info = np.iinfo(dtype)
             if info.min <= lo and hi <= info.max:
                 return out.astype(dtype)
         return out.astype(np.float64)
-    return stored.astype(np.float32) * slopes.astype(np.float32)[:, None, None] + intercepts.astype(np.float32)[:, None, None]
+    return (
+        stored.astype(np.float32) * slopes.astype(np.float32)[:, None, None]
+        + intercepts.astype(np.float32)[:, None, None]
+    )
 
 
 def _read_native_plane(inst: Instance, explicit_vr: bool, out: np.ndarray) -> bool:
@@ -550,7 +609,9 @@ def _read_native_plane(inst: Instance, explicit_vr: bool, out: np.ndarray) -> bo
         start = offset + (12 if explicit_vr else 8)
         if length == 0xFFFFFFFF or length < out.nbytes or len(inst.data) < start + out.nbytes:
             return False
-        out[...] = np.frombuffer(inst.data, dtype=out.dtype, count=out.size, offset=start).reshape(out.shape)
+        out[...] = np.frombuffer(inst.data, dtype=out.dtype, count=out.size, offset=start).reshape(
+            out.shape
+        )
         return True
     with open(inst.path, "rb") as fp:
         fp.seek(offset)
@@ -575,11 +636,15 @@ def instances_to_volume(instances: Sequence[Instance], name: str = "?") -> Volum
     first = headers[0]
     dtype = _native_dtype_from_header(first)
     fast = dtype is not None and all(
-        i.pixel_offset is not None and _int_or(i.header.get("NumberOfFrames"), 1) == 1
-        and _native_dtype_from_header(i.header) == dtype for i in instances
-    )  # fmt: skip
+        i.pixel_offset is not None
+        and _int_or(i.header.get("NumberOfFrames"), 1) == 1
+        and _native_dtype_from_header(i.header) == dtype
+        for i in instances
+    )
     if not fast:
-        return series_to_volume([read_dataset(i.data if i.data is not None else i.path) for i in instances], name)
+        return series_to_volume(
+            [read_dataset(i.data if i.data is not None else i.path) for i in instances], name
+        )
     assert dtype is not None
     plan = plan_slices(slice_refs(headers, name), name)
     stored = np.empty(plan.shape, dtype=dtype)
@@ -587,7 +652,9 @@ def instances_to_volume(instances: Sequence[Instance], name: str = "?") -> Volum
     for z, ref in enumerate(plan.slices):
         inst = instances[ref.instance]
         if not _read_native_plane(inst, explicit, stored[z]):
-            stored[z] = instance_frames(read_dataset(inst.data if inst.data is not None else inst.path))[0]
+            stored[z] = instance_frames(
+                read_dataset(inst.data if inst.data is not None else inst.path)
+            )[0]
     slopes = np.array([r.slope for r in plan.slices])
     intercepts = np.array([r.intercept for r in plan.slices])
     return Volume(array=_rescaled(stored, slopes, intercepts), plan=plan)
@@ -595,7 +662,10 @@ def instances_to_volume(instances: Sequence[Instance], name: str = "?") -> Volum
 
 _VOLUME_TAGS = frozenset(int(tag_for_keyword(k) or 0) for k in VOLUME_KEYWORDS)
 #: enhanced multi-frame geometry lives in these sequences: left to pydicom's full parser
-_GROUP_SEQUENCES = frozenset(int(tag_for_keyword(k) or 0) for k in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"))
+_GROUP_SEQUENCES = frozenset(
+    int(tag_for_keyword(k) or 0)
+    for k in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence")
+)
 _FILE_META: dict[str, FileMetaDataset] = {}
 
 
@@ -629,7 +699,13 @@ def _volume_header(data: bytes) -> tuple[Dataset, int] | None:
                 if el.tag in _GROUP_SEQUENCES:
                     return None
                 raw[el.tag] = RawDataElement(
-                    Tag(el.tag), el.vr, el.length, data[el.start : el.start + el.length], el.start, implicit, True
+                    Tag(el.tag),
+                    el.vr,
+                    el.length,
+                    data[el.start : el.start + el.length],
+                    el.start,
+                    implicit,
+                    True,
                 )
     except (NeedMoreBytes, ValueError):
         return None
@@ -664,9 +740,13 @@ def volume_from_bytes(blobs: Iterable[bytes], name: str = "?") -> Volume:
             instances.append(Instance(Path(f"instance-{n}"), quick[0], quick[1], blob))
             continue
         buffer = io.BytesIO(blob)
-        header = pydicom.dcmread(buffer, stop_before_pixels=True, specific_tags=list(VOLUME_KEYWORDS))
+        header = pydicom.dcmread(
+            buffer, stop_before_pixels=True, specific_tags=list(VOLUME_KEYWORDS)
+        )
         offset = buffer.tell()
-        instances.append(Instance(Path(f"instance-{n}"), header, offset if offset < len(blob) else None, blob))
+        instances.append(
+            Instance(Path(f"instance-{n}"), header, offset if offset < len(blob) else None, blob)
+        )
     return instances_to_volume(instances, name)
 
 
@@ -712,11 +792,20 @@ def match_grid(
     """
     d = np.asarray(direction, float).reshape(3, 3)
     if tuple(shape_zyx[1:]) != plan.shape[1:]:
-        raise InvalidInput(f"mask in-plane size {tuple(shape_zyx[1:])} differs from the source {plan.shape[1:]} (rule: same grid)")
-    if not (np.allclose(d[:, 0], plan.row_cosine, atol=1e-3) and np.allclose(d[:, 1], plan.col_cosine, atol=1e-3)):
-        raise InvalidInput("mask row/column directions differ from the source series (rule: same grid, LPS)")
+        raise InvalidInput(
+            f"mask in-plane size {tuple(shape_zyx[1:])} differs from the source {plan.shape[1:]} (rule: same grid)"
+        )
+    if not (
+        np.allclose(d[:, 0], plan.row_cosine, atol=1e-3)
+        and np.allclose(d[:, 1], plan.col_cosine, atol=1e-3)
+    ):
+        raise InvalidInput(
+            "mask row/column directions differ from the source series (rule: same grid, LPS)"
+        )
     if not np.allclose(spacing[:2], plan.spacing[:2], rtol=1e-3):
-        raise InvalidInput(f"mask pixel spacing {tuple(spacing[:2])} differs from the source {plan.spacing[:2]} (rule: same grid)")
+        raise InvalidInput(
+            f"mask pixel spacing {tuple(spacing[:2])} differs from the source {plan.spacing[:2]} (rule: same grid)"
+        )
     normal = np.asarray(plan.normal)
     start = np.asarray(plan.origin)
     dists = np.asarray(plan.distances)
@@ -727,7 +816,9 @@ def match_grid(
         p = np.asarray(origin, float) + z * float(spacing[2]) * d[:, 2]
         offset = p - start
         if np.linalg.norm(offset - (offset @ normal) * normal) > in_plane_tolerance:
-            raise InvalidInput(f"mask slice {z} is shifted in-plane from the source planes (rule: same grid)")
+            raise InvalidInput(
+                f"mask slice {z} is shifted in-plane from the source planes (rule: same grid)"
+            )
         k = int(np.argmin(np.abs(dists - p @ normal)))
         if abs(dists[k] - p @ normal) > tolerance:
             raise InvalidInput(f"mask slice {z} lies on no source plane (rule: same grid)")

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 
 from radflow.sdk.staging import NeedMoreBytes
 
-
-
 _UNDEFINED = 0xFFFFFFFF
 #: explicit-VR value representations whose length is a 4-byte field (PS3.5 7.1.2)
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 #: data sets a prefix walk cannot read: deflated (compressed stream) and big endian (retired)
 _UNWALKABLE = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"})

@@ -41,7 +41,9 @@ class InferenceClient(Protocol):
     #: ``"triton"`` or ``"onnxruntime"``: reported in summaries so a fallback is never silent
     backend: str
 
-    def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> InferenceResult:
+    def infer(
+        self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
+    ) -> InferenceResult:
         """Run ``model`` on named input tensors and return the requested output tensors."""
         ...
 
@@ -73,7 +75,9 @@ class TritonInferenceClient:
         try:
             ready = self._client.is_model_ready(model, self.model_version)
         except (InferenceServerException, OSError) as exc:
-            raise Unavailable(f"Triton at {self.url}: readiness of model {model!r} unknown ({exc})") from exc
+            raise Unavailable(
+                f"Triton at {self.url}: readiness of model {model!r} unknown ({exc})"
+            ) from exc
         if not ready:
             try:
                 known = {m.get("name") for m in self._client.get_model_repository_index()}
@@ -86,7 +90,9 @@ class TritonInferenceClient:
                 )
             raise Unavailable(f"model {model!r} is not ready on Triton at {self.url}; retry later")
 
-    def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> InferenceResult:
+    def infer(
+        self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
+    ) -> InferenceResult:
         self._ready(model)
         request_inputs = []
         for name, array in inputs.items():
@@ -96,22 +102,34 @@ class TritonInferenceClient:
             request_inputs.append(tensor)
         requested = [httpclient.InferRequestedOutput(name, binary_data=True) for name in outputs]
         try:
-            answer = self._client.infer(model, request_inputs, model_version=self.model_version, outputs=requested)
+            answer = self._client.infer(
+                model, request_inputs, model_version=self.model_version, outputs=requested
+            )
         except InferenceServerException as exc:
             status = str(exc.status() or "")
             if status.startswith("5") or "unavailable" in str(exc).lower():
-                raise Unavailable(f"Triton at {self.url} failed to run {model!r}: {exc.message()}") from exc
-            raise InvalidInput(f"Triton rejected the request to {model!r}: {exc.message()}") from exc
+                raise Unavailable(
+                    f"Triton at {self.url} failed to run {model!r}: {exc.message()}"
+                ) from exc
+            raise InvalidInput(
+                f"Triton rejected the request to {model!r}: {exc.message()}"
+            ) from exc
         except OSError as exc:
-            raise Unavailable(f"Triton at {self.url} dropped the request to {model!r} ({exc}); retry later") from exc
+            raise Unavailable(
+                f"Triton at {self.url} dropped the request to {model!r} ({exc}); retry later"
+            ) from exc
         result = answer.get_response()
         tensors: dict[str, np.ndarray] = {}
         for name in outputs:
             value = answer.as_numpy(name)
             if value is None:
-                raise InvalidInput(f"model {model!r} returned no output tensor {name!r}; check TRITON_OUTPUT")
+                raise InvalidInput(
+                    f"model {model!r} returned no output tensor {name!r}; check TRITON_OUTPUT"
+                )
             tensors[name] = value
-        return InferenceResult(tensors, str(result.get("model_name", model)), str(result.get("model_version", "")))
+        return InferenceResult(
+            tensors, str(result.get("model_name", model)), str(result.get("model_version", ""))
+        )
 
     def close(self) -> None:
         self._client.close()
@@ -136,22 +154,34 @@ class OnnxRuntimeClient:
         import onnxruntime as ort
 
         folder = self.model_repository / model
-        versions = sorted((int(p.name) for p in folder.glob("*") if p.name.isdigit() and (p / "model.onnx").exists()))
+        versions = sorted(
+            int(p.name)
+            for p in folder.glob("*")
+            if p.name.isdigit() and (p / "model.onnx").exists()
+        )
         if not versions:
-            raise InvalidInput(f"no {model}/<version>/model.onnx in the model repository {self.model_repository}")
+            raise InvalidInput(
+                f"no {model}/<version>/model.onnx in the model repository {self.model_repository}"
+            )
         version = str(versions[-1])
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         session = ort.InferenceSession(
-            str(folder / version / "model.onnx"), sess_options=options, providers=["CPUExecutionProvider"]
+            str(folder / version / "model.onnx"),
+            sess_options=options,
+            providers=["CPUExecutionProvider"],
         )
         self._sessions[model] = (session, version)
         return session, version
 
-    def infer(self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]) -> InferenceResult:
+    def infer(
+        self, model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
+    ) -> InferenceResult:
         session, version = self._session(model)
         try:
-            values = session.run(list(outputs), {k: np.ascontiguousarray(v) for k, v in inputs.items()})  # type: ignore[attr-defined]
+            values = session.run(
+                list(outputs), {k: np.ascontiguousarray(v) for k, v in inputs.items()}
+            )  # type: ignore[attr-defined]
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad feeds
             raise InvalidInput(f"ONNX Runtime rejected the request to {model!r}: {exc}") from exc
         return InferenceResult(dict(zip(outputs, values, strict=True)), model, version)

@@ -25,8 +25,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from radflow.imaging import dicom
-from radflow.sdk.errors import InvalidInput
 from radflow.imaging.volume import read_volume
+from radflow.sdk.errors import InvalidInput
 from radflow.sdk.storage import safe_component
 
 MASK_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".nrrd")
@@ -52,7 +52,9 @@ class MaskedSeries:
         instances = {r.instance for r in self.plan.slices}
         if any(r.frame is not None for r in self.plan.slices):
             if len(instances) != 1:
-                raise InvalidInput("multi-frame source series spread over several instances are not supported")
+                raise InvalidInput(
+                    "multi-frame source series spread over several instances are not supported"
+                )
             return [self.headers[next(iter(instances))]]
         return [self.headers[r.instance] for r in self.plan.slices]
 
@@ -75,13 +77,19 @@ def parse_labels(text: str) -> list[str]:
         try:
             value = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise InvalidInput("NVIDIA_SEG_LABELS starts with '[' but is not a JSON list", code="invalid_variables") from exc
+            raise InvalidInput(
+                "NVIDIA_SEG_LABELS starts with '[' but is not a JSON list", code="invalid_variables"
+            ) from exc
         if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
-            raise InvalidInput("NVIDIA_SEG_LABELS must be a JSON list of non-empty names", code="invalid_variables")
+            raise InvalidInput(
+                "NVIDIA_SEG_LABELS must be a JSON list of non-empty names", code="invalid_variables"
+            )
         return [v.strip() for v in value]
     labels = [v.strip() for v in text.split(",")]
     if not all(labels):
-        raise InvalidInput("NVIDIA_SEG_LABELS has an empty name between commas", code="invalid_variables")
+        raise InvalidInput(
+            "NVIDIA_SEG_LABELS has an empty name between commas", code="invalid_variables"
+        )
     return labels
 
 
@@ -134,7 +142,9 @@ def load_masked_series(masks_dir: Path, dicom_dir: Path) -> list[MaskedSeries]:
         folder = dicom_dir / safe_component(uid)
         files = sorted(folder.glob("*.dcm")) if folder.is_dir() else []
         if not files:
-            raise InvalidInput(f"mask {n}: no source instances in input 'dicom' for its series (rule: mask name = SeriesInstanceUID)")
+            raise InvalidInput(
+                f"mask {n}: no source instances in input 'dicom' for its series (rule: mask name = SeriesInstanceUID)"
+            )
         headers = [dicom.read_header(f) for f in files]
         plan = dicom.plan_slices(dicom.slice_refs(headers, f"mask {n} source"), f"mask {n} source")
         array, geometry = read_volume(path)
@@ -145,7 +155,9 @@ def load_masked_series(masks_dir: Path, dicom_dir: Path) -> list[MaskedSeries]:
         if array.min() < 0 or array.max() > 255:
             raise InvalidInput(f"mask {n}: label values must lie in 0..255")
         try:
-            mapping = dicom.match_grid(plan, geometry.origin, geometry.spacing, geometry.direction, array.shape)
+            mapping = dicom.match_grid(
+                plan, geometry.origin, geometry.spacing, geometry.direction, array.shape
+            )
         except InvalidInput as exc:
             raise InvalidInput(f"mask {n}: {exc}", code="mask_geometry_mismatch") from exc
         mask = np.zeros(plan.shape, np.uint8)

@@ -24,8 +24,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from skimage.measure import find_contours
 
 from radflow.imaging.dicom import SlicePlan, new_uid
-from radflow.sdk.errors import InvalidInput
 from radflow.imaging.seg import NOT_FOR_CLINICAL_USE, PALETTE, Provenance
+from radflow.sdk.errors import InvalidInput
 
 CONTOUR_DATA = Tag(0x3006, 0x0050)
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -34,10 +34,19 @@ RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 STUDY_COMPONENT_SOP_CLASS = "1.2.840.10008.3.1.2.3.1"
 #: Copied from the source so the object files into the same patient and study.
 PATIENT_STUDY_KEYWORDS = (
-    "SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
-    "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
-    "AccessionNumber", "StudyDescription",
-)  # fmt: skip
+    "SpecificCharacterSet",
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "StudyDescription",
+)
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,10 @@ class RoiSpec:
 
 
 def roi_specs(labels: Sequence[str]) -> list[RoiSpec]:
-    return [RoiSpec(n, name[:64], PALETTE[(n - 1) % len(PALETTE)]) for n, name in enumerate(labels, start=1)]
+    return [
+        RoiSpec(n, name[:64], PALETTE[(n - 1) % len(PALETTE)])
+        for n, name in enumerate(labels, start=1)
+    ]
 
 
 def _drop_collinear(contour: np.ndarray) -> np.ndarray:
@@ -83,7 +95,9 @@ def slice_contours(binary: np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def contour_to_patient(contour: np.ndarray, position: Sequence[float], plan: SlicePlan, pixel_spacing: Sequence[float]) -> np.ndarray:
+def contour_to_patient(
+    contour: np.ndarray, position: Sequence[float], plan: SlicePlan, pixel_spacing: Sequence[float]
+) -> np.ndarray:
     """(row, column) pixel coordinates on a plane at ``position`` -> (N, 3) LPS millimetres."""
     row_sp, col_sp = pixel_spacing
     return (
@@ -136,10 +150,19 @@ def build_rtstruct(
     present = set(np.flatnonzero(np.bincount(mask[occupied].ravel(), minlength=1)).tolist()) - {0}
     unknown = sorted(v for v in present if v > len(rois))
     if unknown:
-        raise InvalidInput(f"mask holds label values {unknown} but only {len(rois)} ROI names are given", code="unlabelled_mask_values")
+        raise InvalidInput(
+            f"mask holds label values {unknown} but only {len(rois)} ROI names are given",
+            code="unlabelled_mask_values",
+        )
     first = headers[0]
-    entropy = (str(first.SeriesInstanceUID), provenance.operator, provenance.model_name, provenance.model_version, *(r.name for r in rois))
-    now = dt.datetime.now(dt.timezone.utc)
+    entropy = (
+        str(first.SeriesInstanceUID),
+        provenance.operator,
+        provenance.model_name,
+        provenance.model_version,
+        *(r.name for r in rois),
+    )
+    now = dt.datetime.now(dt.UTC)
     ds = Dataset()
     for keyword in PATIENT_STUDY_KEYWORDS:
         if keyword in first:
@@ -201,7 +224,9 @@ def build_rtstruct(
             for polygon in slice_contours(mask[k] == roi.number):
                 points = contour_to_patient(polygon, ref.position, plan, ref.pixel_spacing)
                 c = Dataset()
-                c.ContourImageSequence = DicomSequence([_image_ref(headers[ref.instance], ref.frame)])
+                c.ContourImageSequence = DicomSequence(
+                    [_image_ref(headers[ref.instance], ref.frame)]
+                )
                 c.ContourGeometricType = "CLOSED_PLANAR"
                 c.NumberOfContourPoints = len(points)
                 c.ContourNumber = len(contours) + 1
@@ -247,6 +272,11 @@ def rasterize(ds: Dataset, roi_number: int, plan: SlicePlan) -> np.ndarray:
             points = np.asarray([float(v) for v in contour.ContourData]).reshape(-1, 3)
             k = int(np.argmin(np.abs(dists - points[0] @ normal)))
             rel = points - origin
-            rc = np.column_stack([rel @ np.asarray(plan.col_cosine) / row_sp, rel @ np.asarray(plan.row_cosine) / col_sp])
+            rc = np.column_stack(
+                [
+                    rel @ np.asarray(plan.col_cosine) / row_sp,
+                    rel @ np.asarray(plan.row_cosine) / col_sp,
+                ]
+            )
             out[k] ^= polygon2mask(plan.shape[1:], rc)
     return out

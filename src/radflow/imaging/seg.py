@@ -43,7 +43,14 @@ KNOWN_LABELS: Mapping[str, tuple[Code, Code]] = {
     "necrosis": (_ALTERED, Code("6574001", "SCT", "Necrosis")),
     "brain": (_ANATOMY, Code("12738006", "SCT", "Brain")),
 }
-PALETTE = [(255, 64, 64), (64, 200, 64), (64, 128, 255), (255, 200, 0), (200, 64, 255), (0, 200, 200)]
+PALETTE = [
+    (255, 64, 64),
+    (64, 200, 64),
+    (64, 128, 255),
+    (255, 200, 0),
+    (200, 64, 255),
+    (0, 200, 200),
+]
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,10 @@ class Provenance:
 
     @property
     def software_versions(self) -> tuple[str, str]:
-        return (f"{self.operator} {self.operator_version}", f"{self.model_name} {self.model_version}")
+        return (
+            f"{self.operator} {self.operator_version}",
+            f"{self.model_name} {self.model_version}",
+        )
 
 
 @dataclass(frozen=True)
@@ -76,7 +86,9 @@ def segment_specs(labels: Sequence[str]) -> list[SegmentSpec]:
     specs = []
     for n, label in enumerate(labels, start=1):
         category, kind = KNOWN_LABELS.get(label.strip().casefold(), (_TISSUE, _TISSUE))
-        specs.append(SegmentSpec(n, label.strip()[:64], category, kind, PALETTE[(n - 1) % len(PALETTE)]))
+        specs.append(
+            SegmentSpec(n, label.strip()[:64], category, kind, PALETTE[(n - 1) % len(PALETTE)])
+        )
     return specs
 
 
@@ -86,7 +98,9 @@ def choose_type(requested: str, n_segments: int) -> str:
     if requested == "AUTO":
         return "BINARY" if n_segments <= 2 else "FRACTIONAL"
     if requested not in ("BINARY", "FRACTIONAL", "LABELMAP"):
-        raise InvalidInput(f"segmentation type {requested!r}: use auto, binary, fractional or labelmap")
+        raise InvalidInput(
+            f"segmentation type {requested!r}: use auto, binary, fractional or labelmap"
+        )
     return requested
 
 
@@ -115,14 +129,23 @@ def build_segmentation(
     if unknown:
         raise InvalidInput(
             f"mask holds label values {unknown} but only {len(segments)} segment labels are named "
-            "(set NVIDIA_SEG_LABELS)", code="unlabelled_mask_values"
-        )  # fmt: skip
+            "(set NVIDIA_SEG_LABELS)",
+            code="unlabelled_mask_values",
+        )
     seg_type = choose_type(segmentation_type, len(segments))
     first = source_images[0]
-    entropy = (str(first.SeriesInstanceUID), provenance.operator, provenance.model_name,
-               provenance.model_version, seg_type, *(s.label for s in segments))  # fmt: skip
+    entropy = (
+        str(first.SeriesInstanceUID),
+        provenance.operator,
+        provenance.model_name,
+        provenance.model_version,
+        seg_type,
+        *(s.label for s in segments),
+    )
     algorithm = hd.AlgorithmIdentificationSequence(
-        name=provenance.model_name[:64], family=codes.cid7162.ArtificialIntelligence, version=provenance.model_version[:64]
+        name=provenance.model_name[:64],
+        family=codes.cid7162.ArtificialIntelligence,
+        version=provenance.model_version[:64],
     )
     descriptions = [
         hd.seg.SegmentDescription(
@@ -148,7 +171,11 @@ def build_segmentation(
         # holding a segment (what omit_empty_frames keeps) and list every source afterwards
         sources = [sources[int(k)] for k in occupied]
         planes = mask[occupied]
-    pixel_array = planes.astype(np.uint8, copy=False) if len(segments) > 1 or seg_type != "BINARY" else (planes > 0)
+    pixel_array = (
+        planes.astype(np.uint8, copy=False)
+        if len(segments) > 1 or seg_type != "BINARY"
+        else (planes > 0)
+    )
     equipment = hd.ContributingEquipment(
         manufacturer=provenance.manufacturer,
         purpose_of_reference=codes.DCM.ProcessingEquipment,
@@ -156,7 +183,7 @@ def build_segmentation(
         software_versions=list(provenance.software_versions),
         contribution_description=NOT_FOR_CLINICAL_USE,
     )
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=pixel_array,
@@ -186,7 +213,10 @@ def build_segmentation(
 
 def _reference_all_sources(seg: hd.seg.Segmentation, source_images: Sequence[Dataset]) -> None:
     """ReferencedSeriesSequence lists every source instance, also those without a frame."""
-    listed = {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    listed = {
+        item.ReferencedSOPInstanceUID
+        for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    }
     for ds in source_images:
         if ds.SOPInstanceUID not in listed:
             item = Dataset()

@@ -53,14 +53,35 @@ from radflow.sdk.errors import InvalidInput
 #: Attributes whose values may appear in a trace: technical, never identifying.
 SAFE_KEYWORDS = frozenset(
     {
-        "Modality", "ImageType", "SliceThickness", "SpacingBetweenSlices", "SeriesNumber",
-        "PixelSpacing", "Rows", "Columns", "EchoTime", "RepetitionTime", "InversionTime",
-        "FlipAngle", "MagneticFieldStrength", "MRAcquisitionType", "ScanningSequence",
-        "SequenceVariant", "BodyPartExamined", "PatientPosition", "Laterality", "SOPClassUID",
-        "ImageOrientationPatient", "NumberOfFrames", "BitsAllocated", "PhotometricInterpretation",
-        "ContrastBolusAgent", "ConvolutionKernel", "KVP",
+        "Modality",
+        "ImageType",
+        "SliceThickness",
+        "SpacingBetweenSlices",
+        "SeriesNumber",
+        "PixelSpacing",
+        "Rows",
+        "Columns",
+        "EchoTime",
+        "RepetitionTime",
+        "InversionTime",
+        "FlipAngle",
+        "MagneticFieldStrength",
+        "MRAcquisitionType",
+        "ScanningSequence",
+        "SequenceVariant",
+        "BodyPartExamined",
+        "PatientPosition",
+        "Laterality",
+        "SOPClassUID",
+        "ImageOrientationPatient",
+        "NumberOfFrames",
+        "BitsAllocated",
+        "PhotometricInterpretation",
+        "ContrastBolusAgent",
+        "ConvolutionKernel",
+        "KVP",
     }
-)  # fmt: skip
+)
 NUMERIC_VRS = frozenset({"DS", "IS", "US", "SS", "UL", "SL", "FL", "FD", "UV", "SV"})
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">": lambda a, b: a > b,
@@ -114,14 +135,22 @@ def _check_condition(selection: str, keyword: str, value: Any) -> None:
     if isinstance(value, list):
         if all(isinstance(v, str) for v in value):
             return
-        if len(value) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        if len(value) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        ):
             if value[0] > value[1]:
                 raise _bad(f"{where}: range [min, max] has min > max")
             return
-        if (len(value) == 2 and isinstance(value[0], (int, float)) and not isinstance(value[0], bool)
-                and value[1] in OPERATORS):  # fmt: skip
+        if (
+            len(value) == 2
+            and isinstance(value[0], (int, float))
+            and not isinstance(value[0], bool)
+            and value[1] in OPERATORS
+        ):
             return
-        raise _bad(f"{where}: a list must be strings, [min, max] or [value, '>'|'>='|'<'|'<='|'!=']")
+        raise _bad(
+            f"{where}: a list must be strings, [min, max] or [value, '>'|'>='|'<'|'<='|'!=']"
+        )
     raise _bad(f"{where}: unsupported value type {type(value).__name__}")
 
 
@@ -175,7 +204,9 @@ def rules_from_variables(variables: Mapping[str, str], read_file: Callable[[str]
         try:
             return parse_rules(read_file(path))
         except OSError as exc:
-            raise _bad(f"NVIDIA_CLARA_SELECTION_RULES_FILE cannot be read ({type(exc).__name__})") from exc
+            raise _bad(
+                f"NVIDIA_CLARA_SELECTION_RULES_FILE cannot be read ({type(exc).__name__})"
+            ) from exc
     return Rules()
 
 
@@ -203,7 +234,13 @@ class ConditionResult:
     value: Any = None  #: only for SAFE_KEYWORDS, else None
 
     def as_dict(self) -> dict[str, Any]:
-        out = {"keyword": self.keyword, "kind": self.kind, "rule": self.rule, "matched": self.matched, "reason": self.reason}
+        out = {
+            "keyword": self.keyword,
+            "kind": self.kind,
+            "rule": self.rule,
+            "matched": self.matched,
+            "reason": self.reason,
+        }
         if self.value is not None:
             out["value"] = self.value
         return out
@@ -217,7 +254,11 @@ def _values(value: Any) -> list[Any]:
 
 
 def _empty(value: Any) -> bool:
-    return value is None or value == "" or (not isinstance(value, (str, bytes)) and _values(value) == [])
+    return (
+        value is None
+        or value == ""
+        or (not isinstance(value, (str, bytes)) and _values(value) == [])
+    )
 
 
 def _number(value: Any) -> float | None:
@@ -262,18 +303,27 @@ def evaluate(keyword: str, rule: Any, facts: SeriesFacts) -> ConditionResult:
     values = _values(value)
     if kind == "regex":
         ok = any(re.search(rule, str(v), re.IGNORECASE) for v in values)
-        return ConditionResult(keyword, kind, rule, ok, "pattern found" if ok else "pattern not found", shown)
+        return ConditionResult(
+            keyword, kind, rule, ok, "pattern found" if ok else "pattern not found", shown
+        )
     if kind == "regex-numeric":
         ok = all(re.fullmatch(rule, str(v)) or re.fullmatch(rule, _normalised(v)) for v in values)
-        return ConditionResult(keyword, kind, rule, bool(ok), "full match" if ok else "no full match", shown)
+        return ConditionResult(
+            keyword, kind, rule, bool(ok), "full match" if ok else "no full match", shown
+        )
     if kind == "all-of":
         have = {str(v).strip().casefold() for v in values}
         missing = [t for t in rule if not t.startswith("!") and t.casefold() not in have]
         present = [t for t in rule if t.startswith("!") and t[1:].casefold() in have]
         ok = not missing and not present
-        reason = "all terms present" if ok else "; ".join(
-            ([f"absent: {', '.join(missing)}"] if missing else []) + ([f"excluded present: {', '.join(present)}"] if present else [])
-        )  # fmt: skip
+        reason = (
+            "all terms present"
+            if ok
+            else "; ".join(
+                ([f"absent: {', '.join(missing)}"] if missing else [])
+                + ([f"excluded present: {', '.join(present)}"] if present else [])
+            )
+        )
         return ConditionResult(keyword, kind, rule, ok, reason, shown)
     numbers = [_number(v) for v in values]
     if any(n is None for n in numbers):
@@ -287,7 +337,9 @@ def evaluate(keyword: str, rule: Any, facts: SeriesFacts) -> ConditionResult:
         return ConditionResult(keyword, kind, rule, ok, "in range" if ok else "out of range", shown)
     op = OPERATORS[rule[1]]
     ok = all(op(n, float(rule[0])) for n in nums)
-    return ConditionResult(keyword, "relational", rule, ok, f"value {rule[1]} {rule[0]}: {ok}".lower(), shown)
+    return ConditionResult(
+        keyword, "relational", rule, ok, f"value {rule[1]} {rule[0]}: {ok}".lower(), shown
+    )
 
 
 def _kind(rule: Any, *, numeric: bool) -> str:
@@ -312,21 +364,32 @@ def select(rules: Rules, series: Sequence[SeriesFacts]) -> SelectionOutcome:
     """Apply ``rules`` to ``series`` (already in deterministic order) and trace every condition."""
     outcome = SelectionOutcome()
     traces: dict[int, dict[str, Any]] = {
-        s.index: {"series_index": s.index, "series_instance_uid": s.series_instance_uid,
-                  "instances": s.instance_count, "orientation": s.orientation, "selections": {}}
+        s.index: {
+            "series_index": s.index,
+            "series_instance_uid": s.series_instance_uid,
+            "instances": s.instance_count,
+            "orientation": s.orientation,
+            "selections": {},
+        }
         for s in series
-    }  # fmt: skip
+    }
     if rules.select_all:
         outcome.selected[""] = [s.index for s in series]
         for s in series:
-            traces[s.index]["selections"][""] = {"matched": True, "reason": "no rules: every series is selected"}
+            traces[s.index]["selections"][""] = {
+                "matched": True,
+                "reason": "no rules: every series is selected",
+            }
         outcome.trace = list(traces.values())
         return outcome
     for sel in rules.selections:
         matches: list[SeriesFacts] = []
         for s in series:
             if not sel.conditions:
-                traces[s.index]["selections"][sel.name] = {"matched": False, "reason": "selection has no conditions"}
+                traces[s.index]["selections"][sel.name] = {
+                    "matched": False,
+                    "reason": "selection has no conditions",
+                }
                 continue
             results = [evaluate(k, v, s) for k, v in sel.conditions.items()]
             ok = all(r.matched for r in results)
@@ -342,9 +405,15 @@ def select(rules: Rules, series: Sequence[SeriesFacts]) -> SelectionOutcome:
             chosen = matches[:1]
             for s in matches[1:]:
                 traces[s.index]["selections"][sel.name]["selected"] = False
-                traces[s.index]["selections"][sel.name]["reason"] = "matched, but an earlier series was selected (first match)"
+                traces[s.index]["selections"][sel.name]["reason"] = (
+                    "matched, but an earlier series was selected (first match)"
+                )
         else:
-            chosen = sorted(matches, key=lambda s: -s.instance_count) if sel.sort_by_sop_instance_count else matches
+            chosen = (
+                sorted(matches, key=lambda s: -s.instance_count)
+                if sel.sort_by_sop_instance_count
+                else matches
+            )
         for s in chosen:
             traces[s.index]["selections"][sel.name]["selected"] = True
         outcome.selected[sel.name] = [s.index for s in chosen]

@@ -33,8 +33,12 @@ class Outcome(Enum):
     ACQUIRED = "acquired"  # this run owns the stage now (the stage never ran before)
     STALE = "stale"  # a claim whose holder stopped renewing it: call take_over() to run
     TAKEN_OVER = "taken_over"  # a stale claim (a dead run) was taken over
-    BUSY_SAME_EVENT = "busy_same_event"  # this event's earlier delivery is still running: retry later
-    BUSY_OTHER_EVENT = "busy_other_event"  # another event's delivery runs it (fan-in): nothing to do
+    BUSY_SAME_EVENT = (
+        "busy_same_event"  # this event's earlier delivery is still running: retry later
+    )
+    BUSY_OTHER_EVENT = (
+        "busy_other_event"  # another event's delivery runs it (fan-in): nothing to do
+    )
 
 
 @dataclass
@@ -89,7 +93,11 @@ class Claim:
         except (ValueError, TypeError):
             age, lease, owner_event = float("inf"), 0.0, ""
         if age <= lease:
-            return Outcome.BUSY_SAME_EVENT if owner_event == self.event_id else Outcome.BUSY_OTHER_EVENT
+            return (
+                Outcome.BUSY_SAME_EVENT
+                if owner_event == self.event_id
+                else Outcome.BUSY_OTHER_EVENT
+            )
         self._stale_etag, self._stale_age = etag, age
         return Outcome.STALE
 
@@ -103,7 +111,9 @@ class Claim:
         return Outcome.TAKEN_OVER
 
     def start_heartbeat(self) -> None:
-        self._thread = threading.Thread(target=self._beat, name=f"claim-heartbeat-{self.holder[:8]}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._beat, name=f"claim-heartbeat-{self.holder[:8]}", daemon=True
+        )
         self._thread.start()
 
     def _beat(self) -> None:

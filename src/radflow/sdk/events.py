@@ -146,11 +146,11 @@ def deterministic_id(*parts: str) -> str:
 
 
 def make_event(
-    type: str,  # noqa: A002 - CloudEvents' own attribute name
+    type: str,
     source: str,
     data: BaseModel | Mapping[str, Any] | None,
     *,
-    id: str | None = None,  # noqa: A002
+    id: str | None = None,
     subject: str | None = None,
     extensions: Mapping[str, str] | None = None,
     time: _dt.datetime | None = None,
@@ -168,7 +168,9 @@ def make_event(
         attrs["subject"] = subject
     for name, value in (extensions or {}).items():
         if not ATTRIBUTE_NAME.match(name):
-            raise ValueError(f"extension attribute {name!r} does not match {ATTRIBUTE_NAME.pattern}")
+            raise ValueError(
+                f"extension attribute {name!r} does not match {ATTRIBUTE_NAME.pattern}"
+            )
         attrs[name] = value
     body = data.model_dump(mode="json") if isinstance(data, BaseModel) else data
     return CloudEvent(attrs, body)
@@ -191,9 +193,12 @@ def parse_payload(event: CloudEvent, model: type[P]) -> P:
         return model.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<data>'}: {err['msg']}" for err in exc.errors()
+            f"{'.'.join(str(p) for p in err['loc']) or '<data>'}: {err['msg']}"
+            for err in exc.errors()
         )
-        raise InvalidEvent(f"event {event['id']}: data is not a valid {model.__name__}: {problems}") from None
+        raise InvalidEvent(
+            f"event {event['id']}: data is not a valid {model.__name__}: {problems}"
+        ) from None
 
 
 def from_http(headers: Mapping[str, str], body: bytes | None) -> CloudEvent:

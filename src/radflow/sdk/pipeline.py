@@ -54,9 +54,22 @@ NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 #: environment the runtime, functions-framework and Knative set themselves; operator-specific
 #: ``RADFLOW_*`` settings (``RADFLOW_SEG_TYPE``) stay allowed
 RESERVED_VARIABLES = frozenset(
-    {"RADFLOW_PIPELINE", "RADFLOW_STAGE", "RADFLOW_STAGE_SPEC", "RADFLOW_CLAIM_LEASE_SECONDS", "RADFLOW_WORK_DIR",
-     "RADFLOW_CLARA_PATHS", "RADFLOW_DAGS", "RADFLOW_LOG_LEVEL", "RADFLOW_LOG_FORMAT", "PORT", "THREADS", "WORKERS", "HOST"}
-)  # fmt: skip
+    {
+        "RADFLOW_PIPELINE",
+        "RADFLOW_STAGE",
+        "RADFLOW_STAGE_SPEC",
+        "RADFLOW_CLAIM_LEASE_SECONDS",
+        "RADFLOW_WORK_DIR",
+        "RADFLOW_CLARA_PATHS",
+        "RADFLOW_DAGS",
+        "RADFLOW_LOG_LEVEL",
+        "RADFLOW_LOG_FORMAT",
+        "PORT",
+        "THREADS",
+        "WORKERS",
+        "HOST",
+    }
+)
 RESERVED_PREFIXES = ("RADFLOW_S3_", "RADFLOW_INPUT_", "RADFLOW_OUTPUT_", "FUNCTION_", "K_")
 #: Knative appends ``-00001``-style revision suffixes to a 63-character limit
 MAX_SERVICE_NAME = 50
@@ -152,7 +165,10 @@ class Operator(_Model):
     def _variables_as_text(cls, value: Any) -> Any:
         # YAML turns `PORT: 104` into an int; environment variables are text
         if isinstance(value, Mapping):
-            return {str(k): ("" if v is None else str(v) if not isinstance(v, bool) else str(v).lower()) for k, v in value.items()}
+            return {
+                str(k): ("" if v is None else str(v) if not isinstance(v, bool) else str(v).lower())
+                for k, v in value.items()
+            }
         return value
 
     @property
@@ -170,7 +186,13 @@ class Operator(_Model):
 
     def connection_names(self) -> list[str]:
         """Environment variables that carry this operator's Clara service addresses."""
-        return sorted({c.name for svc in self.services for c in [*svc.connections.http, *svc.connections.grpc]})
+        return sorted(
+            {
+                c.name
+                for svc in self.services
+                for c in [*svc.connections.http, *svc.connections.grpc]
+            }
+        )
 
     def output_names(self) -> list[str]:
         return [o.name or DEFAULT for o in self.output]
@@ -306,16 +328,22 @@ def load_pipeline(path: str | Path, *, functions: Collection[str] | None = None)
     return parse_pipeline(text, source=str(path), functions=functions)
 
 
-def parse_pipeline(text: str, *, source: str = "<pipeline>", functions: Collection[str] | None = None) -> Pipeline:
+def parse_pipeline(
+    text: str, *, source: str = "<pipeline>", functions: Collection[str] | None = None
+) -> Pipeline:
     """Validate pipeline YAML ``text``; ``source`` names it in error messages."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError(f"{source}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        raise ConfigError(
+            f"{source}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"
+        ) from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: a pipeline definition is a YAML mapping with api-version, name and operators")
+        raise ConfigError(
+            f"{source}: a pipeline definition is a YAML mapping with api-version, name and operators"
+        )
     version = raw.get("api-version")
     if str(version) != API_VERSION:
         raise ConfigError(
@@ -338,11 +366,19 @@ def _describe(source: str, raw: dict[str, Any], exc: ValidationError) -> str:
         prefix = ""
         if len(loc) >= 2 and loc[0] == "operators" and isinstance(loc[1], int):
             ops = raw.get("operators") or []
-            name = ops[loc[1]].get("name") if loc[1] < len(ops) and isinstance(ops[loc[1]], dict) else None
+            name = (
+                ops[loc[1]].get("name")
+                if loc[1] < len(ops) and isinstance(ops[loc[1]], dict)
+                else None
+            )
             prefix = f"operator {name!r}: " if name else f"operators[{loc[1]}]: "
             loc = loc[2:]
         field = _field_path(loc) or "<pipeline>"
-        msg = "unknown field (not part of Clara api-version 0.4.0)" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = (
+            "unknown field (not part of Clara api-version 0.4.0)"
+            if err["type"] == "extra_forbidden"
+            else err["msg"]
+        )
         lines.append(f"{prefix}{field}: {msg}")
     return f"{source}: " + "; ".join(lines)
 
@@ -365,14 +401,20 @@ def _check(p: Pipeline, source: str, functions: set[str]) -> None:
         raise ConfigError(f"{source}: {msg}")
 
     if not NAME.match(p.name):
-        fail(f"name: {p.name!r} must be lower-case letters, digits and '-' (a DNS label), starting with a letter")
+        fail(
+            f"name: {p.name!r} must be lower-case letters, digits and '-' (a DNS label), starting with a letter"
+        )
     seen: dict[str, int] = {}
     for idx, op in enumerate(p.operators):
         if op.name in seen:
-            fail(f"operator {op.name!r}: name: duplicate operator name (operators[{seen[op.name]}] and operators[{idx}])")
+            fail(
+                f"operator {op.name!r}: name: duplicate operator name (operators[{seen[op.name]}] and operators[{idx}])"
+            )
         seen[op.name] = idx
         if not NAME.match(op.name):
-            fail(f"operator {op.name!r}: name: must be lower-case letters, digits and '-' (a DNS label), starting with a letter")
+            fail(
+                f"operator {op.name!r}: name: must be lower-case letters, digits and '-' (a DNS label), starting with a letter"
+            )
         if len(p.name) + 1 + len(op.name) > MAX_SERVICE_NAME:
             fail(
                 f"operator {op.name!r}: name: the Knative Service name {p.name}-{op.name!r} is longer "
@@ -407,7 +449,9 @@ def _check_operator(op: Operator, p: Pipeline, functions: set[str], fail: Any) -
     ins = [s.name for s in op.stage_inputs()]
     for i, name in enumerate(ins):
         if name in ins[:i]:
-            fail(f"{who}: input[{i}].name: duplicate input name {name!r} (each input needs its own folder name)")
+            fail(
+                f"{who}: input[{i}].name: duplicate input name {name!r} (each input needs its own folder name)"
+            )
     paths = [i.path for i in op.input] + [o.path for o in op.output]
     for i, path in enumerate(paths):
         if not path.startswith("/"):
@@ -422,17 +466,23 @@ def _check_operator(op: Operator, p: Pipeline, functions: set[str], fail: Any) -
         try:
             upstream = p.operator(inp.from_)
         except KeyError:
-            fail(f"{who}: input[{i}].from: unknown operator {inp.from_!r} (operators: {', '.join(sorted(o.name for o in p.operators))})")
+            fail(
+                f"{who}: input[{i}].from: unknown operator {inp.from_!r} (operators: {', '.join(sorted(o.name for o in p.operators))})"
+            )
             raise  # unreachable: fail raises
         wanted = inp.name or DEFAULT
         if wanted not in upstream.output_names():
             have = ", ".join(sorted(upstream.output_names())) or "none"
-            fail(f"{who}: input[{i}].name: operator {inp.from_!r} has no output named {wanted!r} (outputs: {have})")
+            fail(
+                f"{who}: input[{i}].name: operator {inp.from_!r} has no output named {wanted!r} (outputs: {have})"
+            )
     for i, svc in enumerate(op.services):
         if not NAME.match(svc.name):
             fail(f"{who}: services[{i}].name: {svc.name!r} must be a DNS label")
         if not (svc.connections.http or svc.connections.grpc):
-            fail(f"{who}: services[{i}].connections: a service needs at least one http or grpc connection")
+            fail(
+                f"{who}: services[{i}].connections: a service needs at least one http or grpc connection"
+            )
     for name in op.variables:
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
             fail(f"{who}: variables.{name}: not a valid environment variable name")
@@ -451,7 +501,7 @@ def _find_cycle(p: Pipeline) -> list[str]:
         stack.append(n)
         for m in graph.get(n, []):
             if color.get(m) == 1:
-                cyc = stack[stack.index(m):]
+                cyc = stack[stack.index(m) :]
                 k = cyc.index(min(cyc))
                 cyc = cyc[k:] + cyc[:k]
                 # edges point upstream; print them in data-flow order

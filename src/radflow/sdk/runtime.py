@@ -58,7 +58,15 @@ from radflow.sdk.storage import AlreadyExists, Keys, NotFound, ObjectStore
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Logic", "Reply", "StageRuntime", "completed_event_id", "failed_event_id", "request_key", "serve"]
+__all__ = [
+    "Logic",
+    "Reply",
+    "StageRuntime",
+    "completed_event_id",
+    "failed_event_id",
+    "request_key",
+    "serve",
+]
 
 Logic = Callable[[StageContext], Mapping[str, Any] | None]
 #: what a functions-framework ``@http`` handler may return: (body, status, headers)
@@ -159,14 +167,18 @@ class StageRuntime:
     def from_env(cls, env: Mapping[str, str]) -> StageRuntime:
         raw = env.get("RADFLOW_STAGE_SPEC")
         if not raw:
-            raise ConfigError("RADFLOW_STAGE_SPEC is not set: this function must run as a compiled pipeline stage")
+            raise ConfigError(
+                "RADFLOW_STAGE_SPEC is not set: this function must run as a compiled pipeline stage"
+            )
         try:
             spec = StageSpec.model_validate_json(raw)
         except ValueError as exc:
             raise ConfigError(f"RADFLOW_STAGE_SPEC is not a valid stage spec: {exc}") from None
         for name, want in (("RADFLOW_PIPELINE", spec.pipeline), ("RADFLOW_STAGE", spec.stage)):
             if env.get(name, want) != want:
-                raise ConfigError(f"{name}={env.get(name)!r} disagrees with RADFLOW_STAGE_SPEC ({want!r})")
+                raise ConfigError(
+                    f"{name}={env.get(name)!r} disagrees with RADFLOW_STAGE_SPEC ({want!r})"
+                )
         variables = {name: env.get(name, "") for name in spec.variables}
         # the function process's composition root: functions-framework configures no logging
         service = ServiceSettings()
@@ -193,7 +205,12 @@ class StageRuntime:
             logger.warning("undecodable request: %s", exc.code, extra={"stage": self.spec.stage})
             return _empty(400, exc.code)
         tp = event.get(Ext.TRACEPARENT)
-        with bind(stage=self.spec.stage, pipeline=self.spec.pipeline, event_id=event["id"], trace_id=trace_id(tp)):
+        with bind(
+            stage=self.spec.stage,
+            pipeline=self.spec.pipeline,
+            event_id=event["id"],
+            trace_id=trace_id(tp),
+        ):
             try:
                 job = self._job_of(event)
             except events.InvalidEvent as exc:
@@ -215,27 +232,39 @@ class StageRuntime:
         etype = event["type"]
         pipeline = event.get(Ext.PIPELINE)
         if pipeline is not None and pipeline != self.spec.pipeline:
-            raise events.InvalidEvent(f"event for pipeline {pipeline!r} delivered to a stage of {self.spec.pipeline!r}")
+            raise events.InvalidEvent(
+                f"event for pipeline {pipeline!r} delivered to a stage of {self.spec.pipeline!r}"
+            )
         subject = event.get("subject") or ""
         tp = event.get(Ext.TRACEPARENT)
         if etype in STUDY_TYPES:
             if self.spec.upstream:
-                raise events.InvalidEvent(f"stage {self.spec.stage!r} waits for {self.spec.upstream}, not for {etype}")
+                raise events.InvalidEvent(
+                    f"stage {self.spec.stage!r} waits for {self.spec.upstream}, not for {etype}"
+                )
             req = events.parse_payload(event, events.JobRequested)
             if req.pipeline != self.spec.pipeline:
-                raise events.InvalidEvent(f"job is for pipeline {req.pipeline!r}, not {self.spec.pipeline!r}")
+                raise events.InvalidEvent(
+                    f"job is for pipeline {req.pipeline!r}, not {self.spec.pipeline!r}"
+                )
             return _Job(req.job_id, subject or req.study_id, tp, req)
         if etype == EventType.STAGE_COMPLETED.value:
             done = events.parse_payload(event, events.StageCompleted)
             if done.stage not in self.spec.upstream:
-                raise events.InvalidEvent(f"stage {done.stage!r} is not upstream of {self.spec.stage!r}")
+                raise events.InvalidEvent(
+                    f"stage {done.stage!r} is not upstream of {self.spec.stage!r}"
+                )
             return _Job(done.job_id, subject, tp, None)
-        raise events.InvalidEvent(f"stage {self.spec.stage!r} does not consume events of type {etype!r}")
+        raise events.InvalidEvent(
+            f"stage {self.spec.stage!r} does not consume events of type {etype!r}"
+        )
 
     def _stored_reply(self, job: _Job) -> Reply | None:
         for name in ("completed.json", "failed.json"):
             try:
-                doc = json.loads(self.store.get_bytes(Keys.stage_marker(job.job_id, self.spec.stage, name)))
+                doc = json.loads(
+                    self.store.get_bytes(Keys.stage_marker(job.job_id, self.spec.stage, name))
+                )
             except NotFound:
                 continue
             return _binary(events.from_json(json.dumps(doc["event"]).encode()))
@@ -295,10 +324,15 @@ class StageRuntime:
             outputs: dict[str, str] = {}
             count = 0
             for out in self.spec.outputs:
-                prefix, n = upload_output(self.store, job.job_id, self.spec.stage, out.name, ctx.outputs[out.name])
+                prefix, n = upload_output(
+                    self.store, job.job_id, self.spec.stage, out.name, ctx.outputs[out.name]
+                )
                 outputs[out.name] = prefix
                 count += n
-            logger.info("stage completed", extra={"file_count": count, "duration_ms": round((ended - started) * 1000, 1)})
+            logger.info(
+                "stage completed",
+                extra={"file_count": count, "duration_ms": round((ended - started) * 1000, 1)},
+            )
             self._upload_log(job, log_path, handler)
             event = events.make_event(
                 EventType.STAGE_COMPLETED,
@@ -316,7 +350,12 @@ class StageRuntime:
                 subject=job.study_id or None,
                 extensions=self._extensions(job),
             )
-            timings = {"received": received, "claimed": claim.started_at, "logic_start": started, "logic_end": ended}
+            timings = {
+                "received": received,
+                "claimed": claim.started_at,
+                "logic_start": started,
+                "logic_end": ended,
+            }
             return self._finish(job, "completed.json", event, timings)
         finally:
             logging.getLogger().removeHandler(handler)
@@ -329,10 +368,14 @@ class StageRuntime:
             ext[Ext.TRACEPARENT] = job.traceparent
         return ext
 
-    def _finish(self, job: _Job, marker: str, event: events.CloudEvent, timings: dict[str, float]) -> Reply:
+    def _finish(
+        self, job: _Job, marker: str, event: events.CloudEvent, timings: dict[str, float]
+    ) -> Reply:
         """Write the marker (first writer wins) and reply with whichever event won."""
         timings["replied"] = time.time()
-        blob = json.dumps({"event": json.loads(events.to_json(event)), "timings": timings}, sort_keys=True)
+        blob = json.dumps(
+            {"event": json.loads(events.to_json(event)), "timings": timings}, sort_keys=True
+        )
         # reply with the stored form, so a redelivery's reply is byte-for-byte the same
         event = events.from_json(json.dumps(json.loads(blob)["event"]).encode())
         key = Keys.stage_marker(job.job_id, self.spec.stage, marker)
@@ -351,7 +394,11 @@ class StageRuntime:
             EventType.STAGE_FAILED,
             self.source,
             events.StageFailed(
-                job_id=job.job_id, pipeline=self.spec.pipeline, stage=self.spec.stage, reason=exc.code, message=str(exc)
+                job_id=job.job_id,
+                pipeline=self.spec.pipeline,
+                stage=self.spec.stage,
+                reason=exc.code,
+                message=str(exc),
             ),
             id=failed_event_id(job.job_id, self.spec.stage),
             subject=job.study_id or None,
@@ -362,13 +409,19 @@ class StageRuntime:
     def _upload_log(self, job: _Job, log_path: Path, handler: _StageLog) -> None:
         handler.flush()
         if log_path.exists():
-            self.store.put_file(Keys.stage_marker(job.job_id, self.spec.stage, "log.jsonl"), log_path, content_type="application/x-ndjson")
+            self.store.put_file(
+                Keys.stage_marker(job.job_id, self.spec.stage, "log.jsonl"),
+                log_path,
+                content_type="application/x-ndjson",
+            )
 
     def _stage_in(self, job: _Job, root: Path, logic: Logic) -> StageContext:
         inputs: dict[str, Path] = {}
         paths: dict[str, Path] = {}
         partial = PartialFiles(self.store)
-        lazy: HeadersFirst | None = getattr(logic, HEADERS_FIRST_ATTR, None) if self.headers_first else None
+        lazy: HeadersFirst | None = (
+            getattr(logic, HEADERS_FIRST_ATTR, None) if self.headers_first else None
+        )
         for inp in self.spec.inputs:
             folder = self._folder(root / "in" / inp.name, inp.path)
             if inp.from_stage is None:
@@ -379,7 +432,9 @@ class StageRuntime:
                 else:
                     stage_study(self.store, manifest, folder)
             else:
-                stage_output_in(self.store, job.job_id, inp.from_stage, inp.output or inp.name, folder)
+                stage_output_in(
+                    self.store, job.job_id, inp.from_stage, inp.output or inp.name, folder
+                )
             inputs[inp.name] = folder
             paths[inp.path] = folder
         outputs: dict[str, Path] = {}
@@ -415,14 +470,22 @@ class StageRuntime:
         try:
             blob = self.store.get_bytes(request_key(job_id))
         except NotFound:
-            raise InvalidInput(f"job {job_id}: no stored job request ({request_key(job_id)})", code="job_request_missing") from None
+            raise InvalidInput(
+                f"job {job_id}: no stored job request ({request_key(job_id)})",
+                code="job_request_missing",
+            ) from None
         return events.JobRequested.model_validate_json(blob)
 
 
 _lock = threading.Lock()
 _runtimes: dict[tuple[str, ...], StageRuntime] = {}
 #: the environment that defines a runtime; a change (tests, reloads) builds a new one
-_ENV_KEYS = ("RADFLOW_STAGE_SPEC", "RADFLOW_S3_ENDPOINT_URL", "RADFLOW_S3_BUCKET", "RADFLOW_CLAIM_LEASE_SECONDS")
+_ENV_KEYS = (
+    "RADFLOW_STAGE_SPEC",
+    "RADFLOW_S3_ENDPOINT_URL",
+    "RADFLOW_S3_BUCKET",
+    "RADFLOW_CLAIM_LEASE_SECONDS",
+)
 
 
 def _get_runtime() -> StageRuntime:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+
 from radflow.sdk.errors import InvalidInput
 
 #: Clara's unnamed input/output (``/input``, ``/output``) is called this.
@@ -86,7 +87,9 @@ class StageVariables(BaseModel):
     declared but absent variable over as ``""``), so the field's default applies.
     """
 
-    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True, hide_input_in_errors=True)
+    model_config = ConfigDict(
+        frozen=True, extra="ignore", populate_by_name=True, hide_input_in_errors=True
+    )
 
     @classmethod
     def from_variables(cls, variables: Mapping[str, str]) -> Self:
@@ -94,5 +97,7 @@ class StageVariables(BaseModel):
         try:
             return cls.model_validate({k: v for k, v in variables.items() if v != ""})
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
             raise InvalidInput(f"pipeline variable {problems}", code="invalid_variables") from None

@@ -65,22 +65,34 @@ def load_manifest(store: ObjectStore, key: str) -> StudyManifest:
     try:
         blob = store.get_bytes(key)
     except NotFound:
-        raise InvalidInput(f"study manifest {key} does not exist", code="manifest_missing") from None
+        raise InvalidInput(
+            f"study manifest {key} does not exist", code="manifest_missing"
+        ) from None
     try:
         return StudyManifest.model_validate_json(blob)
     except ValueError as exc:
-        raise InvalidInput(f"study manifest {key} is not a valid StudyManifest: {type(exc).__name__}", code="manifest_invalid") from None
+        raise InvalidInput(
+            f"study manifest {key} is not a valid StudyManifest: {type(exc).__name__}",
+            code="manifest_invalid",
+        ) from None
 
 
 def _study_layout(manifest: StudyManifest, folder: Path) -> list[tuple[str, Path]]:
     return [
-        (ref.key, folder / safe_component(ref.series_instance_uid) / f"{safe_component(ref.sop_instance_uid)}.dcm")
+        (
+            ref.key,
+            folder
+            / safe_component(ref.series_instance_uid)
+            / f"{safe_component(ref.sop_instance_uid)}.dcm",
+        )
         for ref in manifest.instances
     ]
 
 
 def _missing(key: str) -> InvalidInput:
-    return InvalidInput(f"instance object {key} listed in the manifest does not exist", code="instance_missing")
+    return InvalidInput(
+        f"instance object {key} listed in the manifest does not exist", code="instance_missing"
+    )
 
 
 def stage_study(store: ObjectStore, manifest: StudyManifest, folder: Path) -> int:
@@ -133,7 +145,11 @@ class PartialFiles:
     def complete(self, paths: Iterable[Path]) -> int:
         """Make every listed file whole (files already whole are left alone); returns how many."""
         with self._lock:
-            todo = [(p, self._pending.pop(p)) for p in dict.fromkeys(Path(x).resolve() for x in paths) if p in self._pending]
+            todo = [
+                (p, self._pending.pop(p))
+                for p in dict.fromkeys(Path(x).resolve() for x in paths)
+                if p in self._pending
+            ]
 
         def fetch(path: Path, part: _Partial) -> None:
             have = path.stat().st_size
@@ -142,11 +158,15 @@ class PartialFiles:
             try:
                 got = self._store.get_range(part.key, have, if_match=part.etag)
             except Changed:
-                raise Unavailable(f"instance object {part.key} was replaced while the stage ran; retrying") from None
+                raise Unavailable(
+                    f"instance object {part.key} was replaced while the stage ran; retrying"
+                ) from None
             except NotFound:
                 raise _missing(part.key) from None
             if have + len(got.data) != part.size:
-                raise Unavailable(f"instance object {part.key}: short read ({have + len(got.data)} of {part.size} bytes)")
+                raise Unavailable(
+                    f"instance object {part.key}: short read ({have + len(got.data)} of {part.size} bytes)"
+                )
             with open(path, "ab") as fh:
                 fh.write(got.data)
             with self._lock:
@@ -164,7 +184,9 @@ class PartialFiles:
         return len(todo)
 
 
-def _fetch_header(store: ObjectStore, key: str, dest: Path, partial: PartialFiles, header_end: HeaderEnd) -> None:
+def _fetch_header(
+    store: ObjectStore, key: str, dest: Path, partial: PartialFiles, header_end: HeaderEnd
+) -> None:
     """Stage the first bytes of a DICOM object, enough for its whole header (else all of it)."""
     try:
         got = store.get_range(key, 0, HEADER_PREFIX_BYTES)
@@ -190,7 +212,11 @@ def _fetch_header(store: ObjectStore, key: str, dest: Path, partial: PartialFile
 
 
 def stage_study_headers(
-    store: ObjectStore, manifest: StudyManifest, folder: Path, partial: PartialFiles, header_end: HeaderEnd
+    store: ObjectStore,
+    manifest: StudyManifest,
+    folder: Path,
+    partial: PartialFiles,
+    header_end: HeaderEnd,
 ) -> int:
     """Like :func:`stage_study`, but each file holds only its header (through the PixelData tag).
 
@@ -199,7 +225,10 @@ def stage_study_headers(
     truncated file is registered in ``partial`` so the operator can complete the ones it selects.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    return _parallel(_study_layout(manifest, folder), lambda key, dest: _fetch_header(store, key, dest, partial, header_end))
+    return _parallel(
+        _study_layout(manifest, folder),
+        lambda key, dest: _fetch_header(store, key, dest, partial, header_end),
+    )
 
 
 def _is_bundle(rel: str) -> bool:
@@ -213,8 +242,16 @@ def _unpack_bundle(store: ObjectStore, key: str, folder: Path) -> int:
     with tarfile.open(fileobj=io.BytesIO(blob), mode="r:") as tar:
         for member in tar:
             parts = PurePosixPath(member.name).parts
-            if not member.isfile() or not parts or member.name.startswith("/") or any(p in ("", ".", "..") for p in parts):
-                raise InvalidInput(f"bundle {key} holds an entry radflow does not write; not extracted", code="invalid_bundle")
+            if (
+                not member.isfile()
+                or not parts
+                or member.name.startswith("/")
+                or any(p in ("", ".", "..") for p in parts)
+            ):
+                raise InvalidInput(
+                    f"bundle {key} holds an entry radflow does not write; not extracted",
+                    code="invalid_bundle",
+                )
             src = tar.extractfile(member)
             assert src is not None
             dest = folder.joinpath(*parts)
@@ -234,7 +271,7 @@ def stage_output_in(store: ObjectStore, job_id: str, stage: str, output: str, fo
     prefix = Keys.stage_output(job_id, stage, output)
     pairs, bundles = [], []
     for info in store.list(prefix):
-        rel = info.key[len(prefix):]
+        rel = info.key[len(prefix) :]
         if not rel or rel.endswith("/"):
             continue
         if _is_bundle(rel):
@@ -276,7 +313,9 @@ def _bundles(members: list[tuple[str, Path]]) -> list[bytes]:
     return out
 
 
-def upload_output(store: ObjectStore, job_id: str, stage: str, output: str, folder: Path) -> tuple[str, int]:
+def upload_output(
+    store: ObjectStore, job_id: str, stage: str, output: str, folder: Path
+) -> tuple[str, int]:
     """Upload ``folder`` under the output's prefix; delete leftovers of earlier runs.
 
     A folder with at least :data:`BUNDLE_MIN_FILES` files of up to :data:`BUNDLE_MAX_MEMBER`
@@ -291,15 +330,19 @@ def upload_output(store: ObjectStore, job_id: str, stage: str, output: str, fold
     for path in files:
         key = Keys.stage_output(job_id, stage, output, path.relative_to(folder).as_posix())
         if path.stat().st_size <= BUNDLE_MAX_MEMBER:
-            small.append((key[len(prefix):], path))
+            small.append((key[len(prefix) :], path))
         singles[key] = path
     wanted = set(singles)
     uploads: list[tuple[str, Path | bytes]] = list(singles.items())
     if len(small) >= BUNDLE_MIN_FILES:
         for _, path in small:
-            del singles[Keys.stage_output(job_id, stage, output, path.relative_to(folder).as_posix())]
+            del singles[
+                Keys.stage_output(job_id, stage, output, path.relative_to(folder).as_posix())
+            ]
         blobs = _bundles(small)
-        named = {prefix + f"{BUNDLE_PREFIX}{n:04d}{BUNDLE_SUFFIX}": blob for n, blob in enumerate(blobs)}
+        named = {
+            prefix + f"{BUNDLE_PREFIX}{n:04d}{BUNDLE_SUFFIX}": blob for n, blob in enumerate(blobs)
+        }
         uploads = [*singles.items(), *named.items()]
         wanted = set(singles) | set(named)
 
@@ -317,4 +360,6 @@ def upload_output(store: ObjectStore, job_id: str, stage: str, output: str, fold
 
 
 def write_json(store: ObjectStore, key: str, doc: object) -> str:
-    return store.put_bytes(key, json.dumps(doc, sort_keys=True).encode(), content_type="application/json")
+    return store.put_bytes(
+        key, json.dumps(doc, sort_keys=True).encode(), content_type="application/json"
+    )

@@ -56,7 +56,13 @@ def safe_filename(value: str) -> str:
     ``<SeriesInstanceUID>.nii.gz`` is up to 71 characters: it must keep its name, or the next
     stage cannot find its ``*.nii.gz``.
     """
-    if value and len(value) <= 200 and not _UNSAFE.search(value) and value.strip(".") != "" and ".." not in value:
+    if (
+        value
+        and len(value) <= 200
+        and not _UNSAFE.search(value)
+        and value.strip(".") != ""
+        and ".." not in value
+    ):
         return value
     return safe_component(value)
 
@@ -164,7 +170,11 @@ class _DirectGets:
         )
 
     def _send(
-        self, method: str, key: str, headers: dict[str, str], body: Callable[[], bytes | BinaryIO] | None = None
+        self,
+        method: str,
+        key: str,
+        headers: dict[str, str],
+        body: Callable[[], bytes | BinaryIO] | None = None,
     ) -> urllib3.BaseHTTPResponse:
         """Sign and send one request, retrying transport errors and transient answers.
 
@@ -181,8 +191,13 @@ class _DirectGets:
             payload = body() if body is not None else None
             try:
                 resp = self._pool.request(
-                    method, url, body=payload, headers=dict(request.headers.items()),
-                    preload_content=False, decode_content=False, redirect=False,
+                    method,
+                    url,
+                    body=payload,
+                    headers=dict(request.headers.items()),
+                    preload_content=False,
+                    decode_content=False,
+                    redirect=False,
                 )
             except urllib3.exceptions.HTTPError as exc:
                 problem = type(exc).__name__
@@ -220,7 +235,11 @@ class _DirectGets:
         answers raise :class:`Unavailable` after the retries.
         """
         size = path.stat().st_size
-        signed = {**headers, "Content-Length": str(size), "X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD"}
+        signed = {
+            **headers,
+            "Content-Length": str(size),
+            "X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD",
+        }
 
         def body() -> bytes | BinaryIO:
             # small files in one piece (http.client sends file objects in 8 KiB writes)
@@ -281,7 +300,7 @@ class ObjectStore:
         )
         self._direct = _DirectGets(settings)
 
-    def _call(self, method: str, **kwargs):  # noqa: ANN202 - boto3 responses are untyped dicts
+    def _call(self, method: str, **kwargs):
         try:
             return getattr(self._client, method)(Bucket=self.bucket, **kwargs)
         except botocore.exceptions.ClientError as exc:
@@ -292,7 +311,9 @@ class ObjectStore:
                 raise AlreadyExists(kwargs.get("Key", "")) from None
             if code in _CHECKSUM_CODES:
                 # the body changed in transit (or on disk): nothing was stored; sending again may work
-                raise Unavailable(f"object store {method}: body does not match its checksum ({code})") from exc
+                raise Unavailable(
+                    f"object store {method}: body does not match its checksum ({code})"
+                ) from exc
             if _transient(exc):
                 raise Unavailable(f"object store {method} failed: {code}") from exc
             raise
@@ -329,7 +350,13 @@ class ObjectStore:
         return str(self._call("put_object", Key=key, Body=data, IfMatch=etag)["ETag"])
 
     def put_file(
-        self, key: str, path: Path, *, content_type: str | None = None, sha256: str | None = None, if_absent: bool = False
+        self,
+        key: str,
+        path: Path,
+        *,
+        content_type: str | None = None,
+        sha256: str | None = None,
+        if_absent: bool = False,
     ) -> str:
         """Upload a local file (single PUT up to 5 GB); returns the ETag.
 
@@ -358,7 +385,9 @@ class ObjectStore:
         finally:
             resp["Body"].close()
 
-    def get_range(self, key: str, start: int = 0, length: int | None = None, *, if_match: str | None = None) -> Fetched:
+    def get_range(
+        self, key: str, start: int = 0, length: int | None = None, *, if_match: str | None = None
+    ) -> Fetched:
         """Bytes ``start`` .. ``start + length - 1`` of ``key`` (to its end without ``length``).
 
         Returns fewer bytes when the object is shorter (none when ``start`` is past its end),
@@ -382,7 +411,9 @@ class ObjectStore:
                 return Fetched(b"", etag, int(total) if total.isdigit() else start)
             if resp.status == 200:  # the server ignored the range (or the object is empty)
                 data = resp.read()
-                return Fetched(data[start : None if length is None else start + length], etag, len(data))
+                return Fetched(
+                    data[start : None if length is None else start + length], etag, len(data)
+                )
             if resp.status != 206:
                 raise Unavailable(f"object store ranged get_object answered HTTP {resp.status}")
             total = resp.headers.get("Content-Range", "").rpartition("/")[2]
@@ -458,4 +489,4 @@ class ObjectStore:
         prefix = f"s3://{self.bucket}/"
         if not uri.startswith(prefix):
             raise ValueError(f"dataref {uri!r} is not in bucket {self.bucket!r}")
-        return uri[len(prefix):]
+        return uri[len(prefix) :]

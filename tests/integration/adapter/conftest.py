@@ -34,7 +34,7 @@ class EventSink:
             def log_message(self, *args: Any) -> None:
                 return
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with sink.cond:
                     if sink.fail_next > 0:
@@ -43,7 +43,9 @@ class EventSink:
                     else:
                         status = 202
                         headers = {k.lower(): v for k, v in self.headers.items()}
-                        sink.events.append({"headers": headers, "data": json.loads(body), "at": time.time()})
+                        sink.events.append(
+                            {"headers": headers, "data": json.loads(body), "at": time.time()}
+                        )
                         sink.cond.notify_all()
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
@@ -79,11 +81,20 @@ def sink() -> Iterator[EventSink]:
 
 
 @pytest.fixture
-def adapter_factory(tmp_path: Path, store_settings: StoreSettings, sink: EventSink) -> Iterator[AdapterFactory]:
+def adapter_factory(
+    tmp_path: Path, store_settings: StoreSettings, sink: EventSink
+) -> Iterator[AdapterFactory]:
     started: list[Adapter] = []
 
-    def make(*, timeout: float = 0, reject_unknown: bool = False, spool: Path | None = None, extra_ae: str = "",
-             yaml_text: str | None = None, **overrides: Any) -> Adapter:
+    def make(
+        *,
+        timeout: float = 0,
+        reject_unknown: bool = False,
+        spool: Path | None = None,
+        extra_ae: str = "",
+        yaml_text: str | None = None,
+        **overrides: Any,
+    ) -> Adapter:
         settings = AdapterSettings(
             spool_dir=spool or tmp_path / "spool",
             host="127.0.0.1",
@@ -94,7 +105,10 @@ def adapter_factory(tmp_path: Path, store_settings: StoreSettings, sink: EventSi
             receivers=overrides.pop("receivers", 2),
             **overrides,
         )
-        cfg = parse_yaml_text(yaml_text or config_yaml(104, timeout=timeout, reject_unknown=reject_unknown, extra_ae=extra_ae))
+        cfg = parse_yaml_text(
+            yaml_text
+            or config_yaml(104, timeout=timeout, reject_unknown=reject_unknown, extra_ae=extra_ae)
+        )
         adapter = Adapter(settings, cfg, ObjectStore(store_settings)).start()
         started.append(adapter)
         return adapter

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 
-from adapter_data import wait_counter
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from adapter_data import wait_counter
 
 
 def _associate(port: int, called: str, calling: str):
@@ -27,7 +28,10 @@ def test_echoscu_dcmtk_and_pynetdicom(adapter_factory):
     env = {**os.environ, "TCP_NODELAY": "1"}
     res = subprocess.run(
         ["echoscu", "-aet", "STORESCU", "-aec", "BRAIN", "127.0.0.1", str(adapter.dicom_port)],
-        capture_output=True, text=True, env=env, timeout=30,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
     )
     assert res.returncode == 0, res.stderr
     assoc = _associate(adapter.dicom_port, "RADFLOW", "PYSCU")
@@ -42,7 +46,10 @@ def test_wrong_called_ae_rejected_reason_7(adapter_factory):
     env = {**os.environ, "TCP_NODELAY": "1"}
     res = subprocess.run(
         ["echoscu", "-aet", "STORESCU", "-aec", "NOTOURS", "127.0.0.1", str(adapter.dicom_port)],
-        capture_output=True, text=True, env=env, timeout=30,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
     )
     assert res.returncode != 0
     assert "Called AE Title Not Recognized" in res.stderr + res.stdout
@@ -82,7 +89,10 @@ def test_max_associations_rejects_with_local_limit(adapter_factory):
 def test_verification_disabled_answers_sop_class_not_supported(adapter_factory, tmp_path):
     from adapter_data import config_yaml
 
-    text = config_yaml(104).replace("    max-associations: 8\n", "    max-associations: 8\n    verification:\n      enabled: false\n")
+    text = config_yaml(104).replace(
+        "    max-associations: 8\n",
+        "    max-associations: 8\n    verification:\n      enabled: false\n",
+    )
     adapter = adapter_factory(yaml_text=text)
     assoc = _associate(adapter.dicom_port, "RADFLOW", "PYSCU")
     assert assoc.is_established

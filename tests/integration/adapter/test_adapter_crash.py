@@ -12,18 +12,19 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from adapter_data import make_study
-from adapter_data import config_yaml
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
+from adapter_data import config_yaml, make_study
 from radflow.engine.ports import free_port, wait_for_port
 from radflow.sdk.events import EventType
 from radflow.sdk.manifest import StudyManifest
 
 
-def _spawn(tmp_path: Path, store_settings, sink_url: str, dicom_port: int, rest_port: int, log_name: str) -> subprocess.Popen:
+def _spawn(
+    tmp_path: Path, store_settings, sink_url: str, dicom_port: int, rest_port: int, log_name: str
+) -> subprocess.Popen:
     cfg = tmp_path / "adapter.yaml"
     cfg.write_text(config_yaml(dicom_port, timeout=0))
     env = {
@@ -38,7 +39,10 @@ def _spawn(tmp_path: Path, store_settings, sink_url: str, dicom_port: int, rest_
         "K_SINK": sink_url,
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "radflow.adapter"], env=env, stderr=open(tmp_path / log_name, "wb"), start_new_session=True
+        [sys.executable, "-m", "radflow.adapter"],
+        env=env,
+        stderr=open(tmp_path / log_name, "wb"),
+        start_new_session=True,
     )
     assert wait_for_port("127.0.0.1", dicom_port, 30), (tmp_path / log_name).read_text()[-2000:]
     return proc
@@ -89,7 +93,9 @@ def test_kill_9_mid_association_then_restart(tmp_path, store_settings, store, si
     log = (tmp_path / "run2.log").read_text()
     recovered = [json.loads(line) for line in log.splitlines() if "spool recovered" in line]
     assert recovered and recovered[0]["interrupted_associations"] == 1
-    print("recovery:", {k: recovered[0][k] for k in ("interrupted_associations", "pending_uploads")})
+    print(
+        "recovery:", {k: recovered[0][k] for k in ("interrupted_associations", "pending_uploads")}
+    )
     assert study.study_uid not in log and "Synthetic" not in log  # no PHI / UIDs in logs
 
 
@@ -97,8 +103,12 @@ def test_main_without_yaml_serves_the_persisted_configuration(tmp_path, store_se
     """`radflow up` without --config: the adapter runs from config/dicom-adapter.json alone."""
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-    doc = {"ae-titles": [{"name": "SAVED", "ae-title": "SAVED", "timeout": 0}], "sources": [],
-           "destinations": [], "pipeline-mappings": []}
+    doc = {
+        "ae-titles": [{"name": "SAVED", "ae-title": "SAVED", "timeout": 0}],
+        "sources": [],
+        "destinations": [],
+        "pipeline-mappings": [],
+    }
     store.put_bytes("config/dicom-adapter.json", json.dumps(doc).encode())
     dicom_port, rest_port = free_port(), free_port()
     env = {
@@ -110,16 +120,26 @@ def test_main_without_yaml_serves_the_persisted_configuration(tmp_path, store_se
         "RADFLOW_S3_ENDPOINT_URL": store_settings.endpoint_url,
         "RADFLOW_S3_BUCKET": store_settings.bucket,
     }
-    proc = subprocess.Popen([sys.executable, "-m", "radflow.adapter"], env=env,
-                            stderr=open(tmp_path / "run.log", "wb"), start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "radflow.adapter"],
+        env=env,
+        stderr=open(tmp_path / "run.log", "wb"),
+        start_new_session=True,
+    )
     try:
-        assert wait_for_port("127.0.0.1", dicom_port, 30), (tmp_path / "run.log").read_text()[-2000:]
+        assert wait_for_port("127.0.0.1", dicom_port, 30), (tmp_path / "run.log").read_text()[
+            -2000:
+        ]
         ae = AE(ae_title="ANY")
         ae.add_requested_context(Verification)
         refused = ae.associate("127.0.0.1", dicom_port, ae_title="SAVED")
-        assert refused.is_rejected  # reject-unknown-sources defaults to true (Clara) and ANY is unknown
+        assert (
+            refused.is_rejected
+        )  # reject-unknown-sources defaults to true (Clara) and ANY is unknown
         body = json.dumps({"aeTitle": "ANY", "hostIp": "127.0.0.1"}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{rest_port}/api/config/sourceaetitle", data=body, method="POST")
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{rest_port}/api/config/sourceaetitle", data=body, method="POST"
+        )
         assert wait_for_port("127.0.0.1", rest_port, 10)
         with urllib.request.urlopen(req, timeout=10) as r:
             assert r.status == 201
@@ -144,7 +164,9 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_a_killed_receiver_keeps_what_it_acknowledged_and_is_replaced(adapter_factory, sink, store, tmp_path):
+def test_a_killed_receiver_keeps_what_it_acknowledged_and_is_replaced(
+    adapter_factory, sink, store, tmp_path
+):
     """SIGKILL of the receiver process serving an association: its acked instances are kept (cut by us,
     like a crash of the adapter), the job starts with them, and a new receiver serves the next peer."""
     adapter = adapter_factory(receivers=2)
@@ -169,7 +191,9 @@ def test_a_killed_receiver_keeps_what_it_acknowledged_and_is_replaced(adapter_fa
     manifest = StudyManifest.model_validate_json(store.get_bytes(ev["data"]["manifest_key"]))
     assert sorted(i.sop_instance_uid for i in manifest.instances) == sorted(acked)
     deadline = time.monotonic() + 20
-    while (len(adapter.receivers.pids()) < 2 or not adapter.ready()) and time.monotonic() < deadline:
+    while (
+        len(adapter.receivers.pids()) < 2 or not adapter.ready()
+    ) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert len(set(adapter.receivers.pids()) - before) == 2
     again = ae.associate("127.0.0.1", adapter.dicom_port, ae_title="RADFLOW")
@@ -219,7 +243,9 @@ def test_a_receiver_that_cannot_start_is_retried_with_backoff(adapter_factory, t
     seen.discard(victim)
     # without backoff a failing start (~0.5 s each) would be retried ~8 times in 4 s
     assert 1 <= len(seen) <= 4, seen
-    assert not adapter.ready()  # no receiver can serve: not ready, as a readiness probe should see it
+    assert (
+        not adapter.ready()
+    )  # no receiver can serve: not ready, as a readiness probe should see it
     config_file.write_text(good)
     deadline = time.monotonic() + 30
     while not adapter.ready() and time.monotonic() < deadline:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-
 from adapter_data import make_study
-
 from radflow.sdk.events import EventType
 from radflow.sdk.manifest import StudyManifest
 
@@ -25,7 +23,10 @@ def test_dropped_study_is_grouped_and_starts_one_job(adapter_factory, sink, stor
     left = sorted(o.key for o in store.list("inbox/"))
     assert left == []
     quarantined = sorted(o.key for o in store.list("quarantine/"))
-    assert quarantined == ["quarantine/inbox/NOSUCHAE/x.dcm", "quarantine/inbox/RADFLOW/upload-1/notes.txt"]
+    assert quarantined == [
+        "quarantine/inbox/NOSUCHAE/x.dcm",
+        "quarantine/inbox/RADFLOW/upload-1/notes.txt",
+    ]
     # a second pass finds nothing new and emits nothing
     assert adapter.drop.poll_once() == 0
 

@@ -10,16 +10,23 @@ import time
 from pathlib import Path
 
 import pytest
-from adapter_data import make_study, wait_counter
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
+from adapter_data import make_study, wait_counter
 from radflow.sdk.events import EventType
 from radflow.sdk.manifest import StudyManifest
 
 
-def pynetdicom_send(port: int, files: list[Path], *, called: str = "RADFLOW", calling: str = "PYSCU", abort: bool = False) -> list[int]:
+def pynetdicom_send(
+    port: int,
+    files: list[Path],
+    *,
+    called: str = "RADFLOW",
+    calling: str = "PYSCU",
+    abort: bool = False,
+) -> list[int]:
     ae = AE(ae_title=calling)
     ae.add_requested_context(MRImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     assoc = ae.associate("127.0.0.1", port, ae_title=called)
@@ -35,16 +42,34 @@ def pynetdicom_send(port: int, files: list[Path], *, called: str = "RADFLOW", ca
     return statuses
 
 
-def storescu(port: int, files: list[Path], *, called: str = "RADFLOW", calling: str = "STORESCU") -> subprocess.CompletedProcess[str]:
+def storescu(
+    port: int, files: list[Path], *, called: str = "RADFLOW", calling: str = "STORESCU"
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TCP_NODELAY": "1"}
     return subprocess.run(
-        ["storescu", "-aet", calling, "-aec", called, "--max-pdu", "131072", "127.0.0.1", str(port), *map(str, files)],
-        capture_output=True, text=True, env=env, timeout=60,
+        [
+            "storescu",
+            "-aet",
+            calling,
+            "-aec",
+            called,
+            "--max-pdu",
+            "131072",
+            "127.0.0.1",
+            str(port),
+            *map(str, files),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
 
 
 @pytest.mark.parametrize("receivers", [2, 0], ids=["receiver-processes", "in-process"])
-def test_pynetdicom_study_stored_and_one_job_event(adapter_factory, sink, store, tmp_path, receivers):
+def test_pynetdicom_study_stored_and_one_job_event(
+    adapter_factory, sink, store, tmp_path, receivers
+):
     adapter = adapter_factory(receivers=receivers)
     assert (adapter.receivers is None) == (receivers == 0)
     study = make_study(tmp_path / "in", series=2, per_series=3)
@@ -57,7 +82,9 @@ def test_pynetdicom_study_stored_and_one_job_event(adapter_factory, sink, store,
     assert h["ce-source"] == "/radflow/dicom-adapter/RADFLOW"
     assert h["ce-radflowpipeline"] == "brain-seg"
     assert h["ce-id"] == h["ce-radflowjob"] == ev["data"]["job_id"]
-    manifest = StudyManifest.model_validate_json(store.get_bytes(store.key_from_uri(h["ce-dataref"])))
+    manifest = StudyManifest.model_validate_json(
+        store.get_bytes(store.key_from_uri(h["ce-dataref"]))
+    )
     assert sorted(i.sop_instance_uid for i in manifest.instances) == sorted(study.sop_uids)
     assert manifest.study_instance_uid == study.study_uid
     originals = {f.read_bytes()[132:][-512:] for f in study.files}
@@ -72,14 +99,16 @@ def test_pynetdicom_study_stored_and_one_job_event(adapter_factory, sink, store,
     assert len(sink.events) == 1
 
 
-
 def test_dcmtk_storescu_two_pipelines_one_event_each(adapter_factory, sink, store, tmp_path):
     adapter = adapter_factory()
     study = make_study(tmp_path / "in", series=1, per_series=4)
     res = storescu(adapter.dicom_port, study.files, called="BRAIN")
     assert res.returncode == 0, res.stderr
     events = sink.wait_for(2)
-    assert sorted(e["headers"]["ce-radflowpipeline"] for e in events) == ["brain-report", "brain-seg"]
+    assert sorted(e["headers"]["ce-radflowpipeline"] for e in events) == [
+        "brain-report",
+        "brain-seg",
+    ]
     assert len({e["headers"]["ce-id"] for e in events}) == 2
     assert {e["data"]["group_id"] for e in events} == {events[0]["data"]["group_id"]}
     assert all(e["data"]["instance_count"] == 4 for e in events)
@@ -88,7 +117,9 @@ def test_dcmtk_storescu_two_pipelines_one_event_each(adapter_factory, sink, stor
 
 
 @pytest.mark.parametrize("receivers", [2, 0], ids=["receiver-processes", "in-process"])
-def test_aborted_association_is_discarded_and_starts_no_job(adapter_factory, sink, store, tmp_path, receivers):
+def test_aborted_association_is_discarded_and_starts_no_job(
+    adapter_factory, sink, store, tmp_path, receivers
+):
     adapter = adapter_factory(receivers=receivers)
     study = make_study(tmp_path / "in", series=1, per_series=3)
     assert pynetdicom_send(adapter.dicom_port, study.files, abort=True) == [0, 0, 0]
@@ -232,22 +263,27 @@ def test_garbage_bytes_and_malformed_pdus_do_not_hurt_the_port(adapter_factory, 
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
-def test_resent_instance_with_other_bytes_never_replaces_the_stored_copy(adapter_factory, sink, store, tmp_path, overwrite):
+def test_resent_instance_with_other_bytes_never_replaces_the_stored_copy(
+    adapter_factory, sink, store, tmp_path, overwrite
+):
     """Same SOP Instance UID, different bytes: the first object stays as the first manifest says;
     the new copy is kept beside it, and only overwrite-same-instance puts it in a revision."""
     import io
 
     import pydicom
-    from adapter_data import config_yaml, make_instance
     from pydicom.uid import generate_uid
+
+    from adapter_data import config_yaml, make_instance
 
     def number(key: str) -> int:  # which copy an object holds (stored bytes carry a new file meta)
         return int(pydicom.dcmread(io.BytesIO(store.get_bytes(key))).InstanceNumber)
 
     text = config_yaml(104)
     if overwrite:
-        text = text.replace("      - ae-title: RADFLOW\n        timeout: 0\n",
-                            "      - ae-title: RADFLOW\n        timeout: 0\n        overwrite-same-instance: true\n")
+        text = text.replace(
+            "      - ae-title: RADFLOW\n        timeout: 0\n",
+            "      - ae-title: RADFLOW\n        timeout: 0\n        overwrite-same-instance: true\n",
+        )
         assert "overwrite-same-instance: true" in text
     adapter = adapter_factory(yaml_text=text)
     study, series, sop = generate_uid(), generate_uid(), generate_uid()
@@ -256,14 +292,21 @@ def test_resent_instance_with_other_bytes_never_replaces_the_stored_copy(adapter
     make_instance(second, study_uid=study, series_uid=series, sop_uid=sop, index=5)
     assert first.read_bytes() != second.read_bytes()
     assert pynetdicom_send(adapter.dicom_port, [first]) == [0]
-    m0 = StudyManifest.model_validate_json(store.get_bytes(sink.wait_for(1)[0]["data"]["manifest_key"]))
+    m0 = StudyManifest.model_validate_json(
+        store.get_bytes(sink.wait_for(1)[0]["data"]["manifest_key"])
+    )
     assert pynetdicom_send(adapter.dicom_port, [second]) == [0]
     deadline = time.monotonic() + 10
-    while len(list(store.list(m0.instances[0].key.removesuffix(".dcm")))) < 2 and time.monotonic() < deadline:
+    while (
+        len(list(store.list(m0.instances[0].key.removesuffix(".dcm")))) < 2
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.1)  # the second copy's upload
     assert number(m0.instances[0].key) == 1  # the first copy was never replaced
     if overwrite:
-        m1 = StudyManifest.model_validate_json(store.get_bytes(sink.wait_for(2)[1]["data"]["manifest_key"]))
+        m1 = StudyManifest.model_validate_json(
+            store.get_bytes(sink.wait_for(2)[1]["data"]["manifest_key"])
+        )
         assert [i.sop_instance_uid for i in m1.instances] == [sop]
         assert m1.instances[0].key != m0.instances[0].key
         assert number(m1.instances[0].key) == 6

@@ -10,16 +10,21 @@ import urllib.error
 import urllib.request
 
 import pytest
-from adapter_data import make_study
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from test_adapter_ingest import pynetdicom_send
 
+from adapter_data import make_study
+
 
 def call(port: int, method: str, path: str, body=None, raw: bytes | None = None):
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, json.loads(r.read() or b"null")
@@ -39,8 +44,12 @@ def test_health_endpoints(adapter_factory):
 def test_clara_ae_title_lifecycle_applies_without_restart(adapter_factory, sink, store, tmp_path):
     a = adapter_factory()
     port = a.rest_port
-    body = {"name": "liver", "aeTitle": "LIVER", "overwriteSameInstance": False,
-            "processorSettings": {"timeout": 0, "pipeline-liver": "liver-seg"}}
+    body = {
+        "name": "liver",
+        "aeTitle": "LIVER",
+        "overwriteSameInstance": False,
+        "processorSettings": {"timeout": 0, "pipeline-liver": "liver-seg"},
+    }
     status, created = call(port, "POST", "/api/config/ClaraAeTitle/", body)  # Clara's own casing
     assert status == 201 and created["aeTitle"] == "LIVER"
     assert created["processorSettings"]["pipeline-liver"] == "liver-seg"
@@ -71,17 +80,29 @@ def test_sources_and_destinations(adapter_factory, store):
     ae = AE(ae_title="NEWSRC")
     ae.add_requested_context(Verification)
     assert ae.associate("127.0.0.1", a.dicom_port, ae_title="RADFLOW").is_rejected
-    assert call(port, "POST", "/api/config/sourceaetitle", {"hostIp": "127.0.0.1", "aeTitle": "NEWSRC"})[0] == 201
+    assert (
+        call(
+            port, "POST", "/api/config/sourceaetitle", {"hostIp": "127.0.0.1", "aeTitle": "NEWSRC"}
+        )[0]
+        == 201
+    )
     assoc = ae.associate("127.0.0.1", a.dicom_port, ae_title="RADFLOW")
     assert assoc.is_established
     assoc.release()
-    assert call(port, "POST", "/api/config/sourceaetitle", {"hostIp": "127.0.0.1", "aeTitle": "NEWSRC"})[0] == 400
+    assert (
+        call(
+            port, "POST", "/api/config/sourceaetitle", {"hostIp": "127.0.0.1", "aeTitle": "NEWSRC"}
+        )[0]
+        == 400
+    )
     dest = {"name": "pacs2", "hostIp": "127.0.0.1", "aeTitle": "PACS2", "port": 11114}
     assert call(port, "POST", "/api/config/destinationaetitle", dest) == (201, dest)
     names = [d["name"] for d in call(port, "GET", "/api/config/destinationaetitle")[1]]
     assert names == ["MYPACS", "pacs2"]
     doc = json.loads(store.get_bytes("config/dicom-adapter.json"))
-    assert {"name": "pacs2", "ae-title": "PACS2", "host-ip": "127.0.0.1", "port": 11114} in doc["destinations"]
+    assert {"name": "pacs2", "ae-title": "PACS2", "host-ip": "127.0.0.1", "port": 11114} in doc[
+        "destinations"
+    ]
     assert call(port, "DELETE", "/api/config/sourceaetitle/NEWSRC")[0] == 200
     assert ae.associate("127.0.0.1", a.dicom_port, ae_title="RADFLOW").is_rejected
 
@@ -94,14 +115,34 @@ def test_sources_and_destinations(adapter_factory, store):
         ("/api/config/claraaetitle", {"name": "x", "aeTitle": "WAY-TOO-LONG-AE-TITLE"}, None),
         ("/api/config/claraaetitle", {"name": "x", "aeTitle": "BAD\\AE"}, None),
         ("/api/config/claraaetitle", {"name": "../x", "aeTitle": "OK"}, None),
-        ("/api/config/claraaetitle", {"name": "x", "aeTitle": "OK", "ignoredSopClasses": ["not-a-uid"]}, None),
-        ("/api/config/claraaetitle", {"name": "x", "aeTitle": "OK", "processorSettings": {"timeout": -1}}, None),
+        (
+            "/api/config/claraaetitle",
+            {"name": "x", "aeTitle": "OK", "ignoredSopClasses": ["not-a-uid"]},
+            None,
+        ),
+        (
+            "/api/config/claraaetitle",
+            {"name": "x", "aeTitle": "OK", "processorSettings": {"timeout": -1}},
+            None,
+        ),
         ("/api/config/claraaetitle", {"name": "x", "aeTitle": "OK", "bogus": 1}, None),
         ("/api/config/sourceaetitle", {"aeTitle": "SRC"}, None),
         ("/api/config/sourceaetitle", {"aeTitle": "SRC", "hostIp": "not a host!"}, None),
-        ("/api/config/destinationaetitle", {"name": "d", "aeTitle": "D", "hostIp": "1.2.3.4", "port": 70000}, None),
-        ("/api/config/destinationaetitle", {"name": "d", "aeTitle": "D", "hostIp": "1.2.3.4", "port": "104"}, None),
-        ("/api/config/destinationaetitle", {"name": "MYPACS", "aeTitle": "D", "hostIp": "1.2.3.4", "port": 104}, None),
+        (
+            "/api/config/destinationaetitle",
+            {"name": "d", "aeTitle": "D", "hostIp": "1.2.3.4", "port": 70000},
+            None,
+        ),
+        (
+            "/api/config/destinationaetitle",
+            {"name": "d", "aeTitle": "D", "hostIp": "1.2.3.4", "port": "104"},
+            None,
+        ),
+        (
+            "/api/config/destinationaetitle",
+            {"name": "MYPACS", "aeTitle": "D", "hostIp": "1.2.3.4", "port": 104},
+            None,
+        ),
         ("/api/config/destinationaetitle", None, b""),
     ],
 )
@@ -122,8 +163,12 @@ def test_unknown_routes(adapter_factory):
 
 def test_persisted_config_wins_after_restart(adapter_factory, store, tmp_path):
     a = adapter_factory()
-    call(a.rest_port, "POST", "/api/config/destinationaetitle",
-         {"name": "late", "hostIp": "127.0.0.1", "aeTitle": "LATE", "port": 104})
+    call(
+        a.rest_port,
+        "POST",
+        "/api/config/destinationaetitle",
+        {"name": "late", "hostIp": "127.0.0.1", "aeTitle": "LATE", "port": 104},
+    )
     a.stop()
     b = adapter_factory(spool=tmp_path / "spool2")
     names = [d["name"] for d in call(b.rest_port, "GET", "/api/config/destinationaetitle")[1]]
@@ -135,14 +180,33 @@ def test_cli_create_list_delete(adapter_factory):
     env = {**os.environ, "RADFLOW_ADAPTER_API": f"http://127.0.0.1:{a.rest_port}"}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "radflow.cli.dicom", "dicom", *args],
-                              capture_output=True, text=True, env=env, timeout=30)
+        return subprocess.run(
+            [sys.executable, "-m", "radflow.cli.dicom", "dicom", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
 
     r = cli("create", "aetitle", "--ae-title", "CLIAE", "--pipeline", "p1", "--timeout", "0")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["processorSettings"]["pipeline-default"] == "p1"
     assert cli("create", "src", "--ae-title", "MOD1", "--host-ip", "127.0.0.1").returncode == 0
-    assert cli("create", "dest", "--name", "out", "--ae-title", "OUT", "--host-ip", "127.0.0.1", "--port", "104").returncode == 0
+    assert (
+        cli(
+            "create",
+            "dest",
+            "--name",
+            "out",
+            "--ae-title",
+            "OUT",
+            "--host-ip",
+            "127.0.0.1",
+            "--port",
+            "104",
+        ).returncode
+        == 0
+    )
     listed = json.loads(cli("list", "aetitle").stdout)
     assert "CLIAE" in [x["aeTitle"] for x in listed]
     again = cli("create", "aetitle", "--ae-title", "CLIAE")
@@ -150,6 +214,19 @@ def test_cli_create_list_delete(adapter_factory):
     assert cli("delete", "aetitle", "--name", "CLIAE").returncode == 0
     assert cli("delete", "dest", "--name", "out").returncode == 0
     assert "CLIAE" not in [x["aeTitle"] for x in json.loads(cli("list", "aetitle").stdout)]
-    bad = subprocess.run([sys.executable, "-m", "radflow.cli.dicom", "dicom", "--api", "http://127.0.0.1:1", "list", "src"],
-                         capture_output=True, text=True, timeout=30)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "radflow.cli.dicom",
+            "dicom",
+            "--api",
+            "http://127.0.0.1:1",
+            "list",
+            "src",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert bad.returncode == 2 and "cannot reach" in bad.stderr

@@ -9,11 +9,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from adapter_data import make_study
-from adapter_data import config_yaml
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[attr-defined]
+
+from adapter_data import config_yaml, make_study
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not installed")
 
@@ -23,15 +23,58 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def make_pki(d: Path) -> dict[str, Path]:
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-             "-subj", "/CN=radflow-test-ca", cwd=d)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=radflow-test-ca",
+        cwd=d,
+    )
     for name in ("server", "modality", "intruder"):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                 "-subj", f"/CN={name}", cwd=d)
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={name}",
+            cwd=d,
+        )
         ext = d / f"{name}.ext"
-        ext.write_text("subjectAltName=IP:127.0.0.1\n" if name == "server" else "extendedKeyUsage=clientAuth\n")
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-out", f"{name}.pem", "-days", "2", "-extfile", ext.name, cwd=d)
+        ext.write_text(
+            "subjectAltName=IP:127.0.0.1\n" if name == "server" else "extendedKeyUsage=clientAuth\n"
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            ext.name,
+            cwd=d,
+        )
     return {p.stem + p.suffix: p for p in d.iterdir()}
 
 
@@ -52,19 +95,23 @@ def test_tls_client_certificate_allow_list(adapter_factory, sink, tmp_path):
     pki.mkdir()
     make_pki(pki)
     tls = f"""    tls:
-      certificate: {pki / 'server.pem'}
-      private-key: {pki / 'server.key'}
-      ca-certificate: {pki / 'ca.pem'}
-      allowed-client-certificates: ["{_fingerprint(pki / 'modality.pem')}"]
+      certificate: {pki / "server.pem"}
+      private-key: {pki / "server.key"}
+      ca-certificate: {pki / "ca.pem"}
+      allowed-client-certificates: ["{_fingerprint(pki / "modality.pem")}"]
 """
-    yaml_text = config_yaml(104).replace("    max-associations: 8\n", "    max-associations: 8\n" + tls)
+    yaml_text = config_yaml(104).replace(
+        "    max-associations: 8\n", "    max-associations: 8\n" + tls
+    )
     adapter = adapter_factory(yaml_text=yaml_text)
     port = adapter.dicom_port
 
     ae = AE(ae_title="PYSCU")
     ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
     ae.add_requested_context(Verification)
-    ok = ae.associate("127.0.0.1", port, ae_title="RADFLOW", tls_args=(_client(pki, "modality"), "127.0.0.1"))
+    ok = ae.associate(
+        "127.0.0.1", port, ae_title="RADFLOW", tls_args=(_client(pki, "modality"), "127.0.0.1")
+    )
     assert ok.is_established
     study = make_study(tmp_path / "in", series=1, per_series=2)
     assert [int(ok.send_c_store(f).Status) for f in study.files] == [0, 0]
@@ -72,10 +119,14 @@ def test_tls_client_certificate_allow_list(adapter_factory, sink, tmp_path):
     assert len(sink.wait_for(1)) == 1
 
     # signed by the same CA but not on the allow-list: association rejected
-    other = ae.associate("127.0.0.1", port, ae_title="RADFLOW", tls_args=(_client(pki, "intruder"), "127.0.0.1"))
+    other = ae.associate(
+        "127.0.0.1", port, ae_title="RADFLOW", tls_args=(_client(pki, "intruder"), "127.0.0.1")
+    )
     assert other.is_rejected
     # no client certificate: the TLS handshake itself fails
-    bare = ae.associate("127.0.0.1", port, ae_title="RADFLOW", tls_args=(_client(pki, None), "127.0.0.1"))
+    bare = ae.associate(
+        "127.0.0.1", port, ae_title="RADFLOW", tls_args=(_client(pki, None), "127.0.0.1")
+    )
     assert not bare.is_established
     # plain TCP to the TLS port gets nowhere
     plain = ae.associate("127.0.0.1", port, ae_title="RADFLOW")

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+
 from radflow.engine.broker import BrokerRuntime
 from radflow.sdk import events as ev
 
@@ -65,7 +66,12 @@ class Subscriber:
         body = await request.read()
         n = len(self.received)
         self.received.append(
-            Received({k.lower(): v for k, v in request.headers.items()}, body, time.monotonic(), request.path)
+            Received(
+                {k.lower(): v for k, v in request.headers.items()},
+                body,
+                time.monotonic(),
+                request.path,
+            )
         )
         assert self._arrived is not None
         async with self._arrived:
@@ -80,7 +86,9 @@ class Subscriber:
     async def wait_for(self, count: int, timeout: float = 10.0) -> list[Received]:
         assert self._arrived is not None
         async with self._arrived:
-            await asyncio.wait_for(self._arrived.wait_for(lambda: len(self.received) >= count), timeout)
+            await asyncio.wait_for(
+                self._arrived.wait_for(lambda: len(self.received) >= count), timeout
+            )
         return self.received
 
 
@@ -88,7 +96,12 @@ def broker_manifest(
     name: str = "default", ns: str = "default", delivery: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     spec = {"delivery": delivery} if delivery else {}
-    return {"apiVersion": API, "kind": "Broker", "metadata": {"name": name, "namespace": ns}, "spec": spec}
+    return {
+        "apiVersion": API,
+        "kind": "Broker",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": spec,
+    }
 
 
 def trigger_manifest(
@@ -105,7 +118,12 @@ def trigger_manifest(
         spec["filters"] = filters
     if delivery is not None:
         spec["delivery"] = delivery
-    return {"apiVersion": API, "kind": "Trigger", "metadata": {"name": name, "namespace": ns}, "spec": spec}
+    return {
+        "apiVersion": API,
+        "kind": "Trigger",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": spec,
+    }
 
 
 def exact_type(t: str) -> list[dict[str, Any]]:
@@ -113,15 +131,24 @@ def exact_type(t: str) -> list[dict[str, Any]]:
 
 
 async def post_event(
-    url: str, event: ev.CloudEvent, *, structured: bool = False, headers: dict[str, str] | None = None
+    url: str,
+    event: ev.CloudEvent,
+    *,
+    structured: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, str]:
     h, body = ev.to_structured(event) if structured else ev.to_binary(event)
     send = {k: str(v) for k, v in h.items()} | (headers or {})
-    async with aiohttp.ClientSession() as session, session.post(url, data=body, headers=send) as resp:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=body, headers=send) as resp,
+    ):
         return resp.status, await resp.text()
 
 
-def event(type_: str = "dev.radflow.test.v1", *, id_: str | None = None, **ext: Any) -> ev.CloudEvent:
+def event(
+    type_: str = "dev.radflow.test.v1", *, id_: str | None = None, **ext: Any
+) -> ev.CloudEvent:
     return ev.make_event(type_, "/tests", {"n": 1}, id=id_, extensions=ext or None)
 
 
@@ -130,8 +157,12 @@ def reply_response(type_: str, status: int = 200) -> web.Response:
     return web.Response(status=status, body=body, headers={k: str(v) for k, v in headers.items()})
 
 
-async def started(tmp: Path, brokers: list[dict[str, Any]], triggers: list[dict[str, Any]]) -> BrokerRuntime:
-    runtime = BrokerRuntime(brokers=brokers, triggers=triggers, state_dir=tmp / "state", stop_grace=1.0)
+async def started(
+    tmp: Path, brokers: list[dict[str, Any]], triggers: list[dict[str, Any]]
+) -> BrokerRuntime:
+    runtime = BrokerRuntime(
+        brokers=brokers, triggers=triggers, state_dir=tmp / "state", stop_grace=1.0
+    )
     await runtime.start()
     return runtime
 

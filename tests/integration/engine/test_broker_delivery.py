@@ -19,6 +19,7 @@ from _broker_harness import (
     trigger_manifest,
 )
 from aiohttp import web
+
 from radflow.engine import metrics
 
 TOLERANCE = 0.25  # seconds late an attempt may be on a busy 2-core machine
@@ -43,7 +44,9 @@ def test_exponential_retry_count_and_timing(tmp_path: Path) -> None:
     async def scenario() -> None:
         sub = await Subscriber(lambda req, n: failing(503)).start()
         delivery = {"retry": 3, "backoffPolicy": "exponential", "backoffDelay": "PT0.1S"}
-        rt = await started(tmp_path, [broker_manifest(delivery=delivery)], [trigger_manifest("t", sub.url)])
+        rt = await started(
+            tmp_path, [broker_manifest(delivery=delivery)], [trigger_manifest("t", sub.url)]
+        )
         try:
             assert (await post_event(rt.ingress_url("default", "default"), event()))[0] == 202
             await sub.wait_for(4)
@@ -61,9 +64,13 @@ def test_exponential_retry_count_and_timing(tmp_path: Path) -> None:
 
 def test_linear_backoff_first_retry_immediate(tmp_path: Path) -> None:
     async def scenario() -> None:
-        sub = await Subscriber(lambda req, n: failing(500) if n < 3 else web.Response(status=202)).start()
+        sub = await Subscriber(
+            lambda req, n: failing(500) if n < 3 else web.Response(status=202)
+        ).start()
         delivery = {"retry": 4, "backoffPolicy": "linear", "backoffDelay": "PT0.15S"}
-        rt = await started(tmp_path, [broker_manifest()], [trigger_manifest("t", sub.url, delivery=delivery)])
+        rt = await started(
+            tmp_path, [broker_manifest()], [trigger_manifest("t", sub.url, delivery=delivery)]
+        )
         try:
             await post_event(rt.ingress_url("default", "default"), event())
             await sub.wait_for(4)
@@ -88,7 +95,9 @@ def test_timeout_is_retried_then_dead_lettered(tmp_path: Path) -> None:
         sub = await Subscriber(hang).start()
         dls = await Subscriber().start()
         delivery = {"retry": 2, "timeout": "PT0.2S", "deadLetterSink": {"uri": dls.url}}
-        rt = await started(tmp_path, [broker_manifest()], [trigger_manifest("t", sub.url, delivery=delivery)])
+        rt = await started(
+            tmp_path, [broker_manifest()], [trigger_manifest("t", sub.url, delivery=delivery)]
+        )
         try:
             await post_event(rt.ingress_url("default", "default"), event())
             await sub.wait_for(2)
@@ -106,7 +115,9 @@ def test_timeout_is_retried_then_dead_lettered(tmp_path: Path) -> None:
 
 def test_dead_letter_carries_original_event_and_error_attributes(tmp_path: Path) -> None:
     async def scenario() -> None:
-        sub = await Subscriber(lambda req, n: web.Response(status=503, text="model loading")).start()
+        sub = await Subscriber(
+            lambda req, n: web.Response(status=503, text="model loading")
+        ).start()
         dls = await Subscriber().start()
         delivery = {
             "retry": 1,
@@ -114,7 +125,9 @@ def test_dead_letter_carries_original_event_and_error_attributes(tmp_path: Path)
             "backoffDelay": "PT0.05S",
             "deadLetterSink": {"uri": dls.url},
         }
-        rt = await started(tmp_path, [broker_manifest(delivery=delivery)], [trigger_manifest("t", sub.url)])
+        rt = await started(
+            tmp_path, [broker_manifest(delivery=delivery)], [trigger_manifest("t", sub.url)]
+        )
         try:
             labels = {"trigger": "default/t", "function": f"127.0.0.1:{sub.port}"}
 
@@ -139,7 +152,11 @@ def test_dead_letter_carries_original_event_and_error_attributes(tmp_path: Path)
             assert sample("radflow_broker_queue_depth") == 0
             assert len(sub.received) == 2
             h = letter.headers
-            assert h["ce-id"] == "orig-1" and h["ce-type"] == "dev.radflow.test.v1" and h["ce-radflowjob"] == "job-9"
+            assert (
+                h["ce-id"] == "orig-1"
+                and h["ce-type"] == "dev.radflow.test.v1"
+                and h["ce-radflowjob"] == "job-9"
+            )
             assert json.loads(letter.body) == {"n": 1}  # the original data
             assert h["ce-knativeerrordest"] == sub.url
             assert h["ce-knativeerrorcode"] == "503"
@@ -156,9 +173,13 @@ def test_dead_letter_carries_original_event_and_error_attributes(tmp_path: Path)
 def test_permanent_failure_goes_straight_to_dls_and_dls_is_retried(tmp_path: Path) -> None:
     async def scenario() -> None:
         sub = await Subscriber(lambda req, n: web.Response(status=400, text="x" * 2000)).start()
-        dls = await Subscriber(lambda req, n: failing(503) if n == 0 else web.Response(status=200)).start()
+        dls = await Subscriber(
+            lambda req, n: failing(503) if n == 0 else web.Response(status=200)
+        ).start()
         delivery = {"retry": 5, "deadLetterSink": {"uri": dls.url}}
-        rt = await started(tmp_path, [broker_manifest()], [trigger_manifest("t", sub.url, delivery=delivery)])
+        rt = await started(
+            tmp_path, [broker_manifest()], [trigger_manifest("t", sub.url, delivery=delivery)]
+        )
         try:
             await post_event(rt.ingress_url("default", "default"), event())
             await dls.wait_for(2)
@@ -178,8 +199,12 @@ def test_permanent_failure_goes_straight_to_dls_and_dls_is_retried(tmp_path: Pat
 
 def test_redirect_is_not_retried(tmp_path: Path) -> None:
     async def scenario() -> None:
-        sub = await Subscriber(lambda req, n: web.Response(status=302, headers={"Location": "/elsewhere"})).start()
-        rt = await started(tmp_path, [broker_manifest()], [trigger_manifest("t", sub.url, delivery={"retry": 3})])
+        sub = await Subscriber(
+            lambda req, n: web.Response(status=302, headers={"Location": "/elsewhere"})
+        ).start()
+        rt = await started(
+            tmp_path, [broker_manifest()], [trigger_manifest("t", sub.url, delivery={"retry": 3})]
+        )
         try:
             await post_event(rt.ingress_url("default", "default"), event())
             await sub.wait_for(1)
@@ -203,7 +228,9 @@ def test_non_cloudevent_2xx_body_is_a_502_and_retried(tmp_path: Path) -> None:
         sub = await Subscriber(ok_html).start()
         dls = await Subscriber().start()
         delivery = {"retry": 2, "deadLetterSink": {"uri": dls.url}}
-        rt = await started(tmp_path, [broker_manifest()], [trigger_manifest("t", sub.url, delivery=delivery)])
+        rt = await started(
+            tmp_path, [broker_manifest()], [trigger_manifest("t", sub.url, delivery=delivery)]
+        )
         try:
             await post_event(rt.ingress_url("default", "default"), event())
             (letter,) = await dls.wait_for(1)
@@ -222,11 +249,15 @@ def test_non_cloudevent_2xx_body_is_a_502_and_retried(tmp_path: Path) -> None:
 def test_each_matching_trigger_is_delivered_independently(tmp_path: Path) -> None:
     async def scenario() -> None:
         good = await Subscriber().start()
-        flaky = await Subscriber(lambda req, n: failing(503) if n < 2 else web.Response(status=202)).start()
+        flaky = await Subscriber(
+            lambda req, n: failing(503) if n < 2 else web.Response(status=202)
+        ).start()
         delivery = {"retry": 3, "backoffPolicy": "exponential", "backoffDelay": "PT0.05S"}
         triggers = [
             trigger_manifest("good-1", good.url, filters=exact_type("dev.radflow.test.v1")),
-            trigger_manifest("good-2", good.url, filters=[{"prefix": {"type": "dev.radflow."}}]),  # same subscriber
+            trigger_manifest(
+                "good-2", good.url, filters=[{"prefix": {"type": "dev.radflow."}}]
+            ),  # same subscriber
             trigger_manifest("flaky", flaky.url),
             trigger_manifest("other", good.url, filters=exact_type("something.else")),
         ]
@@ -253,7 +284,9 @@ def test_transport_error_retried_until_subscriber_appears(tmp_path: Path) -> Non
         port = free_port()
         delivery = {"retry": 20, "backoffPolicy": "linear", "backoffDelay": "PT0.05S"}
         rt = await started(
-            tmp_path, [broker_manifest()], [trigger_manifest("t", f"http://127.0.0.1:{port}/", delivery=delivery)]
+            tmp_path,
+            [broker_manifest()],
+            [trigger_manifest("t", f"http://127.0.0.1:{port}/", delivery=delivery)],
         )
         sub = Subscriber()
         try:

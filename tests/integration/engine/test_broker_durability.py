@@ -14,6 +14,7 @@ import aiohttp
 import yaml
 from _broker_harness import Subscriber, broker_manifest, event, post_event, settle, trigger_manifest
 from aiohttp import web
+
 from radflow.engine.broker import BrokerRuntime
 from radflow.engine.ports import free_port
 from radflow.sdk import events as ev
@@ -51,7 +52,11 @@ def test_kill_9_after_202_loses_nothing(tmp_path: Path) -> None:
         docs = [
             broker_manifest(delivery=delivery),
             trigger_manifest("all", f"http://127.0.0.1:{sub_port}/"),
-            {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": {"name": "ignored"}},
+            {
+                "apiVersion": "serving.knative.dev/v1",
+                "kind": "Service",
+                "metadata": {"name": "ignored"},
+            },
         ]
         (manifests / "broker.yaml").write_text(yaml.safe_dump_all(docs))
         port = free_port()
@@ -64,7 +69,9 @@ def test_kill_9_after_202_loses_nothing(tmp_path: Path) -> None:
 
                 async def post(i: str) -> int:
                     headers, body = ev.to_binary(event(id_=i))
-                    async with session.post(url, data=body, headers={k: str(v) for k, v in headers.items()}) as r:
+                    async with session.post(
+                        url, data=body, headers={k: str(v) for k, v in headers.items()}
+                    ) as r:
                         return r.status
 
                 statuses = await asyncio.gather(*(post(i) for i in ids))
@@ -88,7 +95,9 @@ def test_kill_9_after_202_loses_nothing(tmp_path: Path) -> None:
 
 def test_waiting_retry_resumes_after_restart_at_its_due_time(tmp_path: Path) -> None:
     async def scenario() -> None:
-        sub = await Subscriber(lambda req, n: web.Response(status=503) if n == 0 else web.Response(status=202)).start()
+        sub = await Subscriber(
+            lambda req, n: web.Response(status=503) if n == 0 else web.Response(status=202)
+        ).start()
         delivery = {"retry": 3, "backoffPolicy": "exponential", "backoffDelay": "PT0.8S"}
         manifests = ([broker_manifest(delivery=delivery)], [trigger_manifest("t", sub.url)])
         rt = BrokerRuntime(brokers=manifests[0], triggers=manifests[1], state_dir=tmp_path)
@@ -122,7 +131,9 @@ def test_stop_abandons_in_flight_attempt_which_is_redelivered(tmp_path: Path) ->
     async def scenario() -> None:
         sub = await Subscriber(slow_first).start()
         manifests = ([broker_manifest()], [trigger_manifest("t", sub.url)])
-        rt = BrokerRuntime(brokers=manifests[0], triggers=manifests[1], state_dir=tmp_path, stop_grace=0.1)
+        rt = BrokerRuntime(
+            brokers=manifests[0], triggers=manifests[1], state_dir=tmp_path, stop_grace=0.1
+        )
         await rt.start()
         try:
             await post_event(rt.ingress_url("default", "default"), event(id_="inflight"))
@@ -163,7 +174,9 @@ def test_store_file_is_wal_and_synchronous_full(tmp_path: Path) -> None:
 
 
 def test_standalone_refuses_invalid_manifest(tmp_path: Path) -> None:
-    bad = trigger_manifest("t", "http://127.0.0.1:9/", filters=[{"exact": {"type": "a"}, "suffix": {"type": "b"}}])
+    bad = trigger_manifest(
+        "t", "http://127.0.0.1:9/", filters=[{"exact": {"type": "a"}, "suffix": {"type": "b"}}]
+    )
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "all.yaml").write_text(yaml.safe_dump_all([broker_manifest(), bad]))
     done = subprocess.run(

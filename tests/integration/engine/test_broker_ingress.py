@@ -7,7 +7,16 @@ import json
 from pathlib import Path
 
 import aiohttp
-from _broker_harness import Subscriber, broker_manifest, event, post_event, settle, started, trigger_manifest
+from _broker_harness import (
+    Subscriber,
+    broker_manifest,
+    event,
+    post_event,
+    settle,
+    started,
+    trigger_manifest,
+)
+
 from radflow.engine.broker.runtime import DB_NAME
 from radflow.sdk import events as ev
 
@@ -40,7 +49,9 @@ def test_status_codes(tmp_path: Path) -> None:
                     assert r.status == 404
                 # not a CloudEvent at all, and CloudEvents missing a required attribute
                 async with s.post(
-                    f"{base}/default/default", data=b'{"hello": 1}', headers={"content-type": "application/json"}
+                    f"{base}/default/default",
+                    data=b'{"hello": 1}',
+                    headers={"content-type": "application/json"},
                 ) as r:
                     assert r.status == 400
                     assert "hello" not in await r.text()  # the body is never echoed
@@ -73,7 +84,9 @@ def test_status_codes(tmp_path: Path) -> None:
                     ) as r:
                         assert r.status == 400, bad
                 # TTL exhausted on arrival: 1 -> 0
-                async with s.post(f"{base}/default/default", data=body, headers={**h, "ce-knativebrokerttl": "1"}) as r:
+                async with s.post(
+                    f"{base}/default/default", data=body, headers={**h, "ce-knativebrokerttl": "1"}
+                ) as r:
                     assert r.status == 400
                 async with s.post(f"{base}/default/default/", data=body, headers=h) as r:
                     assert r.status == 202  # trailing slash is fine
@@ -91,7 +104,9 @@ def test_binary_and_structured_in_binary_out(tmp_path: Path) -> None:
     async def scenario() -> None:
         sub = await Subscriber().start()
         rt = await started(
-            tmp_path, [broker_manifest(ns="radiology")], [trigger_manifest("t", sub.url, ns="radiology")]
+            tmp_path,
+            [broker_manifest(ns="radiology")],
+            [trigger_manifest("t", sub.url, ns="radiology")],
         )
         url = rt.ingress_url("radiology", "default")
         assert url == f"http://127.0.0.1:{rt.port}/radiology/default"
@@ -102,7 +117,9 @@ def test_binary_and_structured_in_binary_out(tmp_path: Path) -> None:
                 "Knative-Custom": "k",
                 "Authorization": "secret",
             }
-            assert (await post_event(url, event(id_="bin", radflowjob="j1"), headers=passthrough))[0] == 202
+            assert (await post_event(url, event(id_="bin", radflowjob="j1"), headers=passthrough))[
+                0
+            ] == 202
             assert (await post_event(url, event(id_="str"), structured=True))[0] == 202
             got = await sub.wait_for(2)
             await settle(rt)
@@ -118,7 +135,9 @@ def test_binary_and_structured_in_binary_out(tmp_path: Path) -> None:
             first = by_id["bin"].headers
             assert first["ce-radflowjob"] == "j1"
             assert (
-                first["x-request-id"] == "req-1" and first["x-b3-traceid"] == "abc" and first["knative-custom"] == "k"
+                first["x-request-id"] == "req-1"
+                and first["x-b3-traceid"] == "abc"
+                and first["knative-custom"] == "k"
             )
             assert "authorization" not in first
         finally:
@@ -134,7 +153,9 @@ def test_format_json_delivers_structured(tmp_path: Path) -> None:
         trig = trigger_manifest("t", sub.url, delivery={"format": "json"})
         rt = await started(tmp_path, [broker_manifest()], [trig])
         try:
-            assert (await post_event(rt.ingress_url("default", "default"), event(id_="s1")))[0] == 202
+            assert (await post_event(rt.ingress_url("default", "default"), event(id_="s1")))[
+                0
+            ] == 202
             (got,) = await sub.wait_for(1)
             assert got.headers["content-type"].startswith("application/cloudevents+json")
             doc = json.loads(got.body)
@@ -171,8 +192,12 @@ def test_unmatched_event_is_accepted_and_not_stored(tmp_path: Path) -> None:
         trig = trigger_manifest("t", sub.url, filters=[{"exact": {"type": "wanted"}}])
         rt = await started(tmp_path, [broker_manifest()], [trig])
         try:
-            assert (await post_event(rt.ingress_url("default", "default"), event("unwanted")))[0] == 202
-            assert (await post_event(rt.ingress_url("default", "default"), event("wanted")))[0] == 202
+            assert (await post_event(rt.ingress_url("default", "default"), event("unwanted")))[
+                0
+            ] == 202
+            assert (await post_event(rt.ingress_url("default", "default"), event("wanted")))[
+                0
+            ] == 202
             await sub.wait_for(1)
             await settle(rt)
             await asyncio.sleep(0.1)

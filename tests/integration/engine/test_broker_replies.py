@@ -62,13 +62,18 @@ def test_self_matching_reply_loop_stops_at_ttl(tmp_path: Path) -> None:
         loop = await Subscriber(lambda req, n: reply_response("loop.v1")).start()
         dls = await Subscriber().start()
         trig = trigger_manifest(
-            "loop", loop.url, filters=exact_type("loop.v1"), delivery={"deadLetterSink": {"uri": dls.url}}
+            "loop",
+            loop.url,
+            filters=exact_type("loop.v1"),
+            delivery={"deadLetterSink": {"uri": dls.url}},
         )
         rt = await started(tmp_path, [broker_manifest()], [trig])
         try:
             # posted with TTL 5 -> 4 at ingress; replies enter with 3, 2, 1; the next would be 0
             status, _ = await post_event(
-                rt.ingress_url("default", "default"), event("loop.v1"), headers={"ce-knativebrokerttl": "5"}
+                rt.ingress_url("default", "default"),
+                event("loop.v1"),
+                headers={"ce-knativebrokerttl": "5"},
             )
             assert status == 202
             (letter,) = await dls.wait_for(1)
@@ -93,13 +98,17 @@ def test_invalid_reply_fails_original_delivery_without_retry(tmp_path: Path) -> 
     def broken(req: web.Request, n: int) -> web.Response:
         # claims to be a CloudEvent but lacks ce-id/ce-source/ce-type
         return web.Response(
-            status=200, body=b"{}", headers={"ce-specversion": "1.0", "content-type": "application/json"}
+            status=200,
+            body=b"{}",
+            headers={"ce-specversion": "1.0", "content-type": "application/json"},
         )
 
     async def scenario() -> None:
         sub = await Subscriber(broken).start()
         dls = await Subscriber().start()
-        trig = trigger_manifest("t", sub.url, delivery={"retry": 3, "deadLetterSink": {"uri": dls.url}})
+        trig = trigger_manifest(
+            "t", sub.url, delivery={"retry": 3, "deadLetterSink": {"uri": dls.url}}
+        )
         rt = await started(tmp_path, [broker_manifest()], [trig])
         try:
             await post_event(rt.ingress_url("default", "default"), event(id_="orig"))
@@ -119,7 +128,11 @@ def test_invalid_reply_fails_original_delivery_without_retry(tmp_path: Path) -> 
 def test_reply_matching_no_trigger_completes_delivery(tmp_path: Path) -> None:
     async def scenario() -> None:
         sub = await Subscriber(lambda req, n: reply_response("nobody.listens.v1")).start()
-        rt = await started(tmp_path, [broker_manifest()], [trigger_manifest("t", sub.url, filters=exact_type("in.v1"))])
+        rt = await started(
+            tmp_path,
+            [broker_manifest()],
+            [trigger_manifest("t", sub.url, filters=exact_type("in.v1"))],
+        )
         try:
             await post_event(rt.ingress_url("default", "default"), event("in.v1"))
             await sub.wait_for(1)

@@ -31,19 +31,27 @@ def _service(name: str, target: str, record_dir: Path) -> dict[str, Any]:
         "apiVersion": "serving.knative.dev/v1",
         "kind": "Service",
         "metadata": {"name": name, "namespace": "default"},
-        "spec": {"template": {
-            "metadata": {"annotations": {"autoscaling.knative.dev/min-scale": "0"}},
-            "spec": {"containerConcurrency": 4, "timeoutSeconds": 30, "containers": [{
-                "image": "radflow/test",
-                "env": [
-                    {"name": "FUNCTION_TARGET", "value": target},
-                    {"name": "FUNCTION_SOURCE", "value": SOURCE},
-                    {"name": "FUNCTION_SIGNATURE_TYPE", "value": "http"},
-                    {"name": "RECORD_DIR", "value": str(record_dir)},
-                ],
-            }]},
-        }},
-    }  # fmt: skip
+        "spec": {
+            "template": {
+                "metadata": {"annotations": {"autoscaling.knative.dev/min-scale": "0"}},
+                "spec": {
+                    "containerConcurrency": 4,
+                    "timeoutSeconds": 30,
+                    "containers": [
+                        {
+                            "image": "radflow/test",
+                            "env": [
+                                {"name": "FUNCTION_TARGET", "value": target},
+                                {"name": "FUNCTION_SOURCE", "value": SOURCE},
+                                {"name": "FUNCTION_SIGNATURE_TYPE", "value": "http"},
+                                {"name": "RECORD_DIR", "value": str(record_dir)},
+                            ],
+                        }
+                    ],
+                },
+            }
+        },
+    }
 
 
 def _trigger(name: str, type_: str, subscriber: dict[str, Any]) -> dict[str, Any]:
@@ -51,7 +59,11 @@ def _trigger(name: str, type_: str, subscriber: dict[str, Any]) -> dict[str, Any
         "apiVersion": "eventing.knative.dev/v1",
         "kind": "Trigger",
         "metadata": {"name": name, "namespace": "default"},
-        "spec": {"broker": "radflow", "filters": [{"exact": {"type": type_}}], "subscriber": subscriber},
+        "spec": {
+            "broker": "radflow",
+            "filters": [{"exact": {"type": type_}}],
+            "subscriber": subscriber,
+        },
     }
 
 
@@ -59,15 +71,23 @@ def _ksvc(name: str) -> dict[str, Any]:
     return {"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": name}}
 
 
-def write_manifests(folder: Path, record_dir: Path, extra_triggers: list[dict[str, Any]] = ()) -> None:
+def write_manifests(
+    folder: Path, record_dir: Path, extra_triggers: list[dict[str, Any]] = ()
+) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     broker = {
         "apiVersion": "eventing.knative.dev/v1",
         "kind": "Broker",
         "metadata": {"name": "radflow", "namespace": "default"},
-        "spec": {"delivery": {"retry": 2, "backoffPolicy": "exponential", "backoffDelay": "PT0.1S",
-                              "deadLetterSink": _ksvc("dead-letters")}},
-    }  # fmt: skip
+        "spec": {
+            "delivery": {
+                "retry": 2,
+                "backoffPolicy": "exponential",
+                "backoffDelay": "PT0.1S",
+                "deadLetterSink": _ksvc("dead-letters"),
+            }
+        },
+    }
     docs = [
         broker,
         _service("stage-a", "stage_a", record_dir),
@@ -96,7 +116,7 @@ def records(folder: Path, by: str | None = None) -> list[dict[str, Any]]:
     return [d for d in docs if by is None or d["by"] == by]
 
 
-def wait_for(predicate, timeout: float = 30.0) -> bool:  # noqa: ANN001
+def wait_for(predicate, timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -108,8 +128,13 @@ def wait_for(predicate, timeout: float = 30.0) -> bool:  # noqa: ANN001
 def test_chain_reply_and_dead_letter_through_the_engine(tmp_path: Path, repo_root: Path) -> None:
     record_dir = tmp_path / "records"
     write_manifests(tmp_path / "knative", record_dir)
-    config = load_engine_config(None, state_dir=tmp_path / "state", manifests=tmp_path / "knative",
-                                workdir=repo_root, scale_to_zero_after=3.0)  # fmt: skip
+    config = load_engine_config(
+        None,
+        state_dir=tmp_path / "state",
+        manifests=tmp_path / "knative",
+        workdir=repo_root,
+        scale_to_zero_after=3.0,
+    )
 
     async def scenario() -> dict[str, Any]:
         engine = Engine(config)
@@ -121,7 +146,9 @@ def test_chain_reply_and_dead_letter_through_the_engine(tmp_path: Path, repo_roo
             assert await asyncio.to_thread(post, url, start) == 202
             assert await asyncio.to_thread(post, url, failing) == 202
             ok = await asyncio.to_thread(
-                wait_for, lambda: records(record_dir, "stage-b") and records(record_dir, "dead-letters"), 60
+                wait_for,
+                lambda: records(record_dir, "stage-b") and records(record_dir, "dead-letters"),
+                60,
             )
             assert ok, f"records so far: {[r['by'] for r in records(record_dir)]}"
             # scale to zero after the idle window
@@ -143,12 +170,25 @@ def test_chain_reply_and_dead_letter_through_the_engine(tmp_path: Path, repo_roo
     assert result["scaled_to_zero"]
 
 
-def _start_engine(manifests: Path, state: Path, repo_root: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _start_engine(
+    manifests: Path, state: Path, repo_root: Path
+) -> tuple[subprocess.Popen[bytes], str]:
     (state / "engine.json").unlink(missing_ok=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "radflow.cli.main", "--state-dir", str(state), "up", "--manifests", str(manifests)],
-        cwd=repo_root, stdout=subprocess.DEVNULL, stderr=open(state.parent / "engine.log", "ab"),
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "radflow.cli.main",
+            "--state-dir",
+            str(state),
+            "up",
+            "--manifests",
+            str(manifests),
+        ],
+        cwd=repo_root,
+        stdout=subprocess.DEVNULL,
+        stderr=open(state.parent / "engine.log", "ab"),
+    )
     assert wait_for(lambda: (state / "engine.json").exists() or proc.poll() is not None, 60)
     assert proc.poll() is None, (state.parent / "engine.log").read_text()[-3000:]
     control = json.loads((state / "engine.json").read_text())["control_url"]
@@ -157,15 +197,21 @@ def _start_engine(manifests: Path, state: Path, repo_root: Path) -> tuple[subpro
     return proc, status["brokers"][0]["url"]
 
 
-def test_events_acknowledged_before_a_kill_9_are_delivered_after_restart(tmp_path: Path, repo_root: Path) -> None:
+def test_events_acknowledged_before_a_kill_9_are_delivered_after_restart(
+    tmp_path: Path, repo_root: Path
+) -> None:
     # the subscriber is down while the engine runs the first time, so every event is still queued
     port = free_port()
-    receiver_trigger = _trigger("to-receiver", "test.durable.v1", {"uri": f"http://127.0.0.1:{port}/"})
+    receiver_trigger = _trigger(
+        "to-receiver", "test.durable.v1", {"uri": f"http://127.0.0.1:{port}/"}
+    )
     write_manifests(tmp_path / "knative", tmp_path / "records", [receiver_trigger])
     state = tmp_path / "state"
     state.mkdir()
     proc, url = _start_engine(tmp_path / "knative", state, repo_root)
-    sent = [events.make_event("test.durable.v1", "/test", {"i": i}, id=f"durable-{i}") for i in range(5)]
+    sent = [
+        events.make_event("test.durable.v1", "/test", {"i": i}, id=f"durable-{i}") for i in range(5)
+    ]
     for ev in sent:
         assert post(url, ev) == 202
     os.kill(proc.pid, signal.SIGKILL)
@@ -173,11 +219,13 @@ def test_events_acknowledged_before_a_kill_9_are_delivered_after_restart(tmp_pat
 
     received: list[str] = []
     receiver = subprocess.Popen(
-        [sys.executable, "-c", _RECEIVER, str(port), str(tmp_path / "received.jsonl")], cwd=repo_root
+        [sys.executable, "-c", _RECEIVER, str(port), str(tmp_path / "received.jsonl")],
+        cwd=repo_root,
     )
     try:
         proc2, _ = _start_engine(tmp_path / "knative", state, repo_root)
         try:
+
             def got_all() -> bool:
                 path = tmp_path / "received.jsonl"
                 if path.exists():

@@ -87,7 +87,12 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def run_host(tmp_path: Path, services: list[dict[str, Any]], body: Callable[[FunctionHost, aiohttp.ClientSession], Awaitable[T]], **kwargs: Any) -> T:
+def run_host(
+    tmp_path: Path,
+    services: list[dict[str, Any]],
+    body: Callable[[FunctionHost, aiohttp.ClientSession], Awaitable[T]],
+    **kwargs: Any,
+) -> T:
     """Start a host, run ``body`` with a client session, always stop the host."""
 
     async def main() -> T:
@@ -102,7 +107,9 @@ def run_host(tmp_path: Path, services: list[dict[str, Any]], body: Callable[[Fun
     return asyncio.run(main())
 
 
-async def call(session: aiohttp.ClientSession, url: str, method: str = "GET", **kw: Any) -> tuple[int, dict[str, str], bytes]:
+async def call(
+    session: aiohttp.ClientSession, url: str, method: str = "GET", **kw: Any
+) -> tuple[int, dict[str, str], bytes]:
     async with session.request(method, url, **kw) as resp:
         return resp.status, dict(resp.headers), await resp.read()
 
@@ -129,13 +136,17 @@ def test_scale_from_zero_holds_first_request_then_scales_back_to_zero(tmp_path: 
     async def body(host: FunctionHost, session: aiohttp.ClientSession) -> None:
         assert service_status(host, "zero")["instances"] == []  # nothing spawned at start
         assert service_status(host, "zero")["state"] == "scaled-to-zero"
-        status, _, payload = await call(session, host.url("zero") + "/first")  # held during the cold start
+        status, _, payload = await call(
+            session, host.url("zero") + "/first"
+        )  # held during the cold start
         assert status == 200
         first_pid = json.loads(payload)["pgid"]
         st = service_status(host, "zero")
         assert st["cold_starts"] == 1 and st["last_cold_start_s"] > 0
         assert [i["pid"] for i in st["instances"]] == [first_pid]
-        await wait_until(lambda: service_status(host, "zero")["instances"] == [], 10, "scale to zero")
+        await wait_until(
+            lambda: service_status(host, "zero")["instances"] == [], 10, "scale to zero"
+        )
         assert not alive(first_pid)
         status, _, payload = await call(session, host.url("zero"))
         assert status == 200 and json.loads(payload)["pgid"] != first_pid
@@ -152,9 +163,13 @@ def test_container_concurrency_one_serialises_or_scales_up_to_max_scale(tmp_path
         ksvc("wide", "slow", cc=1, annotations={"autoscaling.knative.dev/max-scale": "3"}),
     ]
 
-    async def body(host: FunctionHost, session: aiohttp.ClientSession) -> dict[str, list[dict[str, float]]]:
+    async def body(
+        host: FunctionHost, session: aiohttp.ClientSession
+    ) -> dict[str, list[dict[str, float]]]:
         async def three(name: str) -> list[dict[str, float]]:
-            replies = await asyncio.gather(*(call(session, host.url(name) + "?s=0.6") for _ in range(3)))
+            replies = await asyncio.gather(
+                *(call(session, host.url(name) + "?s=0.6") for _ in range(3))
+            )
             assert [r[0] for r in replies] == [200, 200, 200]
             return [json.loads(r[2]) for r in replies]
 
@@ -169,7 +184,9 @@ def test_container_concurrency_one_serialises_or_scales_up_to_max_scale(tmp_path
 
     serial = sorted(works["serial"], key=lambda w: w["start"])
     assert len({w["pid"] for w in serial}) == 1
-    assert not any(overlaps(a, b) for a, b in zip(serial, serial[1:])), "containerConcurrency 1 was exceeded"
+    assert not any(overlaps(a, b) for a, b in zip(serial, serial[1:])), (
+        "containerConcurrency 1 was exceeded"
+    )
     wide = works["wide"]
     assert len({w["pid"] for w in wide}) >= 2, "max-scale 3 never added a second process"
     for pid in {w["pid"] for w in wide}:  # still at most one request in flight per process
@@ -197,9 +214,12 @@ def test_timeout_seconds_answers_504_and_counts_the_cold_start_hold(tmp_path: Pa
     sleepy = {
         "image": "radflow/sleepy",
         "command": ["sh"],
-        "args": ["-c", f"sleep 2 && exec $(PY) -m functions_framework --target echo --source {PROBE_SOURCE} --host 127.0.0.1 --port $(PORT)"],
+        "args": [
+            "-c",
+            f"sleep 2 && exec $(PY) -m functions_framework --target echo --source {PROBE_SOURCE} --host 127.0.0.1 --port $(PORT)",
+        ],
         "env": [{"name": "PY", "value": sys.executable}],
-    }  # fmt: skip
+    }
     services = [ksvc("slowfn", "slow", timeout=1), ksvc("sleepy", "", timeout=1, container=sleepy)]
 
     async def body(host: FunctionHost, session: aiohttp.ClientSession) -> None:
@@ -210,8 +230,12 @@ def test_timeout_seconds_answers_504_and_counts_the_cold_start_hold(tmp_path: Pa
         status, _, _ = await call(session, host.url("sleepy"))
         assert status == 504  # the function would answer instantly, but the hold counts
         assert t1 - t0 < 3.5 and time.monotonic() - t1 < 2.0
-        await wait_until(lambda: service_status(host, "sleepy")["state"] == "ready", 10, "sleepy ready")
-        status, _, _ = await call(session, host.url("sleepy"))  # and once it is up, it serves ($(PORT) expanded)
+        await wait_until(
+            lambda: service_status(host, "sleepy")["state"] == "ready", 10, "sleepy ready"
+        )
+        status, _, _ = await call(
+            session, host.url("sleepy")
+        )  # and once it is up, it serves ($(PORT) expanded)
         assert status == 200
 
     run_host(tmp_path, services, body)
@@ -224,7 +248,9 @@ def test_crashed_process_gives_502_then_next_request_starts_a_new_one(tmp_path: 
         pid = service_status(host, "crashy")["instances"][0]["pid"]
         status, _, payload = await call(session, host.url("crashy") + "?now=1")
         assert status == 502 and b"failed mid-request" in payload
-        await wait_until(lambda: service_status(host, "crashy")["instances"] == [], 5, "crashed process reaped")
+        await wait_until(
+            lambda: service_status(host, "crashy")["instances"] == [], 5, "crashed process reaped"
+        )
         assert not alive(pid)
         status, _, _ = await call(session, host.url("crashy"))
         assert status == 200
@@ -245,29 +271,54 @@ def test_env_from_base_manifest_and_knative(tmp_path: Path) -> None:
         assert host.url("envy") == f"http://127.0.0.1:{pinned}"
         port = service_status(host, "envy")["instances"][0]["port"]
         assert env == {
-            "PORT": str(port), "K_SERVICE": "envy", "K_REVISION": "envy-00001", "K_CONFIGURATION": "envy",
-            "GREETING": "hello", "BASE_ONLY": "base", "OVERRIDDEN": "manifest",
-        }  # fmt: skip
+            "PORT": str(port),
+            "K_SERVICE": "envy",
+            "K_REVISION": "envy-00001",
+            "K_CONFIGURATION": "envy",
+            "GREETING": "hello",
+            "BASE_ONLY": "base",
+            "OVERRIDDEN": "manifest",
+        }
 
     from radflow.engine.ports import free_port
 
     pinned = free_port()
-    run_host(tmp_path, [svc], body, base_env={"BASE_ONLY": "base", "OVERRIDDEN": "base"}, activator_ports={"envy": pinned})
+    run_host(
+        tmp_path,
+        [svc],
+        body,
+        base_env={"BASE_ONLY": "base", "OVERRIDDEN": "base"},
+        activator_ports={"envy": pinned},
+    )
 
 
 def test_stop_leaves_no_child_process(tmp_path: Path) -> None:
-    services = [ksvc("pinned", "echo", annotations={"autoscaling.knative.dev/min-scale": "1"}), ksvc("woken", "slow")]
+    services = [
+        ksvc("pinned", "echo", annotations={"autoscaling.knative.dev/min-scale": "1"}),
+        ksvc("woken", "slow"),
+    ]
     seen: list[int] = []
 
     async def main() -> None:
-        host = FunctionHost(services=services, workdir=REPO, state_dir=tmp_path / "state", grace_cap_s=1.5)
+        host = FunctionHost(
+            services=services, workdir=REPO, state_dir=tmp_path / "state", grace_cap_s=1.5
+        )
         await host.start()
         try:
             # min-scale 1: a process is started without any request
-            await wait_until(lambda: service_status(host, "pinned")["state"] == "ready", 15, "min-scale instance")
+            await wait_until(
+                lambda: service_status(host, "pinned")["state"] == "ready", 15, "min-scale instance"
+            )
             async with aiohttp.ClientSession() as session:
                 busy = asyncio.create_task(call(session, host.url("woken") + "?s=30"))
-                await wait_until(lambda: bool(service_status(host, "woken")["instances"]) and service_status(host, "woken")["state"] == "ready", 15, "woken ready")
+                await wait_until(
+                    lambda: (
+                        bool(service_status(host, "woken")["instances"])
+                        and service_status(host, "woken")["state"] == "ready"
+                    ),
+                    15,
+                    "woken ready",
+                )
                 await asyncio.sleep(0.2)
                 for st in host.status():
                     for inst in st["instances"]:
@@ -300,47 +351,88 @@ def test_function_output_goes_to_its_log_file(tmp_path: Path) -> None:
 
 
 def test_bodies_and_headers_pass_through_unchanged(tmp_path: Path) -> None:
-    services = [ksvc("ce-style", "ce_handler"), ksvc("replier", "binary_reply"), ksvc("echo", "echo")]
+    services = [
+        ksvc("ce-style", "ce_handler"),
+        ksvc("replier", "binary_reply"),
+        ksvc("echo", "echo"),
+    ]
     services[0]["spec"]["template"]["spec"]["containers"][0]["env"][2]["value"] = "cloudevent"
     event_headers = {
-        "ce-specversion": "1.0", "ce-id": "e-1", "ce-source": "/test", "ce-type": "dev.radflow.test.v1",
+        "ce-specversion": "1.0",
+        "ce-id": "e-1",
+        "ce-source": "/test",
+        "ce-type": "dev.radflow.test.v1",
         "Content-Type": "application/json",
-    }  # fmt: skip
+    }
 
     async def body(host: FunctionHost, session: aiohttp.ClientSession) -> None:
         # a @cloud_event handler's "200 OK text/html": the host must not hide it (the broker judges it)
-        status, headers, payload = await call(session, host.url("ce-style"), "POST", headers=event_headers, data=b"{}")
-        assert (status, headers["Content-Type"], payload) == (200, "text/html; charset=utf-8", b"OK")
-        status, headers, payload = await call(session, host.url("replier"), "POST", headers=event_headers, data=b"{}")
+        status, headers, payload = await call(
+            session, host.url("ce-style"), "POST", headers=event_headers, data=b"{}"
+        )
+        assert (status, headers["Content-Type"], payload) == (
+            200,
+            "text/html; charset=utf-8",
+            b"OK",
+        )
+        status, headers, payload = await call(
+            session, host.url("replier"), "POST", headers=event_headers, data=b"{}"
+        )
         assert status == 200 and json.loads(payload) == {"ok": True}
-        assert headers["ce-type"] == "dev.radflow.test.completed.v1" and headers["ce-radflowjob"] == "job%201"
+        assert (
+            headers["ce-type"] == "dev.radflow.test.completed.v1"
+            and headers["ce-radflowjob"] == "job%201"
+        )
         assert headers["Content-Type"] == "application/json"
         # an 8 MiB body streams through both ways unchanged; custom request headers arrive as sent
         blob = os.urandom(8 << 20)
         status, headers, payload = await call(
-            session, host.url("echo") + "/deep/path?q=a%20b", "PUT", data=io.BytesIO(blob), headers={"X-Trace": "t-1", **event_headers}
+            session,
+            host.url("echo") + "/deep/path?q=a%20b",
+            "PUT",
+            data=io.BytesIO(blob),
+            headers={"X-Trace": "t-1", **event_headers},
         )
         doc = json.loads(payload)
         assert status == 200 and headers["X-Probe"] == "echo"
-        assert doc["body_len"] == len(blob) and doc["body_sha"] == __import__("hashlib").sha256(blob).hexdigest()
+        assert (
+            doc["body_len"] == len(blob)
+            and doc["body_sha"] == __import__("hashlib").sha256(blob).hexdigest()
+        )
         assert doc["method"] == "PUT" and doc["path"] == "/deep/path?q=a%20b"
         assert doc["headers"]["x-trace"] == "t-1" and doc["headers"]["ce-id"] == "e-1"
         # content codings are end to end: neither side of the proxy may decode them
         packed = gzip.compress(b'{"a": 1}')
         status, _, payload = await call(
-            session, host.url("echo"), "POST", data=packed, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
+            session,
+            host.url("echo"),
+            "POST",
+            data=packed,
+            headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
         )
-        assert status == 200 and json.loads(payload)["body_sha"] == hashlib.sha256(packed).hexdigest()
+        assert (
+            status == 200 and json.loads(payload)["body_sha"] == hashlib.sha256(packed).hexdigest()
+        )
 
     run_host(tmp_path, services, body)
 
 
 def test_prewarmed_instances_are_forked_with_their_own_env_session_and_log(tmp_path: Path) -> None:
-    services = [ksvc("warm-echo", "echo", env={"GREETING": "forked"}), ksvc("warm-crash", "crash"), ksvc("warm-talk", "talk")]
+    services = [
+        ksvc("warm-echo", "echo", env={"GREETING": "forked"}),
+        ksvc("warm-crash", "crash"),
+        ksvc("warm-talk", "talk"),
+    ]
     seen: list[int] = []
 
     async def main() -> None:
-        host = FunctionHost(services=services, workdir=REPO, state_dir=tmp_path / "state", prewarm=["json"], grace_cap_s=2)
+        host = FunctionHost(
+            services=services,
+            workdir=REPO,
+            state_dir=tmp_path / "state",
+            prewarm=["json"],
+            grace_cap_s=2,
+        )
         await host.start()
         try:
             assert await host.wait_prewarmed(30)
@@ -356,7 +448,11 @@ def test_prewarmed_instances_are_forked_with_their_own_env_session_and_log(tmp_p
                 assert (await call(session, host.url("warm-crash")))[0] == 200
                 crashed = service_status(host, "warm-crash")["instances"][0]["pid"]
                 assert (await call(session, host.url("warm-crash") + "?now=1"))[0] == 502
-                await wait_until(lambda: service_status(host, "warm-crash")["instances"] == [], 5, "reaped via zygote")
+                await wait_until(
+                    lambda: service_status(host, "warm-crash")["instances"] == [],
+                    5,
+                    "reaped via zygote",
+                )
                 assert (await call(session, host.url("warm-crash")))[0] == 200
                 assert not alive(crashed)
                 for st in host.status():
@@ -373,17 +469,24 @@ def test_prewarmed_instances_are_forked_with_their_own_env_session_and_log(tmp_p
 
 def test_process_that_dies_before_ready_fails_held_requests_with_502(tmp_path: Path) -> None:
     svc = ksvc("broken", "handle")
-    svc["spec"]["template"]["spec"]["containers"][0]["env"][1]["value"] = "tests/fixtures/functions/host_broken.py"
+    svc["spec"]["template"]["spec"]["containers"][0]["env"][1]["value"] = (
+        "tests/fixtures/functions/host_broken.py"
+    )
 
     async def body(host: FunctionHost, session: aiohttp.ClientSession) -> None:
         t0 = time.monotonic()
         replies = await asyncio.gather(*(call(session, host.url("broken")) for _ in range(2)))
-        assert [r[0] for r in replies] == [502, 502] and time.monotonic() - t0 < 20  # not the 300 s timeout
+        assert [r[0] for r in replies] == [
+            502,
+            502,
+        ] and time.monotonic() - t0 < 20  # not the 300 s timeout
         assert b"exited with code" in replies[0][2] and b"broken.log" in replies[0][2]
         assert service_status(host, "broken")["instances"] == []
 
     run_host(tmp_path, [svc], body)
-    assert "failing at import on purpose" in (tmp_path / "state" / "logs" / "broken.log").read_text()
+    assert (
+        "failing at import on purpose" in (tmp_path / "state" / "logs" / "broken.log").read_text()
+    )
 
 
 ENGINE_THAT_DIES = """
@@ -410,14 +513,22 @@ def test_groups_left_by_a_killed_engine_are_killed_on_the_next_start(tmp_path: P
     state = tmp_path / "state"
     done = subprocess.run(
         [sys.executable, "-c", ENGINE_THAT_DIES, json.dumps(svc), str(REPO), str(state)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 9, done.stderr
     pid = int(done.stdout.split()[0])
     members = group_members(pid)
     log = (state / "logs" / "orphan.log").read_text()
-    assert pid in members and len(members) >= 2, (members, log)  # gunicorn master + worker survived the engine
-    assert (state / "run" / "functions" / str(pid)).exists(), list((state / "run" / "functions").iterdir())
+    assert pid in members and len(members) >= 2, (
+        members,
+        log,
+    )  # gunicorn master + worker survived the engine
+    assert (state / "run" / "functions" / str(pid)).exists(), list(
+        (state / "run" / "functions").iterdir()
+    )
 
     async def restart() -> None:
         host = FunctionHost(services=[], workdir=REPO, state_dir=state)

@@ -31,21 +31,37 @@ while True:
 """
 
 
-def deployment(name: str, labels: dict[str, str], args: list[str], annotations: dict[str, str] | None = None) -> dict[str, Any]:
+def deployment(
+    name: str, labels: dict[str, str], args: list[str], annotations: dict[str, str] | None = None
+) -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": name, "namespace": "default", "labels": labels, "annotations": annotations or {}},
+        "metadata": {
+            "name": name,
+            "namespace": "default",
+            "labels": labels,
+            "annotations": annotations or {},
+        },
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": labels},
             "template": {
                 "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": name, "image": f"radflow/{name}", "command": ["python"], "args": args,
-                                         "env": [{"name": "ROLE", "value": name}]}]},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": name,
+                            "image": f"radflow/{name}",
+                            "command": ["python"],
+                            "args": args,
+                            "env": [{"name": "ROLE", "value": name}],
+                        }
+                    ]
+                },
             },
         },
-    }  # fmt: skip
+    }
 
 
 def alive(pid: int) -> bool:
@@ -78,11 +94,21 @@ def test_sinkbinding_subject_gets_k_sink_and_crashes_are_restarted(tmp_path: Pat
         "kind": "SinkBinding",
         "metadata": {"name": "adapter-to-broker", "namespace": "default"},
         "spec": {
-            "subject": {"apiVersion": "apps/v1", "kind": "Deployment", "selector": {"matchLabels": {"app": "dicom-adapter"}}},
-            "sink": {"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "pipeline"}},
+            "subject": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "selector": {"matchLabels": {"app": "dicom-adapter"}},
+            },
+            "sink": {
+                "ref": {
+                    "apiVersion": "eventing.knative.dev/v1",
+                    "kind": "Broker",
+                    "name": "pipeline",
+                }
+            },
             "ceOverrides": {"extensions": {"radflowsite": "lab <1>", "a": "1"}},
         },
-    }  # fmt: skip
+    }
     resolved: list[tuple[dict[str, Any], str]] = []
 
     def resolve(sink: dict[str, Any], namespace: str) -> str:
@@ -91,13 +117,24 @@ def test_sinkbinding_subject_gets_k_sink_and_crashes_are_restarted(tmp_path: Pat
 
     async def main() -> list[dict[str, Any]]:
         runner = WorkloadRunner(
-            deployments=deployments, sinkbindings=[binding], resolve_sink=resolve, workdir=REPO,
-            state_dir=tmp_path / "state", python=sys.executable, backoff_initial_s=0.2,
-        )  # fmt: skip
+            deployments=deployments,
+            sinkbindings=[binding],
+            resolve_sink=resolve,
+            workdir=REPO,
+            state_dir=tmp_path / "state",
+            python=sys.executable,
+            backoff_initial_s=0.2,
+        )
         await runner.start()
         try:
-            await wait_until(lambda: len(lines(adapter_out)) >= 2 and len(lines(other_out)) >= 2, 20, "restart after crash")
-            await wait_until(lambda: all(s["state"] == "running" for s in runner.status()), 5, "running")
+            await wait_until(
+                lambda: len(lines(adapter_out)) >= 2 and len(lines(other_out)) >= 2,
+                20,
+                "restart after crash",
+            )
+            await wait_until(
+                lambda: all(s["state"] == "running" for s in runner.status()), 5, "running"
+            )
             return runner.status()
         finally:
             await runner.stop()
@@ -111,11 +148,15 @@ def test_sinkbinding_subject_gets_k_sink_and_crashes_are_restarted(tmp_path: Pat
     assert resolved == [(binding["spec"]["sink"], "default")]
     assert all(rec["K_SINK"] is None and rec["K_CE_OVERRIDES"] is None for rec in lines(other_out))
     by_name = {s["name"]: s for s in status}
-    assert by_name["dicom-adapter"]["restarts"] == 1 and by_name["dicom-adapter"]["sink"].endswith("/pipeline")
+    assert by_name["dicom-adapter"]["restarts"] == 1 and by_name["dicom-adapter"]["sink"].endswith(
+        "/pipeline"
+    )
     assert by_name["dicom-adapter"]["last_exit_code"] == 3
     assert not alive(second["pid"])  # stop() took the running one down
     log = (tmp_path / "state" / "logs" / "dicom-adapter.log").read_text()
-    assert "first run: crashing on purpose" in log and "exited with code 3; restarting in 0.2s" in log
+    assert (
+        "first run: crashing on purpose" in log and "exited with code 3; restarting in 0.2s" in log
+    )
 
 
 def test_embedded_launcher_replaces_the_command_and_unknown_kinds_fail(tmp_path: Path) -> None:
@@ -128,14 +169,22 @@ def test_embedded_launcher_replaces_the_command_and_unknown_kinds_fail(tmp_path:
         return [ctx.python, "-c", script]
 
     register_launcher("test-triton", launch)
-    triton = deployment("triton", {"app": "triton"}, ["-c", "raise SystemExit('the image command must not run')"],
-                        annotations={"radflow.dev/embedded": "test-triton"})  # fmt: skip
+    triton = deployment(
+        "triton",
+        {"app": "triton"},
+        ["-c", "raise SystemExit('the image command must not run')"],
+        annotations={"radflow.dev/embedded": "test-triton"},
+    )
 
     async def main() -> None:
         runner = WorkloadRunner(
-            deployments=[triton], sinkbindings=[], resolve_sink=lambda s, n: "", workdir=REPO,
-            state_dir=tmp_path / "state", base_env={"RADFLOW_S3_ENDPOINT_URL": "http://127.0.0.1:1"},
-        )  # fmt: skip
+            deployments=[triton],
+            sinkbindings=[],
+            resolve_sink=lambda s, n: "",
+            workdir=REPO,
+            state_dir=tmp_path / "state",
+            base_env={"RADFLOW_S3_ENDPOINT_URL": "http://127.0.0.1:1"},
+        )
         await runner.start()
         try:
             await wait_until(marker.exists, 10, "launcher process")
@@ -146,8 +195,19 @@ def test_embedded_launcher_replaces_the_command_and_unknown_kinds_fail(tmp_path:
             await runner.stop()
         assert not alive(pid)
 
-        unknown = deployment("mystery", {"app": "m"}, ["-c", "pass"], annotations={"radflow.dev/embedded": "no-such-kind"})
-        bad = WorkloadRunner(deployments=[unknown], sinkbindings=[], resolve_sink=lambda s, n: "", workdir=REPO, state_dir=tmp_path)
+        unknown = deployment(
+            "mystery",
+            {"app": "m"},
+            ["-c", "pass"],
+            annotations={"radflow.dev/embedded": "no-such-kind"},
+        )
+        bad = WorkloadRunner(
+            deployments=[unknown],
+            sinkbindings=[],
+            resolve_sink=lambda s, n: "",
+            workdir=REPO,
+            state_dir=tmp_path,
+        )
         with pytest.raises(ConfigError, match="mystery.*no-such-kind.*no local launcher"):
             await bad.start()
 

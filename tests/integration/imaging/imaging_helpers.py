@@ -33,18 +33,36 @@ class Parsed:
     def dicom_dir(self) -> Path:
         return self.root / "dicom"
 
-    def write_mask(self, mask: np.ndarray, *, geometry: Geometry | None = None, masks_json: dict[str, Any] | None = None) -> Path:
+    def write_mask(
+        self,
+        mask: np.ndarray,
+        *,
+        geometry: Geometry | None = None,
+        masks_json: dict[str, Any] | None = None,
+    ) -> Path:
         folder = self.root / "masks"
         folder.mkdir(exist_ok=True)
-        write_volume(folder / f"{self.uid}.nii.gz", mask.astype(np.uint8), geometry or self.geometry)
-        (folder / "masks.json").write_text(json.dumps(masks_json or {"model": {"name": "brain-tumour-demo", "version": "7"}}))
+        write_volume(
+            folder / f"{self.uid}.nii.gz", mask.astype(np.uint8), geometry or self.geometry
+        )
+        (folder / "masks.json").write_text(
+            json.dumps(masks_json or {"model": {"name": "brain-tumour-demo", "version": "7"}})
+        )
         return folder
 
 
 def parse_study(root: Path, **options: Any) -> Parsed:
-    study = make_study(root / "in", options.pop("shape", (12, 40, 48)), decoys=False, other_series=False, **options)
-    ctx = StageContext("job", "brain", "dicom-parser", {"default": study.root},
-                       {"volumes": root / "volumes", "dicom": root / "dicom"}, {})  # fmt: skip
+    study = make_study(
+        root / "in", options.pop("shape", (12, 40, 48)), decoys=False, other_series=False, **options
+    )
+    ctx = StageContext(
+        "job",
+        "brain",
+        "dicom-parser",
+        {"default": study.root},
+        {"volumes": root / "volumes", "dicom": root / "dicom"},
+        {},
+    )
     parser.run(ctx)
     volume, geometry = read_volume(root / "volumes" / f"{study.target.series_instance_uid}.nii.gz")
     return Parsed(study, root, volume, geometry)
@@ -70,4 +88,6 @@ def dciodvfy_errors(path: Path) -> list[str]:
     if binary is None:
         pytest.skip("dciodvfy (Debian dicom3tools) is not installed")
     result = subprocess.run([binary, str(path)], capture_output=True, text=True, timeout=60)
-    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+    return [
+        line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")
+    ]

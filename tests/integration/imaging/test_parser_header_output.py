@@ -12,19 +12,36 @@ from radflow.demo.study import make_study
 from radflow.functions.dicom_parser import logic
 from radflow.sdk.stage import StageContext
 
-SEED_RULE = {"selections": [{"name": "T1C", "conditions": {"Modality": "(?i)^MR", "StudyDescription": "(?i)Brain",
-             "ImageType": ["ORIGINAL", "PRIMARY"], "SeriesDescription": "^(?=.*T1c)(?!.*(ref|rfmt|[0-9]x[0-9])).*"}}]}  # fmt: skip
+SEED_RULE = {
+    "selections": [
+        {
+            "name": "T1C",
+            "conditions": {
+                "Modality": "(?i)^MR",
+                "StudyDescription": "(?i)Brain",
+                "ImageType": ["ORIGINAL", "PRIMARY"],
+                "SeriesDescription": "^(?=.*T1c)(?!.*(ref|rfmt|[0-9]x[0-9])).*",
+            },
+        }
+    ]
+}
 
 
 def _run(tmp: Path, study_dir: Path, output: str) -> Path:
     ctx = StageContext(
-        job_id="j", pipeline="p", stage="dicom-parser",
+        job_id="j",
+        pipeline="p",
+        stage="dicom-parser",
         inputs={"default": study_dir},
         outputs={"volumes": tmp / "volumes", "dicom": tmp / "dicom"},
-        variables={"NVIDIA_CLARA_SELECTION_RULES_BASE64": base64.b64encode(json.dumps(SEED_RULE).encode()).decode(),
-                   "RADFLOW_DICOM_OUTPUT": output},
+        variables={
+            "NVIDIA_CLARA_SELECTION_RULES_BASE64": base64.b64encode(
+                json.dumps(SEED_RULE).encode()
+            ).decode(),
+            "RADFLOW_DICOM_OUTPUT": output,
+        },
         work_dir=tmp,
-    )  # fmt: skip
+    )
     for folder in ctx.outputs.values():
         folder.mkdir(parents=True)
     logic.run(ctx)

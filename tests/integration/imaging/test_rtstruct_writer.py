@@ -16,9 +16,18 @@ from radflow.sdk.errors import InvalidInput
 from radflow.sdk.stage import StageContext
 
 
-def write_rt(parsed: Parsed, mask_dir: Path, variables: dict[str, str] | None = None) -> tuple[dict[str, Any], pydicom.Dataset, Path]:
+def write_rt(
+    parsed: Parsed, mask_dir: Path, variables: dict[str, str] | None = None
+) -> tuple[dict[str, Any], pydicom.Dataset, Path]:
     out = parsed.root / "rtstruct"
-    ctx = StageContext("job", "brain", "rtstruct-writer", {"masks": mask_dir, "dicom": parsed.dicom_dir}, {"rtstruct": out}, variables or {})
+    ctx = StageContext(
+        "job",
+        "brain",
+        "rtstruct-writer",
+        {"masks": mask_dir, "dicom": parsed.dicom_dir},
+        {"rtstruct": out},
+        variables or {},
+    )
     summary = logic.run(ctx)
     files = list(out.glob("*.dcm"))
     assert len(files) == 1
@@ -31,10 +40,16 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.parametrize(
     "options",
-    [{"oblique": True, "pixel_spacing": (0.7, 1.2)}, {"plane": "sagittal", "reverse": True, "shuffle": False}, {"enhanced": True}],
+    [
+        {"oblique": True, "pixel_spacing": (0.7, 1.2)},
+        {"plane": "sagittal", "reverse": True, "shuffle": False},
+        {"enhanced": True},
+    ],
     ids=["oblique-nonsquare", "sagittal-reversed", "enhanced"],
 )
-def test_rtstruct_valid_contours_on_source_planes_and_rasterise_back(tmp_path: Path, options: dict[str, Any]) -> None:
+def test_rtstruct_valid_contours_on_source_planes_and_rasterise_back(
+    tmp_path: Path, options: dict[str, Any]
+) -> None:
     parsed = parse_study(tmp_path, **options)
     mask = make_mask(parsed.volume.shape, labels=2)
     mask_dir = parsed.write_mask(mask)
@@ -47,7 +62,10 @@ def test_rtstruct_valid_contours_on_source_planes_and_rasterise_back(tmp_path: P
         assert dice(back, item.mask == roi) >= 0.99
     # the hole of label 1 stays a hole (even-odd rule over outer + inner contours)
     z, y, x = mask.shape
-    assert mask[4, y // 4 + 3, x // 4 + 1] == 0 and not rtstruct.rasterize(ds, 1, item.plan)[4, y // 4 + 3, x // 4 + 1]
+    assert (
+        mask[4, y // 4 + 3, x // 4 + 1] == 0
+        and not rtstruct.rasterize(ds, 1, item.plan)[4, y // 4 + 3, x // 4 + 1]
+    )
     # each contour lies on the plane of the image it references, inside that image
     by_sop = {h.SOPInstanceUID: h for h in item.headers}
     normal = np.asarray(item.plan.normal)
@@ -56,9 +74,12 @@ def test_rtstruct_valid_contours_on_source_planes_and_rasterise_back(tmp_path: P
             points = np.asarray([float(v) for v in contour.ContourData]).reshape(-1, 3)
             assert contour.NumberOfContourPoints == len(points) >= 3
             ref = contour.ContourImageSequence[0]
-            k = next(i for i, s in enumerate(item.plan.slices)
-                     if item.headers[s.instance].SOPInstanceUID == ref.ReferencedSOPInstanceUID
-                     and (s.frame is None or s.frame + 1 == ref.get("ReferencedFrameNumber")))  # fmt: skip
+            k = next(
+                i
+                for i, s in enumerate(item.plan.slices)
+                if item.headers[s.instance].SOPInstanceUID == ref.ReferencedSOPInstanceUID
+                and (s.frame is None or s.frame + 1 == ref.get("ReferencedFrameNumber"))
+            )
             plane = np.asarray(item.plan.slices[k].position)
             np.testing.assert_allclose((points - plane) @ normal, 0, atol=1e-3)
             assert ref.ReferencedSOPInstanceUID in by_sop
@@ -77,7 +98,10 @@ def test_rtstruct_references_study_series_and_instances(tmp_path: Path) -> None:
     assert study_ref.ReferencedSOPInstanceUID == source.StudyInstanceUID
     series_ref = study_ref.RTReferencedSeriesSequence[0]
     assert series_ref.SeriesInstanceUID == source.SeriesInstanceUID
-    all_sops = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in parsed.study.target.files}
+    all_sops = {
+        pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID
+        for f in parsed.study.target.files
+    }
     assert {i.ReferencedSOPInstanceUID for i in series_ref.ContourImageSequence} == all_sops
     roi = ds.StructureSetROISequence[0]
     assert (roi.ROINumber, roi.ROIName, roi.ROIGenerationAlgorithm) == (1, "tumour", "AUTOMATIC")

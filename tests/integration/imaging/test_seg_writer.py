@@ -15,14 +15,23 @@ from imaging_helpers import Parsed, dciodvfy_errors, make_mask, parse_study
 
 from radflow.functions.seg_writer import logic
 from radflow.imaging.masks import parse_labels
-from radflow.sdk.errors import InvalidInput
 from radflow.imaging.volume import Geometry, read_volume
+from radflow.sdk.errors import InvalidInput
 from radflow.sdk.stage import StageContext
 
 
-def write_seg(parsed: Parsed, masks: Path, variables: dict[str, str] | None = None) -> tuple[dict[str, Any], pydicom.Dataset, Path]:
+def write_seg(
+    parsed: Parsed, masks: Path, variables: dict[str, str] | None = None
+) -> tuple[dict[str, Any], pydicom.Dataset, Path]:
     out = parsed.root / "seg"
-    ctx = StageContext("job", "brain", "seg-writer", {"masks": masks, "dicom": parsed.dicom_dir}, {"seg": out}, variables or {})
+    ctx = StageContext(
+        "job",
+        "brain",
+        "seg-writer",
+        {"masks": masks, "dicom": parsed.dicom_dir},
+        {"seg": out},
+        variables or {},
+    )
     summary = logic.run(ctx)
     files = list(out.glob("*.dcm"))
     assert len(files) == 1
@@ -41,7 +50,11 @@ def labels_from_frames(seg: pydicom.Dataset, parsed: Parsed) -> np.ndarray:
     out = np.zeros(parsed.volume.shape, np.uint8)
     frames = seg.pixel_array.reshape(int(seg.NumberOfFrames), seg.Rows, seg.Columns)
     for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
-        ident = item if "SegmentIdentificationSequence" in item else seg.SharedFunctionalGroupsSequence[0]
+        ident = (
+            item
+            if "SegmentIdentificationSequence" in item
+            else seg.SharedFunctionalGroupsSequence[0]
+        )
         number = int(ident.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
         position = np.array([float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient])
         z, y, x = to_index(parsed.geometry, position[None])[0]
@@ -52,22 +65,38 @@ def labels_from_frames(seg: pydicom.Dataset, parsed: Parsed) -> np.ndarray:
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"oblique": True, "pixel_spacing": (0.7, 1.2), "reverse": True, "shuffle": False}, {"plane": "sagittal"}],
+    [
+        {},
+        {"oblique": True, "pixel_spacing": (0.7, 1.2), "reverse": True, "shuffle": False},
+        {"plane": "sagittal"},
+    ],
     ids=["axial", "oblique-nonsquare-reversed", "sagittal"],
 )
-def test_binary_seg_is_valid_and_frames_sit_on_source_planes(tmp_path: Path, options: dict[str, Any]) -> None:
+def test_binary_seg_is_valid_and_frames_sit_on_source_planes(
+    tmp_path: Path, options: dict[str, Any]
+) -> None:
     parsed = parse_study(tmp_path, **options)
     mask = make_mask(parsed.volume.shape)
     summary, seg, path = write_seg(parsed, parsed.write_mask(mask))
     assert dciodvfy_errors(path) == []
-    assert summary == {"segmentations": 1, "frames": int(np.any(mask, axis=(1, 2)).sum()), "segments": 1, "segmentation_types": ["BINARY"]}
+    assert summary == {
+        "segmentations": 1,
+        "frames": int(np.any(mask, axis=(1, 2)).sum()),
+        "segments": 1,
+        "segmentation_types": ["BINARY"],
+    }
     np.testing.assert_array_equal(labels_from_frames(seg, parsed), mask)
     # every frame derives from the source instance at its position
-    sops = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID: f for f in parsed.study.target.files}
+    sops = {
+        pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID: f
+        for f in parsed.study.target.files
+    }
     for item in seg.PerFrameFunctionalGroupsSequence:
         ref = item.DerivationImageSequence[0].SourceImageSequence[0]
         src = pydicom.dcmread(sops[ref.ReferencedSOPInstanceUID], stop_before_pixels=True)
-        assert list(map(float, src.ImagePositionPatient)) == pytest.approx(list(map(float, item.PlanePositionSequence[0].ImagePositionPatient)), abs=1e-3)
+        assert list(map(float, src.ImagePositionPatient)) == pytest.approx(
+            list(map(float, item.PlanePositionSequence[0].ImagePositionPatient)), abs=1e-3
+        )
 
 
 def test_seg_headers_study_series_provenance(tmp_path: Path) -> None:
@@ -78,7 +107,9 @@ def test_seg_headers_study_series_provenance(tmp_path: Path) -> None:
     assert seg.SeriesInstanceUID != source.SeriesInstanceUID
     assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
-    assert len(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == len(parsed.study.target.files)
+    assert len(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == len(
+        parsed.study.target.files
+    )
     assert seg.Manufacturer == "radflow"
     assert seg.ManufacturerModelName == "brain-tumour-demo"
     assert any("brain-tumour-demo 7" in v for v in seg.SoftwareVersions)
@@ -95,11 +126,15 @@ def test_seg_headers_study_series_provenance(tmp_path: Path) -> None:
 def test_highdicom_round_trip(tmp_path: Path) -> None:
     parsed = parse_study(tmp_path, oblique=True)
     mask = make_mask(parsed.volume.shape, labels=2)
-    _, _, path = write_seg(parsed, parsed.write_mask(mask), {"NVIDIA_SEG_LABELS": '["tumour", "edema"]'})
+    _, _, path = write_seg(
+        parsed, parsed.write_mask(mask), {"NVIDIA_SEG_LABELS": '["tumour", "edema"]'}
+    )
     seg = hd.seg.segread(path)
     meta = json.loads((tmp_path / "volumes" / "dicom-metadata.json").read_text())[parsed.uid]
     order = [s["sop_instance_uid"] for s in meta["slices"]]
-    labels = seg.get_pixels_by_source_instance(order, segment_numbers=[1, 2], combine_segments=True, skip_overlap_checks=True)
+    labels = seg.get_pixels_by_source_instance(
+        order, segment_numbers=[1, 2], combine_segments=True, skip_overlap_checks=True
+    )
     np.testing.assert_array_equal(labels, mask)
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["tumour", "edema"]
 
@@ -115,11 +150,27 @@ def test_dcmqi_reads_the_seg_back_in_place(tmp_path: Path) -> None:
         pytest.skip("dcmqi's segimage2itkimage is not installed")
     out = tmp_path / "dcmqi"
     out.mkdir()
-    subprocess.run([str(binary), "--inputDICOM", str(path), "--outputDirectory", str(out), "--outputType", "nifti"],
-                   check=True, capture_output=True, timeout=120)  # fmt: skip
+    subprocess.run(
+        [
+            str(binary),
+            "--inputDICOM",
+            str(path),
+            "--outputDirectory",
+            str(out),
+            "--outputType",
+            "nifti",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     array, geometry = read_volume(out / "1.nii.gz")
     zyx = np.argwhere(array > 0)
-    points = np.asarray(geometry.origin) + (zyx[:, ::-1] * np.asarray(geometry.spacing)) @ np.asarray(geometry.direction).reshape(3, 3).T
+    points = (
+        np.asarray(geometry.origin)
+        + (zyx[:, ::-1] * np.asarray(geometry.spacing))
+        @ np.asarray(geometry.direction).reshape(3, 3).T
+    )
     back = np.zeros(mask.shape, np.uint8)
     idx = to_index(parsed.geometry, points)
     back[idx[:, 0], idx[:, 1], idx[:, 2]] = 1
@@ -129,8 +180,13 @@ def test_dcmqi_reads_the_seg_back_in_place(tmp_path: Path) -> None:
 def test_many_segments_use_fractional_jpeg_ls_and_stay_valid(tmp_path: Path) -> None:
     parsed = parse_study(tmp_path)
     mask = make_mask(parsed.volume.shape, labels=3)
-    summary, seg, path = write_seg(parsed, parsed.write_mask(mask), {"NVIDIA_SEG_LABELS": "tumour, edema, necrosis"})
-    assert seg.SegmentationType == "FRACTIONAL" and seg.file_meta.TransferSyntaxUID == pydicom.uid.JPEGLSLossless
+    summary, seg, path = write_seg(
+        parsed, parsed.write_mask(mask), {"NVIDIA_SEG_LABELS": "tumour, edema, necrosis"}
+    )
+    assert (
+        seg.SegmentationType == "FRACTIONAL"
+        and seg.file_meta.TransferSyntaxUID == pydicom.uid.JPEGLSLossless
+    )
     assert dciodvfy_errors(path) == []
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["tumour", "edema", "necrosis"]
     np.testing.assert_array_equal(labels_from_frames(seg, parsed), mask)
@@ -139,12 +195,18 @@ def test_many_segments_use_fractional_jpeg_ls_and_stay_valid(tmp_path: Path) -> 
 def test_labelmap_on_request(tmp_path: Path) -> None:
     parsed = parse_study(tmp_path)
     mask = make_mask(parsed.volume.shape, labels=3)
-    _, seg, path = write_seg(parsed, parsed.write_mask(mask), {"NVIDIA_SEG_LABELS": "a,b,c", "RADFLOW_SEG_TYPE": "labelmap"})
+    _, seg, path = write_seg(
+        parsed,
+        parsed.write_mask(mask),
+        {"NVIDIA_SEG_LABELS": "a,b,c", "RADFLOW_SEG_TYPE": "labelmap"},
+    )
     assert seg.SegmentationType == "LABELMAP"
     round_trip = hd.seg.segread(path)
     meta = json.loads((tmp_path / "volumes" / "dicom-metadata.json").read_text())[parsed.uid]
     order = [s["sop_instance_uid"] for s in meta["slices"]]
-    labels = round_trip.get_pixels_by_source_instance(order, combine_segments=True, skip_overlap_checks=True)
+    labels = round_trip.get_pixels_by_source_instance(
+        order, combine_segments=True, skip_overlap_checks=True
+    )
     np.testing.assert_array_equal(labels, mask)
 
 
@@ -154,7 +216,10 @@ def test_enhanced_multiframe_source(tmp_path: Path) -> None:
     _, seg, path = write_seg(parsed, parsed.write_mask(mask))
     assert dciodvfy_errors(path) == []
     np.testing.assert_array_equal(labels_from_frames(seg, parsed), mask)
-    frames = {int(i.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber) for i in seg.PerFrameFunctionalGroupsSequence}
+    frames = {
+        int(i.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
+        for i in seg.PerFrameFunctionalGroupsSequence
+    }
     assert frames <= set(range(1, mask.shape[0] + 1))
 
 
@@ -173,7 +238,9 @@ def test_mask_with_flipped_z_axis_maps_by_position(tmp_path: Path) -> None:
 def test_mask_off_the_source_grid_is_rejected(tmp_path: Path) -> None:
     parsed = parse_study(tmp_path)
     g = parsed.geometry
-    shifted = Geometry((g.origin[0] + 0.5 * g.spacing[0], g.origin[1], g.origin[2]), g.spacing, g.direction)
+    shifted = Geometry(
+        (g.origin[0] + 0.5 * g.spacing[0], g.origin[1], g.origin[2]), g.spacing, g.direction
+    )
     with pytest.raises(InvalidInput, match="shifted in-plane") as info:
         write_seg(parsed, parsed.write_mask(make_mask(parsed.volume.shape), geometry=shifted))
     assert info.value.code == "mask_geometry_mismatch"
@@ -213,6 +280,8 @@ def test_named_segment_absent_from_the_mask_is_still_described(tmp_path: Path) -
 def test_keep_empty_frames_on_request(tmp_path: Path) -> None:
     parsed = parse_study(tmp_path)
     mask = make_mask(parsed.volume.shape)
-    summary, seg, path = write_seg(parsed, parsed.write_mask(mask), {"RADFLOW_SEG_OMIT_EMPTY_FRAMES": "false"})
+    summary, seg, path = write_seg(
+        parsed, parsed.write_mask(mask), {"RADFLOW_SEG_OMIT_EMPTY_FRAMES": "false"}
+    )
     assert summary["frames"] == mask.shape[0] and dciodvfy_errors(path) == []
     np.testing.assert_array_equal(labels_from_frames(seg, parsed), mask)

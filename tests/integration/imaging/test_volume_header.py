@@ -16,7 +16,15 @@ SHAPE = (6, 40, 36)
 
 @pytest.mark.parametrize("implicit", [False, True])
 def test_quick_header_equals_pydicom_for_native_planes(tmp_path: Path, implicit: bool) -> None:
-    study = make_study(tmp_path / "in", SHAPE, seed=21, oblique=True, rescale=(0.5, 3.0), decoys=False, other_series=False)
+    study = make_study(
+        tmp_path / "in",
+        SHAPE,
+        seed=21,
+        oblique=True,
+        rescale=(0.5, 3.0),
+        decoys=False,
+        other_series=False,
+    )
     files = list(study.target.files)
     if implicit:
         for f in files:
@@ -41,8 +49,15 @@ def test_quick_header_equals_pydicom_for_native_planes(tmp_path: Path, implicit:
 
 @pytest.mark.parametrize("kind", ["enhanced", "rle", "truncated"])
 def test_anything_else_is_left_to_pydicom(tmp_path: Path, kind: str) -> None:
-    study = make_study(tmp_path / "in", SHAPE, seed=22, decoys=False, other_series=False,
-                       enhanced=kind == "enhanced", compression="rle" if kind == "rle" else None)  # fmt: skip
+    study = make_study(
+        tmp_path / "in",
+        SHAPE,
+        seed=22,
+        decoys=False,
+        other_series=False,
+        enhanced=kind == "enhanced",
+        compression="rle" if kind == "rle" else None,
+    )
     data = study.target.files[0].read_bytes()
     if kind == "truncated":
         data = data[:400]  # ends inside the header

@@ -36,7 +36,18 @@ def dcmtk_storescp(tmp_path: Path) -> Iterator[StoreSCP]:
     scp.folder.mkdir()
     env = {**os.environ, "TCP_NODELAY": "1"}  # Debian's dcmtk stalls ~48 ms per PDU without it
     proc = subprocess.Popen(
-        ["storescp", "-aet", scp.ae_title, "+xa", "+B", "--max-pdu", "131072", "-od", str(scp.folder), str(scp.port)],
+        [
+            "storescp",
+            "-aet",
+            scp.ae_title,
+            "+xa",
+            "+B",
+            "--max-pdu",
+            "131072",
+            "-od",
+            str(scp.folder),
+            str(scp.port),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -22,7 +22,9 @@ SEG = str(SegmentationStorage)
 RTSTRUCT = str(RTStructureSetStorage)
 
 
-def make_instance(path: Path, sop_class: str, nbytes: int = 4096, *, implicit: bool = False, seed: int = 0) -> str:
+def make_instance(
+    path: Path, sop_class: str, nbytes: int = 4096, *, implicit: bool = False, seed: int = 0
+) -> str:
     """A synthetic DICOM Part 10 file of ``sop_class`` with ``nbytes`` of pixel-like payload.
 
     Only transport matters to the SCU, so the body is a minimal dataset plus an OB payload.
@@ -40,7 +42,11 @@ def make_instance(path: Path, sop_class: str, nbytes: int = 4096, *, implicit: b
     ds.SeriesInstanceUID = generate_uid()
     ds.Modality = "SEG" if sop_class == SEG else "RTSTRUCT"
     ds.PatientID = "PHANTOM"
-    payload = np.random.default_rng(seed).integers(0, 255, nbytes + (nbytes % 2), dtype=np.uint8).tobytes()
+    payload = (
+        np.random.default_rng(seed)
+        .integers(0, 255, nbytes + (nbytes % 2), dtype=np.uint8)
+        .tobytes()
+    )
     ds.add_new(0x00091010, "OB", payload)  # private payload: any size, never decoded
     ds.add_new(0x00090010, "LO", "RADFLOW TEST")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +90,10 @@ class PynetdicomSCP:
         self.server = ae.start_server(
             ("127.0.0.1", self.port),
             block=False,
-            evt_handlers=[(evt.EVT_C_STORE, self._on_store), (evt.EVT_ESTABLISHED, self._on_established)],
+            evt_handlers=[
+                (evt.EVT_C_STORE, self._on_store),
+                (evt.EVT_ESTABLISHED, self._on_established),
+            ],
         )
         return self
 
@@ -105,5 +114,3 @@ class StoreSCP:
     folder: Path
     port: int
     ae_title: str = "STORESCP"
-
-

@@ -77,7 +77,9 @@ def test_sends_every_file_to_a_pynetdicom_scp_content_identical(
 def test_sends_to_dcmtk_storescp_byte_identical(tmp_path: Path, dcmtk_storescp: StoreSCP) -> None:
     ctx = _ctx(tmp_path, {"DESTINATIONS": "mypacs"})  # names match case-insensitively
     files = _files(ctx)
-    summary = logic.run(ctx, destinations=_config(("MYPACS", dcmtk_storescp.ae_title, dcmtk_storescp.port)))
+    summary = logic.run(
+        ctx, destinations=_config(("MYPACS", dcmtk_storescp.ae_title, dcmtk_storescp.port))
+    )
     assert summary["sent"] == 3
     received = {p.name.split(".", 1)[1]: p for p in dcmtk_storescp.folder.iterdir()}
     assert set(received) == set(files)
@@ -91,13 +93,17 @@ def test_two_destinations_each_get_every_file(
     scp = pynetdicom_scp().start()
     ctx = _ctx(tmp_path, {"DESTINATIONS": "A, B"})
     files = _files(ctx)
-    config = _config(("A", scp.ae_title, scp.port), ("B", dcmtk_storescp.ae_title, dcmtk_storescp.port))
+    config = _config(
+        ("A", scp.ae_title, scp.port), ("B", dcmtk_storescp.ae_title, dcmtk_storescp.port)
+    )
     summary = logic.run(ctx, destinations=config)
     assert summary["destinations"] == 2 and summary["sent"] == 6
     assert set(scp.received) == set(files) and len(list(dcmtk_storescp.folder.iterdir())) == 3
 
 
-def test_destination_down_then_up_is_retried(tmp_path: Path, pynetdicom_scp: Callable[..., PynetdicomSCP]) -> None:
+def test_destination_down_then_up_is_retried(
+    tmp_path: Path, pynetdicom_scp: Callable[..., PynetdicomSCP]
+) -> None:
     scp = pynetdicom_scp()
     timer = scp.start_later(1.0)  # nobody listens for the first second
     ctx = _ctx(tmp_path, {"DESTINATIONS": "MYPACS", "SCU_RETRY_DELAY": "0.4", "SCU_ATTEMPTS": "5"})
@@ -186,9 +192,19 @@ def test_adapter_config_is_read_from_the_object_store(store: ObjectStore) -> Non
     assert deps.load_adapter_config(store) == config
 
 
-def test_empty_variables_mean_defaults(tmp_path: Path, pynetdicom_scp: Callable[..., PynetdicomSCP]) -> None:
+def test_empty_variables_mean_defaults(
+    tmp_path: Path, pynetdicom_scp: Callable[..., PynetdicomSCP]
+) -> None:
     # the runtime passes every declared variable, unset ones as ""
     scp = pynetdicom_scp().start()
-    ctx = _ctx(tmp_path, {"DESTINATIONS": "MYPACS", "SCU_ATTEMPTS": "", "SCU_FAILURE_THRESHOLD": "", "SCU_AE_TITLE": ""})
+    ctx = _ctx(
+        tmp_path,
+        {
+            "DESTINATIONS": "MYPACS",
+            "SCU_ATTEMPTS": "",
+            "SCU_FAILURE_THRESHOLD": "",
+            "SCU_AE_TITLE": "",
+        },
+    )
     _files(ctx)
     assert logic.run(ctx, destinations=_config(("MYPACS", scp.ae_title, scp.port)))["sent"] == 3

@@ -14,9 +14,9 @@ import pytest
 from radflow.demo.phantom import brain_phantom
 from radflow.engine.triton import MODEL_REPOSITORY
 from radflow.functions.triton_infer import logic
-from radflow.sdk.errors import InvalidInput
-from radflow.imaging.volume import Geometry, read_volume, write_volume
 from radflow.imaging.inference import OnnxRuntimeClient
+from radflow.imaging.volume import Geometry, read_volume, write_volume
+from radflow.sdk.errors import InvalidInput
 from radflow.sdk.stage import StageContext
 
 HELD_OUT = 2_000_000  # far from the training seeds (0..319) and the training script's held-out set
@@ -64,7 +64,9 @@ def test_writes_masks_in_the_source_geometry_with_masks_json(tmp_path: Path) -> 
     assert mask.dtype == np.uint8 and mask.shape == volume.shape == shape
     # NIfTI keeps directions as a float32 quaternion: equal to what it can represent (~1e-7)
     for field in ("origin", "spacing", "direction"):
-        assert np.allclose(getattr(geometry, field), getattr(volume_geometry, field), atol=1e-6), field
+        assert np.allclose(getattr(geometry, field), getattr(volume_geometry, field), atol=1e-6), (
+            field
+        )
         assert np.allclose(getattr(geometry, field), getattr(OBLIQUE, field), atol=1e-5), field
     assert _dice(mask.astype(bool), tumour.label.astype(bool)) >= 0.8
     empty, _ = read_volume(ctx.outputs["masks"] / "1.2.3.5.nii.gz")
@@ -73,14 +75,21 @@ def test_writes_masks_in_the_source_geometry_with_masks_json(tmp_path: Path) -> 
     doc = json.loads((ctx.outputs["masks"] / "masks.json").read_text())
     assert doc["model"] == {"name": "brain_tumor_seg", "version": "1", "backend": "onnxruntime"}
     assert doc["labels"] == {"1": "tumor"}
-    assert set(doc["masks"]) == {"1.2.3.4", "1.2.3.5"} and doc["masks"]["1.2.3.4"]["voxels"]["1"] > 0
+    assert (
+        set(doc["masks"]) == {"1.2.3.4", "1.2.3.5"} and doc["masks"]["1.2.3.4"]["voxels"]["1"] > 0
+    )
     assert summary["volumes"] == 2 and summary["masks_with_findings"] >= 1
     assert "fallback" in summary["backend"]
     assert "1.2.3.4" not in json.dumps(summary)
 
 
-def test_onnxruntime_fallback_is_chosen_by_variables(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    ctx = _ctx(tmp_path, {"TRITON_BACKEND": "onnxruntime", "TRITON_MODEL_REPOSITORY": str(MODEL_REPOSITORY)})
+def test_onnxruntime_fallback_is_chosen_by_variables(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ctx = _ctx(
+        tmp_path,
+        {"TRITON_BACKEND": "onnxruntime", "TRITON_MODEL_REPOSITORY": str(MODEL_REPOSITORY)},
+    )
     write_volume(ctx.inputs["volumes"] / "9.nii.gz", brain_phantom(seed=HELD_OUT + 3).t1c, OBLIQUE)
     with caplog.at_level("WARNING"):
         summary = logic.run(ctx)
@@ -92,8 +101,14 @@ def test_onnxruntime_fallback_is_chosen_by_variables(tmp_path: Path, caplog: pyt
     ("variables", "match"),
     [
         ({}, "NVIDIA_TRITON_HTTPURI"),
-        ({"NVIDIA_TRITON_HTTPURI": "127.0.0.1:1", "TRITON_MODEL_SIZE": "32,64"}, "TRITON_MODEL_SIZE"),
-        ({"NVIDIA_TRITON_HTTPURI": "127.0.0.1:1", "TRITON_POSTPROCESS": "softmax"}, "TRITON_POSTPROCESS"),
+        (
+            {"NVIDIA_TRITON_HTTPURI": "127.0.0.1:1", "TRITON_MODEL_SIZE": "32,64"},
+            "TRITON_MODEL_SIZE",
+        ),
+        (
+            {"NVIDIA_TRITON_HTTPURI": "127.0.0.1:1", "TRITON_POSTPROCESS": "softmax"},
+            "TRITON_POSTPROCESS",
+        ),
         ({"TRITON_BACKEND": "onnxruntime"}, "TRITON_MODEL_REPOSITORY"),
     ],
 )

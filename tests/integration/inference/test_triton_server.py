@@ -12,13 +12,16 @@ from radflow.demo.phantom import brain_phantom
 from radflow.engine.triton import MODEL_REPOSITORY, TritonServer, triton_available
 from radflow.functions.triton_infer import logic
 from radflow.functions.triton_infer.preprocess import postprocess, preprocess
-from radflow.sdk.errors import InvalidInput, Unavailable
-from radflow.imaging.volume import Geometry, read_volume, write_volume
 from radflow.imaging.inference import OnnxRuntimeClient, TritonInferenceClient
+from radflow.imaging.volume import Geometry, read_volume, write_volume
+from radflow.sdk.errors import InvalidInput, Unavailable
 from radflow.sdk.stage import StageContext
 
 AVAILABLE, REASON = triton_available()
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not AVAILABLE, reason=f"Triton cannot run here: {REASON}")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not AVAILABLE, reason=f"Triton cannot run here: {REASON}"),
+]
 
 HELD_OUT = 3_000_000  # never used in training (seeds 0..319)
 MODEL, SIZE = "brain_tumor_seg", (32, 64, 64)
@@ -52,30 +55,44 @@ def test_triton_segments_held_out_phantoms_like_onnxruntime(triton: TritonServer
     for i in range(3):
         free = brain_phantom(SIZE, seed=HELD_OUT + 100 + i, tumor=False)
         assert int(_infer(client, free.t1c).sum()) <= 10
-    assert client.infer(MODEL, {"INPUT__0": preprocess(free.t1c, SIZE)}, ["OUTPUT__0"]).model_version == "1"
+    assert (
+        client.infer(MODEL, {"INPUT__0": preprocess(free.t1c, SIZE)}, ["OUTPUT__0"]).model_version
+        == "1"
+    )
     client.close()
 
 
-def test_operator_through_triton_from_pipeline_variables(triton: TritonServer, tmp_path: Path) -> None:
-    geometry = Geometry((10.0, -20.0, 5.0), (0.8, 0.8, 2.5), (1.0, 0, 0, 0, 0, 1.0, 0, -1.0, 0))  # coronal
+def test_operator_through_triton_from_pipeline_variables(
+    triton: TritonServer, tmp_path: Path
+) -> None:
+    geometry = Geometry(
+        (10.0, -20.0, 5.0), (0.8, 0.8, 2.5), (1.0, 0, 0, 0, 0, 1.0, 0, -1.0, 0)
+    )  # coronal
     p = brain_phantom((36, 72, 60), seed=HELD_OUT + 50)
     write_volume(tmp_path / "in" / "1.2.nii.gz", p.t1c, geometry)
     ctx = StageContext(
-        "job", "brain-tumor", "triton-infer",
-        {"volumes": tmp_path / "in"}, {"masks": tmp_path / "out"},
+        "job",
+        "brain-tumor",
+        "triton-infer",
+        {"volumes": tmp_path / "in"},
+        {"masks": tmp_path / "out"},
         {"NVIDIA_TRITON_HTTPURI": triton.http_url},
-    )  # fmt: skip
+    )
     summary = logic.run(ctx)
     mask, mask_geometry = read_volume(tmp_path / "out" / "1.2.nii.gz")
     assert summary["backend"] == "triton" and summary["model_version"] == "1"
     volume_geometry = read_volume(tmp_path / "in" / "1.2.nii.gz")[1]
     assert mask.shape == p.t1c.shape
     for field in ("origin", "spacing", "direction"):
-        assert np.allclose(getattr(mask_geometry, field), getattr(volume_geometry, field), atol=1e-6), field
+        assert np.allclose(
+            getattr(mask_geometry, field), getattr(volume_geometry, field), atol=1e-6
+        ), field
     assert mask.any()
 
 
-def test_unknown_model_is_invalid_input_and_a_stopped_server_unavailable(triton: TritonServer) -> None:
+def test_unknown_model_is_invalid_input_and_a_stopped_server_unavailable(
+    triton: TritonServer,
+) -> None:
     client = TritonInferenceClient(triton.http_url)
     with pytest.raises(InvalidInput, match="no model 'nope'"):
         client.infer("nope", {"INPUT__0": np.zeros((1, 1, *SIZE), np.float32)}, ["OUTPUT__0"])

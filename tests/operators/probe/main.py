@@ -28,7 +28,9 @@ def run(ctx):  # type: ignore[no-untyped-def]
         raise RuntimeError("bug")
     names = {}
     for name, folder in sorted(ctx.inputs.items()):
-        names[name] = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        names[name] = sorted(
+            p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()
+        )
     for out in ctx.outputs.values():
         (out / "inputs.txt").write_text(repr(names))
         if v.get("LONG_NAME") == "1":  # a SeriesInstanceUID of 64 characters plus .nii.gz

@@ -55,15 +55,26 @@ pipeline-mappings:
 def test_clara_yaml_is_read_as_documented():
     cfg = parse_yaml_text(CLARA_YAML)
     ae = cfg.ae("clarascp")
-    assert ae is not None and ae.timeout == 5 and ae.overwrite_same_instance and ae.group_by == "0020,000E"
+    assert (
+        ae is not None
+        and ae.timeout == 5
+        and ae.overwrite_same_instance
+        and ae.group_by == "0020,000E"
+    )
     assert ae.ignored_sop_classes == ("1.2.840.10008.5.1.4.1.1.7",)
     assert cfg.pipelines_for("clarascp") == ["8a8fd0f2", "3c4ef6c9"]
-    assert cfg.max_associations == 2 and cfg.reject_unknown_sources and cfg.scu_ae_title == "ClaraSCU"
+    assert (
+        cfg.max_associations == 2 and cfg.reject_unknown_sources and cfg.scu_ae_title == "ClaraSCU"
+    )
     assert [s.name for s in cfg.sources] == ["PACS", "PACS-2"]
-    assert cfg.source_allowed("PACS", "10.20.100.201") and not cfg.source_allowed("PACS", "10.20.100.9")
+    assert cfg.source_allowed("PACS", "10.20.100.201") and not cfg.source_allowed(
+        "PACS", "10.20.100.9"
+    )
     assert cfg.destinations[0].port == 104
     doc = cfg.effective_document()
-    assert doc["destinations"] == [{"name": "MYPACS", "ae-title": "MYPACS", "host-ip": "10.20.3.4", "port": 104}]
+    assert doc["destinations"] == [
+        {"name": "MYPACS", "ae-title": "MYPACS", "host-ip": "10.20.3.4", "port": 104}
+    ]
     assert cfg.with_document(doc) == cfg
 
 
@@ -74,7 +85,10 @@ def test_clara_yaml_is_read_as_documented():
         (CLARA_YAML.replace("ae-title: clarascp\n", "ae-title: THIS-IS-TOO-LONG-AE\n"), "ae-title"),
         (CLARA_YAML.replace("10.20.3.4", "not a host"), "host-ip"),
         (CLARA_YAML.replace('groupBy: "0020,000E"', 'groupBy: "StudyUID"'), "group-by"),
-        (CLARA_YAML + "  - name: liver\n    clara-ae-title: clarascp\n    pipeline-id: x\n", "duplicate"),
+        (
+            CLARA_YAML + "  - name: liver\n    clara-ae-title: clarascp\n    pipeline-id: x\n",
+            "duplicate",
+        ),
         ("dicom: [1, 2", "not valid YAML"),
     ],
 )
@@ -85,13 +99,23 @@ def test_bad_yaml_names_the_field(bad, needle):
 
 def test_rest_bodies_round_trip_and_reject_bad_input():
     ae, mappings = clara_ae_from_rest(
-        {"name": "brain-tumor", "aeTitle": "BrainTumorModel", "overwriteSameInstance": True,
-         "ignoredSopClasses": ["1.2.840.10008.5.1.4.1.1.7"],
-         "processorSettings": {"timeout": 5, "priority": "higher", "pipeline-brain-tumor": "7b9cda79"}}
+        {
+            "name": "brain-tumor",
+            "aeTitle": "BrainTumorModel",
+            "overwriteSameInstance": True,
+            "ignoredSopClasses": ["1.2.840.10008.5.1.4.1.1.7"],
+            "processorSettings": {
+                "timeout": 5,
+                "priority": "higher",
+                "pipeline-brain-tumor": "7b9cda79",
+            },
+        }
     )
     assert ae.ae_title == "BrainTumorModel" and [m.pipeline_id for m in mappings] == ["7b9cda79"]
     cfg = parse_yaml_text("")
-    cfg2, entity = api.add_clara_ae(cfg, clara_ae_to_rest(ae, cfg.model_copy(update={"pipeline_mappings": tuple(mappings)})))
+    cfg2, entity = api.add_clara_ae(
+        cfg, clara_ae_to_rest(ae, cfg.model_copy(update={"pipeline_mappings": tuple(mappings)}))
+    )
     assert entity["processorSettings"]["pipeline-brain-tumor"] == "7b9cda79"
     with pytest.raises(InvalidInput, match="already"):
         api.add_clara_ae(cfg2, {"name": "x", "aeTitle": "BrainTumorModel"})

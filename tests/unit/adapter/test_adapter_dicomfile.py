@@ -5,10 +5,21 @@ from __future__ import annotations
 import os
 
 import pytest
-from adapter_data import make_instance
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    generate_uid,
+)
 
-from radflow.adapter.dicomfile import SERIES_INSTANCE, SOP_INSTANCE, STUDY_INSTANCE, NotDicom, inspect_bytes
+from adapter_data import make_instance
+from radflow.adapter.dicomfile import (
+    SERIES_INSTANCE,
+    SOP_INSTANCE,
+    STUDY_INSTANCE,
+    NotDicom,
+    inspect_bytes,
+)
 
 WANTED = frozenset({SOP_INSTANCE, STUDY_INSTANCE, SERIES_INSTANCE, 0x00100020})
 
@@ -16,10 +27,16 @@ WANTED = frozenset({SOP_INSTANCE, STUDY_INSTANCE, SERIES_INSTANCE, 0x00100020})
 @pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
 def test_reads_uids_and_detects_truncation(tmp_path, ts):
     study, series = generate_uid(), generate_uid()
-    sop = make_instance(tmp_path / "a.dcm", study_uid=study, series_uid=series, size=32, transfer_syntax=ts)
+    sop = make_instance(
+        tmp_path / "a.dcm", study_uid=study, series_uid=series, size=32, transfer_syntax=ts
+    )
     blob = (tmp_path / "a.dcm").read_bytes()
     h = inspect_bytes(blob, WANTED)
-    assert h.values[STUDY_INSTANCE] == study and h.values[SOP_INSTANCE] == sop and h.transfer_syntax == ts
+    assert (
+        h.values[STUDY_INSTANCE] == study
+        and h.values[SOP_INSTANCE] == sop
+        and h.transfer_syntax == ts
+    )
     for cut in (1, 7, 500, len(blob) - 300):
         with pytest.raises(NotDicom, match="truncated|invalid VR|header"):
             inspect_bytes(blob[:-cut], WANTED)
@@ -43,4 +60,6 @@ def test_big_endian_is_walked(tmp_path):
     ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
     ds.preamble = b"\0" * 128
     dcmwrite(tmp_path / "b.dcm", ds, implicit_vr=False, little_endian=False, force_encoding=True)
-    assert inspect_bytes((tmp_path / "b.dcm").read_bytes(), WANTED).values[SERIES_INSTANCE] == series
+    assert (
+        inspect_bytes((tmp_path / "b.dcm").read_bytes(), WANTED).values[SERIES_INSTANCE] == series
+    )

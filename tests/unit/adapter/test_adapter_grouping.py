@@ -38,8 +38,15 @@ def test_ids_are_deterministic_and_distinct():
 
 
 def ref(sop: str, sha: str = "a") -> InstanceRef:
-    return InstanceRef(sop_instance_uid=sop, sop_class_uid="1.2", series_instance_uid="9", transfer_syntax_uid="1.2.840.10008.1.2.1",
-                       key=f"k/{sop}", size=1, sha256=sha)
+    return InstanceRef(
+        sop_instance_uid=sop,
+        sop_class_uid="1.2",
+        series_instance_uid="9",
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        key=f"k/{sop}",
+        size=1,
+        sha256=sha,
+    )
 
 
 def test_merge_revision_first_wins_without_overwrite():

@@ -13,21 +13,40 @@ from radflow.adapter.settings import AdapterSettings
 
 @pytest.fixture
 def docs(repo_root: Path) -> dict[str, dict]:
-    items = [d for d in yaml.safe_load_all((repo_root / "knative" / "adapter.yaml").read_text()) if d]
+    items = [
+        d for d in yaml.safe_load_all((repo_root / "knative" / "adapter.yaml").read_text()) if d
+    ]
     return {d["kind"]: d for d in items}
 
 
 def test_sinkbinding_matches_the_crd_schema(docs, repo_root):
     jsonschema = pytest.importorskip("jsonschema")
-    crd_path = repo_root.parent / "shared" / "schemas" / "knative" / "sources.knative.dev_sinkbindings.yaml"
+    crd_path = (
+        repo_root.parent
+        / "shared"
+        / "schemas"
+        / "knative"
+        / "sources.knative.dev_sinkbindings.yaml"
+    )
     if not crd_path.exists():
         pytest.skip(f"schemas not found at {crd_path}")
     crd = yaml.safe_load(crd_path.read_text())
-    schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"]
+    schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"][
+        "openAPIV3Schema"
+    ]
     sb = docs["SinkBinding"]
     jsonschema.Draft7Validator(schema).validate(sb)
-    assert sb["spec"]["subject"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "radflow-dicom-adapter"}
-    assert sb["spec"]["sink"]["ref"] == {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "radflow", "namespace": "default"}
+    assert sb["spec"]["subject"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "radflow-dicom-adapter",
+    }
+    assert sb["spec"]["sink"]["ref"] == {
+        "apiVersion": "eventing.knative.dev/v1",
+        "kind": "Broker",
+        "name": "radflow",
+        "namespace": "default",
+    }
 
 
 def test_deployment_service_pvc_and_config_agree(docs, monkeypatch):
@@ -35,7 +54,13 @@ def test_deployment_service_pvc_and_config_agree(docs, monkeypatch):
     assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
     pod = dep["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["command"] == ["python", "-m", "radflow.adapter", "--config", "/etc/radflow/dicom-adapter.yaml"]
+    assert container["command"] == [
+        "python",
+        "-m",
+        "radflow.adapter",
+        "--config",
+        "/etc/radflow/dicom-adapter.yaml",
+    ]
     assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
     env = {e["name"]: e.get("value") for e in container["env"]}
     # literal env would override the engine's local values (engine/host: manifest env wins)
@@ -50,7 +75,10 @@ def test_deployment_service_pvc_and_config_agree(docs, monkeypatch):
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
     assert AdapterSettings().host == "0.0.0.0"
     vols = {v["name"]: v for v in pod["volumes"]}
-    assert vols["spool"]["persistentVolumeClaim"]["claimName"] == docs["PersistentVolumeClaim"]["metadata"]["name"]
+    assert (
+        vols["spool"]["persistentVolumeClaim"]["claimName"]
+        == docs["PersistentVolumeClaim"]["metadata"]["name"]
+    )
     assert vols["config"]["configMap"]["name"] == docs["ConfigMap"]["metadata"]["name"]
     assert mounts["config"] + "/dicom-adapter.yaml" == container["command"][-1]
     cfg = parse_yaml_text(docs["ConfigMap"]["data"]["dicom-adapter.yaml"])

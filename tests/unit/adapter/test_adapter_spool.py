@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from adapter_data import make_instance
 from pydicom.uid import generate_uid
 
+from adapter_data import make_instance
 from radflow.adapter.config import parse_yaml_text
 from radflow.adapter.handlers import StoreHandlers
 from radflow.adapter.spool import PendingUpload, Spool
 
-CFG = parse_yaml_text("dicom:\n  scp:\n    ae-titles:\n      - ae-title: BRAIN\n        timeout: 0\n")
+CFG = parse_yaml_text(
+    "dicom:\n  scp:\n    ae-titles:\n      - ae-title: BRAIN\n        timeout: 0\n"
+)
 
 
 def test_recover_reindexes_acked_files_and_drops_partial_receives(tmp_path):

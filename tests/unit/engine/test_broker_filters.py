@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from radflow.engine.broker.filters import Result, compile_trigger_filter, matches
 from radflow.sdk.errors import ConfigError
 
@@ -33,8 +34,23 @@ def test_no_filter_matches_everything() -> None:
 
 
 def test_legacy_exact_values_are_anded_and_case_sensitive() -> None:
-    assert ok({"filter": {"attributes": {"type": "dev.radflow.study.received.v1", "radflowpipeline": "brain-seg"}}})
-    assert not ok({"filter": {"attributes": {"type": "dev.radflow.study.received.v1", "radflowpipeline": "other"}}})
+    assert ok(
+        {
+            "filter": {
+                "attributes": {
+                    "type": "dev.radflow.study.received.v1",
+                    "radflowpipeline": "brain-seg",
+                }
+            }
+        }
+    )
+    assert not ok(
+        {
+            "filter": {
+                "attributes": {"type": "dev.radflow.study.received.v1", "radflowpipeline": "other"}
+            }
+        }
+    )
     assert not ok({"filter": {"attributes": {"type": "DEV.radflow.study.received.v1"}}})
 
 
@@ -48,7 +64,9 @@ def test_legacy_empty_value_means_present_and_non_empty() -> None:
     assert ok({"filter": {"attributes": {"radflowpipeline": ""}}})
     assert not ok({"filter": {"attributes": {"radflowjob": ""}}})  # absent extension
     assert not ok({"filter": {"attributes": {"subject": ""}}})  # unset core attribute = ""
-    assert not ok({"filter": {"attributes": {"radflowpipeline": ""}}}, {**EVENT, "radflowpipeline": ""})
+    assert not ok(
+        {"filter": {"attributes": {"radflowpipeline": ""}}}, {**EVENT, "radflowpipeline": ""}
+    )
 
 
 def test_legacy_non_string_values_compare_as_text() -> None:
@@ -82,8 +100,16 @@ def test_suffix() -> None:
 
 
 def test_multiple_keys_in_one_dialect_are_anded() -> None:
-    assert ok({"filters": [{"exact": {"type": "dev.radflow.study.received.v1", "radflowpipeline": "brain-seg"}}]})
-    assert not ok({"filters": [{"exact": {"type": "dev.radflow.study.received.v1", "radflowpipeline": "x"}}]})
+    assert ok(
+        {
+            "filters": [
+                {"exact": {"type": "dev.radflow.study.received.v1", "radflowpipeline": "brain-seg"}}
+            ]
+        }
+    )
+    assert not ok(
+        {"filters": [{"exact": {"type": "dev.radflow.study.received.v1", "radflowpipeline": "x"}}]}
+    )
 
 
 def test_entries_are_anded() -> None:
@@ -102,17 +128,43 @@ def test_empty_key_or_value_is_skipped() -> None:
 
 def test_all() -> None:
     assert ok(
-        {"filters": [{"all": [{"exact": {"type": "dev.radflow.study.received.v1"}}, {"prefix": {"source": "/dicom"}}]}]}
+        {
+            "filters": [
+                {
+                    "all": [
+                        {"exact": {"type": "dev.radflow.study.received.v1"}},
+                        {"prefix": {"source": "/dicom"}},
+                    ]
+                }
+            ]
+        }
     )
     assert not ok(
-        {"filters": [{"all": [{"exact": {"type": "dev.radflow.study.received.v1"}}, {"prefix": {"source": "/x"}}]}]}
+        {
+            "filters": [
+                {
+                    "all": [
+                        {"exact": {"type": "dev.radflow.study.received.v1"}},
+                        {"prefix": {"source": "/x"}},
+                    ]
+                }
+            ]
+        }
     )
     assert ok({"filters": [{"all": []}]})
 
 
 def test_any() -> None:
-    assert ok({"filters": [{"any": [{"exact": {"type": "nope"}}, {"exact": {"radflowpipeline": "brain-seg"}}]}]})
-    assert not ok({"filters": [{"any": [{"exact": {"type": "nope"}}, {"exact": {"radflowpipeline": "x"}}]}]})
+    assert ok(
+        {
+            "filters": [
+                {"any": [{"exact": {"type": "nope"}}, {"exact": {"radflowpipeline": "brain-seg"}}]}
+            ]
+        }
+    )
+    assert not ok(
+        {"filters": [{"any": [{"exact": {"type": "nope"}}, {"exact": {"radflowpipeline": "x"}}]}]}
+    )
     # MT: a FAIL or-ed with NoFilter stays FAIL
     assert not ok({"filters": [{"any": [{"exact": {"type": "nope"}}, {"exact": {"type": ""}}]}]})
     assert ok({"filters": [{"any": []}]})
@@ -133,16 +185,24 @@ def test_not_of_no_filter_passes() -> None:
 def test_filters_win_over_filter() -> None:
     spec = {"filter": {"attributes": {"type": "nope"}}, "filters": [{"prefix": {"type": "dev."}}]}
     assert ok(spec)
-    spec = {"filter": {"attributes": {"type": "dev.radflow.study.received.v1"}}, "filters": [{"exact": {"type": "x"}}]}
+    spec = {
+        "filter": {"attributes": {"type": "dev.radflow.study.received.v1"}},
+        "filters": [{"exact": {"type": "x"}}],
+    }
     assert not ok(spec)
 
 
 def test_one_dialect_per_entry() -> None:
     with pytest.raises(
-        ConfigError, match=r"default/t: spec.filters\[0\] must set exactly one dialect.*'exact', 'suffix'"
+        ConfigError,
+        match=r"default/t: spec.filters\[0\] must set exactly one dialect.*'exact', 'suffix'",
     ):
-        compile_trigger_filter({"filters": [{"exact": {"type": "a"}, "suffix": {"type": "b"}}]}, "default/t")
-    with pytest.raises(ConfigError, match=r"spec.filters\[0\].all\[1\] must set exactly one dialect"):
+        compile_trigger_filter(
+            {"filters": [{"exact": {"type": "a"}, "suffix": {"type": "b"}}]}, "default/t"
+        )
+    with pytest.raises(
+        ConfigError, match=r"spec.filters\[0\].all\[1\] must set exactly one dialect"
+    ):
         compile_trigger_filter({"filters": [{"all": [{"exact": {"type": "a"}}, {}]}]}, "default/t")
 
 

@@ -6,6 +6,7 @@ import base64
 from typing import Any
 
 import pytest
+
 from radflow.engine.broker.config import DEFAULT_DELIVERY, DeliveryPolicy, load, parse_duration
 from radflow.engine.broker.policy import (
     Kind,
@@ -21,7 +22,9 @@ from radflow.sdk.errors import ConfigError
 API = "eventing.knative.dev/v1"
 
 
-def broker(name: str = "default", ns: str | None = None, delivery: dict[str, Any] | None = None) -> dict[str, Any]:
+def broker(
+    name: str = "default", ns: str | None = None, delivery: dict[str, Any] | None = None
+) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name}
     if ns:
         meta["namespace"] = ns
@@ -29,12 +32,19 @@ def broker(name: str = "default", ns: str | None = None, delivery: dict[str, Any
     return {"apiVersion": API, "kind": "Broker", "metadata": meta, "spec": spec}
 
 
-def trigger(name: str = "t", spec: dict[str, Any] | None = None, ns: str | None = None) -> dict[str, Any]:
+def trigger(
+    name: str = "t", spec: dict[str, Any] | None = None, ns: str | None = None
+) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name}
     if ns:
         meta["namespace"] = ns
     base = {"broker": "default", "subscriber": {"uri": "http://127.0.0.1:9/x"}}
-    return {"apiVersion": API, "kind": "Trigger", "metadata": meta, "spec": {**base, **(spec or {})}}
+    return {
+        "apiVersion": API,
+        "kind": "Trigger",
+        "metadata": meta,
+        "spec": {**base, **(spec or {})},
+    }
 
 
 def test_durations() -> None:
@@ -62,7 +72,9 @@ def test_defaults_and_wholesale_replacement() -> None:
     assert brokers["default/default"].delivery == DEFAULT_DELIVERY
     assert DEFAULT_DELIVERY.retry == 10 and DEFAULT_DELIVERY.backoff_delay == 0.2
     assert triggers["default/t"].delivery == DEFAULT_DELIVERY
-    b = broker(delivery={"retry": 5, "backoffPolicy": "linear", "backoffDelay": "PT1S", "timeout": "PT3S"})
+    b = broker(
+        delivery={"retry": 5, "backoffPolicy": "linear", "backoffDelay": "PT1S", "timeout": "PT3S"}
+    )
     t = trigger(spec={"delivery": {"deadLetterSink": {"uri": "http://127.0.0.1:9/dls"}}})
     _, triggers = load([b], [t], None)
     got = triggers["default/t"].delivery
@@ -74,11 +86,17 @@ def test_defaults_and_wholesale_replacement() -> None:
 def test_delivery_validation_names_field_and_rule() -> None:
     cases = [
         ({"retry": -1}, r"Broker default/default: spec.delivery.retry must be an integer >= 0"),
-        ({"backoffPolicy": "fibonacci"}, r"spec.delivery.backoffPolicy must be 'linear' or 'exponential'"),
+        (
+            {"backoffPolicy": "fibonacci"},
+            r"spec.delivery.backoffPolicy must be 'linear' or 'exponential'",
+        ),
         ({"backoffDelay": "2s"}, r"spec.delivery.backoffDelay: '2s' is not an ISO-8601 duration"),
         ({"timeout": "PT0S"}, r"spec.delivery.timeout must be a positive duration"),
         ({"format": "xml"}, r"spec.delivery.format must be 'json' or 'binary'"),
-        ({"deadLetterSink": {"uri": "/relative"}}, r"deadLetterSink must resolve to an absolute http\(s\) URL"),
+        (
+            {"deadLetterSink": {"uri": "/relative"}},
+            r"deadLetterSink must resolve to an absolute http\(s\) URL",
+        ),
     ]
     for delivery, pattern in cases:
         with pytest.raises(ConfigError, match=pattern):
@@ -87,14 +105,26 @@ def test_delivery_validation_names_field_and_rule() -> None:
 
 def test_trigger_validation() -> None:
     with pytest.raises(
-        ConfigError, match=r"Trigger default/t: spec.broker 'other' names no Broker in namespace default"
+        ConfigError,
+        match=r"Trigger default/t: spec.broker 'other' names no Broker in namespace default",
     ):
         load([broker()], [trigger(spec={"broker": "other"})], None)
-    with pytest.raises(ConfigError, match=r"Trigger prod/t: spec.broker 'default' names no Broker in namespace prod"):
+    with pytest.raises(
+        ConfigError,
+        match=r"Trigger prod/t: spec.broker 'default' names no Broker in namespace prod",
+    ):
         load([broker()], [trigger(ns="prod")], None)
-    with pytest.raises(ConfigError, match=r"Trigger default/t: spec.subscriber.ref cannot be resolved here"):
-        load([broker()], [trigger(spec={"subscriber": {"ref": {"kind": "Service", "name": "x"}}})], None)
-    with pytest.raises(ConfigError, match=r"Trigger default/t: apiVersion must be 'eventing.knative.dev/v1'"):
+    with pytest.raises(
+        ConfigError, match=r"Trigger default/t: spec.subscriber.ref cannot be resolved here"
+    ):
+        load(
+            [broker()],
+            [trigger(spec={"subscriber": {"ref": {"kind": "Service", "name": "x"}}})],
+            None,
+        )
+    with pytest.raises(
+        ConfigError, match=r"Trigger default/t: apiVersion must be 'eventing.knative.dev/v1'"
+    ):
         load([broker()], [{**trigger(), "apiVersion": "eventing.knative.dev/v1beta1"}], None)
     with pytest.raises(ConfigError, match="Broker default/default: defined twice"):
         load([broker(), broker()], [], None)
@@ -107,7 +137,10 @@ def test_ref_resolution_joins_relative_uri() -> None:
         seen.append((dest["ref"]["name"], ns))
         return f"http://127.0.0.1:8080/{ns}/{dest['ref']['name']}/"
 
-    sub = {"ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "seg"}, "uri": "hook"}
+    sub = {
+        "ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "seg"},
+        "uri": "hook",
+    }
     _, triggers = load([broker(ns="p")], [trigger(ns="p", spec={"subscriber": sub})], resolve)
     assert triggers["p/t"].subscriber.url == "http://127.0.0.1:8080/p/seg/hook"
     assert triggers["p/t"].subscriber.label == "seg"
@@ -117,7 +150,10 @@ def test_ref_resolution_joins_relative_uri() -> None:
 def test_classify() -> None:
     assert classify(202, {}, b"") == (Kind.SUCCESS, 202)
     assert classify(200, {"ce-specversion": "1.0"}, b"{}") == (Kind.REPLY, 200)
-    assert classify(202, {"Content-Type": "application/cloudevents+json"}, b"{}") == (Kind.REPLY, 202)
+    assert classify(202, {"Content-Type": "application/cloudevents+json"}, b"{}") == (
+        Kind.REPLY,
+        202,
+    )
     assert classify(200, {"content-type": "text/html; charset=utf-8"}, b"OK") == (Kind.RETRY, 502)
     for code in (404, 408, 409, 429, 500, 503, 504):
         assert classify(code, {}, b"")[0] is Kind.RETRY
@@ -137,7 +173,11 @@ def test_ttl() -> None:
 
 def test_error_attributes_base64_truncated() -> None:
     attrs = error_attributes("http://h/x", 503, b"busy")
-    assert attrs == {"knativeerrordest": "http://h/x", "knativeerrorcode": 503, "knativeerrordata": "YnVzeQ=="}
+    assert attrs == {
+        "knativeerrordest": "http://h/x",
+        "knativeerrorcode": 503,
+        "knativeerrordata": "YnVzeQ==",
+    }
     long = error_attributes("u", 500, b"x" * 5000)["knativeerrordata"]
     assert len(long) == 1024 and base64.b64decode(long[:1024]) == b"x" * 768
     assert "knativeerrordata" not in error_attributes("u", 500, b"")
@@ -155,12 +195,26 @@ def test_pass_through_headers() -> None:
             ("ce-id", "1"),
         ]
     )
-    assert kept == {"x-request-id": "r", "retry-after": "5", "knative-foo": "f", "x-b3-traceid": "t"}
+    assert kept == {
+        "x-request-id": "r",
+        "retry-after": "5",
+        "knative-foo": "f",
+        "x-b3-traceid": "t",
+    }
 
 
 def test_attribute_problems_the_go_sdk_would_reject() -> None:
-    good = {"specversion": "1.0", "id": "1", "source": "/s", "type": "t", "time": "2026-01-02T03:04:05.123456789Z"}
+    good = {
+        "specversion": "1.0",
+        "id": "1",
+        "source": "/s",
+        "type": "t",
+        "time": "2026-01-02T03:04:05.123456789Z",
+    }
     assert attribute_problem(good) is None
     assert attribute_problem({**good, "id": 1}) == "attribute 'id' must be a string"
-    assert attribute_problem({**good, "time": "yesterday"}) == "attribute 'time' must be an RFC 3339 timestamp"
+    assert (
+        attribute_problem({**good, "time": "yesterday"})
+        == "attribute 'time' must be an RFC 3339 timestamp"
+    )
     assert attribute_problem({**good, "time": "2026-01-02T03:04:05+01:00"}) is None

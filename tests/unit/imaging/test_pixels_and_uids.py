@@ -10,7 +10,9 @@ from pydicom.uid import ExplicitVRLittleEndian
 from radflow.imaging.dicom import RADFLOW_UID_ROOT, new_uid, series_to_volume
 
 
-def plane(z: float, pixels: np.ndarray, slope: str | None = None, intercept: str | None = None) -> Dataset:
+def plane(
+    z: float, pixels: np.ndarray, slope: str | None = None, intercept: str | None = None
+) -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian

@@ -8,23 +8,53 @@ from typing import Any
 
 import pytest
 from pydicom.multival import MultiValue
-from pydicom.valuerep import DSfloat, IS
+from pydicom.valuerep import IS, DSfloat
 
+from radflow.imaging.selection import (
+    Rules,
+    SeriesFacts,
+    evaluate,
+    parse_rules,
+    rules_from_variables,
+    select,
+)
 from radflow.sdk.errors import InvalidInput
-from radflow.imaging.selection import Rules, SeriesFacts, evaluate, parse_rules, rules_from_variables, select
 
-SEED = {"selections": [{"name": "T1C", "conditions": {
-    "Modality": "(?i)^MR", "StudyDescription": "(?i)Brain", "ImageType": ["ORIGINAL", "PRIMARY"],
-    "SeriesDescription": "^(?=.*T1c)(?!.*(ref|rfmt|[0-9]x[0-9])).*"}}]}  # fmt: skip
+SEED = {
+    "selections": [
+        {
+            "name": "T1C",
+            "conditions": {
+                "Modality": "(?i)^MR",
+                "StudyDescription": "(?i)Brain",
+                "ImageType": ["ORIGINAL", "PRIMARY"],
+                "SeriesDescription": "^(?=.*T1c)(?!.*(ref|rfmt|[0-9]x[0-9])).*",
+            },
+        }
+    ]
+}
 
 
-def facts(index: int, count: int = 10, orientation: str | None = "Axial", **attrs: Any) -> SeriesFacts:
+def facts(
+    index: int, count: int = 10, orientation: str | None = "Axial", **attrs: Any
+) -> SeriesFacts:
     return SeriesFacts(index, f"1.2.3.{index}", count, attrs.get, orientation)
 
 
-def mr(index: int, description: str, image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "M"), **kw: Any) -> SeriesFacts:
-    return facts(index, Modality="MR", StudyDescription="Brain MRI w/wo", SeriesDescription=description,
-                 ImageType=MultiValue(str, list(image_type)), **kw)  # fmt: skip
+def mr(
+    index: int,
+    description: str,
+    image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "M"),
+    **kw: Any,
+) -> SeriesFacts:
+    return facts(
+        index,
+        Modality="MR",
+        StudyDescription="Brain MRI w/wo",
+        SeriesDescription=description,
+        ImageType=MultiValue(str, list(image_type)),
+        **kw,
+    )
 
 
 def test_seed_rule_selects_real_t1c_not_decoys_or_localizer() -> None:
@@ -47,8 +77,20 @@ def test_seed_rule_selects_real_t1c_not_decoys_or_localizer() -> None:
 
 
 def test_seed_rule_rejects_other_modality_and_study() -> None:
-    ct = facts(0, Modality="CT", StudyDescription="Brain", SeriesDescription="T1c", ImageType=["ORIGINAL", "PRIMARY"])
-    spine = facts(1, Modality="MR", StudyDescription="Spine", SeriesDescription="T1c", ImageType=["ORIGINAL", "PRIMARY"])
+    ct = facts(
+        0,
+        Modality="CT",
+        StudyDescription="Brain",
+        SeriesDescription="T1c",
+        ImageType=["ORIGINAL", "PRIMARY"],
+    )
+    spine = facts(
+        1,
+        Modality="MR",
+        StudyDescription="Spine",
+        SeriesDescription="T1c",
+        ImageType=["ORIGINAL", "PRIMARY"],
+    )
     assert select(parse_rules(SEED), [ct, spine]).selected == {"T1C": []}
 
 
@@ -67,7 +109,9 @@ def test_regex_on_text(rule: str, value: str, kind: str, matched: bool) -> None:
 
 
 def test_regex_on_numeric_attribute_is_a_full_match_of_text_or_number() -> None:
-    assert evaluate("SliceThickness", "5", facts(0, SliceThickness=DSfloat("5.0"))).matched  # MONAI: no match
+    assert evaluate(
+        "SliceThickness", "5", facts(0, SliceThickness=DSfloat("5.0"))
+    ).matched  # MONAI: no match
     assert evaluate("SliceThickness", "5\\.0", facts(0, SliceThickness=DSfloat("5.0"))).matched
     r = evaluate("SliceThickness", "5", facts(0, SliceThickness=DSfloat("5.5")))
     assert (r.kind, r.matched) == ("regex-numeric", False)
@@ -125,17 +169,30 @@ def test_missing_attribute_fails_and_empty_condition_is_wildcard() -> None:
 
 def test_orientation_condition_uses_slice_normal_and_mixed_for_localizers() -> None:
     assert evaluate("ImageOrientationPatient", "Axial", facts(0, orientation="Axial")).matched
-    assert evaluate("ImageOrientationPatient", "axial|coronal", facts(0, orientation="Coronal")).matched
+    assert evaluate(
+        "ImageOrientationPatient", "axial|coronal", facts(0, orientation="Coronal")
+    ).matched
     assert not evaluate("ImageOrientationPatient", "Axial", facts(0, orientation="Mixed")).matched
-    assert evaluate("ImageOrientationPatient", "Axial", facts(0, orientation=None)).reason == "missing"
+    assert (
+        evaluate("ImageOrientationPatient", "Axial", facts(0, orientation=None)).reason == "missing"
+    )
 
 
 def test_first_match_is_deterministic_and_all_matched_sorts_by_count() -> None:
     series = [mr(0, "T1c a", count=5), mr(1, "T1c b", count=50), mr(2, "T2", count=9)]
-    rules = parse_rules({"selections": [
-        {"name": "first", "conditions": {"SeriesDescription": "T1c"}},
-        {"name": "all", "conditions": {"SeriesDescription": "T1c"}, "all_matched": True, "sort_by_sop_instance_count": True},
-    ]})  # fmt: skip
+    rules = parse_rules(
+        {
+            "selections": [
+                {"name": "first", "conditions": {"SeriesDescription": "T1c"}},
+                {
+                    "name": "all",
+                    "conditions": {"SeriesDescription": "T1c"},
+                    "all_matched": True,
+                    "sort_by_sop_instance_count": True,
+                },
+            ]
+        }
+    )
     out = select(rules, series)
     assert out.selected == {"first": [0], "all": [1, 0]}
     assert "first match" in out.trace[1]["selections"]["first"]["reason"]
@@ -148,7 +205,20 @@ def test_no_rules_selects_every_series() -> None:
 
 def test_trace_withholds_identifying_values() -> None:
     f = facts(0, PatientName="Doe^Jane", Modality="MR", StudyDescription="Brain Jane Doe")
-    rules = parse_rules({"selections": [{"name": "x", "conditions": {"PatientName": "Doe", "Modality": "MR", "StudyDescription": "Brain"}}]})
+    rules = parse_rules(
+        {
+            "selections": [
+                {
+                    "name": "x",
+                    "conditions": {
+                        "PatientName": "Doe",
+                        "Modality": "MR",
+                        "StudyDescription": "Brain",
+                    },
+                }
+            ]
+        }
+    )
     text = json.dumps(select(rules, [f]).trace)
     assert "Jane" not in text and '"value": "MR"' in text
 
@@ -158,10 +228,19 @@ def test_trace_withholds_identifying_values() -> None:
     [
         ("{not json", "not valid JSON"),
         ({"rules": []}, "'selections' is missing"),
-        ({"selections": [{"name": "a", "conditions": {"SeriesDesciption": "T1"}}]}, "not a DICOM keyword"),
-        ({"selections": [{"name": "a", "conditions": {"SeriesDescription": "(T1"}}]}, "invalid regular expression"),
+        (
+            {"selections": [{"name": "a", "conditions": {"SeriesDesciption": "T1"}}]},
+            "not a DICOM keyword",
+        ),
+        (
+            {"selections": [{"name": "a", "conditions": {"SeriesDescription": "(T1"}}]},
+            "invalid regular expression",
+        ),
         ({"selections": [{"name": "a", "conditions": {"SliceThickness": [5, 1]}}]}, "min > max"),
-        ({"selections": [{"name": "a", "conditions": {"SliceThickness": [5, "~"]}}]}, "a list must be"),
+        (
+            {"selections": [{"name": "a", "conditions": {"SliceThickness": [5, "~"]}}]},
+            "a list must be",
+        ),
         ({"selections": [{"name": "a", "conditions": {"SeriesNumber": True}}]}, "bool values"),
     ],
 )
@@ -174,9 +253,17 @@ def test_invalid_rules_are_rejected_with_the_reason(document: Any, message: str)
 def test_rules_variables_precedence_base64_over_file() -> None:
     encoded = base64.b64encode(json.dumps(SEED).encode()).decode()
     other = json.dumps({"selections": [{"name": "FILE", "conditions": {"Modality": "CT"}}]})
-    both = {"NVIDIA_CLARA_SELECTION_RULES_BASE64": encoded, "NVIDIA_CLARA_SELECTION_RULES_FILE": "/x.json"}
+    both = {
+        "NVIDIA_CLARA_SELECTION_RULES_BASE64": encoded,
+        "NVIDIA_CLARA_SELECTION_RULES_FILE": "/x.json",
+    }
     assert rules_from_variables(both, lambda p: other).selections[0].name == "T1C"
-    assert rules_from_variables({"NVIDIA_CLARA_SELECTION_RULES_FILE": "/x.json"}, lambda p: other).selections[0].name == "FILE"
+    assert (
+        rules_from_variables({"NVIDIA_CLARA_SELECTION_RULES_FILE": "/x.json"}, lambda p: other)
+        .selections[0]
+        .name
+        == "FILE"
+    )
     assert rules_from_variables({}, lambda p: other).select_all
     with pytest.raises(InvalidInput, match="not Base64"):
         rules_from_variables({"NVIDIA_CLARA_SELECTION_RULES_BASE64": "%%%"}, lambda p: other)

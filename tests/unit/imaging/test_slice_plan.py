@@ -11,8 +11,14 @@ from radflow.sdk.errors import InvalidInput
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
-def ref(n: int, pos: tuple[float, float, float], ori: tuple[float, ...] = AXIAL, spacing: tuple[float, float] = (0.5, 0.8),
-        rows: int = 4, cols: int = 6) -> SliceRef:  # fmt: skip
+def ref(
+    n: int,
+    pos: tuple[float, float, float],
+    ori: tuple[float, ...] = AXIAL,
+    spacing: tuple[float, float] = (0.5, 0.8),
+    rows: int = 4,
+    cols: int = 6,
+) -> SliceRef:
     return SliceRef(n, None, pos, ori, spacing, rows, cols, 1.0, 0.0, 2.0)
 
 
@@ -49,7 +55,10 @@ def test_sagittal_and_oblique_normals() -> None:
 @pytest.mark.parametrize(
     ("refs", "message"),
     [
-        ([ref(0, (0, 0, 0)), ref(1, (0, 0, 3), (0, 1, 0, 0, 0, -1))], "mixed ImageOrientationPatient"),
+        (
+            [ref(0, (0, 0, 0)), ref(1, (0, 0, 3), (0, 1, 0, 0, 0, -1))],
+            "mixed ImageOrientationPatient",
+        ),
         ([ref(0, (0, 0, 0)), ref(1, (0, 0, 3), rows=5)], "mixed Rows/Columns"),
         ([ref(0, (0, 0, 0)), ref(1, (0, 0, 3), spacing=(0.8, 0.5))], "mixed PixelSpacing"),
         ([ref(0, (0, 0, 0)), ref(1, (0, 0, 0)), ref(2, (0, 0, 3))], "duplicate slice positions"),
@@ -58,7 +67,9 @@ def test_sagittal_and_oblique_normals() -> None:
         ([], "no image planes"),
     ],
 )
-def test_inconsistent_series_are_rejected_naming_series_and_rule(refs: list[SliceRef], message: str) -> None:
+def test_inconsistent_series_are_rejected_naming_series_and_rule(
+    refs: list[SliceRef], message: str
+) -> None:
     with pytest.raises(InvalidInput, match=rf"series 7: .*{message}.*rule"):
         plan_slices(refs, "7")
 
@@ -78,7 +89,10 @@ def test_match_grid_maps_positions_and_names_what_differs() -> None:
     assert match_grid(plan, (0, 0, 3), plan.spacing, direction, (2, 4, 6)) == [1, 2]
     cases = [
         (((0, 0, 0), plan.spacing, direction, (3, 6, 4)), "in-plane size"),
-        (((0, 0, 0), plan.spacing, (0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0), (3, 4, 6)), "directions differ"),
+        (
+            ((0, 0, 0), plan.spacing, (0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0), (3, 4, 6)),
+            "directions differ",
+        ),
         (((0, 0, 0), (0.5, 0.8, 3.0), direction, (3, 4, 6)), "pixel spacing"),
         (((0, 0, 1.5), plan.spacing, direction, (2, 4, 6)), "lies on no source plane"),
         (((0.4, 0, 0), plan.spacing, direction, (3, 4, 6)), "shifted in-plane"),

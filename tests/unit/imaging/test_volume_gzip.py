@@ -35,5 +35,7 @@ def test_multi_member_nifti_gz_round_trips(tmp_path: Path) -> None:
 @pytest.mark.parametrize("shape", [(1, 1, 1), (3, 4, 5)])
 def test_tiny_volumes_are_one_member(tmp_path: Path, shape: tuple[int, int, int]) -> None:
     array = np.arange(np.prod(shape), dtype=np.uint8).reshape(shape)
-    write_volume(tmp_path / "m.nii.gz", array, Geometry((0, 0, 0), (1, 1, 1), (1, 0, 0, 0, 1, 0, 0, 0, 1)))
+    write_volume(
+        tmp_path / "m.nii.gz", array, Geometry((0, 0, 0), (1, 1, 1), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    )
     assert np.array_equal(read_volume(tmp_path / "m.nii.gz")[0], array)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from radflow.functions.triton_infer.preprocess import normalise, postprocess, preprocess, resize_linear, resize_nearest
+from radflow.functions.triton_infer.preprocess import (
+    normalise,
+    postprocess,
+    preprocess,
+    resize_linear,
+    resize_nearest,
+)
 
 
 def test_linear_resize_of_a_ramp_is_exact_inside_and_keeps_shape() -> None:

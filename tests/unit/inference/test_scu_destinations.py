@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from radflow.functions.scu_export.destinations import Destination, parse_destinations, resolve, scu_ae_title
+from radflow.functions.scu_export.destinations import (
+    Destination,
+    parse_destinations,
+    resolve,
+    scu_ae_title,
+)
 from radflow.functions.scu_export.settings import ScuExportSettings
 from radflow.sdk.errors import InvalidInput
 
@@ -14,7 +19,9 @@ ARCHIVE = {"name": "ARCHIVE", "ae-title": "DCM4CHEE", "host-ip": "10.0.0.5", "po
 
 def test_top_level_and_nested_destinations_are_merged_top_level_first() -> None:
     config = {
-        "dicom": {"scu": {"ae-title": "RADFLOWSCU", "destinations": [ARCHIVE, {**PACS, "port": 1}]}},
+        "dicom": {
+            "scu": {"ae-title": "RADFLOWSCU", "destinations": [ARCHIVE, {**PACS, "port": 1}]}
+        },
         "destinations": [PACS],
     }
     found = parse_destinations(config)
@@ -40,7 +47,10 @@ def test_malformed_destinations_name_the_entry_and_field(entry: object, match: s
 
 def test_resolve_is_exact_then_case_insensitive_and_deduplicates() -> None:
     known = parse_destinations({"destinations": [PACS, ARCHIVE]})
-    assert [d.name for d in resolve(["mypacs", "ARCHIVE", "MYPACS"], known)] == ["MYPACS", "ARCHIVE"]
+    assert [d.name for d in resolve(["mypacs", "ARCHIVE", "MYPACS"], known)] == [
+        "MYPACS",
+        "ARCHIVE",
+    ]
     with pytest.raises(InvalidInput, match="'OTHER'.*defined: ARCHIVE, MYPACS"):
         resolve(["OTHER"], known)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from radflow.engine.broker.runtime import BrokerRuntime
 from radflow.sdk.errors import ConfigError
 from radflow.sdk.logging import configure_logging
@@ -44,7 +45,11 @@ def read_manifests(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, A
 async def _serve(args: argparse.Namespace) -> None:
     brokers, triggers = read_manifests(Path(args.manifests))
     runtime = BrokerRuntime(
-        brokers=brokers, triggers=triggers, state_dir=Path(args.state), host=args.host, port=args.port
+        brokers=brokers,
+        triggers=triggers,
+        state_dir=Path(args.state),
+        host=args.host,
+        port=args.port,
     )
     await runtime.start()
     print(f"READY {runtime.port}", flush=True)
@@ -57,9 +62,15 @@ async def _serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m radflow.engine.broker", description=__doc__.split("\n")[0])
-    parser.add_argument("--manifests", required=True, help="folder with Broker/Trigger YAML manifests")
-    parser.add_argument("--state", required=True, help="folder for the durable queue (broker.sqlite3)")
+    parser = argparse.ArgumentParser(
+        prog="python -m radflow.engine.broker", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--manifests", required=True, help="folder with Broker/Trigger YAML manifests"
+    )
+    parser.add_argument(
+        "--state", required=True, help="folder for the durable queue (broker.sqlite3)"
+    )
     parser.add_argument("--port", type=int, default=0, help="ingress port (default: any free port)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--log-level", default="INFO")

@@ -31,7 +31,15 @@ _DURATION = re.compile(
     r"(?:(?P<S>\d+(?:[.,]\d+)?)S)?)?$"
 )
 # Years and months have no fixed length; like Go's period library we approximate them.
-_UNIT_SECONDS = {"Y": 365 * 86400, "Mo": 30 * 86400, "W": 7 * 86400, "D": 86400, "H": 3600, "Mi": 60, "S": 1}
+_UNIT_SECONDS = {
+    "Y": 365 * 86400,
+    "Mo": 30 * 86400,
+    "W": 7 * 86400,
+    "D": 86400,
+    "H": 3600,
+    "Mi": 60,
+    "S": 1,
+}
 
 
 def parse_duration(text: str) -> float:
@@ -119,11 +127,15 @@ def _meta(manifest: Mapping[str, Any], kind: str) -> tuple[str, str]:
     if manifest.get("kind") != kind:
         raise ConfigError(f"{where}: kind must be {kind!r}, got {manifest.get('kind')!r}")
     if manifest.get("apiVersion") != API_VERSION:
-        raise ConfigError(f"{where}: apiVersion must be {API_VERSION!r}, got {manifest.get('apiVersion')!r}")
+        raise ConfigError(
+            f"{where}: apiVersion must be {API_VERSION!r}, got {manifest.get('apiVersion')!r}"
+        )
     return str(ns), name
 
 
-def resolve_destination(dest: Any, namespace: str, field: str, where: str, resolve: Resolver | None) -> Destination:
+def resolve_destination(
+    dest: Any, namespace: str, field: str, where: str, resolve: Resolver | None
+) -> Destination:
     """A Destination (``ref`` and/or ``uri``) as an absolute URL; relative ``uri`` joins ``ref``'s URL."""
     if not isinstance(dest, Mapping) or not (dest.get("ref") or dest.get("uri")):
         raise ConfigError(f"{where}: {field} must set 'ref' or 'uri'")
@@ -135,7 +147,9 @@ def resolve_destination(dest: Any, namespace: str, field: str, where: str, resol
         if not isinstance(ref, Mapping) or not ref.get("name") or not ref.get("kind"):
             raise ConfigError(f"{where}: {field}.ref needs 'kind' and 'name'")
         if resolve is None:
-            raise ConfigError(f"{where}: {field}.ref cannot be resolved here (no resolver); give an absolute 'uri'")
+            raise ConfigError(
+                f"{where}: {field}.ref cannot be resolved here (no resolver); give an absolute 'uri'"
+            )
         try:
             base = resolve(dict(dest), namespace)
         except ConfigError as exc:
@@ -155,7 +169,9 @@ def resolve_destination(dest: Any, namespace: str, field: str, where: str, resol
     return Destination(url=url, label=label or parts.netloc)
 
 
-def parse_delivery(spec: Any, namespace: str, where: str, resolve: Resolver | None) -> DeliveryPolicy:
+def parse_delivery(
+    spec: Any, namespace: str, where: str, resolve: Resolver | None
+) -> DeliveryPolicy:
     """Validate a ``DeliverySpec`` (webhook rules: retry >= 0, policy enum, ISO-8601 durations)."""
     if not isinstance(spec, Mapping):
         raise ConfigError(f"{where}: spec.delivery must be a mapping")
@@ -165,7 +181,9 @@ def parse_delivery(spec: Any, namespace: str, where: str, resolve: Resolver | No
         raise ConfigError(f"{where}: {field}.retry must be an integer >= 0, got {retry!r}")
     policy = spec.get("backoffPolicy")
     if policy is not None and policy not in ("linear", "exponential"):
-        raise ConfigError(f"{where}: {field}.backoffPolicy must be 'linear' or 'exponential', got {policy!r}")
+        raise ConfigError(
+            f"{where}: {field}.backoffPolicy must be 'linear' or 'exponential', got {policy!r}"
+        )
     durations: dict[str, float | None] = {}
     for key in ("backoffDelay", "timeout", "retryAfterMax"):
         raw = spec.get(key)
@@ -180,7 +198,11 @@ def parse_delivery(spec: Any, namespace: str, where: str, resolve: Resolver | No
     if fmt not in ("binary", "json"):
         raise ConfigError(f"{where}: {field}.format must be 'json' or 'binary', got {fmt!r}")
     dls = spec.get("deadLetterSink")
-    dead_letter = resolve_destination(dls, namespace, f"{field}.deadLetterSink", where, resolve) if dls else None
+    dead_letter = (
+        resolve_destination(dls, namespace, f"{field}.deadLetterSink", where, resolve)
+        if dls
+        else None
+    )
     if durations["timeout"] is not None and durations["timeout"] <= 0:
         raise ConfigError(f"{where}: {field}.timeout must be a positive duration")
     return DeliveryPolicy(
@@ -204,10 +226,16 @@ def load(
         spec = manifest.get("spec") or {}
         if not isinstance(spec, Mapping):
             raise ConfigError(f"{where}: spec must be a mapping")
-        delivery = parse_delivery(spec["delivery"], ns, where, resolve) if spec.get("delivery") else DEFAULT_DELIVERY
+        delivery = (
+            parse_delivery(spec["delivery"], ns, where, resolve)
+            if spec.get("delivery")
+            else DEFAULT_DELIVERY
+        )
         cfg = BrokerConfig(namespace=ns, name=name, delivery=delivery)
         if cfg.key in by_broker:
-            raise ConfigError(f"{where}: defined twice (metadata.name must be unique per namespace)")
+            raise ConfigError(
+                f"{where}: defined twice (metadata.name must be unique per namespace)"
+            )
         by_broker[cfg.key] = cfg
     by_trigger: dict[str, TriggerConfig] = {}
     for manifest in triggers:
@@ -218,7 +246,9 @@ def load(
             raise ConfigError(f"{where}: spec is required")
         broker = spec.get("broker")
         if not broker or not isinstance(broker, str):
-            raise ConfigError(f"{where}: spec.broker is required (the name of a Broker in namespace {ns})")
+            raise ConfigError(
+                f"{where}: spec.broker is required (the name of a Broker in namespace {ns})"
+            )
         broker_key = f"{ns}/{broker}"
         if broker_key not in by_broker:
             raise ConfigError(f"{where}: spec.broker {broker!r} names no Broker in namespace {ns}")
@@ -234,6 +264,8 @@ def load(
         )
         cfg_t = TriggerConfig(ns, name, broker_key, flt, subscriber, delivery)
         if cfg_t.key in by_trigger:
-            raise ConfigError(f"{where}: defined twice (metadata.name must be unique per namespace)")
+            raise ConfigError(
+                f"{where}: defined twice (metadata.name must be unique per namespace)"
+            )
         by_trigger[cfg_t.key] = cfg_t
     return by_broker, by_trigger

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+
 from radflow.engine import metrics
 from radflow.engine.broker import store as st
 from radflow.engine.broker.config import Destination, TriggerConfig
@@ -69,7 +70,9 @@ class ReplyRejected(Exception):
 
 #: (delivery, reply) -> a store operation committing the reply's event (or None when no Trigger
 #: matches it); raises ReplyRejected. The dispatcher runs it together with the delivery's finish.
-ReplyAdmitter = Callable[[Delivery, Reply], tuple[Callable[[Any], Any] | None, Callable[[Any], Awaitable[None]]]]
+ReplyAdmitter = Callable[
+    [Delivery, Reply], tuple[Callable[[Any], Any] | None, Callable[[Any], Awaitable[None]]]
+]
 
 
 @dataclass
@@ -184,7 +187,9 @@ class Dispatcher:
                 extra = dict(delivery.error or {})
             else:
                 # stored in the dead-letter phase, but the Trigger no longer has a sink (config changed)
-                await self.store.run(lambda c: st.finish(c, delivery.id, delivery.event.id), durable=False)
+                await self.store.run(
+                    lambda c: st.finish(c, delivery.id, delivery.event.id), durable=False
+                )
                 self._forget(delivery)
                 log.error(
                     "dropped event id=%s type=%s for trigger %s: its deadLetterSink was removed",
@@ -235,20 +240,30 @@ class Dispatcher:
         except TimeoutError:
             return _Attempt(Kind.RETRY, 500, b"dispatch error: timeout", dest=dest.url)
         except aiohttp.ClientError as exc:
-            return _Attempt(Kind.RETRY, 500, f"dispatch error: {type(exc).__name__}".encode(), dest=dest.url)
+            return _Attempt(
+                Kind.RETRY, 500, f"dispatch error: {type(exc).__name__}".encode(), dest=dest.url
+            )
         except ValueError:
             # an attribute value HTTP cannot carry (e.g. a line break in a header): retrying cannot help
             return _Attempt(
-                Kind.FAIL, 500, b"dispatch error: event cannot be encoded as an HTTP request", dest=dest.url
+                Kind.FAIL,
+                500,
+                b"dispatch error: event cannot be encoded as an HTTP request",
+                dest=dest.url,
             )
         kind, code = classify(status, resp_headers, answer)
         reply = None
         if kind is Kind.REPLY and delivery.phase == "subscriber":
             try:
-                reply = Reply(ev.from_http(resp_headers, answer), pass_through(resp_headers.items()))
+                reply = Reply(
+                    ev.from_http(resp_headers, answer), pass_through(resp_headers.items())
+                )
             except ev.InvalidEvent:
                 return _Attempt(
-                    Kind.FAIL, 400, b"invalid reply: not a valid CloudEvent", dest=self.reply_url(trigger.broker)
+                    Kind.FAIL,
+                    400,
+                    b"invalid reply: not a valid CloudEvent",
+                    dest=self.reply_url(trigger.broker),
                 )
         elif kind is Kind.REPLY:
             kind = Kind.SUCCESS  # a dead-letter sink's reply is not routed anywhere
@@ -260,7 +275,9 @@ class Dispatcher:
             try:
                 reply_op, after = self.admit_reply(delivery, result.reply)
             except ReplyRejected as exc:
-                result = _Attempt(Kind.FAIL, exc.code, str(exc).encode(), dest=self.reply_url(trigger.broker))
+                result = _Attempt(
+                    Kind.FAIL, exc.code, str(exc).encode(), dest=self.reply_url(trigger.broker)
+                )
             else:
                 ops = reply_op
 
@@ -289,7 +306,9 @@ class Dispatcher:
         policy = trigger.delivery
         if result.kind is Kind.RETRY and attempts <= policy.retry:
             due = time.time() + policy.backoff(attempts)
-            await self.store.run(lambda c: st.reschedule(c, delivery.id, attempts, due), durable=False)
+            await self.store.run(
+                lambda c: st.reschedule(c, delivery.id, attempts, due), durable=False
+            )
             metrics.RETRIES.labels(*delivery.labels).inc()
             delivery.attempt, delivery.due = attempts, due
             self._push(delivery)
@@ -297,7 +316,9 @@ class Dispatcher:
         if delivery.phase == "subscriber" and policy.dead_letter is not None:
             error = error_attributes(result.dest, result.code, result.body)
             now = time.time()
-            await self.store.run(lambda c: st.to_dead_letter(c, delivery.id, error, now), durable=False)
+            await self.store.run(
+                lambda c: st.to_dead_letter(c, delivery.id, error, now), durable=False
+            )
             delivery.phase, delivery.attempt, delivery.due, delivery.error = "dls", 0, now, error
             self._push(delivery)
             return
@@ -310,5 +331,7 @@ class Dispatcher:
             trigger.key,
             attempts,
             result.code,
-            "dead-letter sink failed too" if delivery.phase == "dls" else "no deadLetterSink configured",
+            "dead-letter sink failed too"
+            if delivery.phase == "dls"
+            else "no deadLetterSink configured",
         )

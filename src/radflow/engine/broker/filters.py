@@ -185,7 +185,9 @@ def compile_trigger_filter(spec: Mapping[str, Any], where: str) -> Filter:
     if filters:
         if not isinstance(filters, list):
             raise ConfigError(f"Trigger {where}: spec.filters must be a list of filter entries")
-        return AllOf(tuple(_compile_entry(e, f"spec.filters[{i}]", where) for i, e in enumerate(filters)))
+        return AllOf(
+            tuple(_compile_entry(e, f"spec.filters[{i}]", where) for i, e in enumerate(filters))
+        )
     legacy = spec.get("filter")
     if legacy is None:
         return MatchAll()
@@ -193,7 +195,9 @@ def compile_trigger_filter(spec: Mapping[str, Any], where: str) -> Filter:
         raise ConfigError(f"Trigger {where}: spec.filter must be a mapping with 'attributes'")
     attributes = legacy.get("attributes") or {}
     if not isinstance(attributes, Mapping):
-        raise ConfigError(f"Trigger {where}: spec.filter.attributes must be a mapping of attribute -> value")
+        raise ConfigError(
+            f"Trigger {where}: spec.filter.attributes must be a mapping of attribute -> value"
+        )
     pairs = []
     for name, value in attributes.items():
         _check_name(str(name), f"spec.filter.attributes.{name}", where)
@@ -211,10 +215,14 @@ def _check_name(name: str, field: str, where: str) -> None:
 
 def _compile_entry(entry: Any, field: str, where: str) -> Filter:
     if not isinstance(entry, Mapping):
-        raise ConfigError(f"Trigger {where}: {field} must be a mapping with exactly one dialect {DIALECTS}")
+        raise ConfigError(
+            f"Trigger {where}: {field} must be a mapping with exactly one dialect {DIALECTS}"
+        )
     unknown = [k for k in entry if k not in DIALECTS]
     if unknown:
-        raise ConfigError(f"Trigger {where}: {field}: unknown filter dialect(s) {unknown}; use one of {DIALECTS}")
+        raise ConfigError(
+            f"Trigger {where}: {field}: unknown filter dialect(s) {unknown}; use one of {DIALECTS}"
+        )
     present = [k for k in DIALECTS if k in entry]
     if len(present) != 1:
         raise ConfigError(
@@ -230,7 +238,9 @@ def _compile_entry(entry: Any, field: str, where: str) -> Filter:
         )
     if dialect in ("exact", "prefix", "suffix"):
         if not isinstance(body, Mapping):
-            raise ConfigError(f"Trigger {where}: {field}.{dialect} must be a mapping of attribute -> value")
+            raise ConfigError(
+                f"Trigger {where}: {field}.{dialect} must be a mapping of attribute -> value"
+            )
         pairs = [(str(name), "" if value is None else _text(value)) for name, value in body.items()]
         if any(name == "" or text == "" for name, text in pairs):
             # MT does not materialise an entry with an empty key or value: the whole entry matches

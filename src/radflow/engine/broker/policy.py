@@ -28,7 +28,15 @@ _PASS_PREFIXES = ("knative-", "x-b3-")
 _PASS_EXACT = frozenset({"x-request-id", "retry-after"})
 
 
-_STRING_ATTRIBUTES = ("id", "source", "type", "specversion", "subject", "datacontenttype", "dataschema")
+_STRING_ATTRIBUTES = (
+    "id",
+    "source",
+    "type",
+    "specversion",
+    "subject",
+    "datacontenttype",
+    "dataschema",
+)
 
 
 def attribute_problem(attrs: Mapping[str, Any]) -> str | None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
 from radflow.engine import metrics
 from radflow.engine.broker import config as cfg
 from radflow.engine.broker import store as st
@@ -137,13 +138,20 @@ class BrokerRuntime:
             event_row = stored_events[row.event_id]
             live = live_events.get(row.event_id)
             if live is None:
-                live = LiveEvent(event_row.id, event_row.broker, ev.from_json(event_row.body), event_row.headers)
+                live = LiveEvent(
+                    event_row.id, event_row.broker, ev.from_json(event_row.body), event_row.headers
+                )
                 live_events[row.event_id] = live
-            self._dispatcher.add(Delivery(row.id, live, row.trigger, row.phase, row.attempt, row.due, row.error))
+            self._dispatcher.add(
+                Delivery(row.id, live, row.trigger, row.phase, row.attempt, row.due, row.error)
+            )
         if stored:
             log.info("resumed %d pending deliveries", len(stored) - orphans)
         if orphans:
-            log.warning("%d stored deliveries belong to Triggers that are no longer defined; kept, not sent", orphans)
+            log.warning(
+                "%d stored deliveries belong to Triggers that are no longer defined; kept, not sent",
+                orphans,
+            )
         await self._dispatcher.start()
         app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
@@ -184,13 +192,18 @@ class BrokerRuntime:
         except ValueError:
             raise Rejected(400, f"{TTL_ATTR} must be an integer\n") from None
         if ttl <= 0:
-            raise Rejected(400, f"{TTL_ATTR} exhausted: the event went round the broker too often (reply loop?)\n")
+            raise Rejected(
+                400,
+                f"{TTL_ATTR} exhausted: the event went round the broker too often (reply loop?)\n",
+            )
         event = ev.with_attributes(event, **{TTL_ATTR: ttl, ARRIVAL_ATTR: arrival_time()})
         attrs = ev.attributes(event)
         for name, value in attrs.items():
             if isinstance(value, str) and _CONTROL.search(value):
                 # binary mode carries attributes in HTTP headers, which cannot hold these
-                raise Rejected(400, f"attribute {name!r} contains a control character (line break?)\n")
+                raise Rejected(
+                    400, f"attribute {name!r} contains a control character (line break?)\n"
+                )
         chosen = [t.key for t in self._by_broker[broker] if matches(t.filter, attrs)]
         return Prepared(event, ev.to_json(event) if chosen else b"", chosen)
 
@@ -203,7 +216,9 @@ class BrokerRuntime:
         )
         self._track(broker, prepared, headers, stored, now)
 
-    def _track(self, broker: str, prepared: Prepared, headers: dict[str, str], stored: Any, now: float) -> None:
+    def _track(
+        self, broker: str, prepared: Prepared, headers: dict[str, str], stored: Any, now: float
+    ) -> None:
         event_id, delivery_ids = stored
         if self._dispatcher is None:
             return  # stopping: the rows are committed and resume on the next start
@@ -230,7 +245,9 @@ class BrokerRuntime:
         now = time.time()
 
         def op(conn: Any) -> Any:
-            return st.insert_event(conn, broker, prepared.body, reply.headers, prepared.triggers, now)
+            return st.insert_event(
+                conn, broker, prepared.body, reply.headers, prepared.triggers, now
+            )
 
         async def after(stored: Any) -> None:
             self._track(broker, prepared, reply.headers, stored, now)
@@ -243,7 +260,11 @@ class BrokerRuntime:
         if request.method == "OPTIONS":
             return web.Response(
                 status=200,
-                headers={"Allow": _ALLOW, "WebHook-Allowed-Origin": "*", "WebHook-Allowed-Rate": "*"},
+                headers={
+                    "Allow": _ALLOW,
+                    "WebHook-Allowed-Origin": "*",
+                    "WebHook-Allowed-Rate": "*",
+                },
             )
         if request.method != "POST":
             return self._answer("-", 405, "only POST and OPTIONS\n", {"Allow": _ALLOW})
@@ -281,7 +302,9 @@ class BrokerRuntime:
         return self._answer(broker, 202, "")
 
     @staticmethod
-    def _answer(broker: str, status: int, text: str, headers: dict[str, str] | None = None) -> web.Response:
+    def _answer(
+        broker: str, status: int, text: str, headers: dict[str, str] | None = None
+    ) -> web.Response:
         metrics.INGRESS.labels(broker, str(status)).inc()
         return web.Response(status=status, text=text or None, headers=headers)
 

@@ -79,7 +79,12 @@ class StoredDelivery:
 
 
 def insert_event(
-    conn: sqlite3.Connection, broker: str, body: bytes, headers: dict[str, str], triggers: Sequence[str], now: float
+    conn: sqlite3.Connection,
+    broker: str,
+    body: bytes,
+    headers: dict[str, str],
+    triggers: Sequence[str],
+    now: float,
 ) -> tuple[int, list[int]]:
     """Store one accepted event and a due-now subscriber delivery per matching Trigger."""
     cur = conn.execute(
@@ -108,10 +113,14 @@ def finish(conn: sqlite3.Connection, delivery_id: int, event_id: int) -> bool:
 
 
 def reschedule(conn: sqlite3.Connection, delivery_id: int, attempt: int, due: float) -> None:
-    conn.execute("UPDATE deliveries SET attempt = ?, due = ? WHERE id = ?", (attempt, due, delivery_id))
+    conn.execute(
+        "UPDATE deliveries SET attempt = ?, due = ? WHERE id = ?", (attempt, due, delivery_id)
+    )
 
 
-def to_dead_letter(conn: sqlite3.Connection, delivery_id: int, error: dict[str, Any], due: float) -> None:
+def to_dead_letter(
+    conn: sqlite3.Connection, delivery_id: int, error: dict[str, Any], due: float
+) -> None:
     conn.execute(
         "UPDATE deliveries SET phase = 'dls', attempt = 0, due = ?, error = ? WHERE id = ?",
         (due, json.dumps(error), delivery_id),
@@ -126,7 +135,9 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="broker-sqlite")
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="broker-sqlite"
+        )
         self._conn: sqlite3.Connection | None = None
         self._queue: asyncio.Queue[tuple[Op, asyncio.Future[Any], bool] | None] = asyncio.Queue()
         self._synchronous = "FULL"
@@ -147,7 +158,9 @@ class Store:
         conn.execute("PRAGMA foreign_keys=ON")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version not in (0, SCHEMA_VERSION):
-            raise Unavailable(f"broker store {self.path}: schema version {version} is newer than this radflow")
+            raise Unavailable(
+                f"broker store {self.path}: schema version {version} is newer than this radflow"
+            )
         conn.executescript(_SCHEMA)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._conn = conn
@@ -200,7 +213,9 @@ class Store:
                 batch.append(item)
             try:
                 durable = any(d for _, _, d in batch)
-                results = await loop.run_in_executor(self._executor, self._apply, [op for op, _, _ in batch], durable)
+                results = await loop.run_in_executor(
+                    self._executor, self._apply, [op for op, _, _ in batch], durable
+                )
             except sqlite3.Error as exc:
                 error = Unavailable(f"broker store {self.path}: commit failed: {exc}")
                 results = [(False, error)] * len(batch)
@@ -226,7 +241,7 @@ class Store:
                 conn.execute("SAVEPOINT op")
                 try:
                     value = op(conn)
-                except Exception as exc:  # noqa: BLE001 - handed to the caller, the batch goes on
+                except Exception as exc:
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     if isinstance(exc, sqlite3.Error):

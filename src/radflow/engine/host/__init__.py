@@ -7,7 +7,12 @@ See docs/host.md for how a container maps to a process and which Knative Serving
 from radflow.engine.host.functions import FunctionHost, log_file
 from radflow.engine.host.logs import tail_log
 from radflow.engine.host.prewarm import IMAGING_STACK
-from radflow.engine.host.workloads import EmbeddedWorkload, LaunchContext, WorkloadRunner, register_launcher
+from radflow.engine.host.workloads import (
+    EmbeddedWorkload,
+    LaunchContext,
+    WorkloadRunner,
+    register_launcher,
+)
 
 __all__ = [
     "EmbeddedWorkload",

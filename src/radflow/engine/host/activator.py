@@ -35,9 +35,19 @@ log = logging.getLogger(__name__)
 
 #: RFC 9110 §7.6.1 connection-specific fields, plus the ones the proxy recomputes itself.
 HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
-     "te", "trailer", "transfer-encoding", "upgrade", "host"}
-)  # fmt: skip
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+    }
+)
 #: Stop grace: Knative waits ``timeoutSeconds``; locally we cap it so ``radflow down`` stays quick.
 GRACE_CAP_S = 10.0
 #: Knative's activator queue depth per revision (``pkg/activator/net/throttler.go``).
@@ -124,7 +134,9 @@ class Revision:
         app = web.Application(client_max_size=0)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         # auto_decompress=False: a gzip request body must reach the function as sent, Content-Encoding and all
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0, auto_decompress=False)
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=1.0, auto_decompress=False
+        )
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -151,7 +163,9 @@ class Revision:
             fut = self.waiters.popleft()
             if not fut.done():
                 fut.set_exception(QueueFull("shutting down"))
-        await asyncio.gather(*(self._stop_instance(i, "host stopping") for i in list(self.instances)))
+        await asyncio.gather(
+            *(self._stop_instance(i, "host stopping") for i in list(self.instances))
+        )
         tasks = [i.task for i in self.instances if i.task] + list(self._background)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -175,10 +189,15 @@ class Revision:
             "url": self.url,
             "state": state,
             "instances": [
-                {"pid": i.process.pid, "port": i.port, "in_flight": i.in_flight, "ready": i.ready,
-                 "started_at": i.process.started_at}
+                {
+                    "pid": i.process.pid,
+                    "port": i.port,
+                    "in_flight": i.in_flight,
+                    "ready": i.ready,
+                    "started_at": i.process.started_at,
+                }
                 for i in self.instances
-            ],  # fmt: skip
+            ],
             "queued": sum(1 for f in self.waiters if not f.done()),
             "cold_starts": self.cold_starts,
             "last_cold_start_s": self.last_cold_start_s,
@@ -196,15 +215,36 @@ class Revision:
 
     def _spawn(self, reason: str) -> Instance:
         port = free_port(self.host)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HOST": self.host, **self.base_env, **self.spec.env}
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "HOST": self.host,
+            **self.base_env,
+            **self.spec.env,
+        }
         env.update(knative_env(self.spec, port))
-        argv = container_argv(self.spec.container, env, self.python, self.host, f"Service {self.spec.namespace}/{self.spec.name}")
+        argv = container_argv(
+            self.spec.container,
+            env,
+            self.python,
+            self.host,
+            f"Service {self.spec.namespace}/{self.spec.name}",
+        )
         ff_args = ff_args_of(argv, self.python)
         process: ManagedProcess | ForkedProcess
         if ff_args is not None and self.zygote is not None and self.zygote.alive:
-            process = ForkedProcess(self.zygote, ff_args, env=env, cwd=self.workdir, log_path=self.log_path, registry=self.registry)
+            process = ForkedProcess(
+                self.zygote,
+                ff_args,
+                env=env,
+                cwd=self.workdir,
+                log_path=self.log_path,
+                registry=self.registry,
+            )
         else:
-            process = ManagedProcess(argv, env=env, cwd=self.workdir, log_path=self.log_path, registry=self.registry)
+            process = ManagedProcess(
+                argv, env=env, cwd=self.workdir, log_path=self.log_path, registry=self.registry
+            )
         inst = Instance(process, port)
         self.instances.append(inst)
         metrics.INSTANCES.labels(**self._labels).set(len(self.instances))
@@ -220,7 +260,10 @@ class Revision:
             log_line(self.log_path, f"cannot start {proc.argv[0]!r}: {exc}")
             self._remove(inst, startup_error=f"cannot start {proc.argv[0]!r}: {exc}")
             return
-        log_line(self.log_path, f"started pid {proc.pid} on port {inst.port} ({reason}): {' '.join(proc.argv)}")
+        log_line(
+            self.log_path,
+            f"started pid {proc.pid} on port {inst.port} ({reason}): {' '.join(proc.argv)}",
+        )
         exited = asyncio.create_task(proc.wait())
         ready = await self._probe(inst, exited)
         if ready:
@@ -236,7 +279,10 @@ class Revision:
             self._dispatch()
         elif not exited.done():
             if not inst.stopping:  # the progress deadline passed without an HTTP answer
-                log_line(self.log_path, f"pid {proc.pid} not ready after {self.spec.progress_deadline_s}s; stopping it")
+                log_line(
+                    self.log_path,
+                    f"pid {proc.pid} not ready after {self.spec.progress_deadline_s}s; stopping it",
+                )
             # also when stop() came while it was being spawned (it had no pid to signal then)
             await proc.stop(self.grace_s)
         code = await exited
@@ -245,9 +291,15 @@ class Revision:
             self._remove(inst)
             return
         what = "exited" if ready else "exited before it was ready"
-        log_line(self.log_path, f"pid {proc.pid} {what} with code {code}; the next request starts a new process")
+        log_line(
+            self.log_path,
+            f"pid {proc.pid} {what} with code {code}; the next request starts a new process",
+        )
         log.warning("function %s: pid %s %s with code %s", self.spec.name, proc.pid, what, code)
-        self._remove(inst, startup_error=None if ready else f"process exited with code {code} before it was ready")
+        self._remove(
+            inst,
+            startup_error=None if ready else f"process exited with code {code} before it was ready",
+        )
 
     async def _probe(self, inst: Instance, exited: asyncio.Task[int]) -> bool:
         """Ready = the port accepts and answers HTTP (any status): the probe never reaches user code
@@ -263,7 +315,9 @@ class Revision:
             except (aiohttp.ClientError, OSError, TimeoutError):
                 pass
             await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.01)  # a refused connect costs ~0.1 ms; a late probe costs latency
+            delay = min(
+                delay * 1.5, 0.01
+            )  # a refused connect costs ~0.1 ms; a late probe costs latency
         return False
 
     def _remove(self, inst: Instance, startup_error: str | None = None) -> None:
@@ -366,7 +420,9 @@ class Revision:
                 if inst.ready and inst.in_flight == 0 and now - inst.last_active >= threshold:
                     live.remove(inst)
                     inst.stopping = True  # before yielding: no request may be routed to it any more
-                    task = asyncio.create_task(self._stop_instance(inst, f"idle for {now - inst.last_active:.1f}s"))
+                    task = asyncio.create_task(
+                        self._stop_instance(inst, f"idle for {now - inst.last_active:.1f}s")
+                    )
                     self._background.add(task)
                     task.add_done_callback(self._background.discard)
 
@@ -382,7 +438,9 @@ class Revision:
                     inst = await self._acquire()
                 except QueueFull as exc:
                     code = 503
-                    return _error(503, f"function {self.spec.name}: activator queue full ({exc}); retry later")
+                    return _error(
+                        503, f"function {self.spec.name}: activator queue full ({exc}); retry later"
+                    )
                 except StartupFailed as exc:
                     code = 502
                     return _error(502, f"function {self.spec.name}: {exc}; see {self.log_path}")
@@ -399,12 +457,17 @@ class Revision:
                     request.transport.close()  # headers already went out: all we can do is cut it
                 return response
             code = 504
-            return _error(504, f"function {self.spec.name}: no response within timeoutSeconds={self.spec.timeout_s:g}")
+            return _error(
+                504,
+                f"function {self.spec.name}: no response within timeoutSeconds={self.spec.timeout_s:g}",
+            )
         finally:
             metrics.INVOCATIONS.labels(function=self.spec.name, code=str(code)).inc()
             metrics.DURATION.labels(**self._labels).observe(time.monotonic() - started)
 
-    async def _proxy(self, request: web.Request, inst: Instance, response: web.StreamResponse) -> int:
+    async def _proxy(
+        self, request: web.Request, inst: Instance, response: web.StreamResponse
+    ) -> int:
         """Forward one request to ``inst``; stream both bodies; pass status and headers through."""
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
         if request.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -412,9 +475,13 @@ class Revision:
         url = f"http://{self.host}:{inst.port}{request.rel_url}"
         try:
             async with self.session.request(
-                request.method, url, headers=headers, data=request.content if request.body_exists else None,
-                allow_redirects=False, skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            ) as upstream:  # fmt: skip
+                request.method,
+                url,
+                headers=headers,
+                data=request.content if request.body_exists else None,
+                allow_redirects=False,
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            ) as upstream:
                 response.set_status(upstream.status, upstream.reason)
                 for key, value in upstream.headers.items():
                     if key.lower() not in HOP_BY_HOP:
@@ -429,7 +496,10 @@ class Revision:
                 if request.transport is not None:
                     request.transport.close()
                 return 502
-            log_line(self.log_path, f"request to pid {inst.process.pid} failed: {type(exc).__name__}: {exc}")
+            log_line(
+                self.log_path,
+                f"request to pid {inst.process.pid} failed: {type(exc).__name__}: {exc}",
+            )
             response.set_status(502)
             response.content_type = "text/plain"
             body = (

@@ -11,7 +11,12 @@ from typing import Any
 
 import aiohttp
 
-from radflow.engine.host.activator import DEFAULT_MAX_QUEUE, DEFAULT_MAX_SCALE, GRACE_CAP_S, Revision
+from radflow.engine.host.activator import (
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_SCALE,
+    GRACE_CAP_S,
+    Revision,
+)
 from radflow.engine.host.prewarm import Zygote, zygote_env
 from radflow.engine.host.process import PidRegistry
 from radflow.engine.host.spec import container_argv, parse_service
@@ -55,7 +60,11 @@ class FunctionHost:
         self.base_env = dict(base_env or {})
         self.idle_override_s = idle_override_s
         self.host = host
-        self._options = {"default_max_scale": default_max_scale, "max_queue": max_queue, "grace_cap_s": grace_cap_s}
+        self._options = {
+            "default_max_scale": default_max_scale,
+            "max_queue": max_queue,
+            "grace_cap_s": grace_cap_s,
+        }
         self.specs = [parse_service(m) for m in services]
         seen: set[tuple[str, str]] = set()
         for spec in self.specs:
@@ -64,7 +73,13 @@ class FunctionHost:
                 raise ConfigError(f"Service {spec.namespace}/{spec.name} is defined twice")
             seen.add(key)
             # refuse a container the host cannot map now, not at the first request
-            container_argv(spec.container, {**spec.env, "PORT": "0"}, python, host, f"Service {spec.namespace}/{spec.name}")
+            container_argv(
+                spec.container,
+                {**spec.env, "PORT": "0"},
+                python,
+                host,
+                f"Service {spec.namespace}/{spec.name}",
+            )
         self._revisions: dict[tuple[str, str], Revision] = {}
         self._session: aiohttp.ClientSession | None = None
         self.prewarm = None if prewarm is None else list(prewarm)
@@ -84,21 +99,40 @@ class FunctionHost:
         )
         stale = self.registry.reap_stale()
         if stale:
-            log.warning("killed %d function process group(s) left by an engine that did not stop cleanly: %s", len(stale), stale)
+            log.warning(
+                "killed %d function process group(s) left by an engine that did not stop cleanly: %s",
+                len(stale),
+                stale,
+            )
         try:
             if self.prewarm is not None:
                 # forks functions-framework instances from an interpreter with these modules imported;
                 # until it is ready (about the cost of one full import) instances are spawned normally
-                self._zygote = Zygote(self.python, self.prewarm, zygote_env(self.base_env), self.workdir, self.registry)
+                self._zygote = Zygote(
+                    self.python,
+                    self.prewarm,
+                    zygote_env(self.base_env),
+                    self.workdir,
+                    self.registry,
+                )
                 await self._zygote.start()
             for spec in self.specs:
                 revision = Revision(
-                    spec, workdir=self.workdir, log_path=log_file(self.state_dir, spec.name, spec.namespace),
-                    python=self.python, base_env=self.base_env, host=self.host, session=self._session,
-                    idle_override_s=self.idle_override_s, zygote=self._zygote, registry=self.registry,
-                    port=self.activator_ports.get(f"{spec.namespace}/{spec.name}", self.activator_ports.get(spec.name, 0)),
+                    spec,
+                    workdir=self.workdir,
+                    log_path=log_file(self.state_dir, spec.name, spec.namespace),
+                    python=self.python,
+                    base_env=self.base_env,
+                    host=self.host,
+                    session=self._session,
+                    idle_override_s=self.idle_override_s,
+                    zygote=self._zygote,
+                    registry=self.registry,
+                    port=self.activator_ports.get(
+                        f"{spec.namespace}/{spec.name}", self.activator_ports.get(spec.name, 0)
+                    ),
                     **self._options,
-                )  # fmt: skip
+                )
                 self._revisions[(spec.namespace, spec.name)] = revision
                 await revision.start()
         except BaseException:
@@ -121,7 +155,9 @@ class FunctionHost:
             return self._revisions[(namespace, name)].url
         except KeyError:
             known = ", ".join(f"{ns}/{n}" for ns, n in self._revisions) or "none started"
-            raise ConfigError(f"no Knative Service {namespace}/{name} in this host (known: {known})") from None
+            raise ConfigError(
+                f"no Knative Service {namespace}/{name} in this host (known: {known})"
+            ) from None
 
     def status(self) -> list[dict[str, Any]]:
         return [r.status() for r in self._revisions.values()]

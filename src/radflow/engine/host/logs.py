@@ -17,7 +17,9 @@ def tail_log(path: Path, follow: bool, lines: int = 200, poll_s: float = 0.2) ->
     """
     path = Path(path)
     if not path.exists() and not follow:
-        raise FileNotFoundError(f"{path}: no log yet (the function has not been started since the last reset)")
+        raise FileNotFoundError(
+            f"{path}: no log yet (the function has not been started since the last reset)"
+        )
     while not path.exists():
         time.sleep(poll_s)
     fh = open(path, encoding="utf-8", errors="replace")

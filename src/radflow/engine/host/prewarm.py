@@ -21,14 +21,22 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from radflow.engine.host.process import PidRegistry
 from radflow.engine.children import die_with_parent
+from radflow.engine.host.process import PidRegistry
 
 log = logging.getLogger(__name__)
 #: What radflow's operators import at module level (boto3 via shared.storage, SimpleITK via shared.imaging, …).
 #: ``radflow.sdk.runtime`` (every operator's main.py: cloudevents, s3transfer, pydantic models) is
 #: another 0.24 s per cold start on the 2-core VM when left to the forked child.
-IMAGING_STACK = ("pydicom", "pynetdicom", "SimpleITK", "highdicom", "numpy", "boto3", "radflow.sdk.runtime")
+IMAGING_STACK = (
+    "pydicom",
+    "pynetdicom",
+    "SimpleITK",
+    "highdicom",
+    "numpy",
+    "boto3",
+    "radflow.sdk.runtime",
+)
 ZYGOTE_SCRIPT = Path(__file__).with_name("zygote.py")
 
 
@@ -36,7 +44,12 @@ class Zygote:
     """The fork server process and the bookkeeping of the children it forked for us."""
 
     def __init__(
-        self, python: str, preload: Sequence[str], env: Mapping[str, str], cwd: Path, registry: PidRegistry | None = None
+        self,
+        python: str,
+        preload: Sequence[str],
+        env: Mapping[str, str],
+        cwd: Path,
+        registry: PidRegistry | None = None,
     ) -> None:
         self.registry = registry
         self.python = python
@@ -59,10 +72,17 @@ class Zygote:
     async def start(self) -> None:
         """Launch it; :attr:`ready` is set once its imports are done (it is not awaited here)."""
         self.proc = await asyncio.create_subprocess_exec(
-            self.python, str(ZYGOTE_SCRIPT), *self.preload, cwd=str(self.cwd), env=self.env,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None, start_new_session=True,
+            self.python,
+            str(ZYGOTE_SCRIPT),
+            *self.preload,
+            cwd=str(self.cwd),
+            env=self.env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=None,
+            start_new_session=True,
             preexec_fn=die_with_parent,
-        )  # fmt: skip
+        )
         if self.registry is not None:
             self.registry.add(self.proc.pid)
         self._reader = asyncio.create_task(self._read(), name="zygote reader")
@@ -100,12 +120,20 @@ class Zygote:
             self._exits[pid] = asyncio.get_running_loop().create_future()
         return self._exits[pid]
 
-    async def fork(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path, log_path: Path) -> int:
+    async def fork(
+        self, argv: Sequence[str], env: Mapping[str, str], cwd: Path, log_path: Path
+    ) -> int:
         assert self.proc is not None and self.proc.stdin is not None
         ident = next(self._ids)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._spawns[ident] = fut
-        req = {"id": ident, "argv": list(argv), "env": dict(env), "cwd": str(cwd), "log": str(log_path)}
+        req = {
+            "id": ident,
+            "argv": list(argv),
+            "env": dict(env),
+            "cwd": str(cwd),
+            "log": str(log_path),
+        }
         async with self._lock:
             self.proc.stdin.write(json.dumps(req).encode() + b"\n")
             await self.proc.stdin.drain()
@@ -137,9 +165,15 @@ class ForkedProcess:
     """Same surface as :class:`~radflow.engine.host.process.ManagedProcess`, forked by a :class:`Zygote`."""
 
     def __init__(
-        self, zygote: Zygote, ff_args: Sequence[str], *, env: Mapping[str, str], cwd: Path, log_path: Path,
+        self,
+        zygote: Zygote,
+        ff_args: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        cwd: Path,
+        log_path: Path,
         registry: PidRegistry | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.registry = registry
         self.zygote = zygote
         self.ff_args = list(ff_args)
@@ -199,7 +233,12 @@ class ForkedProcess:
 
 def ff_args_of(argv: Sequence[str], python: str) -> list[str] | None:
     """The functions-framework CLI args if ``argv`` is ``<python> -m functions_framework ...``."""
-    if len(argv) >= 3 and argv[0] == python and argv[1] == "-m" and argv[2] == "functions_framework":
+    if (
+        len(argv) >= 3
+        and argv[0] == python
+        and argv[1] == "-m"
+        and argv[2] == "functions_framework"
+    ):
         return list(argv[3:])
     return None
 

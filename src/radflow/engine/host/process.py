@@ -30,7 +30,13 @@ class ManagedProcess:
     """A child process in its own process group; :meth:`stop` is idempotent."""
 
     def __init__(
-        self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, log_path: Path, registry: PidRegistry | None = None
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        cwd: Path,
+        log_path: Path,
+        registry: PidRegistry | None = None,
     ) -> None:
         self.registry = registry
         self.argv = list(argv)
@@ -59,9 +65,15 @@ class ManagedProcess:
             self.started_mono = time.monotonic()
             self.started_at = time.time()
             self.proc = await asyncio.create_subprocess_exec(
-                *self.argv, cwd=str(self.cwd), env=self.env, stdin=asyncio.subprocess.DEVNULL,
-                stdout=fd, stderr=fd, start_new_session=True, preexec_fn=die_with_parent,
-            )  # fmt: skip
+                *self.argv,
+                cwd=str(self.cwd),
+                env=self.env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=fd,
+                stderr=fd,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
         finally:
             os.close(fd)
         if self.registry is not None:

@@ -139,30 +139,44 @@ def container_env(container: Mapping[str, Any], where: str) -> dict[str, str]:
             )
         env[name] = "" if item.get("value") is None else str(item["value"])
     if container.get("envFrom"):
-        raise ConfigError(f"{where}: envFrom is not supported locally; list the variables under env")
+        raise ConfigError(
+            f"{where}: envFrom is not supported locally; list the variables under env"
+        )
     return env
 
 
 def parse_service(manifest: Mapping[str, Any]) -> ServiceSpec:
     """Validate a ``serving.knative.dev/v1`` Service the way the Knative webhook would, for what we emulate."""
-    if manifest.get("kind") != "Service" or not str(manifest.get("apiVersion", "")).startswith("serving.knative.dev/"):
+    if manifest.get("kind") != "Service" or not str(manifest.get("apiVersion", "")).startswith(
+        "serving.knative.dev/"
+    ):
         raise ConfigError(
             f"{manifest.get('apiVersion')}/{manifest.get('kind')}: expected apiVersion serving.knative.dev/v1, kind Service"
         )
     name, namespace = _meta(manifest)
     where = f"Service {namespace}/{name}"
     template = (manifest.get("spec") or {}).get("template") or {}
-    annotations = {str(k): str(v) for k, v in ((template.get("metadata") or {}).get("annotations") or {}).items()}
+    annotations = {
+        str(k): str(v)
+        for k, v in ((template.get("metadata") or {}).get("annotations") or {}).items()
+    }
     pod = template.get("spec") or {}
     container = _serving_container(pod.get("containers") or [], where)
     env = container_env(container, where)
     reserved = sorted(RESERVED_ENV & env.keys())
     if reserved:
-        raise ConfigError(f"{where}: env {', '.join(reserved)} is reserved by Knative and set by the host")
+        raise ConfigError(
+            f"{where}: env {', '.join(reserved)} is reserved by Knative and set by the host"
+        )
 
     timeout = pod.get("timeoutSeconds", DEFAULT_TIMEOUT_S)
     timeout_s = _int(timeout, f"{where}: spec.template.spec.timeoutSeconds", 1, MAX_TIMEOUT_S)
-    cc = _int(pod.get("containerConcurrency", 0), f"{where}: containerConcurrency", 0, MAX_CONTAINER_CONCURRENCY)
+    cc = _int(
+        pod.get("containerConcurrency", 0),
+        f"{where}: containerConcurrency",
+        0,
+        MAX_CONTAINER_CONCURRENCY,
+    )
 
     def ann(key: str) -> str | None:
         return annotations.get(AUTOSCALING + key)
@@ -172,22 +186,41 @@ def parse_service(manifest: Mapping[str, Any]) -> ServiceSpec:
     if max_scale and min_scale > max_scale:
         raise ConfigError(f"{where}: min-scale {min_scale} is greater than max-scale {max_scale}")
     initial = ann("initial-scale")
-    initial_scale = _int(initial, f"{where}: {AUTOSCALING}initial-scale") if initial is not None else None
+    initial_scale = (
+        _int(initial, f"{where}: {AUTOSCALING}initial-scale") if initial is not None else None
+    )
     window_s = _duration_s(ann("window") or DEFAULT_WINDOW_S, f"{where}: {AUTOSCALING}window")
     if not 6 <= window_s <= 3600:
-        raise ConfigError(f"{where}: {AUTOSCALING}window must be between 6s and 1h (Knative's bounds), got {window_s}s")
-    retention_s = _duration_s(ann("scale-to-zero-pod-retention-period") or 0, f"{where}: retention period")
+        raise ConfigError(
+            f"{where}: {AUTOSCALING}window must be between 6s and 1h (Knative's bounds), got {window_s}s"
+        )
+    retention_s = _duration_s(
+        ann("scale-to-zero-pod-retention-period") or 0, f"{where}: retention period"
+    )
     delay_s = _duration_s(ann("scale-down-delay") or 0, f"{where}: {AUTOSCALING}scale-down-delay")
     target = _int(ann("target") or DEFAULT_TARGET, f"{where}: {AUTOSCALING}target", 1)
-    deadline_s = _duration_s(annotations.get("serving.knative.dev/progress-deadline") or 600, f"{where}: progress-deadline")
+    deadline_s = _duration_s(
+        annotations.get("serving.knative.dev/progress-deadline") or 600,
+        f"{where}: progress-deadline",
+    )
     probe = ((container.get("readinessProbe") or {}).get("httpGet") or {}).get("path")
     return ServiceSpec(
-        name=name, namespace=namespace, container=container, env=env,
-        container_concurrency=cc, timeout_s=float(timeout_s),
-        min_scale=min_scale, max_scale=max_scale, initial_scale=initial_scale,
-        window_s=window_s, retention_s=retention_s, scale_down_delay_s=delay_s,
-        target=target, readiness_path=probe, progress_deadline_s=deadline_s,
-    )  # fmt: skip
+        name=name,
+        namespace=namespace,
+        container=container,
+        env=env,
+        container_concurrency=cc,
+        timeout_s=float(timeout_s),
+        min_scale=min_scale,
+        max_scale=max_scale,
+        initial_scale=initial_scale,
+        window_s=window_s,
+        retention_s=retention_s,
+        scale_down_delay_s=delay_s,
+        target=target,
+        readiness_path=probe,
+        progress_deadline_s=deadline_s,
+    )
 
 
 def parse_deployment(manifest: Mapping[str, Any]) -> DeploymentSpec:
@@ -200,7 +233,10 @@ def parse_deployment(manifest: Mapping[str, Any]) -> DeploymentSpec:
     spec = manifest.get("spec") or {}
     template = spec.get("template") or {}
     annotations = {
-        **{str(k): str(v) for k, v in ((template.get("metadata") or {}).get("annotations") or {}).items()},
+        **{
+            str(k): str(v)
+            for k, v in ((template.get("metadata") or {}).get("annotations") or {}).items()
+        },
         **{str(k): str(v) for k, v in (meta.get("annotations") or {}).items()},
     }
     container = _serving_container((template.get("spec") or {}).get("containers") or [], where)
@@ -254,7 +290,9 @@ def resolve_executable(first: str, python: str) -> list[str]:
     return [first]
 
 
-def container_argv(container: Mapping[str, Any], env: Mapping[str, str], python: str, host: str, where: str) -> list[str]:
+def container_argv(
+    container: Mapping[str, Any], env: Mapping[str, str], python: str, host: str, where: str
+) -> list[str]:
     """The local command line for a container (see docs/host.md, "From container to process")."""
     command = [str(c) for c in container.get("command") or []]
     args = [expand(str(a), env) for a in container.get("args") or []]
@@ -263,7 +301,9 @@ def container_argv(container: Mapping[str, Any], env: Mapping[str, str], python:
         return resolve_executable(command[0], python) + command[1:] + args
     if any(key in env for key in FUNCTION_ENV):
         if "FUNCTION_TARGET" not in env:
-            raise ConfigError(f"{where}: FUNCTION_SOURCE/FUNCTION_SIGNATURE_TYPE set but FUNCTION_TARGET is missing")
+            raise ConfigError(
+                f"{where}: FUNCTION_SOURCE/FUNCTION_SIGNATURE_TYPE set but FUNCTION_TARGET is missing"
+            )
         argv = [python, "-m", "functions_framework", "--target", env["FUNCTION_TARGET"]]
         if env.get("FUNCTION_SOURCE"):
             argv += ["--source", env["FUNCTION_SOURCE"]]
@@ -278,7 +318,12 @@ def container_argv(container: Mapping[str, Any], env: Mapping[str, str], python:
 
 def knative_env(spec: ServiceSpec, port: int) -> dict[str, str]:
     """The env Knative itself sets in a revision's user container."""
-    return {"PORT": str(port), "K_SERVICE": spec.name, "K_REVISION": spec.revision, "K_CONFIGURATION": spec.name}
+    return {
+        "PORT": str(port),
+        "K_SERVICE": spec.name,
+        "K_REVISION": spec.revision,
+        "K_CONFIGURATION": spec.name,
+    }
 
 
 # --- SinkBinding -------------------------------------------------------------------------------------------
@@ -289,7 +334,11 @@ def _selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) ->
         if labels.get(key) != str(value):
             return False
     for expr in selector.get("matchExpressions") or []:
-        key, op, values = expr.get("key"), expr.get("operator"), [str(v) for v in expr.get("values") or []]
+        key, op, values = (
+            expr.get("key"),
+            expr.get("operator"),
+            [str(v) for v in expr.get("values") or []],
+        )
         present = key in labels
         if op == "In" and not (present and labels[key] in values):
             return False
@@ -300,7 +349,9 @@ def _selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) ->
         if op == "DoesNotExist" and present:
             return False
         if op not in {"In", "NotIn", "Exists", "DoesNotExist"}:
-            raise ConfigError(f"label selector: operator {op!r} is not In, NotIn, Exists or DoesNotExist")
+            raise ConfigError(
+                f"label selector: operator {op!r} is not In, NotIn, Exists or DoesNotExist"
+            )
     return True
 
 
@@ -308,7 +359,9 @@ def binding_matches(binding: Mapping[str, Any], deployment: DeploymentSpec) -> b
     """Whether a SinkBinding's ``subject`` (by name or label selector) is this Deployment."""
     b_name, b_namespace = _meta(binding)
     subject = (binding.get("spec") or {}).get("subject") or {}
-    if subject.get("kind") != "Deployment" or not str(subject.get("apiVersion", "")).startswith("apps/"):
+    if subject.get("kind") != "Deployment" or not str(subject.get("apiVersion", "")).startswith(
+        "apps/"
+    ):
         return False
     if str(subject.get("namespace") or b_namespace) != deployment.namespace:
         return False
@@ -316,7 +369,9 @@ def binding_matches(binding: Mapping[str, Any], deployment: DeploymentSpec) -> b
         return bool(subject["name"] == deployment.name)
     if subject.get("selector") is not None:
         return _selector_matches(subject["selector"], deployment.labels)
-    raise ConfigError(f"SinkBinding {b_namespace}/{b_name}: spec.subject needs a name or a selector")
+    raise ConfigError(
+        f"SinkBinding {b_namespace}/{b_name}: spec.subject needs a name or a selector"
+    )
 
 
 def ce_overrides_json(binding: Mapping[str, Any]) -> str:

@@ -116,7 +116,12 @@ class _Supervised:
         self.last_exit_code: int | None = None
         self.stopping = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
-        grace = (spec.raw.get("spec") or {}).get("template", {}).get("spec", {}).get("terminationGracePeriodSeconds", 30)
+        grace = (
+            (spec.raw.get("spec") or {})
+            .get("template", {})
+            .get("spec", {})
+            .get("terminationGracePeriodSeconds", 30)
+        )
         self.grace_s = min(float(grace), runner.grace_cap_s)
 
     def _make(self) -> EmbeddedWorkload | _ProcessWorkload:
@@ -124,14 +129,29 @@ class _Supervised:
         where = f"Deployment {self.spec.namespace}/{self.spec.name}"
         if kind is not None:
             made = _LAUNCHERS[kind](
-                LaunchContext(self.spec, dict(self.env), self.runner.workdir, self.runner.state_dir, self.log_path, self.runner.python)
+                LaunchContext(
+                    self.spec,
+                    dict(self.env),
+                    self.runner.workdir,
+                    self.runner.state_dir,
+                    self.log_path,
+                    self.runner.python,
+                )
             )
             if isinstance(made, EmbeddedWorkload):
                 return made
             argv = [str(a) for a in made]
         else:
-            argv = container_argv(self.spec.container, self.env, self.runner.python, "127.0.0.1", where)
-        process = ManagedProcess(argv, env=self.env, cwd=self.runner.workdir, log_path=self.log_path, registry=self.runner.registry)
+            argv = container_argv(
+                self.spec.container, self.env, self.runner.python, "127.0.0.1", where
+            )
+        process = ManagedProcess(
+            argv,
+            env=self.env,
+            cwd=self.runner.workdir,
+            log_path=self.log_path,
+            registry=self.runner.registry,
+        )
         return _ProcessWorkload(process)
 
     async def run(self) -> None:
@@ -141,7 +161,9 @@ class _Supervised:
             try:
                 self.workload = self._make()
                 await self.workload.start()
-            except Exception as exc:  # a bad launcher or a missing executable: report, back off, retry
+            except (
+                Exception
+            ) as exc:  # a bad launcher or a missing executable: report, back off, retry
                 log_line(self.log_path, f"cannot start: {type(exc).__name__}: {exc}")
                 log.error("Deployment %s: cannot start: %s", self.spec.name, exc)
                 self.workload = None
@@ -152,7 +174,9 @@ class _Supervised:
                     break
                 self.state = "running"
                 self.started_at = time.time()
-                log_line(self.log_path, f"started pid {self.workload.pid} (restart {self.restarts})")
+                log_line(
+                    self.log_path, f"started pid {self.workload.pid} (restart {self.restarts})"
+                )
                 code = await self.workload.wait()
             self.last_exit_code = code
             if self.stopping.is_set():
@@ -161,7 +185,10 @@ class _Supervised:
                 backoff = self.runner.backoff_initial_s
             self.restarts += 1
             self.state = "backoff"
-            log_line(self.log_path, f"exited with code {code}; restarting in {backoff:g}s (CrashLoopBackOff)")
+            log_line(
+                self.log_path,
+                f"exited with code {code}; restarting in {backoff:g}s (CrashLoopBackOff)",
+            )
             try:
                 await asyncio.wait_for(self.stopping.wait(), backoff)
             except TimeoutError:
@@ -214,7 +241,9 @@ class WorkloadRunner:
         matches = [b for b in self.sinkbindings if binding_matches(b, spec)]
         if len(matches) > 1:
             names = ", ".join(str((b.get("metadata") or {}).get("name")) for b in matches)
-            raise ConfigError(f"Deployment {spec.namespace}/{spec.name} is the subject of several SinkBindings ({names}); keep one")
+            raise ConfigError(
+                f"Deployment {spec.namespace}/{spec.name} is the subject of several SinkBindings ({names}); keep one"
+            )
         return matches[0] if matches else None
 
     def environment(self, spec: DeploymentSpec) -> dict[str, str]:
@@ -223,7 +252,9 @@ class WorkloadRunner:
         if binding is not None:
             sink = (binding.get("spec") or {}).get("sink")
             if not sink:
-                raise ConfigError(f"SinkBinding {(binding.get('metadata') or {}).get('name')}: spec.sink is required")
+                raise ConfigError(
+                    f"SinkBinding {(binding.get('metadata') or {}).get('name')}: spec.sink is required"
+                )
             env["K_SINK"] = self.resolve_sink(sink, spec.namespace)
             env["K_CE_OVERRIDES"] = ce_overrides_json(binding)
         env.update(self.env_overrides.get(spec.name, {}))
@@ -233,7 +264,11 @@ class WorkloadRunner:
         """Validate everything first (unknown launcher kinds, bindings), then start each Deployment."""
         stale = self.registry.reap_stale()
         if stale:
-            log.warning("killed %d workload process group(s) left by an engine that did not stop cleanly: %s", len(stale), stale)
+            log.warning(
+                "killed %d workload process group(s) left by an engine that did not stop cleanly: %s",
+                len(stale),
+                stale,
+            )
         planned: list[_Supervised] = []
         for spec in self.specs:
             kind = spec.embedded_kind
@@ -245,7 +280,13 @@ class WorkloadRunner:
                 )
             env = self.environment(spec)
             if kind is None:
-                container_argv(spec.container, env, self.python, "127.0.0.1", f"Deployment {spec.namespace}/{spec.name}")
+                container_argv(
+                    spec.container,
+                    env,
+                    self.python,
+                    "127.0.0.1",
+                    f"Deployment {spec.namespace}/{spec.name}",
+                )
             planned.append(_Supervised(self, spec, env))
         for sup in planned:
             self._supervised.append(sup)

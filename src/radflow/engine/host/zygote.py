@@ -34,7 +34,9 @@ def _child(req: dict[str, Any]) -> None:
     try:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the zygote's own handler is not the instance's
+        signal.signal(
+            signal.SIGTERM, signal.SIG_DFL
+        )  # the zygote's own handler is not the instance's
         os.setsid()
         if sys.platform.startswith("linux"):  # die with the zygote, which dies with the engine
             import ctypes

@@ -34,7 +34,9 @@ class Invocation:
 
 
 def _path_pattern(clara_path: str) -> re.Pattern[str]:
-    return re.compile(r"(?<![\w./-])" + re.escape(clara_path.rstrip("/") or "/") + r"(?=$|/|[^\w.-])")
+    return re.compile(
+        r"(?<![\w./-])" + re.escape(clara_path.rstrip("/") or "/") + r"(?=$|/|[^\w.-])"
+    )
 
 
 def map_paths(text: str, paths: Mapping[str, Path]) -> str:
@@ -54,7 +56,9 @@ def env_name(name: str) -> str:
 def plan(ctx: StageContext) -> Invocation:
     """The command line, environment additions and working folder for one run."""
     if not ctx.command:
-        raise InvalidInput(f"stage {ctx.stage!r}: no container.command to run", code="operator_without_command")
+        raise InvalidInput(
+            f"stage {ctx.stage!r}: no container.command to run", code="operator_without_command"
+        )
     argv = [map_paths(arg, ctx.paths) for arg in ctx.command]
     env = {k: map_paths(v, ctx.paths) for k, v in ctx.variables.items()}
     for name, folder in ctx.inputs.items():
@@ -71,6 +75,12 @@ def run(ctx: StageContext) -> dict[str, object]:
     if code == EX_TEMPFAIL:
         raise Unavailable(f"operator exited with {EX_TEMPFAIL} (temporary failure)")
     if code != 0:
-        raise InvalidInput(f"operator command exited with status {code}", code=f"operator_exit_{code}" if code > 0 else "operator_killed")
-    files = {name: sum(1 for p in folder.rglob("*") if p.is_file()) for name, folder in ctx.outputs.items()}
+        raise InvalidInput(
+            f"operator command exited with status {code}",
+            code=f"operator_exit_{code}" if code > 0 else "operator_killed",
+        )
+    files = {
+        name: sum(1 for p in folder.rglob("*") if p.is_file())
+        for name, folder in ctx.outputs.items()
+    }
     return {"exit_code": code, "duration_s": round(duration, 3), "output_files": files}

@@ -25,7 +25,13 @@ def execute(argv: Sequence[str], env: Mapping[str, str], cwd: Path) -> tuple[int
     full_env = {**os.environ, **env}
     try:
         proc = subprocess.Popen(
-            list(argv), env=full_env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+            list(argv),
+            env=full_env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
         )
     except FileNotFoundError:
         logger.error("operator command not found: %s", argv[0])

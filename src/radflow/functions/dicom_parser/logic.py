@@ -27,8 +27,8 @@ from typing import Any
 from radflow.functions.dicom_parser.settings import DicomParserSettings
 from radflow.imaging import dicom, selection
 from radflow.imaging.dicom_prefix import pixel_data_offset
-from radflow.sdk.errors import InvalidInput
 from radflow.imaging.volume import Geometry, write_volume
+from radflow.sdk.errors import InvalidInput
 from radflow.sdk.stage import DEFAULT, StageContext, headers_first
 from radflow.sdk.storage import safe_component
 
@@ -66,11 +66,19 @@ def _metadata(series: dicom.Series, volume: dicom.Volume, file_name: str) -> dic
         "volume": file_name,
         "shape_zyx": list(plan.shape),
         "dtype": str(volume.array.dtype),
-        "geometry": {"space": "LPS", "origin": plan.origin, "spacing": plan.spacing, "direction": plan.direction},
+        "geometry": {
+            "space": "LPS",
+            "origin": plan.origin,
+            "spacing": plan.spacing,
+            "direction": plan.direction,
+        },
         "fingerprint": dicom.geometry_fingerprint(plan),
         # volume z index -> source plane: the writers map mask slices back through this list
         "slices": [
-            {"sop_instance_uid": series.instances[r.instance].sop_instance_uid, "frame": None if r.frame is None else r.frame + 1}
+            {
+                "sop_instance_uid": series.instances[r.instance].sop_instance_uid,
+                "frame": None if r.frame is None else r.frame + 1,
+            }
             for r in plan.slices
         ],
         "header": dicom.to_json_model(series.first),
@@ -100,22 +108,28 @@ def run(ctx: StageContext) -> dict[str, Any]:
         series that is not one regular volume (the message names series index and rule).
     """
     settings = DicomParserSettings.from_variables(ctx.variables)
-    rules = selection.rules_from_variables(ctx.variables, read_file=lambda p: Path(p).read_text("utf-8"))
+    rules = selection.rules_from_variables(
+        ctx.variables, read_file=lambda p: Path(p).read_text("utf-8")
+    )
     clock = {"start": time.perf_counter()}
     instances, skipped = dicom.scan_folder(ctx.inputs[DEFAULT])
     clock["scanned"] = time.perf_counter()
     if not instances:
-        raise InvalidInput(f"input 'default' holds no DICOM instances ({len(skipped)} unreadable .dcm files)")
+        raise InvalidInput(
+            f"input 'default' holds no DICOM instances ({len(skipped)} unreadable .dcm files)"
+        )
     all_series = dicom.group_series(instances)
     outcome = selection.select(rules, [_facts(s) for s in all_series])
     for name, indexes in outcome.selected.items():
         if not indexes and not rules.select_all:
             failed = {
-                t["series_index"]: t["selections"][name].get("reason", "")
-                for t in outcome.trace
+                t["series_index"]: t["selections"][name].get("reason", "") for t in outcome.trace
             }
             hint = "; ".join(f"series {i}: {r}" for i, r in failed.items())
-            raise InvalidInput(f"selection {name!r} matched none of {len(all_series)} series ({hint})", code="no_series_selected")
+            raise InvalidInput(
+                f"selection {name!r} matched none of {len(all_series)} series ({hint})",
+                code="no_series_selected",
+            )
 
     volumes_dir = ctx.outputs["volumes"]
     dicom_dir = ctx.outputs.get("dicom")
@@ -139,13 +153,19 @@ def run(ctx: StageContext) -> dict[str, Any]:
             trace_by_index[index]["volume"] = {"error": str(exc)}
             if rules.select_all:
                 continue  # "no rules" selects localizers too; they are skipped, not fatal
-            raise InvalidInput(f"{exc} (selected by {', '.join(map(repr, names))})", code="inconsistent_series") from exc
+            raise InvalidInput(
+                f"{exc} (selected by {', '.join(map(repr, names))})", code="inconsistent_series"
+            ) from exc
         uid = series.series_instance_uid
         suffix = ".nii.gz" if settings.volume_format == "nifti" else ".mhd"
         file_name = safe_component(uid) + suffix
         plan = volume.plan
         t1 = time.perf_counter()
-        write_volume(volumes_dir / file_name, volume.array, Geometry(plan.origin, plan.spacing, plan.direction))
+        write_volume(
+            volumes_dir / file_name,
+            volume.array,
+            Geometry(plan.origin, plan.spacing, plan.direction),
+        )
         clock["assembling"] = clock.get("assembling", 0.0) + t1 - t0
         clock["writing"] = clock.get("writing", 0.0) + time.perf_counter() - t1
         series_images[uid] = file_name
@@ -164,7 +184,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
                     shutil.copyfile(inst.path, dest)
 
     selected_series = {
-        name: [by_index[i].series_instance_uid for i in idx if i in converted] for name, idx in outcome.selected.items()
+        name: [by_index[i].series_instance_uid for i in idx if i in converted]
+        for name, idx in outcome.selected.items()
     }
     _write_json(volumes_dir, "series-images.json", series_images)
     _write_json(volumes_dir, "selected-series.json", selected_series)
@@ -190,7 +211,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     }
     seconds = {
         "scan_headers": round(clock["scanned"] - clock["start"], 3),
-        **{k: round(v, 3) for k, v in clock.items() if k in ("completing", "assembling", "writing")},
+        **{
+            k: round(v, 3) for k, v in clock.items() if k in ("completing", "assembling", "writing")
+        },
         "total": round(time.perf_counter() - clock["start"], 3),
     }
     logger.info("dicom-parser done", extra={"summary": summary, "seconds": seconds})

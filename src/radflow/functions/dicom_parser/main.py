@@ -1,6 +1,8 @@
 import functions_framework
-from radflow.sdk.runtime import serve
+
 from radflow.functions.dicom_parser import logic
+from radflow.sdk.runtime import serve
+
 
 @functions_framework.http
 def handle(request):

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field
+
 from radflow.sdk.stage import StageVariables
 
 
 class DicomParserSettings(StageVariables):
     """Variables dicom-parser reads (every other variable is ignored)."""
-
 
     rules_base64: str = Field(
         "",

@@ -12,7 +12,13 @@ import datetime as _dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-PENDING, RUNNING, COMPLETED, FAILED, DEAD_LETTERED = "pending", "running", "completed", "failed", "dead_lettered"
+PENDING, RUNNING, COMPLETED, FAILED, DEAD_LETTERED = (
+    "pending",
+    "running",
+    "completed",
+    "failed",
+    "dead_lettered",
+)
 #: how many applied event ids a job document remembers for deduplication
 MAX_SEEN = 500
 
@@ -53,7 +59,12 @@ def apply(
     Returns ``(doc, final)`` where ``final`` is ``"completed"``/``"failed"`` when the job is in
     that state after this event (so the caller replies with a job event), else ``None``.
     """
-    doc = {**doc, "stages": {k: dict(v) for k, v in doc["stages"].items()}, "dead_letters": list(doc["dead_letters"]), "seen": list(doc["seen"])}
+    doc = {
+        **doc,
+        "stages": {k: dict(v) for k, v in doc["stages"].items()},
+        "dead_letters": list(doc["dead_letters"]),
+        "seen": list(doc["seen"]),
+    }
     event_id = str(attrs.get("id", ""))
     when = str(attrs.get("time") or _dt.datetime.now(_dt.UTC).isoformat())
     etype = str(attrs.get("type", ""))
@@ -71,7 +82,14 @@ def apply(
         dest = str(attrs.get("knativeerrordest", ""))
         target = _stage_from_destination(dest, doc["pipeline"], doc["stages"])
         doc["dead_letters"].append(
-            {"event_id": event_id, "type": etype, "code": str(attrs.get("knativeerrorcode")), "destination": dest, "stage": target, "at": when}
+            {
+                "event_id": event_id,
+                "type": etype,
+                "code": str(attrs.get("knativeerrorcode")),
+                "destination": dest,
+                "stage": target,
+                "at": when,
+            }
         )
         if target and doc["stages"].get(target, {}).get("state") in (PENDING, RUNNING):
             doc["stages"][target]["state"] = DEAD_LETTERED
@@ -86,11 +104,22 @@ def apply(
         finished = _parse_time(when)
         if etype.endswith(".completed.v1"):
             duration = float(data.get("duration_ms", 0.0))
-            entry.update(state=COMPLETED, completed_at=when, duration_ms=duration, outputs=dict(data.get("outputs", {})), file_count=int(data.get("file_count", 0)))
+            entry.update(
+                state=COMPLETED,
+                completed_at=when,
+                duration_ms=duration,
+                outputs=dict(data.get("outputs", {})),
+                file_count=int(data.get("file_count", 0)),
+            )
             if finished:
                 entry["started_at"] = (finished - _dt.timedelta(milliseconds=duration)).isoformat()
         else:
-            entry.update(state=FAILED, failed_at=when, reason=str(data.get("reason", "")), message=str(data.get("message", "")))
+            entry.update(
+                state=FAILED,
+                failed_at=when,
+                reason=str(data.get("reason", "")),
+                message=str(data.get("message", "")),
+            )
     final_before = doc["state"] in (COMPLETED, FAILED)
     states = [s["state"] for s in doc["stages"].values()]
     if any(s == FAILED for s in states):
@@ -110,8 +139,8 @@ def _stage_from_destination(dest: str, pipeline: str, stages: Mapping[str, Any])
     """Knative puts the subscriber URL in ``knativeerrordest``; its host starts with the Service name."""
     host = dest.split("://", 1)[-1].split("/", 1)[0].split(".", 1)[0].split(":", 1)[0]
     prefix = f"{pipeline}-"
-    if host.startswith(prefix) and host[len(prefix):] in stages:
-        return host[len(prefix):]
+    if host.startswith(prefix) and host[len(prefix) :] in stages:
+        return host[len(prefix) :]
     return None
 
 
@@ -125,5 +154,8 @@ def summary(doc: Mapping[str, Any]) -> dict[str, Any]:
         "state": doc["state"],
         "created_at": doc.get("created_at"),
         "finished_at": doc.get("finished_at"),
-        "stages": {k: {"state": v["state"], "duration_ms": v.get("duration_ms")} for k, v in sorted(doc["stages"].items())},
+        "stages": {
+            k: {"state": v["state"], "duration_ms": v.get("duration_ms")}
+            for k, v in sorted(doc["stages"].items())
+        },
     }

@@ -45,7 +45,14 @@ def _deps() -> tuple[ObjectStore, TrackerSettings]:
     return ObjectStore(StoreSettings()), TrackerSettings()
 
 
-def handle(method: str, path: str, headers: Mapping[str, str], body: bytes, store: ObjectStore | None = None, settings: TrackerSettings | None = None) -> Reply:
+def handle(
+    method: str,
+    path: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    store: ObjectStore | None = None,
+    settings: TrackerSettings | None = None,
+) -> Reply:
     if store is None or settings is None:
         store, settings = _deps()
     if method == "GET":
@@ -147,7 +154,10 @@ def _record(store: ObjectStore, settings: TrackerSettings, event: events.CloudEv
         break
     else:
         raise Unavailable(f"job {job_id}: too many concurrent updates")
-    is_stage_event = attrs.get("type") in (EventType.STAGE_COMPLETED.value, EventType.STAGE_FAILED.value)
+    is_stage_event = attrs.get("type") in (
+        EventType.STAGE_COMPLETED.value,
+        EventType.STAGE_FAILED.value,
+    )
     if final and is_stage_event and "knativeerrorcode" not in attrs:
         return _job_event(new, final, attrs)
     return ("", 202, {})
@@ -184,5 +194,3 @@ def _job_event(doc: Mapping[str, Any], final: str, attrs: Mapping[str, Any]) -> 
     )
     headers, body = events.to_binary(event)
     return (body, 200, headers)
-
-

@@ -1,6 +1,8 @@
 import functions_framework
-from radflow.sdk.runtime import serve
+
 from radflow.functions.rtstruct_writer import logic
+from radflow.sdk.runtime import serve
+
 
 @functions_framework.http
 def handle(request):

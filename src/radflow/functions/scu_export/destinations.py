@@ -54,11 +54,15 @@ def parse_destinations(config: Mapping[str, Any]) -> dict[str, Destination]:
                 port=int(entry["port"]),
             )
         except KeyError as exc:
-            raise InvalidInput(f"{where} lacks field {exc.args[0]!r} (needs name, ae-title, host-ip, port)") from exc
+            raise InvalidInput(
+                f"{where} lacks field {exc.args[0]!r} (needs name, ae-title, host-ip, port)"
+            ) from exc
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"{where} field 'port' is not an integer") from exc
         if not 0 < dest.port < 65536 or not 0 < len(dest.ae_title) <= 16:
-            raise InvalidInput(f"{where} ({dest.name}): port must be 1-65535 and ae-title 1-16 characters")
+            raise InvalidInput(
+                f"{where} ({dest.name}): port must be 1-65535 and ae-title 1-16 characters"
+            )
         found.setdefault(dest.name, dest)
     return found
 

@@ -107,7 +107,14 @@ def collect(ctx: StageContext, inputs: tuple[str, ...]) -> tuple[list[Instance],
                 )
             except (InvalidDicomError, AttributeError, OSError, ValueError) as exc:
                 unreadable.append(
-                    FileResult(rel, "", "", "", result="failed", reason=f"not a DICOM Part 10 file with file meta: {exc}")
+                    FileResult(
+                        rel,
+                        "",
+                        "",
+                        "",
+                        result="failed",
+                        reason=f"not a DICOM Part 10 file with file meta: {exc}",
+                    )
                 )
                 continue
             instances.append(inst)
@@ -119,7 +126,9 @@ def _contexts(instances: list[Instance]) -> list[tuple[str, str]]:
 
     A peer accepts one transfer syntax per context, so two syntaxes of one class need two.
     """
-    pairs = list(dict.fromkeys((inst.sop_class_uid, inst.transfer_syntax_uid) for inst in instances))
+    pairs = list(
+        dict.fromkeys((inst.sop_class_uid, inst.transfer_syntax_uid) for inst in instances)
+    )
     if len(pairs) > 128:
         raise InvalidInput(
             f"{len(pairs)} SOP class/transfer syntax pairs to send: one association offers at most 128 presentation contexts"
@@ -127,10 +136,17 @@ def _contexts(instances: list[Instance]) -> list[tuple[str, str]]:
     return pairs
 
 
-def send_to(dest: Destination, instances: list[Instance], settings: ScuExportSettings, calling: str) -> DestinationReport:
+def send_to(
+    dest: Destination, instances: list[Instance], settings: ScuExportSettings, calling: str
+) -> DestinationReport:
     """Send ``instances`` to ``dest`` over one association, retrying it while the peer is down."""
     report = DestinationReport(dest.name, dest.ae_title, dest.host, dest.port)
-    results = {inst.relpath: FileResult(inst.relpath, inst.sop_instance_uid, inst.sop_class_uid, inst.transfer_syntax_uid) for inst in instances}
+    results = {
+        inst.relpath: FileResult(
+            inst.relpath, inst.sop_instance_uid, inst.sop_class_uid, inst.transfer_syntax_uid
+        )
+        for inst in instances
+    }
     report.files = list(results.values())
     pending = list(instances)
     started = time.perf_counter()
@@ -153,10 +169,20 @@ def send_to(dest: Destination, instances: list[Instance], settings: ScuExportSet
         def on_acse(event: evt.Event) -> None:
             prim = event.primitive  # type: ignore[attr-defined]
             if getattr(prim, "result", None) in (0x01, 0x02):
-                answer.update(result=prim.result, text=f"{prim.result_str}, {prim.source_str}: {prim.reason_str}")
+                answer.update(
+                    result=prim.result,
+                    text=f"{prim.result_str}, {prim.source_str}: {prim.reason_str}",
+                )
 
         assoc = ae.associate(
-            dest.host, dest.port, ae_title=dest.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, on_open), (evt.EVT_ACSE_RECV, on_acse), *NODELAY_HANDLERS]
+            dest.host,
+            dest.port,
+            ae_title=dest.ae_title,
+            evt_handlers=[
+                (evt.EVT_CONN_OPEN, on_open),
+                (evt.EVT_ACSE_RECV, on_acse),
+                *NODELAY_HANDLERS,
+            ],
         )
         if not assoc.is_established:
             if assoc.is_rejected:
@@ -182,7 +208,9 @@ def send_to(dest: Destination, instances: list[Instance], settings: ScuExportSet
                     continue
                 if "Status" not in status:  # no answer: aborted, timed out, connection lost
                     still = pending[i:]
-                    report.errors.append(f"attempt {report.attempts}: association lost after {i} of {len(pending)} files")
+                    report.errors.append(
+                        f"attempt {report.attempts}: association lost after {i} of {len(pending)} files"
+                    )
                     break
                 code = int(status.Status)
                 res.status = f"0x{code:04X}"
@@ -190,7 +218,10 @@ def send_to(dest: Destination, instances: list[Instance], settings: ScuExportSet
                 if category == "Success":
                     res.result, res.reason = "sent", ""
                 elif category == "Warning":
-                    res.result, res.reason = "warning", str(status.get("ErrorComment", "")) or "stored with a warning"
+                    res.result, res.reason = (
+                        "warning",
+                        str(status.get("ErrorComment", "")) or "stored with a warning",
+                    )
                 else:
                     res.result = "failed"
                     res.reason = f"{category.lower()} status" + (
@@ -202,7 +233,9 @@ def send_to(dest: Destination, instances: list[Instance], settings: ScuExportSet
                 assoc.release()
     report.seconds = round(time.perf_counter() - started, 4)
     if pending and permanent_reject:
-        raise InvalidInput(f"destination {dest.name} ({dest.ae_title}@{dest.host}:{dest.port}) {permanent_reject}")
+        raise InvalidInput(
+            f"destination {dest.name} ({dest.ae_title}@{dest.host}:{dest.port}) {permanent_reject}"
+        )
     return report
 
 
@@ -212,12 +245,17 @@ def _class_name(uid: str) -> str:
     return UID(uid).name if uid else ""
 
 
-def _write_report(ctx: StageContext, reports: list[DestinationReport], unreadable: list[FileResult]) -> None:
+def _write_report(
+    ctx: StageContext, reports: list[DestinationReport], unreadable: list[FileResult]
+) -> None:
     folder = ctx.outputs.get(REPORT)
     if folder is None:
         return
     folder.mkdir(parents=True, exist_ok=True)
-    doc = {"unreadable": [asdict(r) for r in unreadable], "destinations": [asdict(r) for r in reports]}
+    doc = {
+        "unreadable": [asdict(r) for r in unreadable],
+        "destinations": [asdict(r) for r in reports],
+    }
     (folder / REPORT_FILE).write_text(json.dumps(doc, indent=2) + "\n")
 
 
@@ -232,7 +270,11 @@ def run(ctx: StageContext, destinations: Mapping[str, Any] | None = None) -> dic
     unreachable: list[str] = []
     try:
         for dest in chosen:
-            report = send_to(dest, instances, settings, calling) if instances else DestinationReport(dest.name, dest.ae_title, dest.host, dest.port)
+            report = (
+                send_to(dest, instances, settings, calling)
+                if instances
+                else DestinationReport(dest.name, dest.ae_title, dest.host, dest.port)
+            )
             reports.append(report)
             if any(f.result == "pending" for f in report.files):
                 unreachable.append(f"{dest.name} ({'; '.join(report.errors[-1:])})")
@@ -249,7 +291,9 @@ def run(ctx: StageContext, destinations: Mapping[str, Any] | None = None) -> dic
     finally:
         _write_report(ctx, reports, unreadable)
     if unreachable:
-        raise Unavailable(f"destinations unreachable after {settings.attempts} attempts: {', '.join(unreachable)}; retry later")
+        raise Unavailable(
+            f"destinations unreachable after {settings.attempts} attempts: {', '.join(unreachable)}; retry later"
+        )
     total = len(instances) + len(unreadable)
     failures: list[str] = []
     worst = 0.0
@@ -261,7 +305,9 @@ def run(ctx: StageContext, destinations: Mapping[str, Any] | None = None) -> dic
             worst = max(worst, (len(bad) + len(unreadable)) / total)
         if bad:
             codes = sorted({f.status or "no status" for f in bad})
-            failures.append(f"{report.name}: {len(bad)} of {len(report.files)} file(s) failed ({', '.join(codes)})")
+            failures.append(
+                f"{report.name}: {len(bad)} of {len(report.files)} file(s) failed ({', '.join(codes)})"
+            )
             for f in bad:  # position and class, not the file name: names are often UIDs
                 log.warning(
                     "file not stored",
@@ -285,7 +331,9 @@ def run(ctx: StageContext, destinations: Mapping[str, Any] | None = None) -> dic
     }
     if failures and worst > settings.failure_threshold:
         raise InvalidInput(
-            "export failed permanently: " + "; ".join(failures) + f" (per-file status in output {REPORT!r}, {REPORT_FILE})"
+            "export failed permanently: "
+            + "; ".join(failures)
+            + f" (per-file status in output {REPORT!r}, {REPORT_FILE})"
         )
     return summary
 

@@ -1,6 +1,7 @@
 import functions_framework
-from radflow.sdk.runtime import serve
+
 from radflow.functions.scu_export import deps, logic
+from radflow.sdk.runtime import serve
 
 
 def run(ctx):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from pydantic import Field, field_validator
+
 from radflow.sdk.errors import InvalidInput
 from radflow.sdk.stage import StageVariables
 
@@ -16,7 +17,6 @@ def _comma_list(value: object) -> object:
 
 
 class ScuExportSettings(StageVariables):
-
     #: destination names (comma list), looked up in the adapter's configuration
     destinations: tuple[str, ...] = Field((), alias="DESTINATIONS")
     #: the inputs whose files are sent
@@ -42,5 +42,7 @@ class ScuExportSettings(StageVariables):
         """As :meth:`StageVariables.from_variables`; at least one destination is required."""
         settings = super().from_variables(variables)
         if not settings.destinations:
-            raise InvalidInput("pipeline variable DESTINATIONS is empty: name at least one destination, e.g. MYPACS")
+            raise InvalidInput(
+                "pipeline variable DESTINATIONS is empty: name at least one destination, e.g. MYPACS"
+            )
         return settings

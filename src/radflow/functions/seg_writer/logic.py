@@ -71,6 +71,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
         frames += int(dataset.NumberOfFrames)
         n_segments = max(n_segments, len(labels))
         types.append(str(dataset.SegmentationType))
-    summary = {"segmentations": written, "frames": frames, "segments": n_segments, "segmentation_types": types}
+    summary = {
+        "segmentations": written,
+        "frames": frames,
+        "segments": n_segments,
+        "segmentation_types": types,
+    }
     logger.info("seg-writer done", extra={"summary": summary})
     return summary

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field
+
 from radflow.imaging.masks import parse_labels
 from radflow.sdk.stage import StageVariables
 
 
 class SegWriterSettings(StageVariables):
-
     labels: str = Field(
         "",
         alias="NVIDIA_SEG_LABELS",
@@ -22,7 +22,9 @@ class SegWriterSettings(StageVariables):
         description="auto = BINARY for <= 2 segments, FRACTIONAL (JPEG-LS) for more; labelmap = DICOM 2024 Label Map SEG.",
     )
     omit_empty_frames: bool = Field(
-        True, alias="RADFLOW_SEG_OMIT_EMPTY_FRAMES", description="Leave out frames with no segmented pixel."
+        True,
+        alias="RADFLOW_SEG_OMIT_EMPTY_FRAMES",
+        description="Leave out frames with no segmented pixel.",
     )
 
     @property

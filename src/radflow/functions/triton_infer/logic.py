@@ -22,9 +22,9 @@ import numpy as np
 
 from radflow.functions.triton_infer.preprocess import postprocess, preprocess
 from radflow.functions.triton_infer.settings import TritonInferSettings
-from radflow.sdk.errors import InvalidInput
-from radflow.imaging.volume import read_volume, write_volume
 from radflow.imaging.inference import InferenceClient, OnnxRuntimeClient, TritonInferenceClient
+from radflow.imaging.volume import read_volume, write_volume
+from radflow.sdk.errors import InvalidInput
 from radflow.sdk.stage import StageContext
 
 log = logging.getLogger(__name__)
@@ -39,20 +39,30 @@ def make_client(settings: TritonInferSettings) -> InferenceClient:
     """The client the variables ask for; the ONNX Runtime fallback is announced in the log."""
     if settings.backend == "onnxruntime":
         if not settings.model_repository:
-            raise InvalidInput("TRITON_BACKEND=onnxruntime needs TRITON_MODEL_REPOSITORY (the model repository folder)")
+            raise InvalidInput(
+                "TRITON_BACKEND=onnxruntime needs TRITON_MODEL_REPOSITORY (the model repository folder)"
+            )
         log.warning("inference backend: %s", FALLBACK_NOTE)
         return OnnxRuntimeClient(Path(settings.model_repository))
     if not settings.triton_url:
-        raise InvalidInput("pipeline variable NVIDIA_TRITON_HTTPURI (host:port of Triton's HTTP endpoint) is not set")
-    return TritonInferenceClient(settings.triton_url, timeout=settings.timeout, model_version=settings.model_version)
+        raise InvalidInput(
+            "pipeline variable NVIDIA_TRITON_HTTPURI (host:port of Triton's HTTP endpoint) is not set"
+        )
+    return TritonInferenceClient(
+        settings.triton_url, timeout=settings.timeout, model_version=settings.model_version
+    )
 
 
 def _series_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
-        raise InvalidInput(f"input {INPUT!r} is missing: expected a folder of <series>.nii.gz from dicom-parser")
+        raise InvalidInput(
+            f"input {INPUT!r} is missing: expected a folder of <series>.nii.gz from dicom-parser"
+        )
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(SUFFIX))
     if not files:
-        raise InvalidInput(f"input {INPUT!r} holds no *{SUFFIX} volume (dicom-parser selected no series?)")
+        raise InvalidInput(
+            f"input {INPUT!r} holds no *{SUFFIX} volume (dicom-parser selected no series?)"
+        )
     return files
 
 
@@ -72,10 +82,14 @@ def run(ctx: StageContext, client: InferenceClient | None = None) -> dict[str, A
             series = path.name[: -len(SUFFIX)]
             volume, geometry = read_volume(path)
             if volume.ndim != 3:
-                raise InvalidInput(f"volume {path.name} has {volume.ndim} dimensions, expected a 3D (z, y, x) volume")
+                raise InvalidInput(
+                    f"volume {path.name} has {volume.ndim} dimensions, expected a 3D (z, y, x) volume"
+                )
             x = preprocess(volume, settings.model_size, settings.normalisation)
             t0 = time.perf_counter()
-            result = client.infer(settings.model_name, {settings.input_name: x}, [settings.output_name])
+            result = client.infer(
+                settings.model_name, {settings.input_name: x}, [settings.output_name]
+            )
             infer_seconds += time.perf_counter() - t0
             version = result.model_version
             try:
@@ -86,7 +100,9 @@ def run(ctx: StageContext, client: InferenceClient | None = None) -> dict[str, A
                     threshold=settings.threshold,
                 )
             except ValueError as exc:
-                raise InvalidInput(f"model {settings.model_name!r} output {settings.output_name!r}: {exc}") from exc
+                raise InvalidInput(
+                    f"model {settings.model_name!r} output {settings.output_name!r}: {exc}"
+                ) from exc
             write_volume(out / path.name, mask, geometry)
             values, counts = np.unique(mask, return_counts=True)
             records[series] = {
@@ -108,7 +124,9 @@ def run(ctx: StageContext, client: InferenceClient | None = None) -> dict[str, A
             "threshold": settings.threshold,
         },
         "masks": records,
-        "note": "demo model trained on synthetic data, not for clinical use" if settings.model_name == "brain_tumor_seg" else "",
+        "note": "demo model trained on synthetic data, not for clinical use"
+        if settings.model_name == "brain_tumor_seg"
+        else "",
     }
     (out / "masks.json").write_text(json.dumps(document, indent=2) + "\n")
     return {

@@ -47,7 +47,9 @@ def resize_nearest(labels: np.ndarray, size: tuple[int, int, int]) -> np.ndarray
         n_in = out.shape[axis]
         if n_in == n_out:
             continue
-        idx = np.minimum(np.floor((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.intp), n_in - 1)
+        idx = np.minimum(
+            np.floor((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.intp), n_in - 1
+        )
         out = np.take(out, idx, axis=axis)
     return np.ascontiguousarray(out)
 
@@ -71,7 +73,9 @@ def normalise(volume: np.ndarray, method: Normalisation = "zscore") -> np.ndarra
     return ((v - fg.mean()) / max(float(fg.std()), 1e-6)).astype(np.float32)
 
 
-def preprocess(volume: np.ndarray, size: tuple[int, int, int], method: Normalisation = "zscore") -> np.ndarray:
+def preprocess(
+    volume: np.ndarray, size: tuple[int, int, int], method: Normalisation = "zscore"
+) -> np.ndarray:
     """Volume (z, y, x) -> model input (1, 1, *size) float32: resize, then normalise."""
     return normalise(resize_linear(volume, size), method)[None, None]
 

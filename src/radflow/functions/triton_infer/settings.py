@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field, field_validator
+
 from radflow.sdk.stage import StageVariables
 
 
 class TritonInferSettings(StageVariables):
     """Field names are the variable names; every field has the demo model's default."""
-
 
     #: Triton's HTTP endpoint, ``host:port`` (Clara's name); required with the Triton backend
     triton_url: str = Field("", alias="NVIDIA_TRITON_HTTPURI")
@@ -25,7 +25,9 @@ class TritonInferSettings(StageVariables):
     output_name: str = Field("OUTPUT__0", alias="TRITON_OUTPUT")
     #: the model's fixed input grid, ``z,y,x``
     model_size: tuple[int, int, int] = Field((32, 64, 64), alias="TRITON_MODEL_SIZE")
-    normalisation: Literal["zscore", "minmax", "none"] = Field("zscore", alias="TRITON_NORMALIZATION")
+    normalisation: Literal["zscore", "minmax", "none"] = Field(
+        "zscore", alias="TRITON_NORMALIZATION"
+    )
     postprocess: Literal["argmax", "threshold"] = Field("argmax", alias="TRITON_POSTPROCESS")
     threshold: float = Field(0.5, alias="TRITON_THRESHOLD", ge=0.0, le=1.0)
     #: label names for values 1, 2, ... (comma list), written to masks.json

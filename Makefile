@@ -7,7 +7,7 @@ BIN     = $(VENV)/bin
 .PHONY: setup demo test lint
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml setup.py scripts/install-system-packages
+$(VENV)/.installed: pyproject.toml scripts/install-system-packages
 	scripts/install-system-packages
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -17,7 +17,11 @@ $(VENV)/.installed: pyproject.toml setup.py scripts/install-system-packages
 demo: setup
 	$(BIN)/radflow demo
 
+# static checks: formatting, lint, types, the layers and library owners
 lint: setup
+	$(BIN)/ruff format --check --quiet .
+	$(BIN)/ruff check --quiet .
+	$(BIN)/mypy
 	PYTHON=$(BIN)/python scripts/lint-imports
 
 test: lint

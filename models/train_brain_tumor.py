@@ -112,15 +112,15 @@ def crops(
             centre = fg[torch.randint(0, len(fg), (1,), generator=g).item()]
             lo = [
                 int(c) - s // 2 + int(torch.randint(-s // 4, s // 4 + 1, (1,), generator=g))
-                for c, s in zip(centre, CROP)
+                for c, s in zip(centre, CROP, strict=False)
             ]
         else:
             lo = [
                 int(torch.randint(0, m - s + 1, (1,), generator=g))
-                for m, s in zip(MODEL_SIZE, CROP)
+                for m, s in zip(MODEL_SIZE, CROP, strict=False)
             ]
-        lo = [min(max(v, 0), m - s) for v, m, s in zip(lo, MODEL_SIZE, CROP)]
-        sl = tuple(slice(v, v + s) for v, s in zip(lo, CROP))
+        lo = [min(max(v, 0), m - s) for v, m, s in zip(lo, MODEL_SIZE, CROP, strict=False)]
+        sl = tuple(slice(v, v + s) for v, s in zip(lo, CROP, strict=False))
         bx.append(xs[i][(slice(None), *sl)])
         by.append(ys[i][sl])
     return torch.stack(bx), torch.stack(by)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pynetdicom import evt
+from pynetdicom.events import EventHandlerType
 
 from radflow.adapter import grouping
 from radflow.adapter.config import AdapterConfig
@@ -140,7 +141,7 @@ class StoreHandlers:
         with self._lock:
             return dict(self.counters)
 
-    def bindings(self) -> list[tuple[Any, Callable[..., Any]]]:
+    def bindings(self) -> list[EventHandlerType]:
         return [
             (evt.EVT_REQUESTED, self.on_requested),
             (evt.EVT_C_ECHO, self.on_echo),

@@ -44,7 +44,7 @@ def configure_pynetdicom(spool: SpoolFiles) -> None:
         setattr(_config, name, value)
     # pynetdicom creates its NamedTemporaryFile in the default temp dir: point pynetdicom's (and
     # only pynetdicom's) at the spool's tmp/ so accepting an instance is a rename, not a copy
-    dimse_messages.NamedTemporaryFile = functools.partial(
+    dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[assignment]
         tempfile.NamedTemporaryFile, dir=str(spool.tmp_dir)
     )
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydicom import dcmread
 from pynetdicom import AE, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from radflow.engine.ports import free_port
 from radflow.imaging.dimse import NODELAY_HANDLERS

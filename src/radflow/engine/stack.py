@@ -74,8 +74,8 @@ class Engine:
             endpoint_url=endpoint,
             bucket=s3.bucket,
             region=s3.region,
-            access_key_id=s3.access_key_id,  # type: ignore[arg-type]
-            secret_access_key=s3.secret_access_key,  # type: ignore[arg-type]
+            access_key_id=s3.access_key_id,
+            secret_access_key=s3.secret_access_key,
         )
 
     def base_env(self) -> dict[str, str]:

@@ -12,6 +12,7 @@ import socket
 from typing import Any
 
 from pynetdicom import evt
+from pynetdicom.events import EventHandlerType
 
 
 def set_tcp_nodelay(event: Any) -> None:
@@ -25,4 +26,4 @@ def set_tcp_nodelay(event: Any) -> None:
 
 
 #: ready to pass as (part of) ``evt_handlers`` to ``AE.associate`` / ``AE.start_server``
-NODELAY_HANDLERS = [(evt.EVT_CONN_OPEN, set_tcp_nodelay)]
+NODELAY_HANDLERS: list[EventHandlerType] = [(evt.EVT_CONN_OPEN, set_tcp_nodelay)]

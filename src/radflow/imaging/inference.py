@@ -179,9 +179,9 @@ class OnnxRuntimeClient:
     ) -> InferenceResult:
         session, version = self._session(model)
         try:
-            values = session.run(
+            values = session.run(  # type: ignore[attr-defined]
                 list(outputs), {k: np.ascontiguousarray(v) for k, v in inputs.items()}
-            )  # type: ignore[attr-defined]
+            )
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad feeds
             raise InvalidInput(f"ONNX Runtime rejected the request to {model!r}: {exc}") from exc
         return InferenceResult(dict(zip(outputs, values, strict=True)), model, version)

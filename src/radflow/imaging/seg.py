@@ -250,4 +250,4 @@ def read_segmentation_mask(path: str, n_segments: int) -> tuple[np.ndarray, list
         combine_segments=True,
         skip_overlap_checks=True,
     )
-    return np.asarray(array), uids
+    return np.asarray(array), [str(uid) for uid in uids]

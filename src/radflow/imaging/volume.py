@@ -87,8 +87,8 @@ def read_volume(path: Path) -> tuple[np.ndarray, Geometry]:
     """Read a volume written by :func:`write_volume` (or any ITK-readable file)."""
     image = sitk.ReadImage(str(path))
     geometry = Geometry(
-        origin=tuple(image.GetOrigin()),  # type: ignore[arg-type]
-        spacing=tuple(image.GetSpacing()),  # type: ignore[arg-type]
+        origin=tuple(image.GetOrigin()),
+        spacing=tuple(image.GetSpacing()),
         direction=tuple(image.GetDirection()),
     )
     return sitk.GetArrayFromImage(image), geometry

@@ -14,11 +14,13 @@ import datetime as _dt
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 from typing import Any
 
-_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
-    "radflow_log_context", default={}
+# never mutated in place: bind() sets a new mapping, so an immutable empty default is safe
+_context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "radflow_log_context", default=MappingProxyType({})
 )
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}

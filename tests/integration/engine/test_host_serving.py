@@ -184,14 +184,14 @@ def test_container_concurrency_one_serialises_or_scales_up_to_max_scale(tmp_path
 
     serial = sorted(works["serial"], key=lambda w: w["start"])
     assert len({w["pid"] for w in serial}) == 1
-    assert not any(overlaps(a, b) for a, b in zip(serial, serial[1:])), (
+    assert not any(overlaps(a, b) for a, b in zip(serial, serial[1:], strict=False)), (
         "containerConcurrency 1 was exceeded"
     )
     wide = works["wide"]
     assert len({w["pid"] for w in wide}) >= 2, "max-scale 3 never added a second process"
     for pid in {w["pid"] for w in wide}:  # still at most one request in flight per process
         mine = sorted((w for w in wide if w["pid"] == pid), key=lambda w: w["start"])
-        assert not any(overlaps(a, b) for a, b in zip(mine, mine[1:]))
+        assert not any(overlaps(a, b) for a, b in zip(mine, mine[1:], strict=False))
 
 
 def test_queue_bound_exceeded_answers_503(tmp_path: Path) -> None:

@@ -60,7 +60,7 @@ class FunctionHost:
         self.base_env = dict(base_env or {})
         self.idle_override_s = idle_override_s
         self.host = host
-        self._options = {
+        self._options: dict[str, Any] = {
             "default_max_scale": default_max_scale,
             "max_queue": max_queue,
             "grace_cap_s": grace_cap_s,

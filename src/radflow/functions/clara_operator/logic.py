@@ -15,7 +15,7 @@ stage failed permanently (``operator_exit_<code>``).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +45,7 @@ def map_paths(text: str, paths: Mapping[str, Path]) -> str:
         local = str(paths[clara])
         if clara.rstrip("/") == local.rstrip("/"):
             continue
-        text = _path_pattern(clara).sub(lambda _m: local, text)
+        text = _path_pattern(clara).sub(_literal(local), text)
     return text
 
 
@@ -84,3 +84,8 @@ def run(ctx: StageContext) -> dict[str, object]:
         for name, folder in ctx.outputs.items()
     }
     return {"exit_code": code, "duration_s": round(duration, 3), "output_files": files}
+
+
+def _literal(value: str) -> Callable[[re.Match[str]], str]:
+    """A ``re.sub`` replacement that inserts ``value`` as is (no backslash escapes)."""
+    return lambda _match: value

@@ -108,7 +108,9 @@ def run(ctx: StageContext, client: InferenceClient | None = None) -> dict[str, A
             records[series] = {
                 "file": path.name,
                 "shape": list(mask.shape),
-                "voxels": {str(int(v)): int(c) for v, c in zip(values, counts) if v != 0},
+                "voxels": {
+                    str(int(v)): int(c) for v, c in zip(values, counts, strict=True) if v != 0
+                },
             }
     finally:
         if own_client:

@@ -82,7 +82,7 @@ def preprocess(
 
 def postprocess(
     output: np.ndarray,
-    source_shape: tuple[int, int, int],
+    source_shape: tuple[int, ...],
     *,
     mode: Literal["argmax", "threshold"] = "argmax",
     threshold: float = 0.5,
@@ -100,4 +100,4 @@ def postprocess(
         labels = np.argmax(scores[0], axis=0).astype(np.uint8)
     else:
         labels = (scores[0, -1] > threshold).astype(np.uint8)
-    return resize_nearest(labels, source_shape)
+    return resize_nearest(labels, (source_shape[0], source_shape[1], source_shape[2]))

@@ -4,8 +4,9 @@
     to its reply through the activator, for a light function and one importing the full stack
     (pydicom, pynetdicom, SimpleITK, highdicom, numpy, boto3). Also the host's own spawn->ready.
     Mode ``bare`` is the baseline without the host: spawn functions-framework directly, poll
-    until the first 2xx (the method of shared/docs/performance-baselines.md §1.8). Mode ``spawn`` starts each process from scratch; mode ``prewarm`` forks it from the host's
-    fork server, which imported the full stack once (FunctionHost(prewarm=[...])).
+    until the first 2xx (the method of shared/docs/performance-baselines.md §1.8). Mode ``spawn``
+    starts each process from scratch; mode ``prewarm`` forks it from the host's fork server, which
+    imported the full stack once (FunctionHost(prewarm=[...])).
 (b) warm: sequential requests to a warm instance through the activator vs directly to its port.
 
     .venv/bin/python benchmarks/cold_start.py --runs 5 --warm 300   # about 1.5 minutes on 2 cores
@@ -83,7 +84,8 @@ async def cold_once(
 
 
 async def bare_once(kind: str, session: aiohttp.ClientSession) -> tuple[float, float]:
-    """No host: spawn functions-framework directly and poll it until the first 2xx (baseline method)."""
+    """No host: spawn functions-framework directly and poll it until the first 2xx (baseline
+    method)."""
     port = free_port()
     t0 = time.perf_counter()
     proc = await asyncio.create_subprocess_exec(

@@ -1,4 +1,5 @@
-"""Latency of one volume through the demo model: Triton (HTTP, binary tensors) vs ONNX Runtime in process.
+"""Latency of one volume through the demo model: Triton (HTTP, binary tensors) vs ONNX Runtime in
+process.
 
     .venv/bin/python benchmarks/inference.py [--repeat 20] [--shape 48,96,96]
 
@@ -60,14 +61,16 @@ def measure(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--shape", default="48,96,96", help="source volume z,y,x")
     args = ap.parse_args()
     shape = tuple(int(v) for v in args.shape.split(","))
     volume = brain_phantom(shape, seed=4_000_000).t1c  # type: ignore[arg-type]
     result: dict[str, object] = {
-        "machine": f"{platform.machine()} {platform.processor() or ''} cpus={__import__('os').cpu_count()}".strip(),
+        "machine": (
+            f"{platform.machine()} {platform.processor() or ''} cpus={__import__('os').cpu_count()}"
+        ).strip(),
         "python": platform.python_version(),
         "volume_shape": list(shape),
         "repeat": args.repeat,

@@ -1,4 +1,4 @@
-"""DICOM ingest benchmark: the radflow adapter (ack after durable store) vs dcmtk storescp to disk.
+r"""DICOM ingest benchmark: the radflow adapter (ack after durable store) vs dcmtk storescp to disk.
 
 What it measures, in one run on one machine (medians over ``--runs``):
 
@@ -18,7 +18,8 @@ view: instances/s and release -> job event).
 
 Usage::
 
-    .venv/bin/python benchmarks/ingest.py [--runs 3] [--instances 200] [--assocs 4] [--json out.json]
+    .venv/bin/python benchmarks/ingest.py [--runs 3] [--instances 200] [--assocs 4] \
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -318,10 +319,14 @@ def main() -> int:
             }
             rows.append(row)
             print(
-                f"run {run + 1}: storescp {row['storescp_inst_s']:.0f} inst/s | adapter {row['adapter_inst_s']:.0f} inst/s "
-                f"{row['adapter_mb_s']:.0f} MB/s (x{row['ratio']:.2f}) | release->event {row['release_to_event_s'] * 1000:.0f} ms"
-                f" | start->event {row['start_to_event_s']:.2f} s | pynetdicom no-op {row['pynetdicom_floor_inst_s']:.0f} inst/s"
-                f" | 1 assoc {row['adapter_1assoc_inst_s']:.0f} inst/s, release->event {row['release_to_event_1assoc_s'] * 1000:.0f} ms"
+                f"run {run + 1}: storescp {row['storescp_inst_s']:.0f} inst/s"
+                f" | adapter {row['adapter_inst_s']:.0f} inst/s "
+                f"{row['adapter_mb_s']:.0f} MB/s (x{row['ratio']:.2f})"
+                f" | release->event {row['release_to_event_s'] * 1000:.0f} ms"
+                f" | start->event {row['start_to_event_s']:.2f} s"
+                f" | pynetdicom no-op {row['pynetdicom_floor_inst_s']:.0f} inst/s"
+                f" | 1 assoc {row['adapter_1assoc_inst_s']:.0f} inst/s"
+                f", release->event {row['release_to_event_1assoc_s'] * 1000:.0f} ms"
                 f" | CPU ms/inst: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu_ms.items()),
                 flush=True,
             )
@@ -331,24 +336,35 @@ def main() -> int:
         seaweed.stop()
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     result = {
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpu, Python {platform.python_version()}",
+        "machine": (
+            f"{platform.node()} {platform.machine()} {os.cpu_count()} cpu, "
+            f"Python {platform.python_version()}"
+        ),
         "instances": args.instances,
         "assocs": args.assocs,
         "runs": rows,
         "median": med,
     }
     print(
-        f"\nmedian of {len(rows)}: {args.instances} instances ({med['mb']:.0f} MB), {args.assocs} associations\n"
-        f"  dcmtk storescp (disk):        {med['storescp_inst_s']:7.0f} inst/s  {med['storescp_mb_s']:6.0f} MB/s\n"
-        f"  radflow adapter (durable ack): {med['adapter_inst_s']:6.0f} inst/s  {med['adapter_mb_s']:6.0f} MB/s"
+        f"\nmedian of {len(rows)}: {args.instances} instances ({med['mb']:.0f} MB), "
+        f"{args.assocs} associations\n"
+        f"  dcmtk storescp (disk):        {med['storescp_inst_s']:7.0f} inst/s  "
+        f"{med['storescp_mb_s']:6.0f} MB/s\n"
+        f"  radflow adapter (durable ack): {med['adapter_inst_s']:6.0f} inst/s  "
+        f"{med['adapter_mb_s']:6.0f} MB/s"
         f"  = {med['ratio']:.2f} x storescp\n"
-        f"  pynetdicom no-op SCP:          {med['pynetdicom_floor_inst_s']:6.0f} inst/s (same fast path, nothing stored)\n"
-        f"  last release -> job event:    {med['release_to_event_s'] * 1000:7.0f} ms (timeout 0; all instances in S3)\n"
+        f"  pynetdicom no-op SCP:          {med['pynetdicom_floor_inst_s']:6.0f} inst/s "
+        "(same fast path, nothing stored)\n"
+        f"  last release -> job event:    {med['release_to_event_s'] * 1000:7.0f} ms "
+        "(timeout 0; all instances in S3)\n"
         f"  first byte -> job event:      {med['start_to_event_s']:7.2f} s\n"
-        f"  one association:              {med['adapter_1assoc_inst_s']:7.0f} inst/s, release -> job event "
+        f"  one association:              {med['adapter_1assoc_inst_s']:7.0f} inst/s, "
+        "release -> job event "
         f"{med['release_to_event_1assoc_s'] * 1000:.0f} ms\n"
-        f"  CPU per instance (send -> job event): receivers {med['cpu_ms_per_inst_receivers']:.1f} ms"
-        f" ({med['receivers']:.0f} processes), adapter process {med['cpu_ms_per_inst_adapter']:.1f} ms,"
+        "  CPU per instance (send -> job event): receivers "
+        f"{med['cpu_ms_per_inst_receivers']:.1f} ms"
+        f" ({med['receivers']:.0f} processes), adapter process "
+        f"{med['cpu_ms_per_inst_adapter']:.1f} ms,"
         f" SeaweedFS {med['cpu_ms_per_inst_seaweedfs']:.1f} ms"
     )
     if args.json:

@@ -131,11 +131,13 @@ def main() -> None:
         os.killpg(adapter.pid, signal.SIGKILL)
         adapter.wait(timeout=10)
     print(
-        f"\nmedians of {args.rounds} rounds ({args.instances} x 526 KB, {args.assocs} storescu senders):"
+        f"\nmedians of {args.rounds} rounds ({args.instances} x 526 KB, "
+        f"{args.assocs} storescu senders):"
     )
     for k, values in rows.items():
         print(
-            f"  {k:40s} {statistics.median(values):8.2f}   [{', '.join(f'{v:.2f}' for v in values)}]"
+            f"  {k:40s} {statistics.median(values):8.2f}   "
+            f"[{', '.join(f'{v:.2f}' for v in values)}]"
         )
 
 

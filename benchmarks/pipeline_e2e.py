@@ -121,7 +121,8 @@ def _delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float
 
 
 def find_job(study_uid: str, timeout: float) -> dict[str, Any] | None:
-    """The finished job document of ``study_uid`` (the tracker writes it just after the last stage)."""
+    """The finished job document of ``study_uid`` (the tracker writes it just after the last
+    stage)."""
     from radflow.cli.jobs import load_job, load_jobs
 
     deadline = time.monotonic() + timeout
@@ -136,7 +137,8 @@ def find_job(study_uid: str, timeout: float) -> dict[str, Any] | None:
 def stage_timings(
     store: ObjectStore, job: dict[str, Any], dag: dict[str, list[str]]
 ) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
-    """Per stage (seconds): hop (ready -> received), claim, stage_in, logic, stage_out; ready/replied epochs.
+    """Per stage (seconds): hop (ready -> received), claim, stage_in, logic, stage_out;
+    ready/replied epochs.
 
     Also returns each stage's summary (what ``logic.run`` returned) from its completed marker.
     """
@@ -254,7 +256,8 @@ def p90(values: list[float]) -> float:
 
 
 def render(results: list[dict[str, Any]], order: list[str]) -> str:
-    """Per run: send, job event, each stage's wall time (wait + claim + in + logic + out), totals."""
+    """Per run: send, job event, each stage's wall time (wait + claim + in + logic + out),
+    totals."""
     short = {s: s.replace("-writer", "").replace("-", "")[:9] for s in order}
     lines = [
         f"{'run':>3} {'cold':>4} {'send':>6} {'->job':>6} "
@@ -264,20 +267,24 @@ def render(results: list[dict[str, Any]], order: list[str]) -> str:
     for i, r in enumerate(results, 1):
         walls = [sum(r["stages"][s].values()) if s in r["stages"] else float("nan") for s in order]
         lines.append(
-            f"{i:>3} {sum(r['cold_starts'].values()):>4} {r['send_s']:>6.2f} {r['released_to_job_event_s'] or float('nan'):>6.2f} "
+            f"{i:>3} {sum(r['cold_starts'].values()):>4} {r['send_s']:>6.2f} "
+            f"{r['released_to_job_event_s'] or float('nan'):>6.2f} "
             + " ".join(f"{w:>9.2f}" for w in walls)
-            + f" {r['released_to_seg_and_rtstruct_s']:>6.2f} {r['inference_s']:>6.2f} {r['platform_overhead_s']:>8.2f}"
+            + f" {r['released_to_seg_and_rtstruct_s']:>6.2f} {r['inference_s']:>6.2f} "
+            f"{r['platform_overhead_s']:>8.2f}"
         )
     lines.append("")
     lines.append(
-        f"{'stage (s)':<16} {'run':>4} {'wait':>6} {'claim':>6} {'S3 in':>6} {'logic':>6} {'S3 out':>6}"
+        f"{'stage (s)':<16} {'run':>4} {'wait':>6} {'claim':>6} "
+        f"{'S3 in':>6} {'logic':>6} {'S3 out':>6}"
     )
     for i, r in enumerate(results, 1):
         for s in order:
             st = r["stages"].get(s)
             if st:
                 lines.append(
-                    f"{s:<16} {i:>4} {st['hop']:>6.2f} {st['claim']:>6.2f} {st['stage_in']:>6.2f} {st['logic']:>6.2f} {st['stage_out']:>6.2f}"
+                    f"{s:<16} {i:>4} {st['hop']:>6.2f} {st['claim']:>6.2f} "
+                    f"{st['stage_in']:>6.2f} {st['logic']:>6.2f} {st['stage_out']:>6.2f}"
                 )
     return "\n".join(lines)
 
@@ -361,7 +368,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             r = await one_run(engine, pacs, store, dag, work, port, args.seed + k, args)
             results.append(r)
             print(
-                f"run {k + 1}: e2e {r['released_to_seg_and_rtstruct_s']:.2f} s, inference {r['inference_s']:.2f} s, "
+                f"run {k + 1}: e2e {r['released_to_seg_and_rtstruct_s']:.2f} s, "
+                f"inference {r['inference_s']:.2f} s, "
                 f"overhead {r['platform_overhead_s']:.2f} s, cold starts {r['cold_starts']}",
                 flush=True,
             )
@@ -381,7 +389,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _stoppable(coro: Any) -> Any:
-    """SIGTERM/SIGINT cancel the run so the engine and its processes are stopped (background jobs ignore SIGINT)."""
+    """SIGTERM/SIGINT cancel the run so the engine and its processes are stopped (background jobs
+    ignore SIGINT)."""
     import signal
 
     task = asyncio.ensure_future(coro)

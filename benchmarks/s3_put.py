@@ -97,14 +97,16 @@ def main() -> None:
                 for name, put in variants.items():
                     results[name].append(measure(put, args.puts, server.process.pid, f"{name}/{r}"))
             print(
-                f"{args.puts} PUTs of 526 KB x {args.rounds} rounds, SeaweedFS on loopback (medians per PUT):"
+                f"{args.puts} PUTs of 526 KB x {args.rounds} rounds, "
+                "SeaweedFS on loopback (medians per PUT):"
             )
             for name, rows in results.items():
                 wall, client_cpu, weed_cpu = (
                     statistics.median(x[i] for x in rows) for i in range(3)
                 )
                 print(
-                    f"  {name:18s} wall {wall:5.1f} ms   client CPU {client_cpu:4.2f} ms   SeaweedFS CPU {weed_cpu:4.2f} ms"
+                    f"  {name:18s} wall {wall:5.1f} ms   client CPU {client_cpu:4.2f} ms   "
+                    f"SeaweedFS CPU {weed_cpu:4.2f} ms"
                 )
         finally:
             server.stop()

@@ -50,8 +50,10 @@ def measure(label: str, build: Callable[[], Dataset], out: Path, repeat: int) ->
     total = [c + w for c, w in zip(create, write, strict=True)]
     frames = getattr(ds, "NumberOfFrames", "-")
     print(
-        f"{label:<38} create {min(create):.3f} s, write {min(write):.3f} s, total min {min(total):.3f} / "
-        f"median {statistics.median(total):.3f} s, frames {frames}, {out.stat().st_size / 1e6:.2f} MB"
+        f"{label:<38} create {min(create):.3f} s, write {min(write):.3f} s, "
+        f"total min {min(total):.3f} / "
+        f"median {statistics.median(total):.3f} s, frames {frames}, "
+        f"{out.stat().st_size / 1e6:.2f} MB"
     )
 
 

@@ -116,20 +116,25 @@ def main() -> int:
                 samples[s]["operator"].append((t[s]["logic_end"] - t[s]["logic_start"]) * 1000)
         driver = "engine (BrokerRuntime + FunctionHost)" if args.engine else "MiniBroker"
         print(
-            f"machine: {platform.node()} {platform.machine()} python {platform.python_version()}, jobs={args.jobs}, driver: {driver}"
+            f"machine: {platform.node()} {platform.machine()} python {platform.python_version()}, "
+            f"jobs={args.jobs}, driver: {driver}"
         )
         print(
-            f"{'stage':<8} {'in median':>10} {'in p99':>8} {'out median':>11} {'out p99':>8} {'operator median':>16} {'hop median':>11}  (ms)"
+            f"{'stage':<8} {'in median':>10} {'in p99':>8} {'out median':>11} {'out p99':>8} "
+            f"{'operator median':>16} {'hop median':>11}  (ms)"
         )
         for s in STAGES:
             x = samples[s]
             print(
-                f"{s:<8} {statistics.median(x['in']):>10.1f} {pct(x['in'], 99):>8.1f} {statistics.median(x['out']):>11.1f} {pct(x['out'], 99):>8.1f} {statistics.median(x['operator']):>16.1f} {statistics.median(x['hop']):>11.1f}"
+                f"{s:<8} {statistics.median(x['in']):>10.1f} {pct(x['in'], 99):>8.1f} "
+                f"{statistics.median(x['out']):>11.1f} {pct(x['out'], 99):>8.1f} "
+                f"{statistics.median(x['operator']):>16.1f} {statistics.median(x['hop']):>11.1f}"
             )
         all_in = [v for s in STAGES for v in samples[s]["in"]]
         all_out = [v for s in STAGES for v in samples[s]["out"]]
         print(
-            f"{'all':<8} {statistics.median(all_in):>10.1f} {pct(all_in, 99):>8.1f} {statistics.median(all_out):>11.1f} {pct(all_out, 99):>8.1f}"
+            f"{'all':<8} {statistics.median(all_in):>10.1f} {pct(all_in, 99):>8.1f} "
+            f"{statistics.median(all_out):>11.1f} {pct(all_out, 99):>8.1f}"
         )
         if args.json:
             args.json.write_text(json.dumps(samples, indent=1))

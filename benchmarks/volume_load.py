@@ -1,8 +1,8 @@
 """Series -> volume: radflow (pydicom + np.frombuffer) vs SimpleITK ImageSeriesReader, same run.
 
 A synthetic 200-slice 512x512 MR series (uint16, 526 KB per instance) is loaded
-* from local disk: ours = ``read_series_volume`` (header parse, then pixels read into place); SimpleITK = GDCM file
-  ordering + ``ImageSeriesReader``;
+* from local disk: ours = ``read_series_volume`` (header parse, then pixels read into place);
+  SimpleITK = GDCM file ordering + ``ImageSeriesReader``;
 * from S3 (SeaweedFS on loopback, engine.seaweed): ours = ``ObjectStore.iter_objects`` (GETs in 4
   threads, in order) feeding ``volume_from_bytes``, which parses each header as its object arrives
   (pixels copied from the fetched bytes); SimpleITK = the same store's ``download_file`` in 4
@@ -54,8 +54,10 @@ def compare(
     print(
         f"{label}: radflow min {min(t_ours):.3f} s / median {statistics.median(t_ours):.3f} s; "
         f"SimpleITK min {min(t_theirs):.3f} s / median {statistics.median(t_theirs):.3f} s; "
-        f"ratio (min) {min(t_ours) / min(t_theirs):.2f}x, (median) {statistics.median(t_ours) / statistics.median(t_theirs):.2f}x; "
-        f"process CPU min {min(c_ours):.3f} s vs {min(c_theirs):.3f} s ({min(c_ours) / min(c_theirs):.2f}x)"
+        f"ratio (min) {min(t_ours) / min(t_theirs):.2f}x, "
+        f"(median) {statistics.median(t_ours) / statistics.median(t_theirs):.2f}x; "
+        f"process CPU min {min(c_ours):.3f} s vs {min(c_theirs):.3f} s "
+        f"({min(c_ours) / min(c_theirs):.2f}x)"
     )
 
 
@@ -92,7 +94,8 @@ def main() -> None:
         folder = files[0].parent
         mb = sum(f.stat().st_size for f in files) / 1e6
         print(
-            f"machine: {platform.node()} {platform.machine()} {platform.processor() or ''}, python {platform.python_version()}"
+            f"machine: {platform.node()} {platform.machine()} {platform.processor() or ''}, "
+            f"python {platform.python_version()}"
         )
         print(f"series: {len(files)} instances, {args.size}x{args.size}, {mb:.0f} MB")
         ours_local(files), sitk_local(folder)  # warm the page cache and imports

@@ -145,7 +145,8 @@ pipeline-mappings:
 
 
 def wait_counter(adapter: Any, name: str, expected: int, timeout: float = 10.0) -> int:
-    """The adapter's SCP counter ``name`` once it reaches ``expected`` (or its value at the timeout).
+    """The adapter's SCP counter ``name`` once it reaches ``expected`` (or its value at the
+    timeout).
 
     Receiver processes report their counters when an association ends, a moment after the
     peer saw the release or rejection.

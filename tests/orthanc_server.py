@@ -156,7 +156,8 @@ class OrthancServer:
     def wait_for_instances(
         self, study_id: str, modalities: set[str], sop_classes: set[str], timeout: float
     ) -> dict[str, list[dict[str, Any]]]:
-        """Poll the study until it holds an instance of every class in ``sop_classes`` (or time runs out)."""
+        """Poll the study until it holds an instance of every class in ``sop_classes`` (or time runs
+        out)."""
         deadline = time.monotonic() + timeout
         while True:
             found = self.instances_of_modalities(study_id, modalities)

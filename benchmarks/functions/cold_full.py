@@ -1,4 +1,5 @@
-"""Cold-start benchmark function importing the full operator stack at module level, as operators do."""
+"""Cold-start benchmark function importing the full operator stack at module level, as operators
+do."""
 
 import json
 

@@ -1,4 +1,5 @@
-"""Cold-start benchmark function: stdlib only, answers a binary CloudEvent (like an operator reply)."""
+"""Cold-start benchmark function: stdlib only, answers a binary CloudEvent (like an operator
+reply)."""
 
 import json
 

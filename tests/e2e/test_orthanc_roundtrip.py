@@ -37,13 +37,15 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.e2e,
     pytest.mark.skipif(ORTHANC is None, reason=SKIP_REASON),
-    # the first test of a case also pays for its fixtures: engine start (<= 180 s) + round trip (<= 300 s)
+    # the first test of a case also pays for its fixtures:
+    # engine start (<= 180 s) + round trip (<= 300 s)
     pytest.mark.timeout(600),
 ]
 
 SHAPE = (32, 128, 128)
-#: Training used seeds 0-319 and validation 1,000,000-1,000,049 (models/brain_tumor_seg.metrics.json,
-#: docs/inference.md); tests draw from 3,000,000 up so the model has never seen these phantoms.
+#: Training used seeds 0-319 and validation 1,000,000-1,000,049
+#: (models/brain_tumor_seg.metrics.json, docs/inference.md); tests draw from 3,000,000 up so the
+#: model has never seen these phantoms.
 CASES = {
     "plain-shuffled": {"seed": 3_000_101, "compression": None},
     "rle-shuffled": {"seed": 3_000_102, "compression": "rle"},
@@ -180,7 +182,8 @@ def roundtrip(
     )
     if not {SEG, RTSTRUCT} <= set(found):
         pytest.fail(
-            f"{case}: after {RESULT_TIMEOUT_S} s Orthanc holds {sorted(found)} of SEG/RTSTRUCT for the study\n{_engine_logs(rig.engine)}"
+            f"{case}: after {RESULT_TIMEOUT_S} s Orthanc holds {sorted(found)} "
+            f"of SEG/RTSTRUCT for the study\n{_engine_logs(rig.engine)}"
         )
     files: dict[str, Path] = {}
     for sop_class, name in ((SEG, "seg.dcm"), (RTSTRUCT, "rtstruct.dcm")):
@@ -249,7 +252,8 @@ def test_seg_dice_against_the_phantom_truth(roundtrip: RoundTrip) -> None:
     dice = seg_dice(roundtrip.files[SEG], roundtrip.study)
     seed = CASES[roundtrip.case]["seed"]
     assert dice >= 0.85, (
-        f"{roundtrip.case}: SEG Dice {dice:.3f} < 0.85 against the truth of held-out phantom seed {seed}"
+        f"{roundtrip.case}: SEG Dice {dice:.3f} < 0.85 "
+        f"against the truth of held-out phantom seed {seed}"
     )
 
 

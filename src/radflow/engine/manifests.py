@@ -45,7 +45,10 @@ class ManifestSet:
 
     def where(self, doc: dict[str, Any]) -> str:
         meta = doc.get("metadata") or {}
-        return f"{self.origin.get(id(doc), '?')}: {doc.get('kind')} {namespace_of(doc)}/{meta.get('name')}"
+        return (
+            f"{self.origin.get(id(doc), '?')}: "
+            f"{doc.get('kind')} {namespace_of(doc)}/{meta.get('name')}"
+        )
 
 
 def namespace_of(doc: dict[str, Any]) -> str:
@@ -72,7 +75,8 @@ def iter_documents(folder: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
 
 
 def load_manifests(folder: Path) -> ManifestSet:
-    """Load and sort the manifests under ``folder``; duplicates (kind, namespace, name) are errors."""
+    """Load and sort the manifests under ``folder``; duplicates (kind, namespace, name) are
+    errors."""
     if not folder.is_dir():
         raise ConfigError(f"{folder}: manifest folder not found")
     result = ManifestSet()

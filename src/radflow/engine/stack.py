@@ -124,9 +124,10 @@ class Engine:
     def _localise(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Copies of workload manifests as they run here.
 
-        - env values naming cluster DNS (``svc.ns.svc.cluster.local:port``) point at the local address;
-        - ``envFrom`` the object-store Secret is dropped: the engine's own S3 settings stand in for it
-          (every process gets them as ``RADFLOW_S3_*``);
+        - env values naming cluster DNS (``svc.ns.svc.cluster.local:port``) point at the local
+          address;
+        - ``envFrom`` the object-store Secret is dropped: the engine's own S3 settings stand in for
+          it (every process gets them as ``RADFLOW_S3_*``);
         - without a Triton server (platform cannot run it) operators that name one are told to use
           in-process ONNX Runtime on the same model repository.
         """
@@ -171,7 +172,8 @@ class Engine:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start every part; if one fails, what already runs is stopped before the error propagates."""
+        """Start every part; if one fails, what already runs is stopped before the error
+        propagates."""
         try:
             await self._start()
         except BaseException:

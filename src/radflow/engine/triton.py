@@ -62,7 +62,8 @@ def triton_available() -> tuple[bool, str]:
     if sys.platform != "linux" or platform.machine() != "x86_64":
         return (
             False,
-            f"the nvidia-pytriton wheel's tritonserver is Linux x86_64 only (this is {sys.platform}/{platform.machine()})",
+            "the nvidia-pytriton wheel's tritonserver is Linux x86_64 only "
+            f"(this is {sys.platform}/{platform.machine()})",
         )
     root = _pytriton_root()
     if root is None:
@@ -86,7 +87,8 @@ def triton_available() -> tuple[bool, str]:
     ):
         return (
             False,
-            f"this Python has no shared libpython{_python_version()}.so, which the backend stub links",
+            f"this Python has no shared libpython{_python_version()}.so, "
+            "which the backend stub links",
         )
     return True, "tritonserver from nvidia-pytriton"
 

@@ -1,1 +1,2 @@
-"""radflow.imaging: the imaging domain: DICOM reading and networking, selection, volumes and geometry, SEG/RTSTRUCT writing, inference."""
+"""radflow.imaging: the imaging domain: DICOM reading and networking, selection, volumes and
+geometry, SEG/RTSTRUCT writing, inference."""

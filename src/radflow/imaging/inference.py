@@ -85,7 +85,8 @@ class TritonInferenceClient:
                 known = set()
             if known and model not in known:
                 raise InvalidInput(
-                    f"Triton at {self.url} has no model {model!r} (it has: {', '.join(sorted(str(k) for k in known))});"
+                    f"Triton at {self.url} has no model {model!r} "
+                    f"(it has: {', '.join(sorted(str(k) for k in known))});"
                     " fix TRITON_MODEL_NAME or the model repository"
                 )
             raise Unavailable(f"model {model!r} is not ready on Triton at {self.url}; retry later")

@@ -59,7 +59,8 @@ class MaskedSeries:
         return [self.headers[r.instance] for r in self.plan.slices]
 
     def mask_in_source_order(self) -> np.ndarray:
-        """The mask in the order highdicom pairs with :meth:`source_images` (frame order for multi-frame)."""
+        """The mask in the order highdicom pairs with :meth:`source_images` (frame order for
+        multi-frame)."""
         if self.plan.slices[0].frame is None:
             return self.mask
         out = np.zeros_like(self.mask)
@@ -69,7 +70,8 @@ class MaskedSeries:
 
 
 def parse_labels(text: str) -> list[str]:
-    """Label names (``NVIDIA_SEG_LABELS``): a JSON list (``["tumour", "edema"]``) or a comma list (``tumour,edema``)."""
+    """Label names (``NVIDIA_SEG_LABELS``): a JSON list (``["tumour", "edema"]``) or a comma list
+    (``tumour,edema``)."""
     text = text.strip()
     if not text:
         return []
@@ -143,7 +145,8 @@ def load_masked_series(masks_dir: Path, dicom_dir: Path) -> list[MaskedSeries]:
         files = sorted(folder.glob("*.dcm")) if folder.is_dir() else []
         if not files:
             raise InvalidInput(
-                f"mask {n}: no source instances in input 'dicom' for its series (rule: mask name = SeriesInstanceUID)"
+                f"mask {n}: no source instances in input 'dicom' for its series "
+                "(rule: mask name = SeriesInstanceUID)"
             )
         headers = [dicom.read_header(f) for f in files]
         plan = dicom.plan_slices(dicom.slice_refs(headers, f"mask {n} source"), f"mask {n} source")

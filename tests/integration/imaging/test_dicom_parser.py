@@ -295,7 +295,8 @@ def test_volume_from_bytes_matches_files(tmp_path: Path, compression: str | None
 
 
 def test_jpeg_lossless_process14_target(tmp_path: Path) -> None:
-    """Classic JPEG Lossless (1.2.840.10008.1.2.4.70), transcoded by GDCM (pydicom has no encoder)."""
+    """Classic JPEG Lossless (1.2.840.10008.1.2.4.70), transcoded by GDCM (pydicom has no
+    encoder)."""
     gdcm = pytest.importorskip("gdcm")
     study = make_study(
         tmp_path / "in", SHAPE, seed=15, oblique=True, decoys=False, other_series=False

@@ -1,4 +1,5 @@
-"""rtstruct-writer: valid RT Structure Set, contours on the source planes, rasterising back gives the mask."""
+"""rtstruct-writer: valid RT Structure Set, contours on the source planes, rasterising back gives
+the mask."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""seg-writer: valid DICOM SEG, frames on the right source planes, readable by highdicom and dcmqi."""
+"""seg-writer: valid DICOM SEG, frames on the right source planes, readable by highdicom and
+dcmqi."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""knative/adapter.yaml: Deployment + Service + SinkBinding + PVC + ConfigMap, consistent with the code."""
+"""knative/adapter.yaml: Deployment + Service + SinkBinding + PVC + ConfigMap, consistent with the
+code."""
 
 from __future__ import annotations
 

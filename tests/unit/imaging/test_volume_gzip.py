@@ -1,4 +1,5 @@
-"""``.nii.gz`` written as parallel gzip members (shared/imaging.py) reads back exactly everywhere."""
+"""``.nii.gz`` written as parallel gzip members (shared/imaging.py) reads back exactly
+everywhere."""
 
 from __future__ import annotations
 

@@ -136,7 +136,8 @@ def _meta(manifest: Mapping[str, Any], kind: str) -> tuple[str, str]:
 def resolve_destination(
     dest: Any, namespace: str, field: str, where: str, resolve: Resolver | None
 ) -> Destination:
-    """A Destination (``ref`` and/or ``uri``) as an absolute URL; relative ``uri`` joins ``ref``'s URL."""
+    """A Destination (``ref`` and/or ``uri``) as an absolute URL; relative ``uri`` joins ``ref``'s
+    URL."""
     if not isinstance(dest, Mapping) or not (dest.get("ref") or dest.get("uri")):
         raise ConfigError(f"{where}: {field} must set 'ref' or 'uri'")
     uri = dest.get("uri")
@@ -148,7 +149,8 @@ def resolve_destination(
             raise ConfigError(f"{where}: {field}.ref needs 'kind' and 'name'")
         if resolve is None:
             raise ConfigError(
-                f"{where}: {field}.ref cannot be resolved here (no resolver); give an absolute 'uri'"
+                f"{where}: {field}.ref cannot be resolved here (no resolver); "
+                "give an absolute 'uri'"
             )
         try:
             base = resolve(dict(dest), namespace)
@@ -156,7 +158,8 @@ def resolve_destination(
             raise ConfigError(f"{where}: {field}.ref: {exc}") from None
         except (KeyError, LookupError, ValueError) as exc:
             raise ConfigError(
-                f"{where}: {field}.ref {ref.get('kind')}/{ref.get('name')} cannot be resolved: {exc}"
+                f"{where}: {field}.ref {ref.get('kind')}/{ref.get('name')} "
+                f"cannot be resolved: {exc}"
             ) from None
         url = urljoin(base, uri) if uri else base
         label = str(ref["name"])

@@ -186,7 +186,8 @@ class Dispatcher:
                 dest = trigger.delivery.dead_letter
                 extra = dict(delivery.error or {})
             else:
-                # stored in the dead-letter phase, but the Trigger no longer has a sink (config changed)
+                # stored in the dead-letter phase, but the Trigger no longer has a sink
+                # (config changed)
                 await self.store.run(
                     lambda c: st.finish(c, delivery.id, delivery.event.id), durable=False
                 )
@@ -244,7 +245,8 @@ class Dispatcher:
                 Kind.RETRY, 500, f"dispatch error: {type(exc).__name__}".encode(), dest=dest.url
             )
         except ValueError:
-            # an attribute value HTTP cannot carry (e.g. a line break in a header): retrying cannot help
+            # an attribute value HTTP cannot carry (e.g. a line break in a header):
+            # retrying cannot help
             return _Attempt(
                 Kind.FAIL,
                 500,

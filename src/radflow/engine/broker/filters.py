@@ -9,8 +9,9 @@ Two dialects exist on a Trigger:
   ``exact``/``prefix``/``suffix``/``all``/``any``/``not``/``cesql``. ``filters`` wins over
   ``filter`` when both are set. An ``exact``/``prefix``/``suffix`` entry with an empty key or
   value anywhere is not materialised at all (the whole entry matches), as MT's
-  ``materializeSubscriptionsAPIFilter`` drops filters its constructors refuse. Results are three-valued (pass/fail/no filter) so that ``not`` of an empty
-  filter still passes, as in eventing's ``pkg/eventfilter``.
+  ``materializeSubscriptionsAPIFilter`` drops filters its constructors refuse. Results are
+  three-valued (pass/fail/no filter) so that ``not`` of an empty filter still passes, as in
+  eventing's ``pkg/eventfilter``.
 
 The compiled filters evaluate a plain attribute mapping, so this module knows nothing of
 HTTP or the CloudEvents SDK. Validation errors are :class:`ConfigError` naming the field path.
@@ -208,7 +209,8 @@ def compile_trigger_filter(spec: Mapping[str, Any], where: str) -> Filter:
 def _check_name(name: str, field: str, where: str) -> None:
     if not ATTRIBUTE_NAME.match(name):
         raise ConfigError(
-            f"Trigger {where}: {field}: attribute name {name!r} must match {ATTRIBUTE_NAME.pattern} "
+            f"Trigger {where}: {field}: attribute name {name!r} "
+            f"must match {ATTRIBUTE_NAME.pattern} "
             "(Knative's filter rule: lower-case letters and digits, starting with a letter)"
         )
 

@@ -65,7 +65,8 @@ class Kind(enum.Enum):
 
 
 def pass_through(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """The headers a broker forwards: ``x-request-id``, ``retry-after``, ``knative-*``, ``x-b3-*``."""
+    """The headers a broker forwards: ``x-request-id``, ``retry-after``, ``knative-*``,
+    ``x-b3-*``."""
     kept: dict[str, str] = {}
     for name, value in headers:
         low = name.lower()

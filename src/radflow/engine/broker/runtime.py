@@ -1,4 +1,5 @@
-"""BrokerRuntime: the embedded engine's durable, Knative-faithful Broker (one process, many Brokers).
+"""BrokerRuntime: the embedded engine's durable, Knative-faithful Broker (one process, many
+Brokers).
 
 Ingress (knative-contracts.md §1, §13.2): ``POST /<namespace>/<broker>`` with a binary- or
 structured-mode CloudEvent. The event gets ``knativearrivaltime`` and ``knativebrokerttl``, is
@@ -149,7 +150,8 @@ class BrokerRuntime:
             log.info("resumed %d pending deliveries", len(stored) - orphans)
         if orphans:
             log.warning(
-                "%d stored deliveries belong to Triggers that are no longer defined; kept, not sent",
+                "%d stored deliveries belong to Triggers that are no longer defined; "
+                "kept, not sent",
                 orphans,
             )
         await self._dispatcher.start()
@@ -169,7 +171,8 @@ class BrokerRuntime:
         )
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight attempts finish for ``stop_grace`` s (else they stay pending)."""
+        """Stop accepting, let in-flight attempts finish for ``stop_grace`` s (else they stay
+        pending)."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

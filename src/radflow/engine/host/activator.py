@@ -123,17 +123,19 @@ class Revision:
         self._labels = {"function": spec.name}
         self._background: set[asyncio.Task[None]] = set()
 
-    # --- lifecycle ----------------------------------------------------------------------------------
+    # --- lifecycle --------------------------------------------------------------------------------
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     async def start(self) -> None:
-        """Bind the activator port (race-free: the socket is bound here) and honour min/initial scale."""
+        """Bind the activator port (race-free: the socket is bound here) and honour min/initial
+        scale."""
         app = web.Application(client_max_size=0)
         app.router.add_route("*", "/{tail:.*}", self.handle)
-        # auto_decompress=False: a gzip request body must reach the function as sent, Content-Encoding and all
+        # auto_decompress=False: a gzip request body must reach the function as sent,
+        # Content-Encoding and all
         self._runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=1.0, auto_decompress=False
         )
@@ -145,7 +147,8 @@ class Revision:
         except OSError as exc:
             sock.close()
             raise ConfigError(
-                f"Service {self.spec.namespace}/{self.spec.name}: activator port {self.requested_port} on {self.host} "
+                f"Service {self.spec.namespace}/{self.spec.name}: "
+                f"activator port {self.requested_port} on {self.host} "
                 f"is not free ({exc.strerror}); pick another or leave it to the host"
             ) from None
         self.port = sock.getsockname()[1]
@@ -208,7 +211,7 @@ class Revision:
             "log": str(self.log_path),
         }
 
-    # --- instances ----------------------------------------------------------------------------------
+    # --- instances --------------------------------------------------------------------------------
 
     def _live(self) -> list[Instance]:
         return [i for i in self.instances if not i.stopping]
@@ -339,7 +342,7 @@ class Revision:
         log_line(self.log_path, f"stopping pid {inst.process.pid} ({why})")
         await inst.process.stop(self.grace_s)
 
-    # --- request routing ----------------------------------------------------------------------------
+    # --- request routing --------------------------------------------------------------------------
 
     def _free_instance(self) -> Instance | None:
         """First fit: fill earlier instances first so surplus ones go idle and scale down."""
@@ -426,7 +429,7 @@ class Revision:
                     self._background.add(task)
                     task.add_done_callback(self._background.discard)
 
-    # --- the activator ------------------------------------------------------------------------------
+    # --- the activator ----------------------------------------------------------------------------
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
@@ -459,7 +462,8 @@ class Revision:
             code = 504
             return _error(
                 504,
-                f"function {self.spec.name}: no response within timeoutSeconds={self.spec.timeout_s:g}",
+                f"function {self.spec.name}: no response within "
+                f"timeoutSeconds={self.spec.timeout_s:g}",
             )
         finally:
             metrics.INVOCATIONS.labels(function=self.spec.name, code=str(code)).inc()
@@ -504,7 +508,8 @@ class Revision:
             response.content_type = "text/plain"
             body = (
                 f"function {self.spec.name}: instance pid {inst.process.pid} failed mid-request "
-                f"({type(exc).__name__}); the next request starts a new process; see {self.log_path}\n"
+                f"({type(exc).__name__}); the next request starts a new process; "
+                f"see {self.log_path}\n"
             ).encode()
             response.content_length = len(body)
             await response.prepare(request)

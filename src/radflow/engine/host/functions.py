@@ -32,7 +32,8 @@ def log_file(state_dir: Path, name: str, namespace: str = "default") -> Path:
 
 
 class FunctionHost:
-    """Runs Knative Services with Serving semantics: activator, scale from/to zero, concurrency, timeouts.
+    """Runs Knative Services with Serving semantics: activator, scale from/to zero, concurrency,
+    timeouts.
 
     Manifests are validated in the constructor (:class:`ConfigError` names the service and field),
     so ``radflow up`` fails before anything is started.
@@ -89,7 +90,8 @@ class FunctionHost:
         self.registry = PidRegistry(self.state_dir / "run" / "functions")
 
     async def start(self) -> None:
-        """Bind one activator port per service; spawn only what min-scale / initial-scale ask for."""
+        """Bind one activator port per service; spawn only what min-scale / initial-scale ask
+        for."""
         # one connection per proxied request: a reused keep-alive connection that gunicorn closes
         # at the same moment would turn into a spurious 502, and loopback connects cost ~0.1 ms
         self._session = aiohttp.ClientSession(
@@ -100,14 +102,16 @@ class FunctionHost:
         stale = self.registry.reap_stale()
         if stale:
             log.warning(
-                "killed %d function process group(s) left by an engine that did not stop cleanly: %s",
+                "killed %d function process group(s) left by an engine "
+                "that did not stop cleanly: %s",
                 len(stale),
                 stale,
             )
         try:
             if self.prewarm is not None:
-                # forks functions-framework instances from an interpreter with these modules imported;
-                # until it is ready (about the cost of one full import) instances are spawned normally
+                # forks functions-framework instances from an interpreter with these modules
+                # imported; until it is ready (about the cost of one full import) instances are
+                # spawned normally
                 self._zygote = Zygote(
                     self.python,
                     self.prewarm,
@@ -140,7 +144,8 @@ class FunctionHost:
             raise
 
     async def stop(self) -> None:
-        """SIGTERM every process, wait the grace period, SIGKILL the rest; close the activator ports."""
+        """SIGTERM every process, wait the grace period, SIGKILL the rest; close the activator
+        ports."""
         await asyncio.gather(*(r.stop() for r in self._revisions.values()), return_exceptions=True)
         if self._zygote is not None:
             await self._zygote.stop()
@@ -163,7 +168,8 @@ class FunctionHost:
         return [r.status() for r in self._revisions.values()]
 
     async def wait_prewarmed(self, timeout: float = 60.0) -> bool:
-        """Wait until the fork server (``prewarm``) has imported its modules; False if it is off or failed."""
+        """Wait until the fork server (``prewarm``) has imported its modules; False if it is off or
+        failed."""
         if self._zygote is None:
             return False
         try:

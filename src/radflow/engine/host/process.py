@@ -80,7 +80,8 @@ class ManagedProcess:
             self.registry.add(self.proc.pid)
 
     async def wait(self) -> int:
-        """The leader's exit code, once it exits; whatever it left in its group is killed right then."""
+        """The leader's exit code, once it exits; whatever it left in its group is killed right
+        then."""
         assert self.proc is not None
         code = await self.proc.wait()
         self._reap_group()
@@ -130,7 +131,8 @@ def _start_time(pid: int) -> str | None:
 
 
 class PidRegistry:
-    """Process groups this engine started, one file each, so a later start can clean up after a crash.
+    """Process groups this engine started, one file each, so a later start can clean up after a
+    crash.
 
     ``stop()`` leaves nothing behind, but an engine killed with SIGKILL (OOM killer, ``kill -9``)
     never runs it; its children live on in their own sessions. The next start kills those
@@ -148,7 +150,8 @@ class PidRegistry:
         (self.directory / str(pid)).unlink(missing_ok=True)
 
     def reap_stale(self) -> list[int]:
-        """SIGKILL the groups left by a previous run that did not stop cleanly; return their pids."""
+        """SIGKILL the groups left by a previous run that did not stop cleanly; return their
+        pids."""
         killed: list[int] = []
         if not self.directory.is_dir():
             return killed

@@ -18,14 +18,17 @@ from typing import Any
 from radflow.sdk.errors import ConfigError
 
 AUTOSCALING = "autoscaling.knative.dev/"
-#: Knative's ``max-revision-timeout-seconds`` default (config-defaults); ``timeoutSeconds`` may not exceed it.
+#: Knative's ``max-revision-timeout-seconds`` default (config-defaults); ``timeoutSeconds`` may not
+#: exceed it.
 MAX_TIMEOUT_S = 600
 DEFAULT_TIMEOUT_S = 300
 #: KPA ``stable-window`` default: the last instance goes after a full window without traffic.
 DEFAULT_WINDOW_S = 60.0
-#: KPA ``container-concurrency-target-default``: used as the per-process limit when containerConcurrency is 0.
+#: KPA ``container-concurrency-target-default``: used as the per-process limit when
+#: containerConcurrency is 0.
 DEFAULT_TARGET = 100
-#: Knative's own upper bound for containerConcurrency (config-defaults ``container-concurrency-max-limit``).
+#: Knative's own upper bound for containerConcurrency (config-defaults
+#: ``container-concurrency-max-limit``).
 MAX_CONTAINER_CONCURRENCY = 1000
 #: Env names Knative reserves for itself (serving ``k8s_validation.go`` ``reservedEnvVars``).
 RESERVED_ENV = frozenset({"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"})
@@ -120,13 +123,15 @@ def _serving_container(containers: Sequence[Mapping[str, Any]], where: str) -> d
         return dict(containers[0])
     with_ports = [c for c in containers if c.get("ports")]
     raise ConfigError(
-        f"{where}: {len(containers)} containers ({len(with_ports)} with ports); the local host runs one "
+        f"{where}: {len(containers)} containers ({len(with_ports)} with ports); "
+        "the local host runs one "
         "process per instance, so sidecars are not supported: move them to their own Deployment"
     )
 
 
 def container_env(container: Mapping[str, Any], where: str) -> dict[str, str]:
-    """The container's ``env`` as a dict; ``valueFrom`` (Secrets, ConfigMaps, fieldRef) cannot be resolved locally."""
+    """The container's ``env`` as a dict; ``valueFrom`` (Secrets, ConfigMaps, fieldRef) cannot be
+    resolved locally."""
     env: dict[str, str] = {}
     for item in container.get("env") or []:
         name = item.get("name")
@@ -146,12 +151,14 @@ def container_env(container: Mapping[str, Any], where: str) -> dict[str, str]:
 
 
 def parse_service(manifest: Mapping[str, Any]) -> ServiceSpec:
-    """Validate a ``serving.knative.dev/v1`` Service the way the Knative webhook would, for what we emulate."""
+    """Validate a ``serving.knative.dev/v1`` Service the way the Knative webhook would, for what we
+    emulate."""
     if manifest.get("kind") != "Service" or not str(manifest.get("apiVersion", "")).startswith(
         "serving.knative.dev/"
     ):
         raise ConfigError(
-            f"{manifest.get('apiVersion')}/{manifest.get('kind')}: expected apiVersion serving.knative.dev/v1, kind Service"
+            f"{manifest.get('apiVersion')}/{manifest.get('kind')}: "
+            "expected apiVersion serving.knative.dev/v1, kind Service"
         )
     name, namespace = _meta(manifest)
     where = f"Service {namespace}/{name}"
@@ -192,7 +199,8 @@ def parse_service(manifest: Mapping[str, Any]) -> ServiceSpec:
     window_s = _duration_s(ann("window") or DEFAULT_WINDOW_S, f"{where}: {AUTOSCALING}window")
     if not 6 <= window_s <= 3600:
         raise ConfigError(
-            f"{where}: {AUTOSCALING}window must be between 6s and 1h (Knative's bounds), got {window_s}s"
+            f"{where}: {AUTOSCALING}window must be between 6s and 1h (Knative's bounds), "
+            f"got {window_s}s"
         )
     retention_s = _duration_s(
         ann("scale-to-zero-pod-retention-period") or 0, f"{where}: retention period"
@@ -256,7 +264,8 @@ _VAR_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 
 def expand(text: str, env: Mapping[str, str]) -> str:
-    """Kubernetes ``$(VAR)`` expansion in command/args: unknown references stay as written, ``$$`` escapes."""
+    """Kubernetes ``$(VAR)`` expansion in command/args: unknown references stay as written, ``$$``
+    escapes."""
 
     def sub(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
@@ -302,7 +311,8 @@ def container_argv(
     if any(key in env for key in FUNCTION_ENV):
         if "FUNCTION_TARGET" not in env:
             raise ConfigError(
-                f"{where}: FUNCTION_SOURCE/FUNCTION_SIGNATURE_TYPE set but FUNCTION_TARGET is missing"
+                f"{where}: FUNCTION_SOURCE/FUNCTION_SIGNATURE_TYPE set "
+                "but FUNCTION_TARGET is missing"
             )
         argv = [python, "-m", "functions_framework", "--target", env["FUNCTION_TARGET"]]
         if env.get("FUNCTION_SOURCE"):
@@ -311,7 +321,8 @@ def container_argv(
         argv += ["--host", host, "--port", env["PORT"]] if "PORT" in env else ["--host", host]
         return argv + args
     raise ConfigError(
-        f"{where}: container {container.get('name') or container.get('image')!r} has no command and no "
+        f"{where}: container {container.get('name') or container.get('image')!r} "
+        "has no command and no "
         "FUNCTION_TARGET env, so the local host cannot tell what the image runs; add command/args"
     )
 
@@ -326,7 +337,7 @@ def knative_env(spec: ServiceSpec, port: int) -> dict[str, str]:
     }
 
 
-# --- SinkBinding -------------------------------------------------------------------------------------------
+# --- SinkBinding ----------------------------------------------------------------------------------
 
 
 def _selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
@@ -375,7 +386,8 @@ def binding_matches(binding: Mapping[str, Any], deployment: DeploymentSpec) -> b
 
 
 def ce_overrides_json(binding: Mapping[str, Any]) -> str:
-    """``K_CE_OVERRIDES`` exactly as Knative writes it: Go ``json.Marshal`` of ``spec.ceOverrides`` or ``""``."""
+    """``K_CE_OVERRIDES`` exactly as Knative writes it: Go ``json.Marshal`` of ``spec.ceOverrides``
+    or ``""``."""
     overrides = (binding.get("spec") or {}).get("ceOverrides")
     if overrides is None:
         return ""

@@ -206,7 +206,8 @@ class _Supervised:
 
 
 class WorkloadRunner:
-    """Keeps Deployments running as local processes; SinkBinding subjects get K_SINK/K_CE_OVERRIDES."""
+    """Keeps Deployments running as local processes; SinkBinding subjects get
+    K_SINK/K_CE_OVERRIDES."""
 
     def __init__(
         self,
@@ -242,7 +243,8 @@ class WorkloadRunner:
         if len(matches) > 1:
             names = ", ".join(str((b.get("metadata") or {}).get("name")) for b in matches)
             raise ConfigError(
-                f"Deployment {spec.namespace}/{spec.name} is the subject of several SinkBindings ({names}); keep one"
+                f"Deployment {spec.namespace}/{spec.name} is the subject of several SinkBindings "
+                f"({names}); keep one"
             )
         return matches[0] if matches else None
 
@@ -253,7 +255,8 @@ class WorkloadRunner:
             sink = (binding.get("spec") or {}).get("sink")
             if not sink:
                 raise ConfigError(
-                    f"SinkBinding {(binding.get('metadata') or {}).get('name')}: spec.sink is required"
+                    f"SinkBinding {(binding.get('metadata') or {}).get('name')}: "
+                    "spec.sink is required"
                 )
             env["K_SINK"] = self.resolve_sink(sink, spec.namespace)
             env["K_CE_OVERRIDES"] = ce_overrides_json(binding)
@@ -261,11 +264,13 @@ class WorkloadRunner:
         return env
 
     async def start(self) -> None:
-        """Validate everything first (unknown launcher kinds, bindings), then start each Deployment."""
+        """Validate everything first (unknown launcher kinds, bindings), then start each
+        Deployment."""
         stale = self.registry.reap_stale()
         if stale:
             log.warning(
-                "killed %d workload process group(s) left by an engine that did not stop cleanly: %s",
+                "killed %d workload process group(s) left by an engine "
+                "that did not stop cleanly: %s",
                 len(stale),
                 stale,
             )
@@ -275,7 +280,8 @@ class WorkloadRunner:
             if kind is not None and kind not in _LAUNCHERS:
                 known = ", ".join(registered_launchers()) or "none registered"
                 raise ConfigError(
-                    f"Deployment {spec.namespace}/{spec.name}: radflow.dev/embedded: {kind!r} has no local launcher "
+                    f"Deployment {spec.namespace}/{spec.name}: radflow.dev/embedded: {kind!r} "
+                    "has no local launcher "
                     f"(known: {known}); install the extra that provides it or remove the annotation"
                 )
             env = self.environment(spec)

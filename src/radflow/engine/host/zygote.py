@@ -29,7 +29,8 @@ def _emit(out: Any, doc: dict[str, Any]) -> None:
 
 
 def _child(req: dict[str, Any]) -> None:
-    """Become the instance: own session, log file as stdout/stderr, the request's env, then serve."""
+    """Become the instance: own session, log file as stdout/stderr, the request's env, then
+    serve."""
     code: int = 1
     try:
         signal.set_wakeup_fd(-1)

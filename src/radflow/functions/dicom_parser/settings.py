@@ -20,12 +20,18 @@ class DicomParserSettings(StageVariables):
     rules_file: str = Field(
         "",
         alias="NVIDIA_CLARA_SELECTION_RULES_FILE",
-        description="Path of a selection rules JSON file (Clara). Unset with no Base64: select every series.",
+        description=(
+            "Path of a selection rules JSON file (Clara). "
+            "Unset with no Base64: select every series."
+        ),
     )
     volume_format: Literal["nifti", "mhd"] = Field(
         "nifti",
         alias="RADFLOW_VOLUME_FORMAT",
-        description="'nifti' writes <SeriesInstanceUID>.nii.gz, 'mhd' writes <SeriesInstanceUID>.mhd + .zraw.",
+        description=(
+            "'nifti' writes <SeriesInstanceUID>.nii.gz, "
+            "'mhd' writes <SeriesInstanceUID>.mhd + .zraw."
+        ),
     )
     copy_dicom: bool = Field(
         True,

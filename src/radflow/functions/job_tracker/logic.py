@@ -136,7 +136,8 @@ def _final(doc: Mapping[str, Any]) -> str | None:
 
 
 def _stage_from_destination(dest: str, pipeline: str, stages: Mapping[str, Any]) -> str | None:
-    """Knative puts the subscriber URL in ``knativeerrordest``; its host starts with the Service name."""
+    """Knative puts the subscriber URL in ``knativeerrordest``; its host starts with the Service
+    name."""
     host = dest.split("://", 1)[-1].split("/", 1)[0].split(".", 1)[0].split(":", 1)[0]
     prefix = f"{pipeline}-"
     if host.startswith(prefix) and host[len(prefix) :] in stages:

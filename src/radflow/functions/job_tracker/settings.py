@@ -13,5 +13,8 @@ class TrackerSettings(BaseSettings):
 
     dags: dict[str, dict[str, list[str]]] = Field(
         default_factory=dict,
-        description="RADFLOW_DAGS: JSON {pipeline: {stage: [upstream stages]}}, from `radflow pipeline compile`.",
+        description=(
+            "RADFLOW_DAGS: JSON {pipeline: {stage: [upstream stages]}}, "
+            "from `radflow pipeline compile`."
+        ),
     )

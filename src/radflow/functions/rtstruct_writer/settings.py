@@ -12,7 +12,9 @@ class RtstructWriterSettings(StageVariables):
     roi_names: str = Field(
         "",
         alias="RADFLOW_ROI_NAMES",
-        description="ROI names for mask values 1..N (JSON or comma list); wins over NVIDIA_SEG_LABELS.",
+        description=(
+            "ROI names for mask values 1..N (JSON or comma list); wins over NVIDIA_SEG_LABELS."
+        ),
     )
     labels: str = Field(
         "",

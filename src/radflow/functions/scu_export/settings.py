@@ -43,6 +43,7 @@ class ScuExportSettings(StageVariables):
         settings = super().from_variables(variables)
         if not settings.destinations:
             raise InvalidInput(
-                "pipeline variable DESTINATIONS is empty: name at least one destination, e.g. MYPACS"
+                "pipeline variable DESTINATIONS is empty: "
+                "name at least one destination, e.g. MYPACS"
             )
         return settings

@@ -14,12 +14,18 @@ class SegWriterSettings(StageVariables):
     labels: str = Field(
         "",
         alias="NVIDIA_SEG_LABELS",
-        description="Segment names for mask values 1..N (JSON list or comma list). Unset: masks.json 'labels', else 'tumour'.",
+        description=(
+            "Segment names for mask values 1..N (JSON list or comma list). "
+            "Unset: masks.json 'labels', else 'tumour'."
+        ),
     )
     segmentation_type: Literal["auto", "binary", "fractional", "labelmap"] = Field(
         "auto",
         alias="RADFLOW_SEG_TYPE",
-        description="auto = BINARY for <= 2 segments, FRACTIONAL (JPEG-LS) for more; labelmap = DICOM 2024 Label Map SEG.",
+        description=(
+            "auto = BINARY for <= 2 segments, FRACTIONAL (JPEG-LS) for more; "
+            "labelmap = DICOM 2024 Label Map SEG."
+        ),
     )
     omit_empty_frames: bool = Field(
         True,

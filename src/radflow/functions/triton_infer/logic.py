@@ -40,13 +40,15 @@ def make_client(settings: TritonInferSettings) -> InferenceClient:
     if settings.backend == "onnxruntime":
         if not settings.model_repository:
             raise InvalidInput(
-                "TRITON_BACKEND=onnxruntime needs TRITON_MODEL_REPOSITORY (the model repository folder)"
+                "TRITON_BACKEND=onnxruntime needs TRITON_MODEL_REPOSITORY "
+                "(the model repository folder)"
             )
         log.warning("inference backend: %s", FALLBACK_NOTE)
         return OnnxRuntimeClient(Path(settings.model_repository))
     if not settings.triton_url:
         raise InvalidInput(
-            "pipeline variable NVIDIA_TRITON_HTTPURI (host:port of Triton's HTTP endpoint) is not set"
+            "pipeline variable NVIDIA_TRITON_HTTPURI (host:port of Triton's HTTP endpoint) "
+            "is not set"
         )
     return TritonInferenceClient(
         settings.triton_url, timeout=settings.timeout, model_version=settings.model_version
@@ -83,7 +85,8 @@ def run(ctx: StageContext, client: InferenceClient | None = None) -> dict[str, A
             volume, geometry = read_volume(path)
             if volume.ndim != 3:
                 raise InvalidInput(
-                    f"volume {path.name} has {volume.ndim} dimensions, expected a 3D (z, y, x) volume"
+                    f"volume {path.name} has {volume.ndim} dimensions, "
+                    "expected a 3D (z, y, x) volume"
                 )
             x = preprocess(volume, settings.model_size, settings.normalisation)
             t0 = time.perf_counter()

@@ -10,7 +10,8 @@ same for ``sourceaetitle`` and ``destinationaetitle``
 =========================================  =================================================
 
 Route prefixes are matched case-insensitively (Clara's examples use ``/api/config/ClaraAeTitle/``).
-Uses only the standard library's threading HTTP server: the API is a handful of requests a day.
+Served by aiohttp on its own loop in a thread, like every radflow server
+(:mod:`radflow.sdk.httpserver`); unsupported methods get 501, PUT 405, as before.
 """
 
 from __future__ import annotations

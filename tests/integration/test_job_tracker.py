@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import functions_framework
 import pytest
+from werkzeug.serving import make_server
 
 from pipeline_support import REPO, store_env
 from radflow.cli import jobs as jobs_cli
@@ -108,6 +111,29 @@ def test_jobs_cli_lists_and_shows(
     assert jobs_cli.main(["jobs", "show", "job-3", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["stages"]["b"]["state"] == "completed"
     assert jobs_cli.main(["jobs", "show", "missing"]) == 1
+
+
+@pytest.fixture
+def tracker_url(tracker: Any) -> Iterator[str]:
+    """The same tracker served over HTTP on loopback, as a running tracker is."""
+    server = make_server("127.0.0.1", 0, tracker.application, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(10)
+
+
+def test_jobs_cli_reads_a_running_tracker_over_http(
+    tracker: Any, tracker_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    post(tracker, stage_event("a", job="job-9"))
+    assert jobs_cli.main(["jobs", "--url", tracker_url]) == 0
+    assert "job-9" in capsys.readouterr().out
+    assert jobs_cli.main(["jobs", "show", "job-9", "--url", tracker_url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["stages"]["a"]["state"] == "completed"
+    assert jobs_cli.main(["jobs", "show", "missing", "--url", tracker_url]) == 1
+    assert "job missing not found" in capsys.readouterr().err
 
 
 def test_study_request_records_the_study_instance_uid_for_the_listing(

@@ -10,26 +10,30 @@ same for ``sourceaetitle`` and ``destinationaetitle``
 =========================================  =================================================
 
 Route prefixes are matched case-insensitively (Clara's examples use ``/api/config/ClaraAeTitle/``).
-Uses only the standard library's threading HTTP server: the API is a handful of requests a day.
+Served by aiohttp on its own loop in a thread, like every radflow server
+(:mod:`radflow.sdk.httpserver`); unsupported methods get 501, PUT 405, as before.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import threading
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Mapping
 from typing import Any
+
+from aiohttp import web
 
 from radflow.adapter import config as cfgmod
 from radflow.adapter.config import AdapterConfig
 from radflow.adapter.configstore import ConfigStore
 from radflow.sdk.errors import InvalidInput
+from radflow.sdk.httpserver import ThreadedServer
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
+SERVER = "radflow-dicom-adapter"
 
 
 class NotFoundError(Exception):
@@ -131,7 +135,12 @@ _RESOURCES: dict[
 
 
 class RestApi:
-    """The HTTP server; ``ready`` and ``status`` are callables supplied by the composition root."""
+    """The HTTP server; ``ready`` and ``status`` are callables supplied by the composition root.
+
+    An aiohttp application in its own thread (:class:`radflow.sdk.httpserver.ThreadedServer`),
+    like every radflow server. Each request is dispatched in a worker thread: configuration
+    changes write to the object store, and health checks must keep answering meanwhile.
+    """
 
     def __init__(
         self, store: ConfigStore, *, ready: Callable[[], bool], status: Callable[[], dict[str, Any]]
@@ -139,72 +148,68 @@ class RestApi:
         self.store = store
         self.ready = ready
         self.status = status
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server = ThreadedServer(self._app, name="rest-api")
 
     def start(self, host: str, port: int) -> int:
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            server_version = "radflow-dicom-adapter"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-            def do_GET(self) -> None:
-                api._dispatch(self, "GET")
-
-            def do_POST(self) -> None:
-                api._dispatch(self, "POST")
-
-            def do_DELETE(self) -> None:
-                api._dispatch(self, "DELETE")
-
-            def do_PUT(self) -> None:
-                _reply(self, 405, {"error": "method not allowed; use DELETE then POST"})
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="rest-api", daemon=True
-        )
-        self._thread.start()
-        return int(self._server.server_address[1])
+        """Listen on ``host:port`` (``OSError`` if it is taken); returns the bound port."""
+        return self._server.start(host, port)
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        self._server.stop()
 
-    def _dispatch(self, req: BaseHTTPRequestHandler, method: str) -> None:
-        path = req.path.split("?", 1)[0].rstrip("/")
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        return app
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        loop = asyncio.get_running_loop()
+
+        def read_body() -> bytes:
+            return asyncio.run_coroutine_threadsafe(request.read(), loop).result()
+
+        if request.method in ("GET", "POST", "DELETE"):
+            status, body = await asyncio.to_thread(
+                self._dispatch, request.method, request.raw_path, request.headers, read_body
+            )
+        elif request.method == "PUT":
+            status, body = 405, {"error": "method not allowed; use DELETE then POST"}
+        else:
+            status, body = 501, {"error": f"unsupported method {request.method}"}
+        response = web.json_response(body, status=status)
+        response.headers["Server"] = SERVER
+        return response
+
+    def _dispatch(
+        self,
+        method: str,
+        target: str,
+        headers: Mapping[str, str],
+        read_body: Callable[[], bytes],
+    ) -> tuple[int, Any]:
+        path = target.split("?", 1)[0].rstrip("/")
         parts = path.split("/")
         lowered = [p.lower() for p in parts]
         try:
             if lowered[:2] == ["", "health"] and len(parts) == 3 and method == "GET":
-                return self._health(req, lowered[2])
+                return self._health(lowered[2])
             if (
                 lowered[:3] != ["", "api", "config"]
                 or len(parts) not in (4, 5)
                 or lowered[3] not in _RESOURCES
             ):
-                return _reply(req, 404, {"error": f"no such endpoint: {method} {path or '/'}"})
+                return 404, {"error": f"no such endpoint: {method} {path or '/'}"}
             add, delete, listing = _RESOURCES[lowered[3]]
             name = parts[4] if len(parts) == 5 else None
             cfg = self.store.current()
             if method == "GET":
                 items = listing(cfg)
                 if name is None:
-                    return _reply(req, 200, items)
+                    return 200, items
                 found = next((i for i in items if i.get("name") == name), None)
-                return (
-                    _reply(req, 200, found)
-                    if found
-                    else _reply(req, 404, {"error": f"{name!r} not found"})
-                )
+                return (200, found) if found else (404, {"error": f"{name!r} not found"})
             if method == "POST" and name is None:
-                body = _read_json(req)
+                body = _read_json(headers, read_body)
                 holder: dict[str, Any] = {}
 
                 def change(c: AdapterConfig) -> AdapterConfig:
@@ -216,7 +221,7 @@ class RestApi:
                     "configuration changed over REST",
                     extra={"resource": lowered[3], "op": "create"},
                 )
-                return _reply(req, 201, holder["entity"])
+                return 201, holder["entity"]
             if method == "DELETE" and name is not None:
                 holder = {}
 
@@ -229,47 +234,38 @@ class RestApi:
                     "configuration changed over REST",
                     extra={"resource": lowered[3], "op": "delete"},
                 )
-                return _reply(req, 200, holder["entity"])
-            return _reply(req, 405, {"error": f"{method} not allowed on {path}"})
+                return 200, holder["entity"]
+            return 405, {"error": f"{method} not allowed on {path}"}
         except InvalidInput as exc:
-            return _reply(req, 400, {"error": str(exc)})
+            return 400, {"error": str(exc)}
         except NotFoundError as exc:
-            return _reply(req, 404, {"error": f"{exc.args[0]!r} not found"})
+            return 404, {"error": f"{exc.args[0]!r} not found"}
         except Exception:
             log.exception("REST request failed")
-            return _reply(req, 500, {"error": "internal error; see the adapter log"})
+            return 500, {"error": "internal error; see the adapter log"}
 
-    def _health(self, req: BaseHTTPRequestHandler, which: str) -> None:
+    def _health(self, which: str) -> tuple[int, Any]:
         if which == "live":
-            return _reply(req, 200, {"status": "alive"})
+            return 200, {"status": "alive"}
         if which == "ready":
             ok = self.ready()
-            return _reply(req, 200 if ok else 503, {"status": "ready" if ok else "not ready"})
+            return (200 if ok else 503), {"status": "ready" if ok else "not ready"}
         if which == "status":
-            return _reply(req, 200, self.status())
-        return _reply(req, 404, {"error": "unknown health endpoint"})
+            return 200, self.status()
+        return 404, {"error": "unknown health endpoint"}
 
 
-def _read_json(req: BaseHTTPRequestHandler) -> Any:
+def _read_json(headers: Mapping[str, str], read_body: Callable[[], bytes]) -> Any:
     try:
-        length = int(req.headers.get("Content-Length") or 0)
+        length = int(headers.get("Content-Length") or 0)
     except ValueError:
         raise InvalidInput("Content-Length is not a number") from None
     if length <= 0:
         raise InvalidInput("request body is empty; expected a JSON object")
     if length > MAX_BODY:
         raise InvalidInput(f"request body larger than {MAX_BODY} bytes")
-    raw = req.rfile.read(length)
+    raw = read_body()
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise InvalidInput("request body is not valid JSON") from None
-
-
-def _reply(req: BaseHTTPRequestHandler, status: int, body: Any) -> None:
-    data = json.dumps(body).encode()
-    req.send_response(status)
-    req.send_header("Content-Type", "application/json")
-    req.send_header("Content-Length", str(len(data)))
-    req.end_headers()
-    req.wfile.write(data)

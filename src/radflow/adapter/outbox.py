@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import logging
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 
 from radflow.adapter.loop import WakeableLoop
 from radflow.adapter.spool import Spool
-from radflow.sdk import events
+from radflow.sdk import events, http
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +92,8 @@ class Outbox(WakeableLoop):
         """POST one event in binary mode; ``None`` on 2xx, else a short PHI-free reason."""
         event = events.from_json(stored)
         headers, body = events.to_binary(event)
-        request = urllib.request.Request(url, data=body, method="POST", headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as resp:
-                resp.read()
-                return None if 200 <= resp.status < 300 else f"HTTP {resp.status}"
-        except urllib.error.HTTPError as exc:
-            return f"HTTP {exc.code}"
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
-            return type(getattr(exc, "reason", exc)).__name__
+            http.request("POST", url, body=body, headers=headers, timeout=self.timeout)
+        except (http.ServiceUnavailable, http.RequestRejected) as exc:
+            return exc.reason  # every answer but a 2xx is retried (see the module docstring)
+        return None

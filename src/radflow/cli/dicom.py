@@ -19,9 +19,9 @@ import argparse
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
 from typing import Any
+
+from radflow.sdk import http
 
 DEFAULT_API = "http://127.0.0.1:5000"
 _RESOURCE = {"aetitle": "claraaetitle", "src": "sourceaetitle", "dest": "destinationaetitle"}
@@ -100,18 +100,14 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _call(method: str, url: str, body: Any = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(
-        url, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
+    """The status and JSON answer of the API; :class:`http.ServiceUnavailable` without one."""
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        try:
-            return exc.code, json.loads(exc.read() or b"null")
-        except ValueError:
-            return exc.code, {"error": exc.reason}
+        resp = http.request(method, url, json_body=body, timeout=10)
+    except (http.RequestRejected, http.ServiceUnavailable) as exc:
+        if exc.status is None:
+            raise
+        return exc.status, exc.body if not isinstance(exc.body, str) else {"error": exc.body}
+    return resp.status, resp.json()
 
 
 def run_dicom(args: argparse.Namespace) -> int:
@@ -123,11 +119,8 @@ def run_dicom(args: argparse.Namespace) -> int:
             status, out = _call("GET", f"{base}/api/config/{_RESOURCE[args.kind]}")
         else:
             status, out = _call("DELETE", f"{base}/api/config/{_RESOURCE[args.kind]}/{args.name}")
-    except (urllib.error.URLError, OSError) as exc:
-        print(
-            f"error: cannot reach the DICOM adapter API at {base}: {getattr(exc, 'reason', exc)}",
-            file=sys.stderr,
-        )
+    except http.ServiceUnavailable as exc:
+        print(f"error: cannot reach the DICOM adapter API at {base}: {exc.detail}", file=sys.stderr)
         return 2
     if status >= 400:
         print(f"error: {status}: {(out or {}).get('error', out)}", file=sys.stderr)

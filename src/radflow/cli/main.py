@@ -7,10 +7,10 @@ import asyncio
 import json
 import signal
 import sys
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+from radflow.sdk import http
 from radflow.sdk.errors import ConfigError
 
 DEFAULT_STATE = Path(".radflow")
@@ -80,11 +80,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"radflow is not running (no {args.state_dir / 'engine.json'})", file=sys.stderr)
         return 1
     try:
-        with urllib.request.urlopen(state["control_url"] + "/status", timeout=5) as resp:
-            status = json.load(resp)
-    except OSError as exc:
+        status = http.get_json(state["control_url"] + "/status", timeout=5)
+    except (http.ServiceUnavailable, http.RequestRejected) as exc:
         print(
-            f"radflow engine pid {state['pid']} does not answer at {state['control_url']}: {exc}",
+            f"radflow engine pid {state['pid']} does not answer at {state['control_url']}: "
+            f"{exc.detail}",
             file=sys.stderr,
         )
         return 1

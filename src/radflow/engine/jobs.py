@@ -6,18 +6,17 @@ Straight from the object store (``RADFLOW_S3_*``, the default) or from a running
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from typing import Any
+
+from radflow.sdk import http
 
 
 def _fetch(url: str) -> Any:
+    """The tracker's JSON answer; ``None`` for 404 (no such job)."""
     try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        if exc.code == 404:
+        return http.get_json(url, timeout=10)
+    except http.RequestRejected as exc:
+        if exc.status == 404:
             return None
         raise
 

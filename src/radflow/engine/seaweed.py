@@ -12,13 +12,12 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from radflow.engine.children import die_with_parent
 from radflow.engine.ports import free_port
+from radflow.sdk import http
 
 
 def weed_binary() -> str:
@@ -128,13 +127,9 @@ class SeaweedServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise _ExitedEarly(f"SeaweedFS exited with {self.process.returncode}")
-            try:
-                urllib.request.urlopen(self.endpoint_url, timeout=1).close()
-                return
-            except urllib.error.HTTPError:
+            if http.probe(self.endpoint_url, timeout=1) is not None:
                 return  # it answers (403 for an anonymous list): ready
-            except OSError:
-                time.sleep(0.2)
+            time.sleep(0.2)
         self.stop()
         raise TimeoutError(f"SeaweedFS S3 did not answer on {self.endpoint_url} within {timeout}s")
 

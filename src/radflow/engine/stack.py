@@ -36,6 +36,7 @@ from radflow.engine.manifests import ManifestSet, load_manifests, name_of, names
 from radflow.engine.metrics import REGISTRY
 from radflow.engine.seaweed import SeaweedServer
 from radflow.sdk.errors import ConfigError
+from radflow.sdk.httpserver import start_site
 from radflow.sdk.settings import StoreSettings
 from radflow.sdk.storage import ObjectStore
 
@@ -275,10 +276,7 @@ class Engine:
         app.router.add_get("/metrics", self._metrics_handler)
         app.router.add_get("/healthz", self._health_handler)
         self._control = web.AppRunner(app, access_log=None)
-        await self._control.setup()
-        site = web.TCPSite(self._control, "127.0.0.1", self.config.control_port)
-        await site.start()
-        port = self._control.addresses[0][1]
+        port = await start_site(self._control, "127.0.0.1", self.config.control_port)
         self.control_url = f"http://127.0.0.1:{port}"
 
     async def _health_handler(self, _request: web.Request) -> web.Response:

@@ -27,13 +27,12 @@ import subprocess
 import sys
 import sysconfig
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from radflow.engine.children import die_with_parent
 from radflow.engine.ports import free_port
+from radflow.sdk import http
 
 #: where the project's committed model repository lives (``models/triton``)
 MODEL_REPOSITORY = Path(__file__).resolve().parents[3] / "models" / "triton"
@@ -191,12 +190,8 @@ class TritonServer:
                 raise RuntimeError(
                     f"tritonserver exited with {self.process.returncode}; see {self.log_path}"
                 )
-            try:
-                with urllib.request.urlopen(url, timeout=1) as answer:
-                    if answer.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
+            if http.probe(url, timeout=1) == 200:
+                return
             time.sleep(0.2)
         self.stop()
         raise TimeoutError(

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from radflow.cli.main import main as radflow_cli
 from radflow.engine.config import load_engine_config
 from radflow.engine.ports import free_port
 from radflow.engine.stack import Engine
@@ -198,7 +199,7 @@ def _start_engine(
 
 
 def test_events_acknowledged_before_a_kill_9_are_delivered_after_restart(
-    tmp_path: Path, repo_root: Path
+    tmp_path: Path, repo_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # the subscriber is down while the engine runs the first time, so every event is still queued
     port = free_port()
@@ -209,6 +210,8 @@ def test_events_acknowledged_before_a_kill_9_are_delivered_after_restart(
     state = tmp_path / "state"
     state.mkdir()
     proc, url = _start_engine(tmp_path / "knative", state, repo_root)
+    assert radflow_cli(["--state-dir", str(state), "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["brokers"][0]["url"] == url
     sent = [
         events.make_event("test.durable.v1", "/test", {"i": i}, id=f"durable-{i}") for i in range(5)
     ]
@@ -216,6 +219,11 @@ def test_events_acknowledged_before_a_kill_9_are_delivered_after_restart(
         assert post(url, ev) == 202
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    # engine.json outlives a killed engine: `radflow status` says nobody answers, exit 1
+    assert radflow_cli(["--state-dir", str(state), "status"]) == 1
+    err = capsys.readouterr().err
+    assert f"radflow engine pid {proc.pid} does not answer at http://127.0.0.1:" in err
+    assert "Connection refused" in err
 
     received: list[str] = []
     receiver = subprocess.Popen(

@@ -37,6 +37,7 @@ from radflow.engine.broker.policy import (
 )
 from radflow.sdk import events as ev
 from radflow.sdk.errors import Unavailable
+from radflow.sdk.httpserver import start_site
 
 log = logging.getLogger(__name__)
 
@@ -158,10 +159,7 @@ class BrokerRuntime:
         app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self._port)
-        await site.start()
-        self._port = int(self._runner.addresses[0][1])
+        self._port = await start_site(self._runner, self.host, self._port)
         log.info(
             "broker ingress on http://%s:%d (%d brokers, %d triggers)",
             self.host,

@@ -49,10 +49,12 @@ from radflow.sdk.staging import NeedMoreBytes
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
-#: transfer syntaxes the adapter reads with pydicom instead of walking (completeness unchecked)
-DEFLATED = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"})
-#: data sets a walk in *certain* mode refuses: deflated (a zlib stream) and big endian (retired)
-_NOT_CERTAIN = frozenset({"1.2.840.10008.1.2.1.99", EXPLICIT_VR_BE})
+#: data sets stored as a zlib stream (PS3.5 A.5; pydicom's ``UID.is_deflated``): the adapter
+#: reads them with pydicom (completeness unchecked). Deflated Image Frame Compression
+#: (1.2.840.10008.1.2.8.1) compresses frames only; its data set is walked like any other.
+DEFLATED = frozenset({"1.2.840.10008.1.2.1.99"})
+#: data sets a walk in *certain* mode refuses: deflated and big endian (retired)
+_NOT_CERTAIN = DEFLATED | {EXPLICIT_VR_BE}
 
 TRANSFER_SYNTAX = 0x00020010
 SOP_CLASS = 0x00080016

@@ -250,6 +250,18 @@ def test_deflated_is_read_by_pydicom_for_the_adapter_and_refused_by_a_certain_wa
         inspect_bytes(data[:-40] + b"\xff" * 40, WANTED)
 
 
+def test_deflated_image_frame_compression_is_an_ordinary_data_set() -> None:
+    """1.2.840.10008.1.2.8.1 deflates frames, not the data set: it is walked and checked."""
+    fragment = struct.pack("<HHI", 0xFFFE, 0xE000, 4) + b"abcd"
+    offsets = struct.pack("<HHI", 0xFFFE, 0xE000, 0)
+    pixels = _delimited(0x7FE0, 0x0010, b"OB", [], False)[:-8] + offsets + fragment
+    data = _part10(pixels + b"\xfe\xff\xdd\xe0\0\0\0\0", "1.2.840.10008.1.2.8.1", pixels=False)
+    assert inspect_bytes(data, WANTED).transfer_syntax == "1.2.840.10008.1.2.8.1"
+    assert pixel_data_offset(data) == data.index(pixels)
+    with pytest.raises(NotDicom, match="truncated: item of 4 bytes runs past the end"):
+        inspect_bytes(data[:-10], WANTED)
+
+
 # --------------------------------------------------------------------------- structure
 
 

@@ -25,12 +25,13 @@ Two modes share the walk and differ only where their callers' needs differ:
   deflated data sets (a zlib stream) are read with pydicom and their completeness is not checked.
 * *certain* (staging and volume headers): the bytes may be a prefix; running out is
   :class:`~radflow.sdk.staging.NeedMoreBytes`, and anything pydicom might read differently from
-  this walk (no ``DICM``, deflated or big-endian data sets, an undefined length on a value that
-  is not a sequence, an item tag outside a sequence, sequences nested deeper than
-  :data:`MAX_DEPTH`) is "not walkable": the caller reads the whole object with pydicom.
+  this walk (no ``DICM`` or no transfer syntax, deflated or big-endian data sets, an undefined
+  length on a value that is not a sequence, an item tag outside a sequence or inside an item,
+  sequences nested deeper than :data:`MAX_DEPTH`) is "not walkable": the caller reads the whole
+  object with pydicom.
 
-Kept free of pydicom (imported only for deflated data sets) and numpy: every operator's runtime
-and every adapter receiver import it.
+Kept free of pydicom (imported only for deflated data sets) and numpy, so the adapter's receiver
+processes load it cheaply and its loops stay plain ``struct`` reads.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import pytest
 from pipeline_support import study_event
 from radflow.demo.study import make_study
 from radflow.functions.dicom_parser import logic as parser_logic
-from radflow.imaging.dicom_prefix import pixel_data_offset
+from radflow.imaging.dicom_walk import pixel_data_offset
 from radflow.sdk import events, staging
 from radflow.sdk.errors import Unavailable
 from radflow.sdk.events import EventType

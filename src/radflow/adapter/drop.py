@@ -18,7 +18,9 @@ import threading
 import uuid
 from typing import TYPE_CHECKING
 
-from radflow.adapter.dicomfile import (
+from radflow.adapter.handlers import check_header, record_for
+from radflow.adapter.spool import PendingUpload
+from radflow.imaging.dicom_walk import (
     SERIES_INSTANCE,
     SOP_CLASS,
     SOP_INSTANCE,
@@ -26,8 +28,6 @@ from radflow.adapter.dicomfile import (
     NotDicom,
     inspect_bytes,
 )
-from radflow.adapter.handlers import check_header, record_for
-from radflow.adapter.spool import PendingUpload
 from radflow.sdk.errors import Unavailable
 from radflow.sdk.storage import NotFound
 

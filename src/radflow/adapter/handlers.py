@@ -26,7 +26,8 @@ from pynetdicom.events import EventHandlerType
 
 from radflow.adapter import grouping
 from radflow.adapter.config import AdapterConfig
-from radflow.adapter.dicomfile import (
+from radflow.adapter.spool import AssociationRow, InstanceRecord, PendingUpload
+from radflow.imaging.dicom_walk import (
     SERIES_INSTANCE,
     SOP_CLASS,
     SOP_INSTANCE,
@@ -35,7 +36,6 @@ from radflow.adapter.dicomfile import (
     NotDicom,
     inspect_file,
 )
-from radflow.adapter.spool import AssociationRow, InstanceRecord, PendingUpload
 from radflow.imaging.dimse import NODELAY_HANDLERS
 from radflow.sdk.storage import Keys
 

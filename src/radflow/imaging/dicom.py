@@ -27,14 +27,22 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
 from pydicom.pixels import pixel_array as decode_pixels
-from pydicom.tag import Tag
-from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import PYDICOM_ROOT_UID, UID, generate_uid
 
-from radflow.imaging.dicom_prefix import top_level_elements
+from radflow.imaging.dicom_walk import (
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+    PIXEL_DATA,
+    UNDEFINED,
+    element_header,
+    top_level_elements,
+)
 from radflow.sdk.errors import InvalidInput
 from radflow.sdk.staging import NeedMoreBytes
 
@@ -92,6 +100,27 @@ def read_header(path: Path) -> Dataset:
         ) from exc
 
 
+def read_file_meta(path: Path) -> FileMetaDataset:
+    """The file meta group (PS3.10 7.1) of a Part 10 file, without reading its data set.
+
+    pydicom's own errors propagate (``InvalidDicomError``, ``OSError``, ``ValueError``) so the
+    caller can say why a file was unreadable.
+    """
+    return read_file_meta_info(path)
+
+
+def raw_element(
+    tag: int, vr: str | None, value: bytes, *, offset: int = 0, implicit: bool = False
+) -> RawDataElement:
+    """An element still encoded (little endian), as pydicom's reader stores it before use.
+
+    pydicom converts and validates the value only when it is first read; handing it encoded
+    bytes (ours, or located in a file by ``dicom_walk``) skips that work for values never read
+    and, for values we encoded ourselves, the per-value validation.
+    """
+    return RawDataElement(Tag(tag), vr, len(value), value, offset, implicit, True)
+
+
 def read_dataset(source: Path | bytes) -> FileDataset:
     """Read a whole instance (with pixel data) from a path or from bytes fetched from S3."""
     if isinstance(source, bytes):
@@ -127,7 +156,7 @@ VOLUME_KEYWORDS = (
 
 #: Bytes read for a header parse; a longer header falls back to parsing from the file.
 HEADER_CHUNK = 64 * 1024
-_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
+_PIXEL_DATA_TAG = struct.pack("<HH", PIXEL_DATA >> 16, PIXEL_DATA & 0xFFFF)
 
 
 def _read_header_and_offset(
@@ -455,13 +484,15 @@ def plan_slices(
         steps = np.diff(dist)
         if np.min(steps) < POSITION_TOLERANCE_MM:
             raise InvalidInput(
-                f"series {name}: {int(np.sum(steps < POSITION_TOLERANCE_MM))} duplicate slice positions "
+                f"series {name}: {int(np.sum(steps < POSITION_TOLERANCE_MM))} duplicate slice"
+                " positions "
                 "(multi-phase or repeated acquisition; rule: one plane per position)"
             )
         median = float(np.median(steps))
         if np.max(np.abs(steps - median)) > SPACING_RELATIVE_TOLERANCE * median:
             raise InvalidInput(
-                f"series {name}: non-uniform slice spacing {float(steps.min()):.3f}..{float(steps.max()):.3f} mm "
+                f"series {name}: non-uniform slice spacing"
+                f" {float(steps.min()):.3f}..{float(steps.max()):.3f} mm "
                 "(missing slices?; rule: uniform spacing within 1 %)"
             )
         offsets = positions - positions[0]
@@ -516,7 +547,7 @@ def to_json_model(ds: Dataset) -> dict[str, Any]:
 
 
 #: Uncompressed little-endian transfer syntaxes whose PixelData is a plain C array.
-NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
+NATIVE_SYNTAXES = frozenset({IMPLICIT_VR_LE, EXPLICIT_VR_LE})
 
 
 @dataclass(frozen=True)
@@ -598,30 +629,38 @@ def _rescaled(stored: np.ndarray, slopes: np.ndarray, intercepts: np.ndarray) ->
     )
 
 
+def _pixel_value_start(head: bytes, implicit: bool, nbytes: int) -> int | None:
+    """Where the value starts in ``head`` (a PixelData element's header), or None.
+
+    None when the element there is not (7FE0,0010) with a defined length of at least ``nbytes``
+    (the caller then reads the instance with pydicom).
+    """
+    try:
+        tag, start, length = element_header(head, 0, implicit=implicit)
+    except (NeedMoreBytes, ValueError):
+        return None
+    if tag != PIXEL_DATA or length == UNDEFINED or length < nbytes:
+        return None
+    return start
+
+
 def _read_native_plane(inst: Instance, explicit_vr: bool, out: np.ndarray) -> bool:
     """Read one uncompressed plane straight into ``out`` (no intermediate bytes object)."""
     offset = inst.pixel_offset or 0
     if inst.data is not None:
-        head = inst.data[offset : offset + 12]
-        if len(head) < 8 or struct.unpack("<HH", head[:4]) != (0x7FE0, 0x0010):
+        start = _pixel_value_start(inst.data[offset : offset + 12], not explicit_vr, out.nbytes)
+        if start is None or len(inst.data) < offset + start + out.nbytes:
             return False
-        length = struct.unpack("<I", head[8:12] if explicit_vr else head[4:8])[0]
-        start = offset + (12 if explicit_vr else 8)
-        if length == 0xFFFFFFFF or length < out.nbytes or len(inst.data) < start + out.nbytes:
-            return False
-        out[...] = np.frombuffer(inst.data, dtype=out.dtype, count=out.size, offset=start).reshape(
-            out.shape
-        )
+        out[...] = np.frombuffer(
+            inst.data, dtype=out.dtype, count=out.size, offset=offset + start
+        ).reshape(out.shape)
         return True
     with open(inst.path, "rb") as fp:
         fp.seek(offset)
         head = fp.read(12 if explicit_vr else 8)
-        if len(head) < 8 or struct.unpack("<HH", head[:4]) != (0x7FE0, 0x0010):
+        if _pixel_value_start(head, not explicit_vr, out.nbytes) != len(head):
             return False
-        length = struct.unpack("<I", head[8:12] if explicit_vr else head[4:8])[0]
-        if length == 0xFFFFFFFF or length < out.nbytes:
-            return False
-        return fp.readinto(memoryview(out).cast("B")) == out.nbytes
+        return fp.readinto(out.data.cast("B")) == out.nbytes
 
 
 def instances_to_volume(instances: Sequence[Instance], name: str = "?") -> Volume:
@@ -648,7 +687,7 @@ def instances_to_volume(instances: Sequence[Instance], name: str = "?") -> Volum
     assert dtype is not None
     plan = plan_slices(slice_refs(headers, name), name)
     stored = np.empty(plan.shape, dtype=dtype)
-    explicit = str(first.file_meta.TransferSyntaxUID) != "1.2.840.10008.1.2"
+    explicit = str(first.file_meta.TransferSyntaxUID) != IMPLICIT_VR_LE
     for z, ref in enumerate(plan.slices):
         inst = instances[ref.instance]
         if not _read_native_plane(inst, explicit, stored[z]):
@@ -673,7 +712,7 @@ def _volume_header(data: bytes) -> tuple[Dataset, int] | None:
     """The :data:`VOLUME_KEYWORDS` of a native single-plane instance and its PixelData offset.
 
     What pydicom's ``dcmread(specific_tags=...)`` returns for such files, at a fraction of its
-    cost: ``dicom_prefix`` locates the elements, the wanted ones go into the data set as raw
+    cost: ``dicom_walk`` locates the elements, the wanted ones go into the data set as raw
     (undecoded) elements, exactly as pydicom's own reader stores them. ``None`` (the caller
     uses pydicom) for anything else: compressed or big-endian syntaxes, functional-group
     sequences, data sets the walker cannot read, or ``data`` ending before the pixel data.
@@ -682,15 +721,15 @@ def _volume_header(data: bytes) -> tuple[Dataset, int] | None:
     if found is None or found[0] not in NATIVE_SYNTAXES:
         return None
     syntax, elements = found
-    implicit = syntax == "1.2.840.10008.1.2"
-    raw: dict[int, RawDataElement] = {}
+    implicit = syntax == IMPLICIT_VR_LE
+    raw: dict[BaseTag, DataElement | RawDataElement] = {}
     try:
         for el in elements:
             if el.length < 0:
                 meta = _FILE_META.get(syntax)
                 if meta is None:
                     meta = _FILE_META[syntax] = FileMetaDataset()
-                    meta.TransferSyntaxUID = syntax
+                    meta.TransferSyntaxUID = UID(syntax)
                 ds = Dataset(raw)
                 ds.file_meta = meta
                 ds.set_original_encoding(implicit, True)
@@ -698,15 +737,14 @@ def _volume_header(data: bytes) -> tuple[Dataset, int] | None:
             if el.tag in _VOLUME_TAGS:
                 if el.tag in _GROUP_SEQUENCES:
                     return None
-                raw[el.tag] = RawDataElement(
-                    Tag(el.tag),
+                elem = raw_element(
+                    el.tag,
                     el.vr,
-                    el.length,
                     data[el.start : el.start + el.length],
-                    el.start,
-                    implicit,
-                    True,
+                    offset=el.start,
+                    implicit=implicit,
                 )
+                raw[elem.tag] = elem
     except (NeedMoreBytes, ValueError):
         return None
     return None
@@ -793,7 +831,8 @@ def match_grid(
     d = np.asarray(direction, float).reshape(3, 3)
     if tuple(shape_zyx[1:]) != plan.shape[1:]:
         raise InvalidInput(
-            f"mask in-plane size {tuple(shape_zyx[1:])} differs from the source {plan.shape[1:]} (rule: same grid)"
+            f"mask in-plane size {tuple(shape_zyx[1:])} differs from the source {plan.shape[1:]}"
+            " (rule: same grid)"
         )
     if not (
         np.allclose(d[:, 0], plan.row_cosine, atol=1e-3)
@@ -804,7 +843,8 @@ def match_grid(
         )
     if not np.allclose(spacing[:2], plan.spacing[:2], rtol=1e-3):
         raise InvalidInput(
-            f"mask pixel spacing {tuple(spacing[:2])} differs from the source {plan.spacing[:2]} (rule: same grid)"
+            f"mask pixel spacing {tuple(spacing[:2])} differs from the source {plan.spacing[:2]}"
+            " (rule: same grid)"
         )
     normal = np.asarray(plan.normal)
     start = np.asarray(plan.origin)

@@ -16,14 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
 from skimage.measure import find_contours
 
-from radflow.imaging.dicom import SlicePlan, new_uid
+from radflow.imaging.dicom import RawDataElement, SlicePlan, new_uid, raw_element
 from radflow.imaging.seg import NOT_FOR_CLINICAL_USE, PALETTE, Provenance
 from radflow.sdk.errors import InvalidInput
 
@@ -117,7 +116,7 @@ def _contour_data(points: np.ndarray) -> RawDataElement:
     value = "\\".join(f"{v:.4f}" for v in points.ravel()).encode("ascii")
     if len(value) % 2:
         value += b" "
-    return RawDataElement(CONTOUR_DATA, "DS", len(value), value, 0, False, True)
+    return raw_element(CONTOUR_DATA, "DS", value)
 
 
 def _image_ref(header: Dataset, frame: int | None) -> Dataset:

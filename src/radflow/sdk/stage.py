@@ -44,7 +44,7 @@ def headers_first(*inputs: str, header_end: Callable[[bytes], int | None]) -> Ca
     pixels (or copies bytes) from before doing so. Opt-in by the code that knows it reads
     headers first; bring-your-own Clara operators never get truncated files. ``header_end``
     finds the end of a header in a prefix (``sdk.staging.HeaderEnd``; the imaging domain's
-    ``dicom_prefix.pixel_data_offset`` for DICOM).
+    ``dicom_walk.pixel_data_offset`` for DICOM).
     """
 
     def mark(fn: _Fn) -> _Fn:

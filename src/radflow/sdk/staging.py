@@ -28,7 +28,7 @@ class NeedMoreBytes(Exception):
 
 #: Where a file's header ends, from a prefix of it: the offset when the prefix holds the whole
 #: header, ``None`` when the format cannot be walked with certainty (take the whole object), or
-#: :class:`NeedMoreBytes`. The imaging domain provides it (``radflow.imaging.dicom_prefix``);
+#: :class:`NeedMoreBytes`. The imaging domain provides it (``radflow.imaging.dicom_walk``);
 #: the SDK knows no file format.
 HeaderEnd = Callable[[bytes], int | None]
 
@@ -221,7 +221,7 @@ def stage_study_headers(
     """Like :func:`stage_study`, but each file holds only its header (through the PixelData tag).
 
     One ranged GET of :data:`HEADER_PREFIX_BYTES` per instance (more when the header is longer;
-    the whole object when it cannot be walked with certainty, see ``dicom_prefix``). Every
+    the whole object when it cannot be walked with certainty, see ``dicom_walk``). Every
     truncated file is registered in ``partial`` so the operator can complete the ones it selects.
     """
     folder.mkdir(parents=True, exist_ok=True)

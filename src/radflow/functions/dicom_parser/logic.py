@@ -26,7 +26,7 @@ from typing import Any
 
 from radflow.functions.dicom_parser.settings import DicomParserSettings
 from radflow.imaging import dicom, selection
-from radflow.imaging.dicom_prefix import pixel_data_offset
+from radflow.imaging.dicom_walk import pixel_data_offset
 from radflow.imaging.volume import Geometry, write_volume
 from radflow.sdk.errors import InvalidInput
 from radflow.sdk.stage import DEFAULT, StageContext, headers_first

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_file_meta_info
 from pynetdicom import AE, _config, evt
 from pynetdicom.status import code_to_category
 
@@ -37,6 +36,7 @@ from radflow.functions.scu_export.destinations import (
     scu_ae_title,
 )
 from radflow.functions.scu_export.settings import ScuExportSettings
+from radflow.imaging.dicom import read_file_meta
 from radflow.imaging.dimse import NODELAY_HANDLERS
 from radflow.sdk.errors import InvalidInput, Unavailable
 from radflow.sdk.stage import StageContext
@@ -97,7 +97,7 @@ def collect(ctx: StageContext, inputs: tuple[str, ...]) -> tuple[list[Instance],
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
             rel = f"{name}/{path.relative_to(folder).as_posix()}"
             try:
-                meta = read_file_meta_info(path)
+                meta = read_file_meta(path)
                 inst = Instance(
                     path,
                     rel,

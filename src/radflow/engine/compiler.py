@@ -36,14 +36,13 @@ from typing import Any
 
 import yaml
 
+from radflow.functions import registry
 from radflow.functions.registry import (
     ENTRY_SOURCE,
     ENTRY_TARGET,
     OPERATOR_ENV,
-    OPERATORS,
     OperatorEntry,
     Resources,
-    by_name,
 )
 from radflow.sdk.errors import ConfigError
 from radflow.sdk.events import EventType
@@ -284,7 +283,7 @@ def clara_service_objects(
         pod["nodeSelector"] = dict(GPU_NODE_SELECTOR)
         pod["tolerations"] = [dict(t) for t in GPU_TOLERATIONS]
     embedded = "triton" if "triton" in svc.container.image else svc.name
-    meta = {
+    meta: dict[str, Any] = {
         "name": name,
         "namespace": NAMESPACE,
         "labels": labels,
@@ -522,7 +521,7 @@ def compile_pipelines(
     out: Path,
     *,
     root: Path | None = None,
-    operators: Sequence[OperatorEntry] = OPERATORS,
+    operators: Sequence[OperatorEntry] | None = None,
     overlay: Path | None = None,
     skaffold: Path | None = None,
 ) -> dict[Path, str]:
@@ -531,14 +530,15 @@ def compile_pipelines(
     Manifests go under ``out``; the dev-cpu kustomize overlay to ``overlay`` (default
     ``<out>/../deploy/overlays/dev-cpu``: kustomize refuses an overlay inside its base folder);
     with ``skaffold`` (an existing skaffold.yaml), that file with its artifacts regenerated.
-    ``operators`` is the operator registry (``radflow.functions.registry.OPERATORS``).
+    ``operators``: the operator registry (default ``radflow.functions.registry.OPERATORS``).
     """
     overlay = overlay or out.parent / "deploy" / "overlays" / "dev-cpu"
     root = root or Path.cwd()
-    registry = by_name(tuple(operators))
+    operators = tuple(registry.OPERATORS if operators is None else operators)
+    entries = registry.by_name(operators)
     loaded: list[tuple[Pipeline, str]] = []
     for path in sorted(paths):
-        p = load_pipeline(path, functions=registry)
+        p = load_pipeline(path, functions=entries)
         try:
             source = Path(path).resolve().relative_to(root.resolve()).as_posix()
         except ValueError:
@@ -555,12 +555,12 @@ def compile_pipelines(
     brk = broker()
     files[out / "broker.yaml"] = dump([brk])
     all_objects.append(brk)
-    tracker = tracker_objects([p for p, _ in loaded], registry[TRACKER_OPERATOR])
+    tracker = tracker_objects([p for p, _ in loaded], entries[TRACKER_OPERATOR])
     files[out / "platform" / "job-tracker.yaml"] = dump(tracker, "pipelines/*.yaml")
     for p, source in loaded:
         folder = out / "pipelines" / p.name
         services = [
-            knative_service(p, op, source, registry[op.function])
+            knative_service(p, op, source, entries[op.function])
             for op in sorted(p.operators, key=lambda o: o.name)
         ]
         files[folder / "services.yaml"] = dump(services, source)

@@ -11,23 +11,12 @@ missing ``RADFLOW_OPERATOR`` stops the instance at start-up with the reason in i
 
 from __future__ import annotations
 
-import importlib
 import os
-from collections.abc import Callable
 from typing import Any
 
 import functions_framework
 
 from radflow.functions.registry import OPERATOR_ENV, OperatorEntry, get
-
-
-def load(entry: OperatorEntry) -> Callable[..., Any]:
-    """Import ``entry``'s ``module:function``."""
-    module, _, attr = entry.target.partition(":")
-    fn = getattr(importlib.import_module(module), attr, None)
-    if not callable(fn):
-        raise LookupError(f"operator {entry.name!r}: {entry.target!r} is not a function")
-    return fn
 
 
 def _operator() -> OperatorEntry:
@@ -38,7 +27,7 @@ def _operator() -> OperatorEntry:
 
 
 OPERATOR = _operator()
-TARGET = load(OPERATOR)
+TARGET = OPERATOR.load()
 
 if OPERATOR.logic:
     from radflow.sdk.runtime import serve

@@ -20,7 +20,10 @@ compiler and the CLI read it for free, and only the entry point imports the one 
 
 from __future__ import annotations
 
+import importlib
 import re
+from collections.abc import Callable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -118,6 +121,14 @@ class OperatorEntry(_Model):
     def target(self) -> str:
         """``module:function`` the entry point serves."""
         return self.logic or self.handler or ""
+
+    def load(self) -> Callable[..., Any]:
+        """Import :attr:`target` (only the entry point does, for the one operator it serves)."""
+        module, _, attr = self.target.partition(":")
+        fn = getattr(importlib.import_module(module), attr, None)
+        if not callable(fn):
+            raise LookupError(f"operator {self.name!r}: {self.target!r} is not a function")
+        return fn
 
 
 OPERATORS: tuple[OperatorEntry, ...] = (

@@ -172,10 +172,10 @@ OPERATORS: tuple[OperatorEntry, ...] = (
 )
 
 
-def by_name(operators: tuple[OperatorEntry, ...] = OPERATORS) -> dict[str, OperatorEntry]:
-    """name -> entry; a name given twice is a mistake in the registry."""
+def by_name(operators: tuple[OperatorEntry, ...] | None = None) -> dict[str, OperatorEntry]:
+    """name -> entry (default: :data:`OPERATORS`); a name given twice is a mistake."""
     out: dict[str, OperatorEntry] = {}
-    for entry in operators:
+    for entry in OPERATORS if operators is None else operators:
         if entry.name in out:
             raise ValueError(f"operator {entry.name!r} is registered twice")
         out[entry.name] = entry

@@ -40,6 +40,7 @@ from radflow.demo.study import make_study
 from radflow.engine.config import load_engine_config
 from radflow.engine.ports import free_port, wait_for_port
 from radflow.engine.stack import Engine
+from radflow.functions import registry
 from radflow.sdk.pipeline import load_pipeline
 from radflow.sdk.storage import Keys, NotFound, ObjectStore
 
@@ -361,7 +362,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         info["engine_start_s"] = time.time() - t0
         info["triton"] = engine.triton is not None
         store = ObjectStore(engine.store_settings())
-        pipe = load_pipeline(Path("pipelines") / f"{PIPELINE}.yaml")
+        pipe = load_pipeline(Path("pipelines") / f"{PIPELINE}.yaml", functions=registry.names())
         dag = {s: pipe.operator(s).upstream() for s in pipe.stage_names()}
         results = []
         for k in range(args.runs):

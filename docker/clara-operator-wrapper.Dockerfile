@@ -8,7 +8,9 @@
 # self-contained Python with radflow and functions-framework is added under /opt/radflow. At run
 # time the runtime stages inputs into the operator's Clara paths (/input, /output, named paths:
 # RADFLOW_CLARA_PATHS=1), runs its container.command (from RADFLOW_STAGE_SPEC, written by the
-# compiler), uploads the outputs and replies with the stage's completion event.
+# compiler), uploads the outputs and replies with the stage's completion event. The entry point
+# sits where the compiled Service's FUNCTION_SOURCE (src/radflow/functions/entry.py, relative to
+# the WORKDIR) expects it, as in every radflow image.
 ARG OPERATOR_IMAGE
 
 # the standalone CPython build is relocatable and only needs glibc, so it runs on most bases
@@ -19,8 +21,8 @@ COPY pyproject.toml README.md ./
 COPY src/ src/
 RUN python -m venv --copies /opt/radflow/venv \
  && /opt/radflow/venv/bin/pip install . \
- && mkdir -p /opt/radflow/app/functions/clara_operator \
- && cp src/radflow/functions/clara_operator/main.py /opt/radflow/app/functions/clara_operator/ \
+ && mkdir -p /opt/radflow/app/src/radflow/functions \
+ && cp src/radflow/functions/entry.py /opt/radflow/app/src/radflow/functions/ \
  && cp -a /usr/local/lib/libpython3* /opt/radflow/ 2>/dev/null || true
 
 FROM ${OPERATOR_IMAGE}
@@ -29,7 +31,8 @@ COPY --from=radflow /opt/radflow /opt/radflow
 ENV LD_LIBRARY_PATH=/opt/radflow/python/lib:${LD_LIBRARY_PATH} \
     PYTHONHOME=/opt/radflow/python \
     FUNCTION_TARGET=handle \
-    FUNCTION_SOURCE=/opt/radflow/app/functions/clara_operator/main.py \
+    FUNCTION_SOURCE=src/radflow/functions/entry.py \
+    RADFLOW_OPERATOR=clara_operator \
     FUNCTION_SIGNATURE_TYPE=http \
     PORT=8080 \
     THREADS=1 \

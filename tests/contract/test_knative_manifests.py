@@ -17,8 +17,9 @@ import yaml
 
 from radflow.engine.compiler import compile_pipelines, stale_files
 from radflow.engine.manifest_validation import Validator, default_schemas_dir, required_features
+from radflow.functions import registry
 from radflow.sdk.events import EventType
-from radflow.sdk.pipeline import StageSpec, available_functions, function_for_image, load_pipeline
+from radflow.sdk.pipeline import StageSpec, function_for_image, load_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = default_schemas_dir(REPO)
@@ -109,22 +110,14 @@ def test_validator_catches_what_the_schemas_and_webhooks_would() -> None:
 
 def test_compile_is_stable_and_matches_the_committed_files(tmp_path: Path) -> None:
     pipelines = sorted((REPO / "pipelines").glob("*.yaml"))
-    # function folders only gate validation (tested in tests/unit); assume the referenced ones
-    # exist so this diff also runs on a branch that lacks some of them
-    referenced = {
-        f
-        for p in pipelines
-        for op in yaml.safe_load(p.read_text())["operators"]
-        if (f := function_for_image(op["container"]["image"]))
-    }
-    functions = available_functions() | referenced
-    first = compile_pipelines(pipelines, tmp_path / "a" / "knative", root=REPO, functions=functions)
-    second = compile_pipelines(
-        pipelines, tmp_path / "b" / "knative", root=REPO, functions=functions
-    )
+    first = compile_pipelines(pipelines, tmp_path / "a" / "knative", root=REPO)
+    second = compile_pipelines(pipelines, tmp_path / "b" / "knative", root=REPO)
     rel = lambda files, base: {p.relative_to(base).as_posix(): t for p, t in files.items()}  # noqa: E731
     assert rel(first, tmp_path / "a") == rel(second, tmp_path / "b")
-    committed = compile_pipelines(pipelines, REPO / "knative", root=REPO, functions=functions)
+    committed = compile_pipelines(
+        pipelines, REPO / "knative", root=REPO, skaffold=REPO / "skaffold.yaml"
+    )
+    assert REPO / "skaffold.yaml" in committed
     drift = [
         str(p.relative_to(REPO))
         for p, t in committed.items()
@@ -270,10 +263,9 @@ def test_gpu_operator_compiles_to_gpu_limits_and_placement(tmp_path: Path) -> No
         "kubernetes.podspec-tolerations",
     }
     spec = StageSpec.model_validate_json(env_of(svc)["RADFLOW_STAGE_SPEC"])
-    assert (
-        spec.command == ["python3", "/app/seg.py"]
-        and env_of(svc)["FUNCTION_SOURCE"] == "src/radflow/functions/clara_operator/main.py"
-    )
+    assert spec.command == ["python3", "/app/seg.py"]
+    assert env_of(svc)["FUNCTION_SOURCE"] == "src/radflow/functions/entry.py"
+    assert env_of(svc)["RADFLOW_OPERATOR"] == "clara_operator"
     if (SCHEMAS / "knative").is_dir():
         assert Validator(SCHEMAS).validate(svc) == []
 
@@ -300,8 +292,21 @@ def test_every_function_image_has_a_skaffold_artifact_and_dockerfile() -> None:
         assert image in artifacts, f"{image} has no skaffold artifact"
         a = artifacts[image]
         assert (REPO / a["context"] / a["docker"]["dockerfile"]).is_file()
-        fn = a["docker"]["buildArgs"]["FUNCTION"]
+        fn = a["docker"]["buildArgs"]["OPERATOR"]
         assert function_for_image(image) == fn
+    assert set(artifacts) == {e.image for e in registry.OPERATORS}
+
+
+def test_every_service_runs_the_one_entry_point_for_a_registered_operator() -> None:
+    services = [d for d in docs() if is_knative_service(d)]
+    assert services
+    for svc in services:
+        env = env_of(svc)
+        assert env["FUNCTION_SOURCE"] == registry.ENTRY_SOURCE, svc["metadata"]["name"]
+        assert env["FUNCTION_TARGET"] == registry.ENTRY_TARGET
+        entry = registry.get(env["RADFLOW_OPERATOR"])
+        assert svc["spec"]["template"]["spec"]["containers"][0]["image"] == entry.image
+    assert (REPO / registry.ENTRY_SOURCE).is_file()
 
 
 @pytest.mark.skipif(
@@ -346,7 +351,7 @@ def test_kustomize_renders_the_gpu_base_and_the_cpu_overlay() -> None:
     assert "config" not in broker["spec"]
 
 
-def test_reference_pipeline_loads_and_its_functions_exist() -> None:
+def test_reference_pipeline_loads_and_its_operators_are_registered() -> None:
     path = REPO / "pipelines/brain-tumor-segmentation.yaml"
     assert {
         "dicom_parser",
@@ -354,5 +359,5 @@ def test_reference_pipeline_loads_and_its_functions_exist() -> None:
         "seg_writer",
         "rtstruct_writer",
         "scu_export",
-    } <= available_functions()
-    assert load_pipeline(path).name == "brain-tumor-segmentation"
+    } <= registry.names()
+    assert load_pipeline(path, functions=registry.names()).name == "brain-tumor-segmentation"

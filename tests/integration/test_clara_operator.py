@@ -62,9 +62,10 @@ def run_stage(
     monkeypatch.setenv("RADFLOW_STAGE_SPEC", stage_spec(p, op, timeout_seconds=300).to_env())
     for k, v in {**store_env(settings), **op.variables}.items():
         monkeypatch.setenv(k, v)
+    monkeypatch.setenv("RADFLOW_OPERATOR", "clara_operator")
     req = seed_study(store, "byo", series=1, instances=3)
     app = functions_framework.create_app(
-        "handle", str(REPO / "src/radflow/functions/clara_operator/main.py")
+        "handle", str(REPO / "src/radflow/functions/entry.py")
     ).test_client()
     h, b = events.to_binary(study_event(store, req))
     return app.post("/", headers=h, data=b), req

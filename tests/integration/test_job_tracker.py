@@ -29,11 +29,12 @@ def tracker(
     for k, v in store_env(store_settings).items():
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("RADFLOW_DAGS", json.dumps(DAG))
+    monkeypatch.setenv("RADFLOW_OPERATOR", "job_tracker")
     from radflow.functions.job_tracker import service
 
     service._deps.cache_clear()
     yield functions_framework.create_app(
-        "handle", str(REPO / "src/radflow/functions/job_tracker/main.py")
+        "handle", str(REPO / "src/radflow/functions/entry.py")
     ).test_client()
     service._deps.cache_clear()
 

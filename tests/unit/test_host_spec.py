@@ -41,7 +41,7 @@ FN = {
     "image": "radflow/seg-writer",
     "env": [
         {"name": "FUNCTION_TARGET", "value": "handle"},
-        {"name": "FUNCTION_SOURCE", "value": "src/radflow/functions/seg_writer/main.py"},
+        {"name": "FUNCTION_SOURCE", "value": "src/radflow/functions/entry.py"},
     ],
 }
 
@@ -120,7 +120,7 @@ def test_value_from_and_reserved_env_are_refused() -> None:
 def test_function_image_runs_functions_framework() -> None:
     env = {
         "FUNCTION_TARGET": "handle",
-        "FUNCTION_SOURCE": "src/radflow/functions/seg_writer/main.py",
+        "FUNCTION_SOURCE": "src/radflow/functions/entry.py",
         "PORT": "8123",
     }
     assert container_argv(FN, env, PY, "127.0.0.1", "x") == [
@@ -130,7 +130,7 @@ def test_function_image_runs_functions_framework() -> None:
         "--target",
         "handle",
         "--source",
-        "src/radflow/functions/seg_writer/main.py",
+        "src/radflow/functions/entry.py",
         "--signature-type",
         "http",
         "--host",

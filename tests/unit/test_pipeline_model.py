@@ -75,6 +75,27 @@ def test_reference_pipeline_parses(repo_root: Path) -> None:
     ]
 
 
+def test_stage_spec_carries_only_its_own_stage(repo_root: Path) -> None:
+    p = load_pipeline(repo_root / "pipelines/brain-tumor-segmentation.yaml", functions=FUNCTIONS)
+    spec = stage_spec(p, p.operator("seg-writer"), timeout_seconds=300)
+    assert spec.upstream == ["dicom-parser", "triton-infer"]
+    assert [i.from_stage for i in spec.inputs] == ["triton-infer", "dicom-parser"]
+    doc = spec.model_dump()
+    assert set(doc) == {
+        "pipeline",
+        "stage",
+        "inputs",
+        "outputs",
+        "upstream",
+        "variables",
+        "command",
+        "timeout_seconds",
+    }
+    # no other stage is named anywhere in it
+    text = spec.to_env()
+    assert "scu-export" not in text and "rtstruct-writer" not in text
+
+
 def test_image_mapping() -> None:
     assert function_for_image("radflow/rtstruct-writer") == "rtstruct_writer"
     assert function_for_image("nvcr.io/nvidia/clara/ai-liver") is None
@@ -98,7 +119,10 @@ def test_image_mapping() -> None:
         ),
         (
             ("image: radflow/triton-infer", "image: radflow/triton-inference"),
-            "pipelines/demo.yaml: operator 'infer': container.image: no radflow function implements 'radflow/triton-inference' (expected functions/triton_inference/main.py); use an existing radflow image or a non-radflow image with container.command to run it as a Clara operator",
+            "pipelines/demo.yaml: operator 'infer': container.image: no radflow operator "
+            "implements 'radflow/triton-inference' (no 'triton_inference' in the operator "
+            "registry); use an existing radflow image or a non-radflow image with "
+            "container.command to run it as a Clara operator",
         ),
         (
             ("image: radflow/triton-infer", "image: clara/ai-brain"),
@@ -170,6 +194,21 @@ def test_reserved_variable_rejected() -> None:
         ConfigError,
         match=re.escape(
             "operator 'infer': variables.RADFLOW_STAGE: reserved for the radflow runtime"
+        ),
+    ):
+        parse(text)
+
+
+def test_the_entry_point_selector_is_reserved() -> None:
+    text = BASE.replace(
+        "    container: {image: radflow/triton-infer}",
+        "    container: {image: radflow/triton-infer}\n"
+        "    variables: {RADFLOW_OPERATOR: seg_writer}",
+    )
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "operator 'infer': variables.RADFLOW_OPERATOR: reserved for the radflow runtime"
         ),
     ):
         parse(text)

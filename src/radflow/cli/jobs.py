@@ -19,6 +19,7 @@ from typing import Any
 
 from radflow.engine.compiler import add_compile_parser
 from radflow.engine.jobs import load_job, load_jobs
+from radflow.functions import registry
 from radflow.sdk.errors import ConfigError
 from radflow.sdk.pipeline import load_pipeline
 
@@ -52,7 +53,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     status = 0
     for path in paths:
         try:
-            p = load_pipeline(path)
+            p = load_pipeline(path, functions=registry.names())
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             status = 1

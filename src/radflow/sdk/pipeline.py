@@ -7,15 +7,16 @@ flows by name: an input ``from`` an upstream operator reads that operator's outp
 payload (the study's instances). Everything here is pure: the loader reads one YAML file and
 raises :class:`~radflow.sdk.errors.ConfigError` naming the file, the operator and the field.
 
-Image to function mapping: an image ``radflow/<kebab-name>`` is the radflow function in
-``functions/<snake_name>/``. Any other image is a *bring-your-own* Clara operator: it must give
-``container.command``, which the ``clara-operator`` function runs with its inputs and outputs
-mapped to local folders (see ``docs/pipelines.md``).
+Image to operator mapping: an image ``radflow/<kebab-name>`` is the radflow operator
+``<snake_name>``; which operators exist is the caller's to say (``functions=``: the operator
+registry's names, ``radflow.functions.registry``), this model knows none of them. Any other image
+is a *bring-your-own* Clara operator: it must give ``container.command``, which the
+``clara_operator`` operator runs with its inputs and outputs mapped to local folders (see
+``docs/pipelines.md``).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
@@ -37,7 +38,6 @@ __all__ = [
     "StageOutput",
     "StageSpec",
     "stage_spec",
-    "available_functions",
     "function_for_image",
     "load_pipeline",
     "parse_pipeline",
@@ -45,7 +45,7 @@ __all__ = [
 
 #: the Clara pipeline definition language version radflow reads
 API_VERSION = "0.4.0"
-#: the function that runs bring-your-own Clara operators (``functions/clara_operator``)
+#: the operator that runs bring-your-own Clara operators (``functions/clara_operator``)
 BYO_FUNCTION = "clara_operator"
 #: radflow's own images are ``radflow/<kebab-name>``
 RADFLOW_IMAGE = re.compile(r"^radflow/(?P<name>[a-z][a-z0-9]*(?:-[a-z0-9]+)*)$")
@@ -58,6 +58,7 @@ RESERVED_VARIABLES = frozenset(
         "RADFLOW_PIPELINE",
         "RADFLOW_STAGE",
         "RADFLOW_STAGE_SPEC",
+        "RADFLOW_OPERATOR",
         "RADFLOW_CLAIM_LEASE_SECONDS",
         "RADFLOW_WORK_DIR",
         "RADFLOW_CLARA_PATHS",
@@ -173,7 +174,7 @@ class Operator(_Model):
 
     @property
     def function(self) -> str:
-        """The radflow function folder that runs this operator (``clara_operator`` for BYO)."""
+        """The radflow operator (registry name) that runs this one (``clara_operator`` for BYO)."""
         return function_for_image(self.container.image) or BYO_FUNCTION
 
     @property
@@ -265,7 +266,7 @@ class Pipeline(_Model):
         return sorted(op.name for op in self.operators if op.name not in used)
 
     def dag(self) -> dict[str, list[str]]:
-        """stage -> upstream stages, the shape the job tracker and runtime carry in env."""
+        """stage -> upstream stages: the whole DAG, the shape the job tracker carries in env."""
         return {op.name: op.upstream() for op in sorted(self.operators, key=lambda o: o.name)}
 
 
@@ -291,21 +292,7 @@ def function_for_image(image: str) -> str | None:
     return m.group("name").replace("-", "_") if m else None
 
 
-def available_functions(functions_dir: Path | None = None) -> set[str]:
-    """Function folders that exist (``functions/<snake>/main.py``).
-
-    Located through the installed ``radflow.functions`` package's folder; ``find_spec`` does not
-    import it (shared must not import functions), it only finds where the folder is.
-    """
-    if functions_dir is None:
-        spec = importlib.util.find_spec("radflow.functions")
-        if spec is None or not spec.submodule_search_locations:
-            return set()
-        functions_dir = Path(next(iter(spec.submodule_search_locations)))
-    return {p.parent.name for p in functions_dir.glob("*/main.py")}
-
-
-def load_pipeline(path: str | Path, *, functions: Collection[str] | None = None) -> Pipeline:
+def load_pipeline(path: str | Path, *, functions: Collection[str]) -> Pipeline:
     """Read and validate one Clara pipeline file.
 
     Parameters
@@ -313,7 +300,8 @@ def load_pipeline(path: str | Path, *, functions: Collection[str] | None = None)
     path:
         The YAML file (``pipelines/<name>.yaml``).
     functions:
-        Function folder names that exist; by default the installed ``functions/`` folders.
+        The radflow operators that exist (snake_case names), from the caller: the operator
+        registry's ``names()`` for the shipped ones.
 
     Raises
     ------
@@ -329,7 +317,7 @@ def load_pipeline(path: str | Path, *, functions: Collection[str] | None = None)
 
 
 def parse_pipeline(
-    text: str, *, source: str = "<pipeline>", functions: Collection[str] | None = None
+    text: str, *, source: str = "<pipeline>", functions: Collection[str]
 ) -> Pipeline:
     """Validate pipeline YAML ``text``; ``source`` names it in error messages."""
     try:
@@ -354,7 +342,7 @@ def parse_pipeline(
         pipeline = Pipeline.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe(source, raw, exc)) from None
-    _check(pipeline, source, available_functions() if functions is None else set(functions))
+    _check(pipeline, source, set(functions))
     return pipeline
 
 
@@ -433,9 +421,9 @@ def _check_operator(op: Operator, p: Pipeline, functions: set[str], fail: Any) -
     fn = function_for_image(op.container.image)
     if fn is not None and fn not in functions:
         fail(
-            f"{who}: container.image: no radflow function implements {op.container.image!r} "
-            f"(expected functions/{fn}/main.py); use an existing radflow image or a non-radflow image "
-            f"with container.command to run it as a Clara operator"
+            f"{who}: container.image: no radflow operator implements {op.container.image!r} "
+            f"(no {fn!r} in the operator registry); use an existing radflow image or a "
+            f"non-radflow image with container.command to run it as a Clara operator"
         )
     if fn is None and not op.container.command:
         fail(
@@ -526,18 +514,20 @@ def _find_cycle(p: Pipeline) -> list[str]:
 
 
 class StageSpec(_Model):
-    """What a stage's runtime needs to know about its place in the DAG (env ``RADFLOW_STAGE_SPEC``).
+    """What one stage's runtime needs (env ``RADFLOW_STAGE_SPEC``), and nothing about the others.
 
-    The compiler writes it into each Knative Service; the runtime reads it once per process.
+    The compiler writes it into the stage's Knative Service; the runtime reads it once per
+    process. It holds only this stage's inputs, outputs, upstream stages (its fan-in) and
+    variable names, so editing another stage leaves this Service's revision alone. The whole
+    DAG is the job tracker's (``RADFLOW_DAGS`` in its own Service).
     """
 
     pipeline: str
     stage: str
     inputs: list[StageInput]
     outputs: list[StageOutput]
+    #: the stages this one waits for (fan-in): every one must have completed
     upstream: list[str] = Field(default_factory=list)
-    #: every stage of the DAG -> its upstream stages (fan-in and job completion)
-    dag: dict[str, list[str]] = Field(default_factory=dict)
     #: names of the operator's Clara ``variables`` (their values are plain env vars)
     variables: list[str] = Field(default_factory=list)
     #: bring-your-own operators: the command line to run
@@ -555,7 +545,6 @@ def stage_spec(pipeline: Pipeline, op: Operator, *, timeout_seconds: int) -> Sta
         inputs=op.stage_inputs(),
         outputs=op.stage_outputs(),
         upstream=op.upstream(),
-        dag=pipeline.dag(),
         # Clara handed service addresses to operators like variables (NVIDIA_TRITON_HTTPURI)
         variables=sorted({*op.variables, *op.connection_names()}),
         command=op.container.command if op.is_byo else None,

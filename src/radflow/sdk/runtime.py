@@ -1,4 +1,4 @@
-"""The function contract: what every radflow operator's ``main.py`` delegates to.
+"""The function contract: what the entry point (``functions/entry.py``) serves every operator with.
 
 ``serve(request, logic.run)`` turns one Knative delivery into one stage run::
 

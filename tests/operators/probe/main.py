@@ -1,4 +1,4 @@
-"""A test operator with the standard main.py shape; its logic is steered by its variables.
+"""A test operator, steered by its variables (not in the registry: it has its own handler file).
 
 MODE: ok | invalid | unavailable | crash;  SLEEP: seconds;  COUNT_FILE: appends "start"/"end";
 RANDOM_NAMES: "1" writes an output file with a fresh random name each run (like new UIDs).

@@ -25,9 +25,10 @@ from radflow.engine.children import die_with_parent
 from radflow.engine.host.process import PidRegistry
 
 log = logging.getLogger(__name__)
-#: What radflow's operators import at module level (boto3 via shared.storage, SimpleITK via
-#: shared.imaging, …). ``radflow.sdk.runtime`` (every operator's main.py: cloudevents, s3transfer,
-#: pydantic models) is another 0.24 s per cold start on the 2-core VM when left to the forked child.
+#: What radflow's operators import at module level (boto3 via sdk.storage, SimpleITK via
+#: imaging.volume, ...). ``radflow.sdk.runtime`` (served by every operator's entry point:
+#: cloudevents, s3transfer, pydantic models) is another 0.24 s per cold start on the 2-core VM
+#: when left to the forked child.
 IMAGING_STACK = (
     "pydicom",
     "pynetdicom",

@@ -11,7 +11,8 @@ fails with ``InvalidInput`` once more than ``SCU_FAILURE_THRESHOLD`` of the file
 (default: any). Every file's outcome, with its SOP Instance UID, is written to the export
 report (output ``report``, ``export-report.json``); logs and the summary carry counts only.
 
-Pure: the destinations come in as an argument (``main.py`` loads the adapter configuration).
+Pure: the destinations come in as an argument (``deps.run``, the registry entry, loads the
+adapter configuration).
 """
 
 from __future__ import annotations

@@ -34,7 +34,8 @@ from radflow.adapter.dicomfile import (
     NotDicom,
     inspect_file,
 )
-from radflow.adapter.spool import AssociationRow, InstanceRecord, PendingUpload
+from radflow.adapter.spool.associations import AssociationRow
+from radflow.adapter.spool.index import InstanceRecord, PendingUpload
 from radflow.imaging.dimse import NODELAY_HANDLERS
 from radflow.sdk.storage import Keys
 

@@ -244,15 +244,13 @@ class GroupCommitWriter:
 def _settle(
     future: concurrent.futures.Future[Any] | asyncio.Future[Any], ok: bool, value: Any
 ) -> None:
-    if future.done():  # a caller that stopped waiting (cancelled)
-        return
     try:
         if ok:
             future.set_result(value)
         else:
             future.set_exception(value)
     except (concurrent.futures.InvalidStateError, asyncio.InvalidStateError):
-        pass  # cancelled meanwhile from another thread
+        pass  # the caller stopped waiting (cancelled)
 
 
 def _settle_all(settled: list[tuple[_Job, bool, Any]]) -> None:

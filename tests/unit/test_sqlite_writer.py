@@ -106,6 +106,24 @@ def test_coroutines_and_threads_share_batches(traced: Traced):
     assert rows(traced.writer.path) == [f"a{i}" for i in range(10)] + ["t0"]
 
 
+def test_a_caller_that_stops_waiting_does_not_stop_the_writer(traced: Traced):
+    async def scenario() -> None:
+        _, release = traced.hold()
+        task = asyncio.create_task(traced.writer.run_async(insert("queued")))
+        same_batch = asyncio.create_task(traced.writer.run_async(insert("same batch")))
+        await asyncio.sleep(0)
+        task.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await asyncio.wait_for(same_batch, 10) == 2
+        assert await traced.writer.run_async(insert("next")) == 3
+
+    asyncio.run(scenario())
+    # the cancelled caller's operation is applied all the same
+    assert rows(traced.writer.path) == ["queued", "same batch", "next"]
+
+
 def test_a_failing_operation_fails_only_its_caller_and_leaves_no_rows(traced: Traced):
     def half_then_fail(c: sqlite3.Connection) -> None:
         c.execute("INSERT INTO t(v) VALUES ('partial')")

@@ -20,7 +20,8 @@ may lose the newest such commits, never reorder them). A batch holding any durab
 is committed durably.
 
 Callers may be threads (:meth:`GroupCommitWriter.submit` / :meth:`~GroupCommitWriter.run`)
-or coroutines (:meth:`~GroupCommitWriter.run_async`); a batch wakes each event loop once.
+or coroutines (:meth:`~GroupCommitWriter.run_async`); a batch wakes each event loop once. An
+operation, once submitted, is applied even if its caller stops waiting (is cancelled).
 Stdlib only: this module knows nothing of what the rows mean.
 """
 

@@ -40,7 +40,7 @@ class Adapter:
         self.configs = ConfigStore(config, store)
         self.spool = Spool(settings.spool_dir)
         self.emitter = Emitter(
-            self.spool,
+            self.spool.groups,
             store,
             self.configs.current,
             on_queued=self._events_queued,
@@ -50,7 +50,7 @@ class Adapter:
             self.spool, store, workers=settings.upload_workers, on_uploaded=self.emitter.wake
         )
         self.outbox = Outbox(
-            self.spool, lambda: self.settings.sink, max_backoff=settings.outbox_max_backoff
+            self.spool.outbox, lambda: self.settings.sink, max_backoff=settings.outbox_max_backoff
         )
         self.handlers = StoreHandlers(
             self.spool,
@@ -108,7 +108,7 @@ class Adapter:
             self.configs.subscribe(self.receivers.config_changed)
             self.dicom_port = self.receivers.start(self.settings.host, port)
         else:
-            configure_pynetdicom(self.spool)
+            configure_pynetdicom(self.spool.files)
             self.scp = DicomServer(
                 self.handlers, max_pdu=self.settings.max_pdu, max_associations=cfg.max_associations
             )
@@ -164,7 +164,7 @@ class Adapter:
             "upload_backlog": self.uploader.backlog(),
             "uploaded": self.uploader.uploaded,
             "groups_emitted": self.emitter.emitted,
-            "outbox": self.spool.outbox_counts(),
+            "outbox": self.spool.outbox.counts(),
             "events_sent": self.outbox.sent,
             "scp": self.scp_counters(),
             "receivers": self.receivers.describe()

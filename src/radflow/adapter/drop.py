@@ -19,7 +19,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 from radflow.adapter.handlers import check_header, record_for
-from radflow.adapter.spool import PendingUpload
+from radflow.adapter.spool.index import PendingUpload
 from radflow.imaging.dicom_walk import (
     SERIES_INSTANCE,
     SOP_CLASS,
@@ -82,7 +82,7 @@ class DropWatcher:
                 ae_title, _, tail = rest.partition("/")
                 if not tail:
                     continue
-                if spool.drop_seen(obj.key) == obj.etag:
+                if spool.drops.etag(obj.key) == obj.etag:
                     store.delete(obj.key)  # indexed by an earlier pass that died before deleting
                     continue
                 ae = cfg.ae(ae_title)
@@ -111,12 +111,12 @@ class DropWatcher:
                 assoc_id = assocs.get(ae.ae_title)
                 if assoc_id is None:
                     assoc_id = f"drop-{uuid.uuid4().hex}"
-                    spool.open_association(assoc_id, ae.ae_title, DROP_CALLING_AE)
+                    spool.associations.open(assoc_id, ae.ae_title, DROP_CALLING_AE)
                     assocs[ae.ae_title] = assoc_id
-                tmp = spool.tmp_dir / f"drop-{uuid.uuid4().hex}.dcm"
+                tmp = spool.files.tmp_dir / f"drop-{uuid.uuid4().hex}.dcm"
                 with open(tmp, "wb") as fh:
                     fh.write(data)
-                name = spool.take_file(tmp, assoc_id)
+                name = spool.files.take_file(tmp, assoc_id)
                 rec = record_for(
                     header,
                     assoc_id=assoc_id,
@@ -125,14 +125,14 @@ class DropWatcher:
                     spool_name=name,
                     group_tag=ae.group_tag,
                 )
-                spool.add_instance(rec)
-                spool.mark_drop_seen(obj.key, obj.etag, "indexed")
+                spool.index.add(rec)
+                spool.drops.mark(obj.key, obj.etag, "indexed")
                 a.uploader.enqueue(PendingUpload(name, rec.key))
                 store.delete(obj.key)
                 count += 1
         finally:
             for assoc_id in assocs.values():
-                spool.close_association(assoc_id, released=True)
+                spool.associations.close(assoc_id, released=True)
             if assocs:
                 a.emitter.wake()
         self.ingested += count

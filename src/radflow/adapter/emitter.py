@@ -19,7 +19,7 @@ from collections.abc import Callable
 from radflow.adapter import grouping
 from radflow.adapter.config import AdapterConfig
 from radflow.adapter.loop import WakeableLoop
-from radflow.adapter.spool import GroupRow, Spool
+from radflow.adapter.spool.groups import GroupRow, Groups
 from radflow.sdk import events
 from radflow.sdk.errors import Unavailable
 from radflow.sdk.manifest import InstanceRef, StudyManifest
@@ -31,14 +31,14 @@ log = logging.getLogger(__name__)
 class Emitter(WakeableLoop):
     def __init__(
         self,
-        spool: Spool,
+        groups: Groups,
         store: ObjectStore,
         config: Callable[[], AdapterConfig],
         *,
         on_queued: Callable[[], None],
         tick: float = 0.1,
     ) -> None:
-        self.spool = spool
+        self.groups = groups
         self.store = store
         self.config = config
         self.on_queued = on_queued
@@ -63,7 +63,7 @@ class Emitter(WakeableLoop):
         """Emit every group that is complete at ``now``; returns how many were emitted."""
         cfg = self.config()
         count = 0
-        for row in self.spool.group_rows():
+        for row in self.groups.rows():
             ae = cfg.ae(row.called_ae)
             timeout = ae.timeout if ae is not None else 0.0
             state = grouping.GroupState(
@@ -77,7 +77,7 @@ class Emitter(WakeableLoop):
     def _emit(self, row: GroupRow, cfg: AdapterConfig) -> bool:
         ae = cfg.ae(row.called_ae)
         overwrite = ae.overwrite_same_instance if ae is not None else False
-        ready = self.spool.ready_instances(row.group_id)
+        ready = self.groups.ready_instances(row.group_id)
         if not ready:
             return False
         revision = row.next_revision
@@ -107,7 +107,7 @@ class Emitter(WakeableLoop):
         ids = [r.id for r in ready]
         if changed == 0:
             # re-sent instances that change nothing: no new revision, no event
-            self.spool.commit_emission(row.group_id, revision, None, ids, [])
+            self.groups.commit_emission(row.group_id, revision, None, ids, [])
             log.info("group re-sent without changes; no revision", extra={"group_id": row.group_id})
             return False
         study_uid = ready[0].study_uid
@@ -159,7 +159,7 @@ class Emitter(WakeableLoop):
                 },
             )
             batch.append((jid, events.to_json(event)))
-        if not self.spool.commit_emission(row.group_id, revision, key, ids, batch):
+        if not self.groups.commit_emission(row.group_id, revision, key, ids, batch):
             return False
         self.emitted += 1
         log.info(

@@ -26,7 +26,8 @@ from pynetdicom.events import EventHandlerType
 
 from radflow.adapter import grouping
 from radflow.adapter.config import AdapterConfig
-from radflow.adapter.spool import AssociationRow, InstanceRecord, PendingUpload
+from radflow.adapter.spool.associations import AssociationRow
+from radflow.adapter.spool.index import InstanceRecord, PendingUpload
 from radflow.imaging.dicom_walk import (
     SERIES_INSTANCE,
     SOP_CLASS,

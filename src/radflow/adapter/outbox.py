@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from radflow.adapter.loop import WakeableLoop
-from radflow.adapter.spool import Spool
+from radflow.adapter.spool.outbox_store import OutboxStore
 from radflow.sdk import events, http
 
 log = logging.getLogger(__name__)
@@ -24,13 +24,13 @@ log = logging.getLogger(__name__)
 class Outbox(WakeableLoop):
     def __init__(
         self,
-        spool: Spool,
+        store: OutboxStore,
         sink: Callable[[], str | None],
         *,
         max_backoff: float = 30.0,
         timeout: float = 10.0,
     ) -> None:
-        self.spool = spool
+        self.store = store
         self.sink = sink
         self.max_backoff = max_backoff
         self.timeout = timeout
@@ -43,7 +43,7 @@ class Outbox(WakeableLoop):
             self._wake.clear()
             try:
                 self.flush_once()
-                nxt = self.spool.outbox_next_due()
+                nxt = self.store.next_due()
             except Exception:
                 log.exception("outbox pass failed")
                 nxt = time.time() + 1.0
@@ -53,12 +53,12 @@ class Outbox(WakeableLoop):
     def flush_once(self) -> int:
         """Try every due event once; returns how many the broker accepted."""
         url = self.sink()
-        due = self.spool.outbox_due(time.time())
+        due = self.store.due(time.time())
         if not due:
             return 0
         if not url:
             for event_id, _, attempts in due:
-                self.spool.outbox_retry(
+                self.store.retry(
                     event_id, time.time() + self._backoff(attempts), "K_SINK is not set"
                 )
             log.warning("%d job event(s) waiting: K_SINK is not set (no SinkBinding?)", len(due))
@@ -69,7 +69,7 @@ class Outbox(WakeableLoop):
                 break
             error = self._post(url, body)
             if error is None:
-                self.spool.outbox_sent(event_id)
+                self.store.sent(event_id)
                 self.sent += 1
                 self.last_sent_at = time.time()
                 ok += 1
@@ -82,7 +82,7 @@ class Outbox(WakeableLoop):
                     delay,
                     extra={"event_id": event_id},
                 )
-                self.spool.outbox_retry(event_id, time.time() + delay, error)
+                self.store.retry(event_id, time.time() + delay, error)
         return ok
 
     def _backoff(self, attempts: int) -> float:

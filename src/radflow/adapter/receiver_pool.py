@@ -43,7 +43,8 @@ from radflow.adapter.config import AdapterConfig
 from radflow.adapter.handlers import StoreHandlers
 from radflow.adapter.ipc import Channel, ChannelClosed
 from radflow.adapter.receiver_worker import write_config
-from radflow.adapter.spool import InstanceRecord, PendingUpload, Spool
+from radflow.adapter.spool import Spool
+from radflow.adapter.spool.index import InstanceRecord, PendingUpload
 from radflow.sdk.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -229,17 +230,17 @@ class ReceiverPool:
         op = message.get("op")
         if op == "stored":
             rec = InstanceRecord(**message["rec"])
-            self.spool.add_instance(rec)
+            self.spool.index.add(rec)
             with self._lock:
                 self._stored += 1
             self.handlers.on_stored(PendingUpload(rec.spool_name, rec.key))
         elif op == "open":
-            self.spool.open_association(message["assoc"], message["called"], message["calling"])
+            self.spool.associations.open(message["assoc"], message["called"], message["calling"])
             with self._lock:
                 r.open_assocs.add(message["assoc"])
             r.channel.send({"op": "reply", "id": message["id"], "value": None})
         elif op == "close":
-            count = self.spool.close_association(
+            count = self.spool.associations.close(
                 message["assoc"], released=bool(message["released"])
             )
             with self._lock:

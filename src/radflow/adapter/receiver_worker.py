@@ -41,7 +41,8 @@ from radflow.adapter.handlers import StoreHandlers
 from radflow.adapter.ipc import Channel, ChannelClosed
 from radflow.adapter.scp import DicomServer, configure_pynetdicom, tls_context
 from radflow.adapter.settings import AdapterSettings
-from radflow.adapter.spool import InstanceRecord, SpoolFiles
+from radflow.adapter.spool.files import SpoolFiles
+from radflow.adapter.spool.index import InstanceRecord
 from radflow.sdk.logging import configure_logging
 
 log = logging.getLogger("radflow.adapter.receiver")

@@ -21,7 +21,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from radflow.adapter.config import TlsConfig
 from radflow.adapter.handlers import StoreHandlers
-from radflow.adapter.spool import SpoolFiles
+from radflow.adapter.spool.files import SpoolFiles
 from radflow.sdk.errors import ConfigError
 
 VERIFICATION_SYNTAXES = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"]

@@ -18,7 +18,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from radflow.adapter.spool import PendingUpload, Spool
+from radflow.adapter.spool import Spool
+from radflow.adapter.spool.index import PendingUpload
 from radflow.sdk.errors import Unavailable
 from radflow.sdk.storage import AlreadyExists, Keys, NotFound, ObjectStore
 
@@ -51,7 +52,7 @@ class Uploader:
         self.uploaded = 0
 
     def start(self) -> None:
-        for item in self.spool.pending_uploads():
+        for item in self.spool.index.pending_uploads():
             self.enqueue(item)
         for t in self._threads:
             t.start()
@@ -88,7 +89,7 @@ class Uploader:
                 self._inflight.discard(item.spool_name)
 
     def _upload(self, item: PendingUpload) -> None:
-        path = self.spool.path(item.spool_name)
+        path = self.spool.files.path(item.spool_name)
         try:
             size, digest = path.stat().st_size, _digest(path, "sha256")
         except FileNotFoundError:
@@ -121,12 +122,12 @@ class Uploader:
                 delay = min(delay * 2, 10.0)
         else:
             return  # stopping: the row stays pending and the next start uploads it
-        live = self.spool.mark_uploaded(
+        live = self.spool.index.mark_uploaded(
             item.spool_name, size, digest, key if key != item.key else None
         )
-        self.spool.unlink(item.spool_name)
+        self.spool.files.unlink(item.spool_name)
         self.uploaded += 1
-        if not live and not self.spool.key_in_use(key):
+        if not live and not self.spool.index.key_in_use(key):
             self._delete_quietly(key)
         self.on_uploaded()
 
@@ -149,15 +150,15 @@ class Uploader:
         with self._lock:
             busy = set(self._inflight)
         done = []
-        for row_id, spool_name, key, uploaded, key_needed in self.spool.discarded():
+        for row_id, spool_name, key, uploaded, key_needed in self.spool.index.discarded():
             if spool_name in busy:
                 continue
             if uploaded and not key_needed:
                 self._delete_quietly(key)
-            self.spool.unlink(spool_name)
+            self.spool.files.unlink(spool_name)
             done.append(row_id)
         if done:
-            self.spool.forget(done)
+            self.spool.index.forget(done)
         return len(done)
 
     def _clean_loop(self) -> None:

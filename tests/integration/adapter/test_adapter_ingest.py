@@ -173,9 +173,9 @@ def test_outbox_retries_until_broker_accepts(adapter_factory, sink, tmp_path):
     events = sink.wait_for(1, timeout=20)
     assert len(events) == 1
     deadline = time.monotonic() + 5
-    while adapter.spool.outbox_counts() != {"sent": 1} and time.monotonic() < deadline:
+    while adapter.spool.outbox.counts() != {"sent": 1} and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert adapter.spool.outbox_counts() == {"sent": 1}
+    assert adapter.spool.outbox.counts() == {"sent": 1}
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from radflow.adapter.outbox import Outbox
-from radflow.adapter.spool import Spool
+from radflow.adapter.spool.outbox_store import OutboxStore
 from radflow.sdk import events
 from radflow.sdk.httpserver import ThreadedServer
 
@@ -46,7 +46,7 @@ def _stored() -> bytes:
 
 def _outbox() -> Outbox:
     # _post touches neither the spool nor the sink: those are flush_once's
-    return Outbox(cast(Spool, None), lambda: None, timeout=2.0)
+    return Outbox(cast(OutboxStore, None), lambda: None, timeout=2.0)
 
 
 def test_a_2xx_is_delivered_in_binary_mode(broker: tuple[str, list[dict[str, str]]]) -> None:

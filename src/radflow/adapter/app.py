@@ -163,6 +163,8 @@ class Adapter:
             "spool": self.spool.stats(),
             "upload_backlog": self.uploader.backlog(),
             "uploaded": self.uploader.uploaded,
+            "upload_parked": sum(self.uploader.parked().values()),
+            "upload_parked_reasons": self.uploader.parked(),
             "groups_emitted": self.emitter.emitted,
             "outbox": self.spool.outbox_counts(),
             "events_sent": self.outbox.sent,

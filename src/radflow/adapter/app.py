@@ -25,7 +25,7 @@ from radflow.adapter.scp import DicomServer, configure_pynetdicom, restore_pynet
 from radflow.adapter.settings import AdapterSettings
 from radflow.adapter.spool import Spool
 from radflow.adapter.uploader import Uploader
-from radflow.sdk.errors import Unavailable
+from radflow.sdk.errors import StoreRefused, Unavailable
 from radflow.sdk.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ class Adapter:
             return False
         try:
             self.store.ensure_bucket()
-        except Unavailable:
+        except (Unavailable, StoreRefused):
             return False
         return True
 

@@ -190,6 +190,8 @@ class Uploader:
             self.store.delete(key)
         except (Unavailable, NotFound):
             pass
+        except StoreRefused as exc:  # the object stays; nothing points at it
+            log.warning("object of a discarded instance not deleted: %s", exc)
 
     def clean_discarded(self) -> int:
         """Remove what aborted associations left behind; returns how many rows were forgotten."""

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from test_adapter_ingest import pynetdicom_send
 from test_adapter_rest import call
 
-from adapter_data import make_study
+from adapter_data import config_yaml, make_study
 from radflow.adapter import uploader
+from radflow.engine.ports import free_port
 from radflow.sdk.manifest import StudyManifest
 
 REFUSED = (
@@ -77,3 +81,31 @@ def test_a_refused_instance_is_parked_not_retried_and_uploaded_after_a_restart(
     manifest = StudyManifest.model_validate_json(store.get_bytes(event["data"]["manifest_key"]))
     assert sorted(i.sop_instance_uid for i in manifest.instances) == sorted(study.sop_uids)
     assert again.status()["upload_parked"] == 0 and again.spool.stats()["spooled"] == 0
+
+
+def test_an_adapter_the_store_refuses_exits_with_2_instead_of_being_restarted(tmp_path, seaweed):
+    """Refused at start-up is permanent: exit code 2 (a configuration error), not 3 (restart)."""
+    cfg = tmp_path / "adapter.yaml"
+    cfg.write_text(config_yaml(free_port()))
+    env = {
+        **os.environ,
+        "RADFLOW_ADAPTER_CONFIG": str(cfg),
+        "RADFLOW_ADAPTER_SPOOL_DIR": str(tmp_path / "spool"),
+        "RADFLOW_ADAPTER_REST_PORT": str(free_port()),
+        "RADFLOW_ADAPTER_DROP_POLL_SECONDS": "0",
+        "RADFLOW_S3_ENDPOINT_URL": seaweed.endpoint_url,
+        "RADFLOW_S3_BUCKET": "Not_A_Valid_Bucket",  # the store refuses to create it
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "radflow.adapter"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert re.search(
+        r"the object store refuses the adapter's requests: object store create_bucket refused: "
+        r"HTTP 400 InvalidBucketName",
+        proc.stderr,
+    )

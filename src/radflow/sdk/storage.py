@@ -15,8 +15,9 @@ One error mapping (:func:`_mapped`), for every operation:
 
 * 404: :class:`NotFound`; 412 (or ``ConditionalRequestConflict``): :class:`AlreadyExists` for a
   conditional write, :class:`Changed` for a conditional read;
-* 408, 429, 5xx and connection errors: sent again (3 attempts, 0.2 s then 0.8 s apart, by
-  :mod:`radflow.sdk.retry`), then :class:`~radflow.sdk.errors.Unavailable` (transient);
+* 408, 429, 5xx, throttling and timeout codes, connection errors: sent again (3 attempts,
+  0.2 s then 0.8 s apart, by :mod:`radflow.sdk.retry`), then
+  :class:`~radflow.sdk.errors.Unavailable` (transient);
 * the body did not match its checksum (``BadDigest``, ...): sent again likewise (the bytes may
   have changed in transit), then :class:`~radflow.sdk.errors.StoreRefused`;
 * anything else (403, 400, an invalid key, a missing bucket, a redirect):
@@ -146,8 +147,22 @@ class Fetched:
     size: int
 
 
-#: statuses that are sent again (as boto3's standard retry mode does), besides every 5xx
+#: statuses and S3 error codes that are sent again (as botocore's standard retry mode), and 5xx
 _TRANSIENT = frozenset({408, 429})
+_TRANSIENT_CODES = frozenset(
+    {
+        "RequestTimeout",  # 400: the connection idled while sending the body
+        "RequestTimeoutException",
+        "PriorRequestNotComplete",
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestThrottled",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+    }
+)
 _ATTEMPTS = 3
 #: S3 error codes: a conditional request lost / the body did not match its checksum
 _PRECONDITION_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
@@ -175,7 +190,7 @@ def _mapped(op: str, method: str, key: str, status: int, code: str) -> Exception
 
     Messages carry the operation, status and S3 code, never the key (keys hold UIDs).
     """
-    if status in _TRANSIENT or status >= 500:
+    if status in _TRANSIENT or status >= 500 or code in _TRANSIENT_CODES:
         return Unavailable(f"object store {op} failed: HTTP {status} {code}".rstrip())
     if code in _CHECKSUM_CODES:
         return _BadChecksum(code)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,28 @@ def test_invalid_input_replies_stage_failed_once(
         "no_series_selected",
         "selection rule 'T1C' matched no series",
     )
+    assert store.exists(Keys.stage_marker(req.job_id, "first", "failed.json"))
+    assert reply_event(post(c, study_event(store, req)))["id"] == ev["id"]
+    assert count.read_text().count("first start") == 1
+
+
+def test_a_request_the_store_refuses_replies_stage_failed_not_500(
+    monkeypatch: pytest.MonkeyPatch,
+    store_settings: StoreSettings,
+    store: ObjectStore,
+    tmp_path: Path,
+) -> None:
+    """Refused is permanent (here: an output key longer than S3 takes): a failed reply with its
+    reason, stored like any failure, not a 500 the broker would retry."""
+    count = tmp_path / "count"
+    configure(monkeypatch, store_settings, "first", MODE="deep", COUNT_FILE=str(count))
+    req = seed_study(store, "probe", series=1, instances=1)
+    c = client()
+    ev = reply_event(post(c, study_event(store, req)))
+    assert ev["type"] == EventType.STAGE_FAILED.value
+    failed = events.parse_payload(ev, events.StageFailed)
+    assert failed.reason == "store_refused"
+    assert re.fullmatch(r"object store put_object refused: HTTP 400 \w+", failed.message)
     assert store.exists(Keys.stage_marker(req.job_id, "first", "failed.json"))
     assert reply_event(post(c, study_event(store, req)))["id"] == ev["id"]
     assert count.read_text().count("first start") == 1

@@ -12,7 +12,7 @@ from pathlib import Path
 from radflow.adapter.app import Adapter
 from radflow.adapter.config import AdapterConfig, load_yaml
 from radflow.adapter.settings import AdapterSettings
-from radflow.sdk.errors import ConfigError, Unavailable
+from radflow.sdk.errors import ConfigError, StoreRefused, Unavailable
 from radflow.sdk.logging import configure_logging
 from radflow.sdk.settings import StoreSettings
 from radflow.sdk.storage import ObjectStore
@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         adapter = Adapter(settings, config, ObjectStore(StoreSettings())).start()
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
+        return 2
+    except StoreRefused as exc:
+        # permanent (bucket, credentials, permissions): restarting will not help
+        log.error("the object store refuses the adapter's requests: %s", exc)
         return 2
     except Unavailable as exc:
         log.error(

@@ -25,7 +25,7 @@ from radflow.adapter.scp import DicomServer, configure_pynetdicom, restore_pynet
 from radflow.adapter.settings import AdapterSettings
 from radflow.adapter.spool import Spool
 from radflow.adapter.uploader import Uploader
-from radflow.sdk.errors import Unavailable
+from radflow.sdk.errors import StoreRefused, Unavailable
 from radflow.sdk.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ class Adapter:
             return False
         try:
             self.store.ensure_bucket()
-        except Unavailable:
+        except (Unavailable, StoreRefused):
             return False
         return True
 
@@ -163,6 +163,8 @@ class Adapter:
             "spool": self.spool.stats(),
             "upload_backlog": self.uploader.backlog(),
             "uploaded": self.uploader.uploaded,
+            "upload_parked": sum(self.uploader.parked().values()),
+            "upload_parked_reasons": self.uploader.parked(),
             "groups_emitted": self.emitter.emitted,
             "outbox": self.spool.outbox.counts(),
             "events_sent": self.outbox.sent,

@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
 
 from radflow.adapter.config import CONFIG_KEY, AdapterConfig
 from radflow.sdk.errors import ConfigError, Unavailable
+from radflow.sdk.retry import retrying
 from radflow.sdk.storage import AlreadyExists, NotFound, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -33,17 +33,13 @@ class ConfigStore:
         self._listeners: list[Callable[[AdapterConfig], None]] = []
 
     def load(self, attempts: int = 8) -> AdapterConfig:
-        """Apply the persisted document (or seed it from the YAML); retries a flaky store."""
-        delay = 0.1
-        for attempt in range(attempts):
-            try:
-                return self._load()
-            except Unavailable:
-                if attempt == attempts - 1:
-                    raise
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-        raise AssertionError("unreachable")
+        """Apply the persisted document (or seed it from the YAML); retries a flaky store.
+
+        ``attempts`` in all, 0.1 s apart at first, doubling up to 2 s; then the last
+        :class:`Unavailable` is raised.
+        """
+        policy = retrying(attempts=attempts, on=Unavailable, first_delay=0.1, max_delay=2.0)
+        return policy(self._load)
 
     def _load(self) -> AdapterConfig:
         try:

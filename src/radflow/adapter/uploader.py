@@ -3,9 +3,15 @@
 Instances are uploaded as soon as they are acknowledged (not when their group closes), so by
 the time an association is released most of its study is already in S3 and the job event
 follows within a fraction of a second. A failed PUT (S3 down) is retried with backoff,
-forever: the file stays in the spool until the store has it. Instances of aborted associations
-are cleaned up here too (spool file removed; an object already uploaded is deleted unless
-another live instance or an emitted manifest may point at the same key).
+forever: the file stays in the spool until the store has it. A PUT the store *refuses* (403, an
+invalid key, a body that keeps failing its checksum: ``StoreRefused``) is not retried: sending
+it again cannot help. The instance is *parked*: its file and index row stay in the spool (it
+was acknowledged; it is never dropped), one log line says why (no identifiers),
+``/health/status`` counts it (``upload_parked``), and its group waits. Parking lasts until the
+adapter restarts, which tries each parked instance once more (after the cause is fixed, e.g.
+the store's permissions). Instances of aborted associations are cleaned up here too (spool file
+removed; an object already uploaded is deleted unless another live instance or an emitted
+manifest may point at the same key).
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from pathlib import Path
 
 from radflow.adapter.spool import Spool
 from radflow.adapter.spool.index import PendingUpload
-from radflow.sdk.errors import Unavailable
+from radflow.sdk.errors import StoreRefused, Unavailable
+from radflow.sdk.retry import retrying
 from radflow.sdk.storage import AlreadyExists, Keys, NotFound, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -50,6 +57,18 @@ class Uploader:
             target=self._clean_loop, name="uploader-janitor", daemon=True
         )
         self.uploaded = 0
+        #: refused instances (spool name -> reason), kept in the spool until the next start
+        self._parked: dict[str, str] = {}
+        #: the store down: again and again, 0.2 s apart at first, doubling up to 10 s, until stop
+        self._policy = retrying(
+            on=Unavailable,
+            first_delay=0.2,
+            max_delay=10.0,
+            until=self._stop,
+            before_sleep=lambda delay, exc: log.warning(
+                "upload failed, retrying in %.1fs: %s", delay, exc
+            ),
+        )
 
     def start(self) -> None:
         for item in self.spool.index.pending_uploads():
@@ -73,6 +92,12 @@ class Uploader:
 
     def backlog(self) -> int:
         return self._queue.qsize()
+
+    def parked(self) -> dict[str, int]:
+        """How many instances are parked, by reason (reasons carry no identifiers)."""
+        with self._lock:
+            reasons = list(self._parked.values())
+        return {reason: reasons.count(reason) for reason in sorted(set(reasons))}
 
     def _work(self) -> None:
         while True:
@@ -98,30 +123,41 @@ class Uploader:
                 extra={"spool_file": item.spool_name},
             )
             return
-        delay = 0.2
         key = item.key
-        while not self._stop.is_set():
+
+        def put(target: str) -> None:
+            # streamed from the spool file: a multi-GB enhanced object never sits in memory;
+            # conditional, so a stored instance is never replaced (manifests point at it)
+            self.store.put_file(
+                target, path, content_type="application/dicom", sha256=digest, if_absent=True
+            )
+
+        def upload() -> None:
+            nonlocal key
             try:
-                # streamed from the spool file: a multi-GB enhanced object never sits in memory;
-                # conditional, so a stored instance is never replaced (manifests point at it)
-                self.store.put_file(
-                    key, path, content_type="application/dicom", sha256=digest, if_absent=True
-                )
-                break
+                put(key)
             except AlreadyExists:
                 if key != item.key or self._same_bytes(key, path):
                     # a re-send of the same bytes, our own upload before a restart, or a variant
                     # (named by its content) that is already there
-                    break
+                    return
                 # same SOP Instance UID, different bytes: keep both; which one a manifest lists
                 # is overwrite-same-instance's decision (adapter/grouping.py merge_revision)
                 key = Keys.instance_variant(item.key, digest)
-            except Unavailable as exc:
-                log.warning("upload failed, retrying in %.1fs: %s", delay, exc)
-                self._stop.wait(delay)
-                delay = min(delay * 2, 10.0)
-        else:
+                try:
+                    put(key)
+                except AlreadyExists:
+                    pass  # the variant, named by its content, is already there
+
+        if self._stop.is_set():
             return  # stopping: the row stays pending and the next start uploads it
+        try:
+            self._policy(upload)
+        except Unavailable:
+            return  # stopped while the store was down: the row stays pending
+        except StoreRefused as exc:
+            self._park(item, str(exc))
+            return
         live = self.spool.index.mark_uploaded(
             item.spool_name, size, digest, key if key != item.key else None
         )
@@ -130,6 +166,17 @@ class Uploader:
         if not live and not self.spool.index.key_in_use(key):
             self._delete_quietly(key)
         self.on_uploaded()
+
+    def _park(self, item: PendingUpload, reason: str) -> None:
+        """Keep a refused instance in the spool, not retried; visible in the log and the status."""
+        with self._lock:
+            self._parked[item.spool_name] = reason
+        log.error(
+            "upload refused by the object store; instance parked in the spool until the next "
+            "start: %s",
+            reason,
+            extra={"spool_file": item.spool_name},
+        )
 
     def _same_bytes(self, key: str, path: Path) -> bool:
         """Does the stored object hold exactly this file? (single-PUT ETag = MD5 of the body)"""
@@ -144,6 +191,8 @@ class Uploader:
             self.store.delete(key)
         except (Unavailable, NotFound):
             pass
+        except StoreRefused as exc:  # the object stays; nothing points at it
+            log.warning("object of a discarded instance not deleted: %s", exc)
 
     def clean_discarded(self) -> int:
         """Remove what aborted associations left behind; returns how many rows were forgotten."""
@@ -156,6 +205,8 @@ class Uploader:
             if uploaded and not key_needed:
                 self._delete_quietly(key)
             self.spool.files.unlink(spool_name)
+            with self._lock:
+                self._parked.pop(spool_name, None)
             done.append(row_id)
         if done:
             self.spool.index.forget(done)

@@ -18,6 +18,7 @@ from pathlib import Path
 from radflow.engine.children import die_with_parent
 from radflow.engine.ports import free_port
 from radflow.sdk import http
+from radflow.sdk.retry import retrying
 
 
 def weed_binary() -> str:
@@ -79,14 +80,15 @@ class SeaweedServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._reap_previous()
         fixed_s3_port = self.s3_port
-        for attempt in range(1, attempts + 1):
+
+        def start_once() -> None:
             self.s3_port = fixed_s3_port or free_port()
-            try:
-                self._start_once(timeout)
-                return
-            except _ExitedEarly as exc:
-                if attempt == attempts:
-                    raise RuntimeError(f"{exc}; see {self.log_path}") from None
+            self._start_once(timeout)
+
+        try:
+            retrying(attempts=attempts, on=_ExitedEarly)(start_once)
+        except _ExitedEarly as exc:
+            raise RuntimeError(f"{exc}; see {self.log_path}") from None
 
     def _start_once(self, timeout: float) -> None:
         ports = [free_port() for _ in range(10)]

@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from enum import Enum
 
-from radflow.sdk.errors import Unavailable
+from radflow.sdk.errors import StoreRefused, Unavailable
 from radflow.sdk.storage import AlreadyExists, NotFound, ObjectStore
 
 logger = logging.getLogger(__name__)
@@ -133,6 +133,10 @@ class Claim:
                 return
             except Unavailable:
                 continue  # try again next beat; a long outage lets the lease lapse, which is right
+            except StoreRefused as exc:
+                # permanent: renewing again will not help; the lease lapses, a retry may take over
+                logger.error("claim renewal refused by the object store: %s", exc)
+                return
 
     def stop(self) -> None:
         self._stop.set()
@@ -148,5 +152,5 @@ class Claim:
             blob = self.store.get_bytes(self.key)
             if json.loads(blob).get("holder") == self.holder:
                 self.store.delete(self.key)
-        except (Unavailable, NotFound, ValueError):
+        except (Unavailable, StoreRefused, NotFound, ValueError):
             pass  # the lease lapses on its own

@@ -8,6 +8,10 @@
     │                                   ingress answers 400, the adapter answers a DIMSE failure.
     ├── Unavailable                     transient: a dependency (S3, Triton, a peer) is down or
     │                                   busy; answer 503 so the broker retries with backoff.
+    ├── StoreRefused                    permanent: the object store refused a request (403, 400,
+    │                                   an invalid key, a body that kept failing its checksum);
+    │                                   sending it again will not help. A stage replies
+    │                                   ``…failed.v1``; the adapter parks the instance.
     └── ConfigError (also ValueError)   the process was started with a bad setting; stop early.
 
 Messages name the file, field or tag and the rule, never a patient-identifying value.
@@ -38,6 +42,17 @@ class Unavailable(RadflowError):
     """Transient failure: a dependency is unreachable or busy; retry later."""
 
     code = "unavailable"
+
+
+class StoreRefused(RadflowError):
+    """Permanent failure: the object store refused the request; retrying cannot help.
+
+    Raised by :mod:`radflow.sdk.storage` for any answer that is neither success, a missing key,
+    a lost condition nor transient. The message names the operation, the HTTP status and the
+    S3 error code, never the key (keys hold UIDs).
+    """
+
+    code = "store_refused"
 
 
 class ConfigError(RadflowError, ValueError):

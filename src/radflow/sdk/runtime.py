@@ -13,6 +13,8 @@
       -> stage inputs from S3 into local folders (Clara's /input, named inputs)
       -> logic.run(ctx)                 InvalidInput -> failed marker + STAGE_FAILED reply (200)
                                         Unavailable  -> 503;  anything else -> 500 (retried)
+         (the object store refusing a request at any step, StoreRefused, is permanent too:
+          STAGE_FAILED with reason ``store_refused``, its marker stored if the store takes it)
       -> upload outputs under deterministic keys, write the completed marker (first writer wins)
       -> reply STAGE_COMPLETED in binary mode (200)
 
@@ -39,7 +41,7 @@ from typing import Any, Protocol
 
 from radflow.sdk import events
 from radflow.sdk.claims import Claim, Outcome
-from radflow.sdk.errors import ConfigError, InvalidInput, Unavailable
+from radflow.sdk.errors import ConfigError, InvalidInput, RadflowError, StoreRefused, Unavailable
 from radflow.sdk.events import EventType, Ext
 from radflow.sdk.logging import JsonFormatter, bind, configure_logging, trace_id
 from radflow.sdk.pipeline import StageSpec
@@ -219,6 +221,10 @@ class StageRuntime:
             with bind(job=job.job_id):
                 try:
                     return self._run(event, job, logic, received)
+                except StoreRefused as exc:
+                    # before the run had its claim (or after it gave it up): nothing to store
+                    logger.error("object store refused a request; stage failed: %s", exc)
+                    return _binary(self._failed_event(job, exc))
                 except Unavailable as exc:
                     logger.warning("transient failure, broker will retry: %s", exc)
                     return ("", 503, {"Retry-After": "2"})
@@ -313,54 +319,72 @@ class StageRuntime:
         handler = _StageLog(log_path, self.spec.stage)
         logging.getLogger().addHandler(handler)
         try:
-            ctx = self._stage_in(job, root, logic)
-            started = time.time()
-            try:
-                summary = dict(logic(ctx) or {})
-            except InvalidInput as exc:
-                logger.warning("stage failed permanently: %s", exc.code)
-                return self._fail(job, exc, log_path, handler)
-            ended = time.time()
-            outputs: dict[str, str] = {}
-            count = 0
-            for out in self.spec.outputs:
-                prefix, n = upload_output(
-                    self.store, job.job_id, self.spec.stage, out.name, ctx.outputs[out.name]
-                )
-                outputs[out.name] = prefix
-                count += n
-            logger.info(
-                "stage completed",
-                extra={"file_count": count, "duration_ms": round((ended - started) * 1000, 1)},
-            )
-            self._upload_log(job, log_path, handler)
-            event = events.make_event(
-                EventType.STAGE_COMPLETED,
-                self.source,
-                events.StageCompleted(
-                    job_id=job.job_id,
-                    pipeline=self.spec.pipeline,
-                    stage=self.spec.stage,
-                    outputs=outputs,
-                    file_count=count,
-                    duration_ms=round((ended - started) * 1000, 3),
-                    summary=summary,
-                ),
-                id=completed_event_id(job.job_id, self.spec.stage),
-                subject=job.study_id or None,
-                extensions=self._extensions(job),
-            )
-            timings = {
-                "received": received,
-                "claimed": claim.started_at,
-                "logic_start": started,
-                "logic_end": ended,
-            }
-            return self._finish(job, "completed.json", event, timings)
+            return self._complete(job, logic, claim, received, root, log_path, handler)
+        except StoreRefused as exc:
+            # permanent, wherever it came from (staging, the logic, uploading outputs, the marker)
+            logger.error("object store refused a request; stage failed: %s", exc)
+            return self._fail(job, exc, log_path, handler)
         finally:
             logging.getLogger().removeHandler(handler)
             handler.close()
             shutil.rmtree(root, ignore_errors=True)
+
+    def _complete(
+        self,
+        job: _Job,
+        logic: Logic,
+        claim: Claim,
+        received: float,
+        root: Path,
+        log_path: Path,
+        handler: _StageLog,
+    ) -> Reply:
+        """Stage in, run the logic, upload its outputs; STAGE_COMPLETED (or, on InvalidInput,
+        STAGE_FAILED) stored as the stage's marker and replied."""
+        ctx = self._stage_in(job, root, logic)
+        started = time.time()
+        try:
+            summary = dict(logic(ctx) or {})
+        except InvalidInput as exc:
+            logger.warning("stage failed permanently: %s", exc.code)
+            return self._fail(job, exc, log_path, handler)
+        ended = time.time()
+        outputs: dict[str, str] = {}
+        count = 0
+        for out in self.spec.outputs:
+            prefix, n = upload_output(
+                self.store, job.job_id, self.spec.stage, out.name, ctx.outputs[out.name]
+            )
+            outputs[out.name] = prefix
+            count += n
+        logger.info(
+            "stage completed",
+            extra={"file_count": count, "duration_ms": round((ended - started) * 1000, 1)},
+        )
+        self._upload_log(job, log_path, handler)
+        event = events.make_event(
+            EventType.STAGE_COMPLETED,
+            self.source,
+            events.StageCompleted(
+                job_id=job.job_id,
+                pipeline=self.spec.pipeline,
+                stage=self.spec.stage,
+                outputs=outputs,
+                file_count=count,
+                duration_ms=round((ended - started) * 1000, 3),
+                summary=summary,
+            ),
+            id=completed_event_id(job.job_id, self.spec.stage),
+            subject=job.study_id or None,
+            extensions=self._extensions(job),
+        )
+        timings = {
+            "received": received,
+            "claimed": claim.started_at,
+            "logic_start": started,
+            "logic_end": ended,
+        }
+        return self._finish(job, "completed.json", event, timings)
 
     def _extensions(self, job: _Job) -> dict[str, str]:
         ext = {Ext.JOB: job.job_id, Ext.PIPELINE: self.spec.pipeline, Ext.STAGE: self.spec.stage}
@@ -388,9 +412,21 @@ class StageRuntime:
                 return stored
         return _binary(event)
 
-    def _fail(self, job: _Job, exc: InvalidInput, log_path: Path, handler: _StageLog) -> Reply:
-        self._upload_log(job, log_path, handler)
-        event = events.make_event(
+    def _fail(self, job: _Job, exc: RadflowError, log_path: Path, handler: _StageLog) -> Reply:
+        """Reply STAGE_FAILED, stored as the failed marker; a store refusing that too is logged."""
+        event = self._failed_event(job, exc)
+        try:
+            self._upload_log(job, log_path, handler)
+        except StoreRefused as refused:
+            logger.error("stage log not stored: %s", refused)
+        try:
+            return self._finish(job, "failed.json", event, {})
+        except StoreRefused as refused:
+            logger.error("failed marker not stored, replying without it: %s", refused)
+            return _binary(event)
+
+    def _failed_event(self, job: _Job, exc: RadflowError) -> events.CloudEvent:
+        return events.make_event(
             EventType.STAGE_FAILED,
             self.source,
             events.StageFailed(
@@ -404,7 +440,6 @@ class StageRuntime:
             subject=job.study_id or None,
             extensions=self._extensions(job),
         )
-        return self._finish(job, "failed.json", event, {})
 
     def _upload_log(self, job: _Job, log_path: Path, handler: _StageLog) -> None:
         handler.flush()

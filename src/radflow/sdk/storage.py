@@ -1,9 +1,27 @@
-"""The object store: the only module that imports boto3.
+"""The object store: the only module that speaks S3 (botocore signs, urllib3 sends).
 
 Keys are deterministic (a pure function of UIDs, job ids and operator names), so a redelivered
 event overwrites instead of duplicating. :func:`safe_component` keeps any UID, even one holding
 ``../`` or ``/``, inside its prefix. :meth:`ObjectStore.put_if_absent` is an S3 conditional put
 (``If-None-Match: *``), used to claim work exactly once.
+
+One transport: every request is signed with botocore's SigV4 and sent on one urllib3 pool.
+Why not boto3: its per-request machinery (endpoint rules, event hooks, response parsing) costs
+about 2.4 ms of client CPU per GET on the 2-core development VM against about 1 ms here; a
+stage that moves hundreds of DICOM objects spent seconds of CPU (under the GIL) on it
+(docs/performance.md), and so did the adapter draining its spool with one PUT per instance.
+
+One error mapping (:func:`_mapped`), for every operation:
+
+* 404: :class:`NotFound`; 412 (or ``ConditionalRequestConflict``): :class:`AlreadyExists` for a
+  conditional write, :class:`Changed` for a conditional read;
+* 408, 429, 5xx, throttling and timeout codes, connection errors: sent again (3 attempts,
+  0.2 s then 0.8 s apart, by :mod:`radflow.sdk.retry`), then
+  :class:`~radflow.sdk.errors.Unavailable` (transient);
+* the body did not match its checksum (``BadDigest``, ...): sent again likewise (the bytes may
+  have changed in transit), then :class:`~radflow.sdk.errors.StoreRefused`;
+* anything else (403, 400, an invalid key, a missing bucket, a redirect):
+  :class:`~radflow.sdk.errors.StoreRefused` at once, permanent: sending it again will not help.
 """
 
 from __future__ import annotations
@@ -11,24 +29,23 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-import time
+import xml.etree.ElementTree as ET
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
-from urllib.parse import quote
+from typing import Any, BinaryIO
+from urllib.parse import quote, unquote, unquote_plus, urlsplit
 
-import boto3
-import botocore.exceptions
 import urllib3
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
-from botocore.config import Config
 from botocore.credentials import Credentials
+from botocore.utils import get_environ_proxies
 
-from radflow.sdk.errors import Unavailable
+from radflow.sdk.errors import StoreRefused, Unavailable
+from radflow.sdk.retry import retrying
 from radflow.sdk.settings import StoreSettings
 
 _UNSAFE = re.compile(r"[^0-9A-Za-z.\-_]")
@@ -93,8 +110,8 @@ class Keys:
     @staticmethod
     def stage_output(job_id: str, operator: str, output: str, relpath: str = "") -> str:
         rel = "/".join(safe_filename(p) for p in Path(relpath).parts) if relpath else ""
-        base = f"jobs/{safe_component(job_id)}/{safe_component(operator)}/out/{safe_component(output or 'default')}/"
-        return base + rel
+        output = safe_component(output or "default")
+        return f"jobs/{safe_component(job_id)}/{safe_component(operator)}/out/{output}/{rel}"
 
     @staticmethod
     def stage_marker(job_id: str, operator: str, name: str) -> str:
@@ -117,10 +134,6 @@ class AlreadyExists(Exception):
     """A conditional put found the key already present (somebody else claimed it)."""
 
 
-class StoreRefused(Exception):
-    """The store answered a write with a permanent error (e.g. 403): retrying will not help."""
-
-
 class Changed(Exception):
     """A conditional read (``if_match``) found the object replaced since its ETag was taken."""
 
@@ -134,130 +147,32 @@ class Fetched:
     size: int
 
 
-#: HTTP statuses a direct request retries (as boto3's standard retry mode does)
-_RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: statuses and S3 error codes that are sent again (as botocore's standard retry mode), and 5xx
+_TRANSIENT = frozenset({408, 429})
+_TRANSIENT_CODES = frozenset(
+    {
+        "RequestTimeout",  # 400: the connection idled while sending the body
+        "RequestTimeoutException",
+        "PriorRequestNotComplete",
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestThrottled",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+    }
+)
 _ATTEMPTS = 3
-#: S3 error codes: a conditional write lost / the body did not match its checksum
-_PRECONDITION_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"})
+#: S3 error codes: a conditional request lost / the body did not match its checksum
+_PRECONDITION_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 _CHECKSUM_CODES = frozenset({"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"})
+_BUCKET_EXISTS = frozenset({"BucketAlreadyOwnedByYou", "BucketAlreadyExists"})
 #: files up to this size are PUT from memory, larger ones streamed
 _PUT_IN_ONE_PIECE = 16 << 20
-
-
-class _DirectGets:
-    """Object GETs and file PUTs signed with botocore's SigV4, sent on a plain urllib3 pool.
-
-    Why not boto3: its per-request machinery (endpoint rules, event hooks, response parsing)
-    costs about 2.4 ms of client CPU per GET on the 2-core development VM, against about 1 ms
-    here; a stage that moves hundreds of DICOM objects spent seconds of CPU (under the GIL) on
-    it (docs/performance.md), and so did the adapter draining its spool with one PUT per
-    instance. Only object reads and :meth:`ObjectStore.put_file` take this path; small
-    documents, listings and deletes stay on boto3. Same credentials, path-style addressing and
-    retry budget.
-    """
-
-    def __init__(self, settings: StoreSettings) -> None:
-        base = settings.endpoint_url or f"https://s3.{settings.region}.amazonaws.com"
-        self._base = f"{base.rstrip('/')}/{quote(settings.bucket, safe='')}/"
-        self._credentials = Credentials(
-            settings.access_key_id.get_secret_value(), settings.secret_access_key.get_secret_value()
-        )
-        self._region = settings.region
-        self._pool = urllib3.PoolManager(
-            maxsize=settings.max_pool_connections,
-            retries=False,
-            timeout=urllib3.Timeout(connect=5, read=60),
-        )
-
-    def _send(
-        self,
-        method: str,
-        key: str,
-        headers: dict[str, str],
-        body: Callable[[], bytes | BinaryIO] | None = None,
-    ) -> urllib3.BaseHTTPResponse:
-        """Sign and send one request, retrying transport errors and transient answers.
-
-        Returns the first other answer with its body unread (``body`` is called again for each
-        attempt); raises :class:`Unavailable` once the attempts are spent.
-        """
-        url = self._base + quote(key, safe="/~")
-        problem = ""
-        for attempt in range(_ATTEMPTS):
-            if attempt:
-                time.sleep(0.05 * 4**attempt)
-            request = AWSRequest(method=method, url=url, headers=headers)
-            S3SigV4Auth(self._credentials, "s3", self._region).add_auth(request)
-            payload = body() if body is not None else None
-            try:
-                resp = self._pool.request(
-                    method,
-                    url,
-                    body=payload,
-                    headers=dict(request.headers.items()),
-                    preload_content=False,
-                    decode_content=False,
-                    redirect=False,
-                )
-            except urllib3.exceptions.HTTPError as exc:
-                problem = type(exc).__name__
-                continue
-            finally:
-                if hasattr(payload, "close"):
-                    payload.close()
-            if resp.status in _RETRY_STATUSES:
-                problem = f"HTTP {resp.status}"
-                resp.drain_conn()
-                resp.release_conn()
-                continue
-            return resp
-        raise Unavailable(f"object store {method} failed: {problem}")
-
-    def open(self, key: str, headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
-        """Send a signed GET; return the response (2xx, 304, 4xx) with its body unread.
-
-        Transient answers and transport errors are retried with a short backoff, then raise
-        :class:`Unavailable`; NoSuchKey raises :class:`NotFound`.
-        """
-        resp = self._send("GET", key, headers)
-        if resp.status == 404:
-            resp.drain_conn()
-            resp.release_conn()
-            raise NotFound(key)
-        return resp
-
-    def put_file(self, key: str, path: Path, headers: dict[str, str]) -> str:
-        """PUT the file's bytes under ``key``; returns the ETag.
-
-        The body is not hashed for the signature (``UNSIGNED-PAYLOAD``, as boto3 does over
-        HTTPS); integrity comes from ``x-amz-checksum-sha256`` when the caller sends it, which
-        is itself signed. 412 raises :class:`AlreadyExists`; a checksum mismatch and transient
-        answers raise :class:`Unavailable` after the retries.
-        """
-        size = path.stat().st_size
-        signed = {
-            **headers,
-            "Content-Length": str(size),
-            "X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD",
-        }
-
-        def body() -> bytes | BinaryIO:
-            # small files in one piece (http.client sends file objects in 8 KiB writes)
-            if size <= _PUT_IN_ONE_PIECE:
-                return path.read_bytes()
-            return open(path, "rb")  # closed by _send after the request
-
-        resp = self._send("PUT", key, signed, body)
-        data = resp.read()
-        resp.release_conn()
-        if resp.status == 200:
-            return str(resp.headers.get("ETag", ""))
-        code = _error_code(data)
-        if resp.status == 412 or code in _PRECONDITION_CODES:
-            raise AlreadyExists(key)
-        if code in _CHECKSUM_CODES:
-            raise Unavailable(f"object store put_object: body does not match its checksum ({code})")
-        raise StoreRefused(f"object store put_object refused: HTTP {resp.status} {code}".strip())
+_S3_XML = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+#: keys per listing page (S3's maximum)
+_LIST_PAGE = 1000
 
 
 def _error_code(body: bytes) -> str:
@@ -266,11 +181,152 @@ def _error_code(body: bytes) -> str:
     return match.group(1).decode("ascii", "replace") if match else ""
 
 
-def _transient(exc: Exception) -> bool:
-    if isinstance(exc, botocore.exceptions.ClientError):
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return status >= 500 or status in (408, 429)
-    return isinstance(exc, (botocore.exceptions.BotoCoreError, ConnectionError, OSError))
+class _BadChecksum(Exception):
+    """The store found the body not matching its checksum: sent again, then refused."""
+
+
+def _mapped(op: str, method: str, key: str, status: int, code: str) -> Exception:
+    """The one mapping of an S3 answer that is not success to radflow's errors.
+
+    Messages carry the operation, status and S3 code, never the key (keys hold UIDs).
+    """
+    if status in _TRANSIENT or status >= 500 or code in _TRANSIENT_CODES:
+        return Unavailable(f"object store {op} failed: HTTP {status} {code}".rstrip())
+    if code in _CHECKSUM_CODES:
+        return _BadChecksum(code)
+    if status == 412 or code in _PRECONDITION_CODES:
+        return Changed(key) if method in ("GET", "HEAD") else AlreadyExists(key)
+    if status == 404 and code != "NoSuchBucket":
+        return NotFound(key)
+    return StoreRefused(f"object store {op} refused: HTTP {status} {code}".rstrip())
+
+
+class _UnsignedPayload(S3SigV4Auth):
+    """SigV4 with ``UNSIGNED-PAYLOAD`` as the body hash, as boto3 with payload signing off.
+
+    Hashing each body for the signature would cost a pass over every file; integrity comes from
+    ``x-amz-checksum-sha256`` where the caller knows the digest (a signed header).
+    """
+
+    def _should_sha256_sign_payload(self, request: AWSRequest) -> bool:
+        return False
+
+
+def _pool(endpoint: str, connections: int) -> urllib3.PoolManager:
+    """The connection pool; through ``HTTP(S)_PROXY`` unless ``NO_PROXY`` says not, as boto3."""
+    options: dict[str, Any] = {
+        "maxsize": connections,
+        "retries": False,  # retried above, by the one policy
+        "timeout": urllib3.Timeout(connect=5, read=60),
+    }
+    proxy = get_environ_proxies(endpoint).get(urlsplit(endpoint).scheme)
+    if not proxy:
+        return urllib3.PoolManager(**options)
+    auth = urllib3.util.parse_url(proxy).auth
+    headers = urllib3.make_headers(proxy_basic_auth=unquote(auth)) if auth else None
+    return urllib3.ProxyManager(proxy, proxy_headers=headers, **options)
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    headers: Mapping[str, str]
+    data: bytes
+
+
+class _Transport:
+    """Signed requests to one bucket on one urllib3 pool, sent again while transient, mapped."""
+
+    def __init__(self, settings: StoreSettings) -> None:
+        endpoint = settings.endpoint_url or f"https://s3.{settings.region}.amazonaws.com"
+        self._bucket_url = f"{endpoint.rstrip('/')}/{quote(settings.bucket, safe='')}"
+        self._auth = _UnsignedPayload(
+            Credentials(
+                settings.access_key_id.get_secret_value(),
+                settings.secret_access_key.get_secret_value(),
+            ),
+            "s3",
+            settings.region,
+        )
+        self._pool = _pool(endpoint, settings.max_pool_connections)
+        self._policy = retrying(
+            attempts=_ATTEMPTS, on=(Unavailable, _BadChecksum), first_delay=0.2, factor=4
+        )
+
+    def request(
+        self,
+        op: str,
+        method: str,
+        key: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        query: Mapping[str, str] | None = None,
+        body: Callable[[], bytes | BinaryIO] | None = None,
+        accept: frozenset[int] = frozenset(),
+        read: Callable[[urllib3.BaseHTTPResponse], Any] | None = None,
+    ) -> Any:
+        """Send ``method`` on ``key`` (the bucket itself when ``None``); returns the answer.
+
+        A 2xx answer, or one whose status is in ``accept``, is read by ``read`` (default: the
+        whole body into an :class:`_Answer`) inside the attempt, so a connection lost while
+        reading is sent again too. ``body`` is called once per attempt. Anything else raises
+        what :func:`_mapped` says, after the retries where it is worth another attempt.
+        """
+        url = self._bucket_url if key is None else f"{self._bucket_url}/{quote(key, safe='/~')}"
+        if query:
+            url += "?" + "&".join(
+                f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(query.items())
+            )
+        try:
+            return self._policy(
+                self._attempt, op, method, key or "", url, headers or {}, body, accept, read
+            )
+        except _BadChecksum as exc:
+            raise StoreRefused(
+                f"object store {op} refused: the body does not match its checksum ({exc}) "
+                f"in {_ATTEMPTS} attempts"
+            ) from None
+
+    def _attempt(
+        self,
+        op: str,
+        method: str,
+        key: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: Callable[[], bytes | BinaryIO] | None,
+        accept: frozenset[int],
+        read: Callable[[urllib3.BaseHTTPResponse], Any] | None,
+    ) -> Any:
+        request = AWSRequest(method=method, url=url, headers=dict(headers))
+        self._auth.add_auth(request)
+        payload = body() if body is not None else None
+        try:
+            resp = self._pool.request(
+                method,
+                url,
+                body=payload,
+                headers=dict(request.headers.items()),
+                preload_content=False,
+                decode_content=False,
+                redirect=False,
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            raise Unavailable(f"object store {op} failed: {type(exc).__name__}") from exc
+        finally:
+            if payload is not None and not isinstance(payload, bytes):
+                payload.close()
+        try:
+            if resp.status < 300 or resp.status in accept:
+                if read is not None:
+                    return read(resp)
+                return _Answer(resp.status, resp.headers, resp.read())
+            data = resp.read()
+        except urllib3.exceptions.HTTPError as exc:  # the connection broke during the body
+            raise Unavailable(f"object store {op} failed: {type(exc).__name__}") from exc
+        finally:
+            resp.release_conn()
+        raise _mapped(op, method, key, resp.status, _error_code(data))
 
 
 class ObjectStore:
@@ -279,75 +335,35 @@ class ObjectStore:
     def __init__(self, settings: StoreSettings) -> None:
         self.settings = settings
         self.bucket = settings.bucket
-        self._client = boto3.client(
-            "s3",
-            endpoint_url=settings.endpoint_url,
-            region_name=settings.region,
-            aws_access_key_id=settings.access_key_id.get_secret_value(),
-            aws_secret_access_key=settings.secret_access_key.get_secret_value(),
-            # Checksums where they pay: no botocore CRC32 on every request and no SHA-256 of every
-            # body on plain-HTTP endpoints; DICOM instances travel on put_file (direct path) with
-            # the SHA-256 the uploader computes anyway, which the store verifies.
-            config=Config(
-                s3={"addressing_style": "path", "payload_signing_enabled": False},
-                request_checksum_calculation="when_required",
-                response_checksum_validation="when_required",
-                max_pool_connections=settings.max_pool_connections,
-                retries={"max_attempts": 3, "mode": "standard"},
-                connect_timeout=5,
-                read_timeout=60,
-            ),
-        )
-        self._direct = _DirectGets(settings)
-
-    def _call(self, method: str, **kwargs):
-        try:
-            return getattr(self._client, method)(Bucket=self.bucket, **kwargs)
-        except botocore.exceptions.ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("NoSuchKey", "404", "NotFound"):
-                raise NotFound(kwargs.get("Key", "")) from None
-            if code in _PRECONDITION_CODES:
-                raise AlreadyExists(kwargs.get("Key", "")) from None
-            if code in _CHECKSUM_CODES:
-                # the body changed in transit (or on disk): nothing was stored; sending again may work
-                raise Unavailable(
-                    f"object store {method}: body does not match its checksum ({code})"
-                ) from exc
-            if _transient(exc):
-                raise Unavailable(f"object store {method} failed: {code}") from exc
-            raise
-        except (botocore.exceptions.BotoCoreError, ConnectionError, OSError) as exc:
-            raise Unavailable(f"object store {method} failed: {type(exc).__name__}") from exc
+        self._http = _Transport(settings)
 
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist yet."""
         try:
-            self._client.head_bucket(Bucket=self.bucket)
-        except botocore.exceptions.ClientError:
-            try:
-                self._client.create_bucket(Bucket=self.bucket)
-            except botocore.exceptions.ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") not in (
-                    "BucketAlreadyOwnedByYou",
-                    "BucketAlreadyExists",
-                ):
-                    raise
-        except (botocore.exceptions.BotoCoreError, OSError) as exc:
-            raise Unavailable(f"object store unreachable: {type(exc).__name__}") from exc
+            self._http.request("head_bucket", "HEAD")
+            return
+        except (NotFound, StoreRefused):
+            pass  # missing, or not ours to look at: creating it says which
+        answer = self._http.request("create_bucket", "PUT", accept=frozenset({409}))
+        code = _error_code(answer.data)
+        if answer.status == 409 and code not in _BUCKET_EXISTS:
+            raise StoreRefused(f"object store create_bucket refused: HTTP 409 {code}".rstrip())
+
+    def _put(self, key: str, data: bytes, headers: dict[str, str]) -> str:
+        answer = self._http.request("put_object", "PUT", key, headers=headers, body=lambda: data)
+        return str(answer.headers.get("ETag", ""))
 
     def put_bytes(self, key: str, data: bytes, *, content_type: str | None = None) -> str:
         """Write ``data`` at ``key`` (overwriting); returns the ETag. Durable on return."""
-        extra = {"ContentType": content_type} if content_type else {}
-        return str(self._call("put_object", Key=key, Body=data, **extra)["ETag"])
+        return self._put(key, data, {"Content-Type": content_type} if content_type else {})
 
     def put_if_absent(self, key: str, data: bytes) -> str:
         """Write ``data`` only if ``key`` does not exist; raises :class:`AlreadyExists`."""
-        return str(self._call("put_object", Key=key, Body=data, IfNoneMatch="*")["ETag"])
+        return self._put(key, data, {"If-None-Match": "*"})
 
     def put_if_match(self, key: str, data: bytes, etag: str) -> str:
         """Replace ``key`` only if it still has ``etag``; raises :class:`AlreadyExists`."""
-        return str(self._call("put_object", Key=key, Body=data, IfMatch=etag)["ETag"])
+        return self._put(key, data, {"If-Match": etag})
 
     def put_file(
         self,
@@ -361,29 +377,33 @@ class ObjectStore:
         """Upload a local file (single PUT up to 5 GB); returns the ETag.
 
         ``sha256`` (hex) is sent as the object's ``x-amz-checksum-sha256`` so the store rejects a
-        body that does not match it. ``if_absent``: never replace an existing object (raises
-        :class:`AlreadyExists`).
+        body that does not match it (:class:`StoreRefused` once the attempts are spent).
+        ``if_absent``: never replace an existing object (raises :class:`AlreadyExists`).
         """
-        headers: dict[str, str] = {"Content-Type": content_type} if content_type else {}
+        size = path.stat().st_size
+        headers: dict[str, str] = {"Content-Length": str(size)}
+        if content_type:
+            headers["Content-Type"] = content_type
         if if_absent:
             headers["If-None-Match"] = "*"
         if sha256:
             headers["x-amz-checksum-sha256"] = base64.b64encode(bytes.fromhex(sha256)).decode()
-        return self._direct.put_file(key, path, headers)
+
+        def body() -> bytes | BinaryIO:
+            # small files in one piece (http.client sends file objects in 8 KiB writes)
+            if size <= _PUT_IN_ONE_PIECE:
+                return path.read_bytes()
+            return open(path, "rb")  # closed by the transport after the request
+
+        answer = self._http.request("put_object", "PUT", key, headers=headers, body=body)
+        return str(answer.headers.get("ETag", ""))
 
     def get_bytes(self, key: str) -> bytes:
-        body = self._call("get_object", Key=key)["Body"]
-        try:
-            return bytes(body.read())
-        finally:
-            body.close()
+        return bytes(self._http.request("get_object", "GET", key).data)
 
     def get_with_etag(self, key: str) -> tuple[bytes, str]:
-        resp = self._call("get_object", Key=key)
-        try:
-            return bytes(resp["Body"].read()), str(resp["ETag"])
-        finally:
-            resp["Body"].close()
+        answer = self._http.request("get_object", "GET", key)
+        return bytes(answer.data), str(answer.headers.get("ETag", ""))
 
     def get_range(
         self, key: str, start: int = 0, length: int | None = None, *, if_match: str | None = None
@@ -401,26 +421,19 @@ class ObjectStore:
         headers = {"Range": f"bytes={start}-{end}"}
         if if_match:
             headers["If-Match"] = if_match
-        resp = self._direct.open(key, headers)
-        try:
-            if resp.status == 412:
-                raise Changed(key)
-            etag = str(resp.headers.get("ETag", ""))
-            if resp.status == 416:  # start is at or past the end
-                total = resp.headers.get("Content-Range", "").rpartition("/")[2]
-                return Fetched(b"", etag, int(total) if total.isdigit() else start)
-            if resp.status == 200:  # the server ignored the range (or the object is empty)
-                data = resp.read()
-                return Fetched(
-                    data[start : None if length is None else start + length], etag, len(data)
-                )
-            if resp.status != 206:
-                raise Unavailable(f"object store ranged get_object answered HTTP {resp.status}")
-            total = resp.headers.get("Content-Range", "").rpartition("/")[2]
-            data = resp.read()
+        answer = self._http.request(
+            "get_object", "GET", key, headers=headers, accept=frozenset({416})
+        )
+        etag = str(answer.headers.get("ETag", ""))
+        total = answer.headers.get("Content-Range", "").rpartition("/")[2]
+        if answer.status == 416:  # start is at or past the end
+            return Fetched(b"", etag, int(total) if total.isdigit() else start)
+        if answer.status == 206:
+            data = answer.data
             return Fetched(data, etag, int(total) if total.isdigit() else start + len(data))
-        finally:
-            resp.release_conn()
+        # 200: the server ignored the range (or the object is empty)
+        data = answer.data
+        return Fetched(data[start : None if length is None else start + length], etag, len(data))
 
     def iter_objects(self, keys: Iterable[str], *, threads: int = 4) -> Iterator[bytes]:
         """The objects at ``keys``, in order, fetched ``threads`` at a time ahead of the consumer.
@@ -441,21 +454,21 @@ class ObjectStore:
     def download_file(self, key: str, path: Path) -> None:
         """Stream ``key`` into ``path`` (parents created; an existing file is replaced)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        resp = self._direct.open(key, {})
-        try:
-            if resp.status != 200:
-                raise Unavailable(f"object store get_object answered HTTP {resp.status}")
-            with open(path, "wb") as fh:
+
+        def stream(resp: urllib3.BaseHTTPResponse) -> None:
+            with open(path, "wb") as fh:  # each attempt starts the file again
                 for chunk in resp.stream(1 << 20):
                     fh.write(chunk)
-        except urllib3.exceptions.HTTPError as exc:
-            raise Unavailable(f"object store get_object failed: {type(exc).__name__}") from exc
-        finally:
-            resp.release_conn()
+
+        self._http.request("get_object", "GET", key, read=stream)
 
     def head(self, key: str) -> ObjectInfo:
-        resp = self._call("head_object", Key=key)
-        return ObjectInfo(key=key, size=int(resp["ContentLength"]), etag=str(resp["ETag"]))
+        answer = self._http.request("head_object", "HEAD", key)
+        return ObjectInfo(
+            key=key,
+            size=int(answer.headers.get("Content-Length", 0)),
+            etag=str(answer.headers.get("ETag", "")),
+        )
 
     def exists(self, key: str) -> bool:
         try:
@@ -465,21 +478,36 @@ class ObjectStore:
         return True
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        """Every object under ``prefix``, in key order."""
+        """Every object under ``prefix``, in key order (ListObjectsV2, a page at a time)."""
         token: str | None = None
         while True:
-            kwargs = {"Prefix": prefix}
+            query = {
+                "list-type": "2",
+                "prefix": prefix,
+                "encoding-type": "url",
+                "max-keys": str(_LIST_PAGE),
+            }
             if token:
-                kwargs["ContinuationToken"] = token
-            resp = self._call("list_objects_v2", **kwargs)
-            for item in resp.get("Contents", []):
-                yield ObjectInfo(key=item["Key"], size=int(item["Size"]), etag=str(item["ETag"]))
-            if not resp.get("IsTruncated"):
+                query["continuation-token"] = token
+            answer = self._http.request("list_objects_v2", "GET", query=query)
+            try:
+                root = ET.fromstring(answer.data)
+            except ET.ParseError:
+                raise Unavailable("object store list_objects_v2: unreadable listing") from None
+            encoded = root.findtext(f"{_S3_XML}EncodingType") == "url"
+            for item in root.iterfind(f"{_S3_XML}Contents"):
+                key = item.findtext(f"{_S3_XML}Key", "")
+                yield ObjectInfo(
+                    key=unquote_plus(key) if encoded else key,
+                    size=int(item.findtext(f"{_S3_XML}Size", "0")),
+                    etag=item.findtext(f"{_S3_XML}ETag", ""),
+                )
+            token = root.findtext(f"{_S3_XML}NextContinuationToken")
+            if root.findtext(f"{_S3_XML}IsTruncated") != "true" or not token:
                 return
-            token = resp.get("NextContinuationToken")
 
     def delete(self, key: str) -> None:
-        self._call("delete_object", Key=key)
+        self._http.request("delete_object", "DELETE", key)
 
     def uri(self, key: str) -> str:
         """``s3://bucket/key``, the form carried in ``dataref``."""

@@ -1,6 +1,7 @@
 """A test operator, steered by its variables (not in the registry: it has its own handler file).
 
-MODE: ok | invalid | unavailable | crash;  SLEEP: seconds;  COUNT_FILE: appends "start"/"end";
+MODE: ok | invalid | unavailable | crash | deep (an output path longer than S3 takes);
+SLEEP: seconds;  COUNT_FILE: appends "start"/"end";
 RANDOM_NAMES: "1" writes an output file with a fresh random name each run (like new UIDs).
 """
 
@@ -35,6 +36,10 @@ def run(ctx):  # type: ignore[no-untyped-def]
         (out / "inputs.txt").write_text(repr(names))
         if v.get("LONG_NAME") == "1":  # a SeriesInstanceUID of 64 characters plus .nii.gz
             (out / ("1.2.826.0.1.3680043.8.498." + "1" * 38 + ".nii.gz")).write_bytes(b"v")
+        if mode == "deep":  # 6 x 200 characters: over S3's 1024 bytes per key
+            deep = out.joinpath(*["d" * 200] * 6)
+            deep.mkdir(parents=True)
+            (deep / "result.json").write_bytes(b"{}")
         if v.get("RANDOM_NAMES") == "1":
             (out / f"{uuid.uuid4().hex}.dcm").write_bytes(b"x")
     if v.get("COUNT_FILE"):

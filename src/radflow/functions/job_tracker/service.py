@@ -23,6 +23,7 @@ from radflow.sdk import events
 from radflow.sdk.errors import Unavailable
 from radflow.sdk.events import EventType, Ext
 from radflow.sdk.manifest import StudyManifest
+from radflow.sdk.retry import retrying
 from radflow.sdk.settings import StoreSettings
 from radflow.sdk.storage import AlreadyExists, NotFound, ObjectStore, safe_component
 
@@ -133,7 +134,9 @@ def _record(store: ObjectStore, settings: TrackerSettings, event: events.CloudEv
     pipeline = str(attrs.get(Ext.PIPELINE) or data.get("pipeline", ""))
     dag = settings.dags.get(pipeline)
     key = status_key(str(job_id))
-    for _ in range(MAX_ATTEMPTS):
+
+    def update() -> tuple[dict[str, Any], str | None]:
+        """Read, apply, write back if unchanged since the read (else AlreadyExists)."""
         try:
             blob, etag = store.get_with_etag(key)
             doc: dict[str, Any] | None = json.loads(blob)
@@ -144,16 +147,16 @@ def _record(store: ObjectStore, settings: TrackerSettings, event: events.CloudEv
         if not new.get("study_instance_uid") and data.get("manifest_key"):
             new["study_instance_uid"] = _study_uid(store, str(data["manifest_key"]))
         payload = json.dumps(new, sort_keys=True).encode()
-        try:
-            if doc is None:
-                store.put_if_absent(key, payload)
-            elif new != doc:
-                store.put_if_match(key, payload, etag)
-        except AlreadyExists:
-            continue
-        break
-    else:
-        raise Unavailable(f"job {job_id}: too many concurrent updates")
+        if doc is None:
+            store.put_if_absent(key, payload)
+        elif new != doc:
+            store.put_if_match(key, payload, etag)
+        return new, final
+
+    try:
+        new, final = retrying(attempts=MAX_ATTEMPTS, on=AlreadyExists)(update)
+    except AlreadyExists:
+        raise Unavailable(f"job {job_id}: too many concurrent updates") from None
     is_stage_event = attrs.get("type") in (
         EventType.STAGE_COMPLETED.value,
         EventType.STAGE_FAILED.value,

@@ -40,6 +40,7 @@ from radflow.functions.scu_export.settings import ScuExportSettings
 from radflow.imaging.dicom import read_file_meta
 from radflow.imaging.dimse import NODELAY_HANDLERS
 from radflow.sdk.errors import InvalidInput, Unavailable
+from radflow.sdk.retry import retrying
 from radflow.sdk.stage import StageContext
 
 log = logging.getLogger(__name__)
@@ -158,9 +159,10 @@ def send_to(
     for sop_class, syntax in _contexts(instances):
         ae.add_requested_context(sop_class, syntax)
     permanent_reject = ""
-    while pending and report.attempts < settings.attempts:
-        if report.attempts:
-            time.sleep(settings.retry_delay * 2 ** (report.attempts - 1))
+
+    def attempt() -> list[Instance]:
+        """One association: send what is pending; returns what is still pending."""
+        nonlocal pending, permanent_reject
         report.attempts += 1
         answer: dict[str, Any] = {}
 
@@ -194,7 +196,7 @@ def send_to(
             else:
                 error = "no answer (connection refused or timed out)"
             report.errors.append(f"attempt {report.attempts}: {error}")
-            continue
+            return pending
         try:
             still: list[Instance] = []
             for i, inst in enumerate(pending):
@@ -232,6 +234,16 @@ def send_to(
         finally:
             if assoc.is_established:
                 assoc.release()
+        return pending
+
+    # a peer that is down or drops the association: again, resending only what it has not
+    # answered, SCU_RETRY_DELAY seconds later, doubling
+    retrying(
+        attempts=settings.attempts,
+        while_result=bool,
+        first_delay=settings.retry_delay,
+        max_delay=float("inf"),
+    )(attempt)
     report.seconds = round(time.perf_counter() - started, 4)
     if pending and permanent_reject:
         raise InvalidInput(

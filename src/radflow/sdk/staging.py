@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TypeVar
 
 from radflow.sdk.errors import InvalidInput, Unavailable
 from radflow.sdk.manifest import StudyManifest
@@ -51,8 +52,12 @@ BUNDLE_SUFFIX = ".tar"
 HEADER_PREFIX_BYTES = 16 * 1024
 
 
-def _parallel(jobs: Iterable[tuple[str, Path]], fn: Callable[[str, Path], object]) -> int:
-    """Run ``fn(key, path)`` for every pair on a small thread pool; the first error propagates."""
+_A = TypeVar("_A")
+_B = TypeVar("_B")
+
+
+def _parallel(jobs: Iterable[tuple[_A, _B]], fn: Callable[[_A, _B], object]) -> int:
+    """Run ``fn(a, b)`` for every pair on a small thread pool; the first error propagates."""
     items = list(jobs)
     if not items:
         return 0

@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except Unavailable as exc:
         log.error(
-            "cannot start (object store or receiver processes unavailable): %s; exiting so the supervisor restarts us",
+            "cannot start (object store or receiver processes unavailable): %s; "
+            "exiting so the supervisor restarts us",
             exc,
         )
         return 3

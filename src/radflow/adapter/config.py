@@ -126,7 +126,8 @@ class DestinationAeTitle(_Model):
 
 
 class PipelineMapping(_Model):
-    """``pipeline-mappings[]``: jobs of ``pipeline_id`` start for studies sent to ``clara_ae_title``."""
+    """``pipeline-mappings[]``: jobs of ``pipeline_id`` start for studies sent to
+    ``clara_ae_title``."""
 
     name: str
     clara_ae_title: str = Field(alias="clara-ae-title")
@@ -218,7 +219,8 @@ class AdapterConfig(_Model):
     # -- the persisted document ---------------------------------------------------------------
 
     def effective_document(self) -> dict[str, Any]:
-        """The JSON persisted at :data:`CONFIG_KEY` (Clara names; REST-mutable parts and context)."""
+        """The JSON persisted at :data:`CONFIG_KEY` (Clara names; REST-mutable parts and
+        context)."""
         return {
             "schema": "radflow.dicom-adapter-config/v1",
             "ae-titles": [a.model_dump(mode="json", by_alias=True) for a in self.ae_titles],

@@ -89,7 +89,8 @@ class Emitter(WakeableLoop):
                 ).instances
             except NotFound:
                 log.error(
-                    "manifest of the previous revision is missing; revision lists only new instances"
+                    "manifest of the previous revision is missing; "
+                    "revision lists only new instances"
                 )
         arrived = [
             InstanceRef(

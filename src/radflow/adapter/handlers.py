@@ -158,7 +158,8 @@ class StoreHandlers:
     def admission(
         self, called_ae: str, calling_ae: str, host: str, peer_cert: Any = None
     ) -> tuple[int, int] | None:
-        """``None`` to accept, else (result, reason) of the A-ASSOCIATE-RJ. Pure given the config."""
+        """``None`` to accept, else (result, reason) of the A-ASSOCIATE-RJ. Pure given the
+        config."""
         cfg = self.config()
         if cfg.ae(called_ae) is None:
             return REJECT_PERMANENT, REASON_CALLED_AE

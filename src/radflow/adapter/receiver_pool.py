@@ -159,7 +159,8 @@ class ReceiverPool:
         return total
 
     def describe(self) -> dict[str, int]:
-        """For /health/status: configured, running and ready receivers, associations being served."""
+        """For /health/status: configured, running and ready receivers, associations being
+        served."""
         alive = self._alive()
         with self._lock:
             active = sum(r.active for r in alive)
@@ -270,12 +271,14 @@ class ReceiverPool:
             stopping = self._stopping
             self._lock.notify_all()
         if stopping:
-            return  # associations still open are recovered (kept) by the next start, as after a crash
+            # associations still open are recovered (kept) by the next start, as after a crash
+            return
         if cut:
             # cut by us, like a crash: acknowledged instances are kept, never discarded
             reindexed = self.spool.recover_associations(cut, self.handlers.describe)
             log.warning(
-                "receiver process exited with %d association(s) open; their acknowledged instances are kept",
+                "receiver process exited with %d association(s) open; "
+                "their acknowledged instances are kept",
                 len(cut),
                 extra={"exit_code": code, "reindexed": reindexed},
             )
@@ -303,7 +306,8 @@ class ReceiverPool:
     # -- dispatch --------------------------------------------------------------------------------
 
     def _pick(self) -> tuple[_Receiver, bool] | None:
-        """The ready receiver with the fewest associations, and whether this one is over the limit."""
+        """The ready receiver with the fewest associations, and whether this one is over the
+        limit."""
         deadline = time.monotonic() + READY_TIMEOUT
         with self._lock:
             while not self._stopping:

@@ -18,7 +18,8 @@ from radflow.sdk.settings import ServiceSettings
 
 
 class AdapterSettings(ServiceSettings):
-    """Environment: ``RADFLOW_ADAPTER_CONFIG``, ``RADFLOW_ADAPTER_SPOOL_DIR``, ... and ``K_SINK``."""
+    """Environment: ``RADFLOW_ADAPTER_CONFIG``, ``RADFLOW_ADAPTER_SPOOL_DIR``, ... and
+    ``K_SINK``."""
 
     model_config = SettingsConfigDict(env_prefix="RADFLOW_ADAPTER_", frozen=True, extra="ignore")
 
@@ -58,6 +59,7 @@ class AdapterSettings(ServiceSettings):
         2,
         ge=0,
         le=64,
-        description="Receiver processes serving DICOM associations (adapter/receiver_pool.py); 0 = serve them"
-        " in the adapter process itself. About one per core of the container's CPU request.",
+        description="Receiver processes serving DICOM associations (adapter/receiver_pool.py); "
+        "0 = serve them in the adapter process itself. "
+        "About one per core of the container's CPU request.",
     )

@@ -1,4 +1,5 @@
-"""``radflow pipeline …`` and ``radflow jobs …``: sub-commands the ``radflow`` console script mounts.
+"""``radflow pipeline …`` and ``radflow jobs …``: sub-commands the ``radflow`` console script
+mounts.
 
 Every sub-command sets ``func`` (``args -> exit status``) on its parser; the coordinator's
 ``cli/main.py`` calls ``args.func(args)``.
@@ -112,9 +113,11 @@ def render_job(doc: dict[str, Any]) -> str:
     lines = [
         f"job       {doc['job_id']}",
         f"pipeline  {doc['pipeline']}",
-        f"study     {doc.get('study_instance_uid') or '-'}  (radflow id {doc.get('study_id') or '-'})",
+        f"study     {doc.get('study_instance_uid') or '-'}  "
+        f"(radflow id {doc.get('study_id') or '-'})",
         f"state     {doc['state']}",
-        f"created   {_short_time(doc.get('created_at'))}    finished {_short_time(doc.get('finished_at'))}",
+        f"created   {_short_time(doc.get('created_at'))}    "
+        f"finished {_short_time(doc.get('finished_at'))}",
         "",
         "stage timeline:",
     ]
@@ -122,7 +125,8 @@ def render_job(doc: dict[str, Any]) -> str:
     for name, s in order:
         lines.append(
             f"  {name:<24} {s['state']:<13} start {_short_time(s.get('started_at'))}  "
-            f"end {_short_time(s.get('completed_at') or s.get('failed_at'))}  took {_ms(s.get('duration_ms'))}"
+            f"end {_short_time(s.get('completed_at') or s.get('failed_at'))}  "
+            f"took {_ms(s.get('duration_ms'))}"
         )
         if s.get("reason"):
             lines.append(f"      reason:  {s['reason']}: {s.get('message', '')}")
@@ -132,7 +136,8 @@ def render_job(doc: dict[str, Any]) -> str:
             lines.append(f"      log: {s['log']}")
     for dl in doc.get("dead_letters", []):
         lines.append(
-            f"  dead letter: {dl['type']} -> {dl.get('stage') or dl.get('destination')} (HTTP {dl['code']}) at {_short_time(dl['at'])}"
+            f"  dead letter: {dl['type']} -> {dl.get('stage') or dl.get('destination')} "
+            f"(HTTP {dl['code']}) at {_short_time(dl['at'])}"
         )
     return "\n".join(lines)
 

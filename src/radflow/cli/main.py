@@ -1,4 +1,5 @@
-"""The ``radflow`` command: ``up``, ``status``, ``logs``, ``demo``, ``dicom``, ``pipeline``, ``jobs``."""
+"""The ``radflow`` command: ``up``, ``status``, ``logs``, ``demo``, ``dicom``, ``pipeline``,
+``jobs``."""
 
 from __future__ import annotations
 
@@ -56,11 +57,13 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def _format_status(status: dict[str, Any]) -> str:
     lines = [
-        f"engine      pid {status['pid']}  control {status['control_url']}  state {status['state_dir']}"
+        f"engine      pid {status['pid']}  control {status['control_url']}  "
+        f"state {status['state_dir']}"
     ]
     s3 = status["s3"]
     lines.append(
-        f"s3          {s3['endpoint_url']}  bucket {s3['bucket']}{'  (SeaweedFS)' if s3['embedded'] else ''}"
+        f"s3          {s3['endpoint_url']}  bucket {s3['bucket']}"
+        f"{'  (SeaweedFS)' if s3['embedded'] else ''}"
     )
     if status.get("triton"):
         lines.append(f"triton      {status['triton']['url']}")

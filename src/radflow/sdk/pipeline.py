@@ -218,7 +218,8 @@ class Operator(_Model):
 
 
 class StageInput(_Model):
-    """An input as the runtime sees it: local folder ``name`` filled from ``from_stage``'s ``output``."""
+    """An input as the runtime sees it: local folder ``name`` filled from ``from_stage``'s
+    ``output``."""
 
     name: str
     from_stage: str | None = None
@@ -330,7 +331,8 @@ def parse_pipeline(
         ) from None
     if not isinstance(raw, dict):
         raise ConfigError(
-            f"{source}: a pipeline definition is a YAML mapping with api-version, name and operators"
+            f"{source}: a pipeline definition is a YAML mapping "
+            "with api-version, name and operators"
         )
     version = raw.get("api-version")
     if str(version) != API_VERSION:
@@ -390,22 +392,26 @@ def _check(p: Pipeline, source: str, functions: set[str]) -> None:
 
     if not NAME.match(p.name):
         fail(
-            f"name: {p.name!r} must be lower-case letters, digits and '-' (a DNS label), starting with a letter"
+            f"name: {p.name!r} must be lower-case letters, digits and '-' (a DNS label), "
+            "starting with a letter"
         )
     seen: dict[str, int] = {}
     for idx, op in enumerate(p.operators):
         if op.name in seen:
             fail(
-                f"operator {op.name!r}: name: duplicate operator name (operators[{seen[op.name]}] and operators[{idx}])"
+                f"operator {op.name!r}: name: duplicate operator name "
+                f"(operators[{seen[op.name]}] and operators[{idx}])"
             )
         seen[op.name] = idx
         if not NAME.match(op.name):
             fail(
-                f"operator {op.name!r}: name: must be lower-case letters, digits and '-' (a DNS label), starting with a letter"
+                f"operator {op.name!r}: name: must be lower-case letters, digits and '-' "
+                "(a DNS label), starting with a letter"
             )
         if len(p.name) + 1 + len(op.name) > MAX_SERVICE_NAME:
             fail(
-                f"operator {op.name!r}: name: the Knative Service name {p.name}-{op.name!r} is longer "
+                f"operator {op.name!r}: name: the Knative Service name {p.name}-{op.name!r} "
+                "is longer "
                 f"than {MAX_SERVICE_NAME} characters; shorten the pipeline or operator name"
             )
     for op in p.operators:
@@ -427,7 +433,8 @@ def _check_operator(op: Operator, p: Pipeline, functions: set[str], fail: Any) -
         )
     if fn is None and not op.container.command:
         fail(
-            f"{who}: container.command: {op.container.image!r} is not a radflow function, so it runs as a "
+            f"{who}: container.command: {op.container.image!r} is not a radflow function, "
+            "so it runs as a "
             f"bring-your-own Clara operator and needs container.command"
         )
     outs = op.output_names()
@@ -438,7 +445,8 @@ def _check_operator(op: Operator, p: Pipeline, functions: set[str], fail: Any) -
     for i, name in enumerate(ins):
         if name in ins[:i]:
             fail(
-                f"{who}: input[{i}].name: duplicate input name {name!r} (each input needs its own folder name)"
+                f"{who}: input[{i}].name: duplicate input name {name!r} "
+                "(each input needs its own folder name)"
             )
     paths = [i.path for i in op.input] + [o.path for o in op.output]
     for i, path in enumerate(paths):
@@ -455,21 +463,24 @@ def _check_operator(op: Operator, p: Pipeline, functions: set[str], fail: Any) -
             upstream = p.operator(inp.from_)
         except KeyError:
             fail(
-                f"{who}: input[{i}].from: unknown operator {inp.from_!r} (operators: {', '.join(sorted(o.name for o in p.operators))})"
+                f"{who}: input[{i}].from: unknown operator {inp.from_!r} "
+                f"(operators: {', '.join(sorted(o.name for o in p.operators))})"
             )
             raise  # unreachable: fail raises
         wanted = inp.name or DEFAULT
         if wanted not in upstream.output_names():
             have = ", ".join(sorted(upstream.output_names())) or "none"
             fail(
-                f"{who}: input[{i}].name: operator {inp.from_!r} has no output named {wanted!r} (outputs: {have})"
+                f"{who}: input[{i}].name: operator {inp.from_!r} has no output named {wanted!r} "
+                f"(outputs: {have})"
             )
     for i, svc in enumerate(op.services):
         if not NAME.match(svc.name):
             fail(f"{who}: services[{i}].name: {svc.name!r} must be a DNS label")
         if not (svc.connections.http or svc.connections.grpc):
             fail(
-                f"{who}: services[{i}].connections: a service needs at least one http or grpc connection"
+                f"{who}: services[{i}].connections: "
+                "a service needs at least one http or grpc connection"
             )
     for name in op.variables:
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):

@@ -93,7 +93,8 @@ class StageVariables(BaseModel):
 
     @classmethod
     def from_variables(cls, variables: Mapping[str, str]) -> Self:
-        """Parse ``variables``; a bad value is a permanent error naming the variable and the rule."""
+        """Parse ``variables``; a bad value is a permanent error naming the variable and the
+        rule."""
         try:
             return cls.model_validate({k: v for k, v in variables.items() if v != ""})
         except ValidationError as exc:

@@ -170,7 +170,8 @@ class PartialFiles:
                 raise _missing(part.key) from None
             if have + len(got.data) != part.size:
                 raise Unavailable(
-                    f"instance object {part.key}: short read ({have + len(got.data)} of {part.size} bytes)"
+                    f"instance object {part.key}: short read "
+                    f"({have + len(got.data)} of {part.size} bytes)"
                 )
             with open(path, "ab") as fh:
                 fh.write(got.data)

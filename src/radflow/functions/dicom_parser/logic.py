@@ -7,7 +7,8 @@ Clara's dicom-parser contract (anchors-pipelines §2.2) on radflow's data contra
   ``series-images.json`` {series_uid: file}, ``selected-series.json`` {selection: [series_uid]},
   ``dicom-metadata.json`` (per selected series: geometry, sorted instances, first header as DICOM
   JSON) and ``match-trace.json`` (every rule condition against every series).
-* output ``dicom``: the selected series' original files as ``<SeriesInstanceUID>/<SOPInstanceUID>.dcm``.
+* output ``dicom``: the selected series' original files as
+  ``<SeriesInstanceUID>/<SOPInstanceUID>.dcm``.
 
 Selection works on headers only; pixels are read for the selected series alone. The logic is
 declared ``headers_first``: the runtime stages each instance as its header (a few KB) and this

@@ -30,7 +30,8 @@ def load_adapter_config(store: ObjectStore | None = None) -> dict[str, Any]:
         raw = store.get_bytes(CONFIG_KEY)
     except NotFound as exc:
         raise InvalidInput(
-            f"object {CONFIG_KEY} not found: the DICOM adapter publishes its destinations there; start it or upload the file"
+            f"object {CONFIG_KEY} not found: the DICOM adapter publishes its destinations there; "
+            "start it or upload the file"
         ) from exc
     try:
         doc = json.loads(raw)

@@ -4,7 +4,9 @@ Clara's DICOM adapter configuration names its export peers ("destinations") with
 host and port. Both places Clara versions used are accepted, merged, top level first::
 
     {"dicom": {"scu": {"ae-title": "RADFLOW", "destinations": [...]}},
-     "destinations": [{"name": "MYPACS", "ae-title": "ORTHANC", "host-ip": "127.0.0.1", "port": 4242}]}
+     "destinations": [
+         {"name": "MYPACS", "ae-title": "ORTHANC", "host-ip": "127.0.0.1", "port": 4242}
+     ]}
 
 Names match exactly, then case-insensitively (DICOM people write AE names in capitals).
 """
@@ -74,7 +76,8 @@ def scu_ae_title(config: Mapping[str, Any]) -> str:
 
 
 def resolve(names: Sequence[str], known: Mapping[str, Destination]) -> list[Destination]:
-    """The destinations called ``names``; an unknown name is a permanent error listing the known ones."""
+    """The destinations called ``names``; an unknown name is a permanent error listing the
+    known ones."""
     folded = {k.casefold(): v for k, v in known.items()}
     chosen: list[Destination] = []
     for name in names:
@@ -82,7 +85,8 @@ def resolve(names: Sequence[str], known: Mapping[str, Destination]) -> list[Dest
         if dest is None:
             have = ", ".join(sorted(known)) or "none"
             raise InvalidInput(
-                f"DESTINATIONS names {name!r}, which {CONFIG_KEY} does not define (defined: {have}); "
+                f"DESTINATIONS names {name!r}, which {CONFIG_KEY} does not define "
+                f"(defined: {have}); "
                 "add it to the adapter configuration or fix the pipeline variable"
             )
         if dest not in chosen:

@@ -133,7 +133,8 @@ def _contexts(instances: list[Instance]) -> list[tuple[str, str]]:
     )
     if len(pairs) > 128:
         raise InvalidInput(
-            f"{len(pairs)} SOP class/transfer syntax pairs to send: one association offers at most 128 presentation contexts"
+            f"{len(pairs)} SOP class/transfer syntax pairs to send: "
+            "one association offers at most 128 presentation contexts"
         )
     return pairs
 
@@ -212,7 +213,8 @@ def send_to(
                 if "Status" not in status:  # no answer: aborted, timed out, connection lost
                     still = pending[i:]
                     report.errors.append(
-                        f"attempt {report.attempts}: association lost after {i} of {len(pending)} files"
+                        f"attempt {report.attempts}: "
+                        f"association lost after {i} of {len(pending)} files"
                     )
                     break
                 code = int(status.Status)
@@ -305,7 +307,8 @@ def run(ctx: StageContext, destinations: Mapping[str, Any] | None = None) -> dic
         _write_report(ctx, reports, unreadable)
     if unreachable:
         raise Unavailable(
-            f"destinations unreachable after {settings.attempts} attempts: {', '.join(unreachable)}; retry later"
+            f"destinations unreachable after {settings.attempts} attempts: "
+            f"{', '.join(unreachable)}; retry later"
         )
     total = len(instances) + len(unreadable)
     failures: list[str] = []
@@ -319,7 +322,8 @@ def run(ctx: StageContext, destinations: Mapping[str, Any] | None = None) -> dic
         if bad:
             codes = sorted({f.status or "no status" for f in bad})
             failures.append(
-                f"{report.name}: {len(bad)} of {len(report.files)} file(s) failed ({', '.join(codes)})"
+                f"{report.name}: {len(bad)} of {len(report.files)} file(s) failed "
+                f"({', '.join(codes)})"
             )
             for f in bad:  # position and class, not the file name: names are often UIDs
                 log.warning(

@@ -30,6 +30,7 @@ from radflow.engine import metrics
 from radflow.engine.broker import BrokerRuntime
 from radflow.engine.compiler import compile_pipelines, write_files
 from radflow.engine.host import FunctionHost
+from radflow.engine.manifests import load_manifests
 from radflow.sdk import events
 from radflow.sdk.events import EventType, Ext
 from radflow.sdk.manifest import InstanceRef, StudyManifest
@@ -140,19 +141,6 @@ def fan_in_example() -> dict[str, Any]:
     return dict(yaml.safe_load(FAN_IN_EXAMPLE.read_text()))
 
 
-def load_manifests(folder: Path) -> list[dict[str, Any]]:
-    docs = []
-    for path in sorted(folder.rglob("*.yaml")):
-        if "overlays" in path.parts:
-            continue
-        docs += [
-            d
-            for d in yaml.safe_load_all(path.read_text())
-            if d and d.get("kind") != "Kustomization"
-        ]
-    return docs
-
-
 def set_env(service: dict[str, Any], env: dict[str, str]) -> None:
     """Set ``env`` in a Knative Service's container, as editing its manifest would."""
     container = service["spec"]["template"]["spec"]["containers"][0]
@@ -234,16 +222,12 @@ class PipelineEngine:
         service_env: dict[str, str] | None = None,
         twin_triggers: bool = False,
     ) -> None:
-        docs = load_manifests(knative_dir)
-        self._services = [
-            copy.deepcopy(d)
-            for d in docs
-            if d["kind"] == "Service" and d["apiVersion"].startswith("serving")
-        ]
+        manifests = load_manifests(knative_dir)  # as the engine reads them
+        self._services = copy.deepcopy(manifests.services)
         for svc in self._services:
             set_env(svc, service_env or {})
-        self._brokers = [d for d in docs if d["kind"] == "Broker"]
-        self._triggers = [d for d in docs if d["kind"] == "Trigger"]
+        self._brokers = manifests.brokers
+        self._triggers = manifests.triggers
         if twin_triggers:
             twins = copy.deepcopy(self._triggers)
             for t in twins:

@@ -104,7 +104,8 @@ def test_timeout_is_retried_then_dead_lettered(tmp_path: Path) -> None:
     async def scenario() -> None:
         sub = await Subscriber(hang).start()
         dls = await Subscriber().start()
-        delivery = {"retry": 2, "timeout": "PT0.2S", "deadLetterSink": {"uri": dls.url}}
+        # 1 s: ample for the retry that answers at once, even on a busy machine
+        delivery = {"retry": 2, "timeout": "PT1S", "deadLetterSink": {"uri": dls.url}}
         rt = await started(
             tmp_path, [broker_manifest()], [trigger_manifest("t", sub.url, delivery=delivery)]
         )

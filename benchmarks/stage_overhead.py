@@ -3,16 +3,16 @@
     .venv/bin/python benchmarks/stage_overhead.py --jobs 30
 
 Runs ``pipelines/examples/fan-in-example.yaml`` (ingest -> left, right -> join -> report) with
-every stage as a real functions-framework process against a real SeaweedFS, delivering events
-with the tests' ``MiniBroker`` (a stand-in for the engine broker: one HTTP POST per delivery,
-binary mode). Jobs run one after another. For each stage it reports, from the timestamps the
-runtime stores in the stage's completed marker:
+every stage as a real functions-framework process against a real SeaweedFS, through the engine's
+durable broker and function host (the tests' ``PipelineEngine``). Jobs run one after another.
+For each stage it reports, from the timestamps the runtime stores in the stage's completed marker:
 
 - **in**: event sent to the stage (the upstream's reply, or the job request) -> operator start
   (HTTP hop, decode, fan-in check, claim, staging inputs from S3);
 - **out**: operator end -> completion event sent (uploading outputs, log, completed marker);
 - **operator**: the operator itself (here a ``python3 -c`` subprocess, i.e. process start-up);
-- **hop**: the part of **in** before the stage's handler saw the request (driver + HTTP).
+- **hop**: the part of **in** before the stage's handler saw the request (upstream reply ->
+  broker store -> dispatch -> activator -> function).
 """
 
 from __future__ import annotations
@@ -31,14 +31,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from pipeline_support import (  # noqa: E402
-    EngineDriver,
-    MiniBroker,
-    engine_available,
+    FAN_IN_EXAMPLE,
+    PipelineEngine,
+    compile_to,
     seed_study,
     store_env,
     study_event,
 )
-from radflow.engine.compiler import compile_pipelines, write_files  # noqa: E402
 from radflow.engine.seaweed import SeaweedServer  # noqa: E402
 from radflow.sdk.settings import StoreSettings  # noqa: E402
 from radflow.sdk.storage import Keys, ObjectStore  # noqa: E402
@@ -64,11 +63,6 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--json", type=Path, help="also write the raw samples here")
-    ap.add_argument(
-        "--engine",
-        action="store_true",
-        help="deliver through the engine's broker and function host",
-    )
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="radflow-bench-"))
     weed = SeaweedServer(data_dir=work / "s3", log_path=work / "weed.log")
@@ -80,17 +74,8 @@ def main() -> int:
         )
         store = ObjectStore(settings)
         store.ensure_bucket()
-        kn = work / "knative"
-        write_files(
-            compile_pipelines([REPO / "pipelines/examples/fan-in-example.yaml"], kn, root=REPO)
-        )
-        (work / "logs").mkdir()
-        if args.engine:
-            if reason := engine_available():
-                ap.error(reason)
-            broker = EngineDriver(kn, store_env(settings), work / "state")
-        else:
-            broker = MiniBroker(kn, store_env(settings), work / "logs", backoff_delay=0.1)
+        kn = compile_to(FAN_IN_EXAMPLE, work / "knative")
+        broker = PipelineEngine(kn, work / "state", base_env=store_env(settings))
         broker.start()
         samples: dict[str, dict[str, list[float]]] = {
             s: {"in": [], "hop": [], "out": [], "operator": []} for s in STAGES
@@ -114,10 +99,11 @@ def main() -> int:
                 samples[s]["hop"].append((t[s]["received"] - started_by) * 1000)
                 samples[s]["out"].append((t[s]["replied"] - t[s]["logic_end"]) * 1000)
                 samples[s]["operator"].append((t[s]["logic_end"] - t[s]["logic_start"]) * 1000)
-        driver = "engine (BrokerRuntime + FunctionHost)" if args.engine else "MiniBroker"
+        driver = "engine (BrokerRuntime + FunctionHost)"
+        med = statistics.median
         print(
-            f"machine: {platform.node()} {platform.machine()} python {platform.python_version()}, "
-            f"jobs={args.jobs}, driver: {driver}"
+            f"machine: {platform.node()} {platform.machine()} "
+            f"python {platform.python_version()}, jobs={args.jobs}, driver: {driver}"
         )
         print(
             f"{'stage':<8} {'in median':>10} {'in p99':>8} {'out median':>11} {'out p99':>8} "
@@ -126,15 +112,15 @@ def main() -> int:
         for s in STAGES:
             x = samples[s]
             print(
-                f"{s:<8} {statistics.median(x['in']):>10.1f} {pct(x['in'], 99):>8.1f} "
-                f"{statistics.median(x['out']):>11.1f} {pct(x['out'], 99):>8.1f} "
-                f"{statistics.median(x['operator']):>16.1f} {statistics.median(x['hop']):>11.1f}"
+                f"{s:<8} {med(x['in']):>10.1f} {pct(x['in'], 99):>8.1f} "
+                f"{med(x['out']):>11.1f} {pct(x['out'], 99):>8.1f} "
+                f"{med(x['operator']):>16.1f} {med(x['hop']):>11.1f}"
             )
         all_in = [v for s in STAGES for v in samples[s]["in"]]
         all_out = [v for s in STAGES for v in samples[s]["out"]]
         print(
-            f"{'all':<8} {statistics.median(all_in):>10.1f} {pct(all_in, 99):>8.1f} "
-            f"{statistics.median(all_out):>11.1f} {pct(all_out, 99):>8.1f}"
+            f"{'all':<8} {med(all_in):>10.1f} {pct(all_in, 99):>8.1f} "
+            f"{med(all_out):>11.1f} {pct(all_out, 99):>8.1f}"
         )
         if args.json:
             args.json.write_text(json.dumps(samples, indent=1))

@@ -7,6 +7,7 @@ what a test needs to check the outcome: the study UID and every SOP Instance UID
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, MRImageStorage, generate_uid
 
-__all__ = ["Study", "make_instance", "make_study"]
+__all__ = ["Study", "make_instance", "make_study", "settled", "wait_settled"]
 
 
 @dataclass
@@ -145,8 +146,7 @@ pipeline-mappings:
 
 
 def wait_counter(adapter: Any, name: str, expected: int, timeout: float = 10.0) -> int:
-    """The adapter's SCP counter ``name`` once it reaches ``expected`` (or its value at the
-    timeout).
+    """The adapter's SCP counter ``name`` once it reaches ``expected`` (or its value at timeout).
 
     Receiver processes report their counters when an association ends, a moment after the
     peer saw the release or rejection.
@@ -156,4 +156,28 @@ def wait_counter(adapter: Any, name: str, expected: int, timeout: float = 10.0) 
         value = adapter.scp_counters().get(name, 0)
         if value >= expected or time.monotonic() > deadline:
             return value
+        time.sleep(0.05)
+
+
+def settled(status: dict[str, Any]) -> bool:
+    """True when the adapter status (``Adapter.status()``, ``GET /health/status``) shows nothing
+    in progress: no association open, no instance row left (uploaded-and-emitted rows are deleted
+    with the emission, aborted ones when their leftovers are cleaned) and no event waiting in the
+    outbox. An acknowledged C-STORE has its association committed as open, so once a sender has
+    seen its acks the adapter is settled only after it fully processed that association: from
+    then on no event can come without new input.
+    """
+    spool, outbox = status["spool"], status["outbox"]
+    return spool["open_associations"] == 0 and spool["indexed"] == 0 and not outbox.get("pending")
+
+
+def wait_settled(status: Callable[[], dict[str, Any]], timeout: float = 20.0) -> dict[str, Any]:
+    """Poll ``status()`` until :func:`settled`; fail with the last status after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = status()
+        if settled(now):
+            return now
+        if time.monotonic() > deadline:
+            raise AssertionError(f"adapter not settled after {timeout} s: {now}")
         time.sleep(0.05)

@@ -1,38 +1,36 @@
-"""Test helpers for pipelines: seeded studies, job events, and a stand-in broker driver.
+"""Test helpers for pipelines: seeded studies, job events, and the real engine driving them.
 
-``MiniBroker`` is NOT the engine's broker. It exists so the function contract can be tested
-end to end before the engine lands: it reads compiled ``knative/`` manifests, starts each
-Knative Service as a real ``functions-framework`` process with the Service's environment (as
-the engine's function host would), and delivers events as a Knative broker would: binary mode,
-``Prefer: reply``, every matching Trigger (``filters`` exact dialect) gets its own delivery,
-2xx + CloudEvent body = reply (re-published), retry on 404/408/409/429/5xx/transport errors with
-exponential backoff, dead letters to the Broker's ``deadLetterSink`` with ``knativeerror*``
-extensions. Switching a test to the real engine means replacing ``MiniBroker`` by the engine
-fixture that publishes to the broker ingress and reads the job tracker.
+Pipeline tests run compiled ``knative/`` manifests through the engine's own
+:class:`~radflow.engine.broker.BrokerRuntime` and :class:`~radflow.engine.host.FunctionHost`
+(:class:`PipelineEngine`), so Trigger filters, retries, replies and dead letters are the
+engine's, not a test double's. What a test needs to see or provoke is added the way an operator
+of a cluster would: an extra Trigger (a tap recording every event, a twin of every Trigger to
+duplicate deliveries), or an edited Service env (a short claim lease).
 """
 
 from __future__ import annotations
 
-import base64
-import concurrent.futures
+import asyncio
+import copy
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+from aiohttp import web
 
-from radflow.engine.ports import free_port, wait_for_port
+from radflow.engine import metrics
+from radflow.engine.broker import BrokerRuntime
+from radflow.engine.compiler import compile_pipelines, write_files
+from radflow.engine.host import FunctionHost
+from radflow.engine.manifests import load_manifests
 from radflow.sdk import events
 from radflow.sdk.events import EventType, Ext
 from radflow.sdk.manifest import InstanceRef, StudyManifest
@@ -40,6 +38,8 @@ from radflow.sdk.settings import StoreSettings
 from radflow.sdk.storage import Keys, ObjectStore
 
 REPO = Path(__file__).resolve().parents[1]
+FAN_IN_EXAMPLE = REPO / "pipelines/examples/fan-in-example.yaml"
+T = TypeVar("T")
 
 
 def seed_study(
@@ -121,237 +121,31 @@ def store_env(settings: StoreSettings) -> dict[str, str]:
 # ---------------------------------------------------------------------------- manifests
 
 
-def load_manifests(folder: Path) -> list[dict[str, Any]]:
-    docs = []
-    for path in sorted(folder.rglob("*.yaml")):
-        if "overlays" in path.parts:
-            continue
-        docs += [
-            d
-            for d in yaml.safe_load_all(path.read_text())
-            if d and d.get("kind") != "Kustomization"
-        ]
-    return docs
+def compile_to(pipeline: dict[str, Any] | Path, out: Path) -> Path:
+    """Compile one pipeline (a file, or a pipeline document a test edited) into ``out``.
+
+    The one place pipeline tests turn a pipeline into Knative manifests (``radflow pipeline
+    compile``), so a change of the compiled shape is absorbed here.
+    """
+    if isinstance(pipeline, Path):
+        src = pipeline
+    else:
+        src = out.parent / f"{pipeline['name']}.yaml"
+        src.write_text(yaml.safe_dump(pipeline, sort_keys=False))
+    write_files(compile_pipelines([src], out, root=REPO))
+    return out
 
 
-def service_env(svc: dict[str, Any]) -> dict[str, str]:
-    container = svc["spec"]["template"]["spec"]["containers"][0]
-    return {e["name"]: e["value"] for e in container.get("env", [])}
+def fan_in_example() -> dict[str, Any]:
+    """``pipelines/examples/fan-in-example.yaml`` as a document a test may edit."""
+    return dict(yaml.safe_load(FAN_IN_EXAMPLE.read_text()))
 
 
-def trigger_matches(trigger: dict[str, Any], attrs: dict[str, Any]) -> bool:
-    """Knative ``filters`` (exact dialect only, all entries ANDed) or no filter (match all)."""
-    for entry in trigger["spec"].get("filters") or []:
-        for name, value in entry.get("exact", {}).items():
-            if str(attrs.get(name, "")) != value:
-                return False
-    return True
-
-
-# ---------------------------------------------------------------------------- function processes
-
-
-@dataclass
-class FunctionProcess:
-    name: str
-    env: dict[str, str]
-    port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
-    log: Path | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
-    def start(self) -> None:
-        self.port = free_port()
-        env = {
-            **os.environ,
-            **self.env,
-            "PORT": str(self.port),
-            "HOST": "127.0.0.1",
-            "PYTHONUNBUFFERED": "1",
-        }
-        out = open(self.log, "ab") if self.log else subprocess.DEVNULL
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from functions_framework._cli import _cli; _cli()"],
-            env=env,
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        if not wait_for_port("127.0.0.1", self.port, timeout):
-            raise TimeoutError(
-                f"function {self.name} did not listen on {self.port}; see {self.log}"
-            )
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-@dataclass
-class Delivery:
-    trigger: str
-    event_id: str
-    event_type: str
-    attempt: int
-    status: int
-
-
-@dataclass
-class MiniBroker:
-    """A stand-in for the engine's broker + function host (see the module docstring)."""
-
-    knative_dir: Path
-    extra_env: dict[str, str]
-    log_dir: Path
-    duplicates: int = 1
-    retry: int = 8
-    backoff_delay: float = 0.25
-    timeout: float = 60.0
-    functions: dict[str, FunctionProcess] = field(default_factory=dict)
-    deliveries: list[Delivery] = field(default_factory=list)
-    published: list[events.CloudEvent] = field(default_factory=list)
-    dead_letters: list[events.CloudEvent] = field(default_factory=list)
-    #: called with (service name, event) before each delivery attempt (tests kill processes here)
-    before_delivery: Callable[[str, events.CloudEvent, int], None] | None = None
-    _pool: concurrent.futures.ThreadPoolExecutor = field(
-        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(max_workers=32)
-    )
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _pending: int = 0
-    _idle: threading.Condition = field(default_factory=threading.Condition)
-
-    def __post_init__(self) -> None:
-        docs = load_manifests(self.knative_dir)
-        self.services = {
-            d["metadata"]["name"]: d
-            for d in docs
-            if d["kind"] == "Service" and d["apiVersion"].startswith("serving")
-        }
-        self.triggers = [d for d in docs if d["kind"] == "Trigger"]
-        broker = next(d for d in docs if d["kind"] == "Broker")
-        self.dls = broker["spec"]["delivery"]["deadLetterSink"]["ref"]["name"]
-
-    def start(self) -> None:
-        for name, svc in sorted(self.services.items()):
-            fp = FunctionProcess(
-                name, {**service_env(svc), **self.extra_env}, log=self.log_dir / f"{name}.log"
-            )
-            fp.start()
-            self.functions[name] = fp
-        for fp in self.functions.values():
-            fp.wait_ready()
-
-    def restart(self, name: str) -> None:
-        fp = self.functions[name]
-        fp.kill()
-        fp.start()
-        fp.wait_ready()
-
-    def stop(self) -> None:
-        for fp in self.functions.values():  # all at once: gunicorn's graceful stop takes ~1 s each
-            if fp.proc and fp.proc.poll() is None:
-                os.killpg(fp.proc.pid, signal.SIGTERM)
-        for fp in self.functions.values():
-            fp.stop()
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-    # -- delivery
-
-    def publish(self, event: events.CloudEvent) -> None:
-        with self._lock:
-            self.published.append(event)
-        attrs = events.attributes(event)
-        for trig in self.triggers:
-            if trigger_matches(trig, attrs):
-                target = trig["spec"]["subscriber"]["ref"]["name"]
-                for _ in range(self.duplicates):
-                    self._submit(trig["metadata"]["name"], target, event)
-
-    def _submit(self, trigger: str, target: str, event: events.CloudEvent) -> None:
-        with self._idle:
-            self._pending += 1
-        self._pool.submit(self._deliver, trigger, target, event)
-
-    def _post(self, url: str, event: events.CloudEvent) -> tuple[int, dict[str, str], bytes]:
-        headers, body = events.to_binary(event)
-        req = urllib.request.Request(
-            url, data=body, headers={**headers, "Prefer": "reply"}, method="POST"
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return resp.status, dict(resp.headers), resp.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, dict(exc.headers), exc.read()
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            return -1, {}, b""
-
-    def _deliver(self, trigger: str, target: str, event: events.CloudEvent) -> None:
-        try:
-            status, headers, body = -1, {}, b""
-            for attempt in range(self.retry + 1):
-                if attempt:
-                    time.sleep(self.backoff_delay * 2 ** (attempt - 1))
-                if self.before_delivery:
-                    self.before_delivery(target, event, attempt)
-                status, headers, body = self._post(self.functions[target].url, event)
-                with self._lock:
-                    self.deliveries.append(
-                        Delivery(trigger, event["id"], event["type"], attempt, status)
-                    )
-                if 200 <= status < 300:
-                    lower = {k.lower(): v for k, v in headers.items()}
-                    if "ce-specversion" in lower:
-                        self.publish(events.from_http(lower, body))
-                    elif body:
-                        status = 502  # a 2xx with a non-CloudEvent body is a failure for a broker
-                        continue
-                    return
-                if not (status == -1 or status >= 500 or status in (404, 408, 409, 429)):
-                    break
-            dead = events.with_attributes(
-                event,
-                knativeerrordest=self.functions[target].url,
-                knativeerrorcode=str(status),
-                knativeerrordata=base64.b64encode(body[:700]).decode(),
-            )
-            with self._lock:
-                self.dead_letters.append(dead)
-            if target != self.dls:
-                self._post(self.functions[self.dls].url, dead)
-        finally:
-            with self._idle:
-                self._pending -= 1
-                self._idle.notify_all()
-
-    def wait_idle(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        with self._idle:
-            while self._pending:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"{self._pending} deliveries still pending")
-                self._idle.wait(left)
-
-    def job_status(self, job_id: str) -> dict[str, Any]:
-        with urllib.request.urlopen(
-            self.functions[self.dls].url + f"jobs/{job_id}", timeout=10
-        ) as resp:
-            return dict(json.loads(resp.read()))
+def set_env(service: dict[str, Any], env: dict[str, str]) -> None:
+    """Set ``env`` in a Knative Service's container, as editing its manifest would."""
+    container = service["spec"]["template"]["spec"]["containers"][0]
+    items = [e for e in container.get("env", []) if e["name"] not in env]
+    container["env"] = items + [{"name": k, "value": v} for k, v in env.items()]
 
 
 def run_log_counts(path: Path) -> dict[str, dict[str, int]]:
@@ -365,51 +159,113 @@ def run_log_counts(path: Path) -> dict[str, dict[str, int]]:
     return counts
 
 
+def metric_total(name: str, **match: Callable[[str], bool]) -> float:
+    """Sum of the engine's metric samples ``name`` whose labels pass every ``match`` test."""
+    total = 0.0
+    for family in metrics.REGISTRY.collect():
+        for sample in family.samples:
+            if sample.name == name and all(
+                test(sample.labels.get(label, "")) for label, test in match.items()
+            ):
+                total += sample.value
+    return total
+
+
 # ---------------------------------------------------------------------------- the real engine
 
 
-@dataclass
-class EngineDriver:
-    """The same interface as :class:`MiniBroker`, backed by the engine's BrokerRuntime + FunctionHost.
+class Tap:
+    """An HTTP subscriber that records every event a Trigger delivers to it (answers 202)."""
 
-    Runs both on an asyncio loop in a background thread; events are POSTed to the broker's
-    ingress like the DICOM adapter does.
+    def __init__(self) -> None:
+        self.events: list[events.CloudEvent] = []
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        async def record(request: web.Request) -> web.Response:
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            self.events.append(events.from_http(headers, await request.read()))
+            return web.Response(status=202)
+
+        app = web.Application()
+        app.router.add_post("/", record)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+class PipelineEngine:
+    """Compiled manifests run by the engine's BrokerRuntime + FunctionHost on a background loop.
+
+    Events are POSTed to the broker's ingress as the DICOM adapter does. Options, each a change
+    a cluster operator could make to the manifests:
+
+    - ``service_env``: set in every Knative Service's env (a Service's env wins over the host's
+      ``base_env``, as on Knative, so this is how a test shortens the claim lease);
+    - ``twin_triggers``: a second Trigger beside every Trigger, so every event is delivered twice
+      to every subscriber (independent deliveries, as Knative does for two Triggers);
+    - a tap Trigger without filters records every event that enters the broker (:attr:`seen`).
     """
 
-    knative_dir: Path
-    extra_env: dict[str, str]
-    state_dir: Path
-    published: list[events.CloudEvent] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        import asyncio
-
-        docs = load_manifests(self.knative_dir)
-        self._services = [
-            d for d in docs if d["kind"] == "Service" and d["apiVersion"].startswith("serving")
-        ]
-        self._brokers = [d for d in docs if d["kind"] == "Broker"]
-        self._triggers = [d for d in docs if d["kind"] == "Trigger"]
+    def __init__(
+        self,
+        knative_dir: Path,
+        state_dir: Path,
+        *,
+        base_env: dict[str, str],
+        service_env: dict[str, str] | None = None,
+        twin_triggers: bool = False,
+    ) -> None:
+        manifests = load_manifests(knative_dir)  # as the engine reads them
+        self._services = copy.deepcopy(manifests.services)
+        for svc in self._services:
+            set_env(svc, service_env or {})
+        self._brokers = manifests.brokers
+        self._triggers = manifests.triggers
+        if twin_triggers:
+            twins = copy.deepcopy(self._triggers)
+            for t in twins:
+                t["metadata"]["name"] += "-twin"
+            self._triggers += twins
+        self.base_env = base_env
+        self.state_dir = state_dir
+        self.tap = Tap()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="engine-loop", daemon=True
         )
+        self._started = False
+
+    # -- running things on the engine's loop
 
     def _run(self, coro: Any, timeout: float = 120) -> Any:
-        import asyncio
-
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
-    def start(self) -> None:
-        from radflow.engine.broker import BrokerRuntime
-        from radflow.engine.host import FunctionHost
+    def _call(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on the engine's loop, between two of its steps (a consistent view)."""
 
+        async def call() -> T:
+            return fn()
+
+        return self._run(call())  # type: ignore[no-any-return]
+
+    # -- lifecycle
+
+    def start(self) -> PipelineEngine:
         self._thread.start()
+        self._started = True
+        self._run(self.tap.start())
         self.host = FunctionHost(
             services=self._services,
             workdir=REPO,
             state_dir=self.state_dir / "host",
-            base_env={**os.environ, **self.extra_env},
+            base_env={**os.environ, **self.base_env},
         )
         self._run(self.host.start())
 
@@ -417,32 +273,86 @@ class EngineDriver:
             ref = dest["ref"]
             return self.host.url(ref["name"], ref.get("namespace") or namespace)
 
+        broker = self._brokers[0]["metadata"]
+        tap_trigger = {
+            "apiVersion": "eventing.knative.dev/v1",
+            "kind": "Trigger",
+            "metadata": {"name": "test-tap", "namespace": broker.get("namespace", "default")},
+            "spec": {"broker": broker["name"], "subscriber": {"uri": self.tap.url}},
+        }
         self.broker = BrokerRuntime(
             brokers=self._brokers,
-            triggers=self._triggers,
+            triggers=[*self._triggers, tap_trigger],
             state_dir=self.state_dir / "broker",
             resolve=resolve,
         )
         self._run(self.broker.start())
+        self.ingress = self.broker.ingress_url(broker.get("namespace", "default"), broker["name"])
+        return self
+
+    def stop(self) -> None:
+        if not self._started:
+            return
+        try:
+            self._run(self.broker.stop())
+            self._run(self.host.stop())
+            self._run(self.tap.stop())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> PipelineEngine:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- driving and observing
 
     def publish(self, event: events.CloudEvent) -> None:
-        self.published.append(event)
+        """POST ``event`` to the broker ingress; it answers 202 once the event is stored."""
         headers, body = events.to_binary(event)
-        req = urllib.request.Request(
-            self.broker.ingress_url("default", "radflow"), data=body, headers=headers, method="POST"
-        )
+        req = urllib.request.Request(self.ingress, data=body, headers=headers, method="POST")
         with urllib.request.urlopen(req, timeout=30) as resp:
             assert resp.status == 202, resp.status
 
     def wait_idle(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        quiet = 0
-        while time.monotonic() < deadline:
-            quiet = quiet + 1 if self.broker.pending == 0 else 0
-            if quiet >= 5:  # idle for 0.5 s: replies are re-enqueued before the delivery settles
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"{self.broker.pending} deliveries still pending")
+        """Wait until the broker has no delivery waiting or in flight.
+
+        Checked on the engine's loop: a reply (or a dead letter) is stored and queued in the same
+        step that finishes the delivery producing it, so ``pending == 0`` there means every
+        event, reply and dead letter has been delivered, and nothing more will happen until the
+        next publish.
+        """
+
+        async def idle() -> None:
+            deadline = self._loop.time() + timeout
+            while self.broker.pending:
+                if self._loop.time() > deadline:
+                    raise TimeoutError(f"{self.broker.pending} deliveries still pending")
+                await asyncio.sleep(0.05)
+
+        self._run(idle(), timeout + 10)
+
+    @property
+    def seen(self) -> list[events.CloudEvent]:
+        """Every event that entered the broker (published ones and replies), as the tap got them."""
+        return self._call(lambda: list(self.tap.events))
+
+    def of_type(self, type_: events.EventType) -> list[events.CloudEvent]:
+        return [e for e in self.seen if e["type"] == type_.value]
+
+    def instances(self, service: str) -> list[dict[str, Any]]:
+        """The running processes of a Knative Service (the function host's status)."""
+        status = self._call(self.host.status)
+        return next(s["instances"] for s in status if s["name"] == service)
+
+    def kill(self, service: str) -> list[int]:
+        """SIGKILL every process group of ``service`` (like an OOM kill or a lost node)."""
+        pids = [int(i["pid"]) for i in self.instances(service)]
+        for pid in pids:
+            os.killpg(pid, signal.SIGKILL)
+        return pids
 
     def job_status(self, job_id: str) -> dict[str, Any]:
         with urllib.request.urlopen(
@@ -450,10 +360,11 @@ class EngineDriver:
         ) as resp:
             return dict(json.loads(resp.read()))
 
-    def stop(self) -> None:
-        try:
-            self._run(self.broker.stop())
-            self._run(self.host.stop())
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    """Poll ``predicate`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)

@@ -1,7 +1,8 @@
 """knative/ and skaffold.yaml: schema-valid, admission-valid, stable, and wired consistently.
 
 Schemas come from ``../shared/schemas`` (Knative CRDs, skaffold v4beta14); tests that need them
-skip with the reason when that folder is absent.
+skip with the reason when that folder is absent, and fail with it in CI (``CI=true``, see
+tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -241,8 +242,10 @@ def test_gpu_operator_compiles_to_gpu_limits_and_placement(tmp_path: Path) -> No
     src = tmp_path / "gpu.yaml"
     src.write_text(
         "api-version: 0.4.0\nname: gpu-demo\noperators:\n"
-        "  - name: seg\n    container: {image: clara/ai-seg, tag: '1.0', command: [python3, /app/seg.py]}\n"
-        "    requests: {gpu: 1, memory: 8192}\n    input: [{path: /input}]\n    output: [{path: /output}]\n"
+        "  - name: seg\n"
+        "    container: {image: clara/ai-seg, tag: '1.0', command: [python3, /app/seg.py]}\n"
+        "    requests: {gpu: 1, memory: 8192}\n"
+        "    input: [{path: /input}]\n    output: [{path: /output}]\n"
     )
     files = compile_pipelines([src], tmp_path / "knative", root=tmp_path)
     (svc,) = list(yaml.safe_load_all(files[tmp_path / "knative/pipelines/gpu-demo/services.yaml"]))[

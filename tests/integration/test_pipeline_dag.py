@@ -1,81 +1,64 @@
-"""A fan-out / fan-in DAG of small operators, end to end through real function processes.
+"""A fan-out / fan-in DAG of small operators, end to end through the real engine.
 
 Runs ``pipelines/examples/fan-in-example.yaml`` (ingest -> left, right -> join -> report),
-compiled by ``radflow pipeline compile``, with every Knative Service as a real
-functions-framework process and ``MiniBroker`` delivering events as a Knative broker would
-(see tests/pipeline_support.py: a stand-in until the engine's broker and function host are
-merged; swap the fixture to run the same assertions through the engine).
+compiled by ``radflow pipeline compile``, through the engine's durable broker (Knative Trigger
+filters, retries, replies, dead letters) and function host (activator, scale from zero), each
+Service a real functions-framework process (tests/pipeline_support.py: ``PipelineEngine``).
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pipeline_support import MiniBroker, run_log_counts, seed_study, store_env, study_event
-from radflow.engine.compiler import compile_pipelines, write_files
-from radflow.sdk import events
+from pipeline_support import (
+    PipelineEngine,
+    compile_to,
+    fan_in_example,
+    metric_total,
+    run_log_counts,
+    seed_study,
+    store_env,
+    study_event,
+    wait_until,
+)
 from radflow.sdk.events import EventType
 from radflow.sdk.settings import StoreSettings
 from radflow.sdk.storage import Keys, ObjectStore
 
 pytestmark = pytest.mark.slow
-EXAMPLE = "pipelines/examples/fan-in-example.yaml"
 STAGES = ["ingest", "join", "left", "report", "right"]
+JOIN = "fan-in-example-join"
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
-@pytest.fixture
-def knative_dir(tmp_path: Path, repo_root: Path) -> Path:
-    out = tmp_path / "knative"
-    write_files(compile_pipelines([repo_root / EXAMPLE], out, root=repo_root))
-    return out
-
-
-def _broker(
-    knative_dir: Path, tmp_path: Path, store_settings: StoreSettings, **kw: object
-) -> MiniBroker:
-    env = {
-        **store_env(store_settings),
-        "RUN_LOG": str(tmp_path / "runs.log"),
-        "RADFLOW_CLAIM_LEASE_SECONDS": "2",
-    }
-    env.update(kw.pop("env", {}))  # type: ignore[arg-type]
-    (tmp_path / "logs").mkdir(exist_ok=True)
-    return MiniBroker(knative_dir, env, tmp_path / "logs", **kw)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def broker(
-    knative_dir: Path, tmp_path: Path, store_settings: StoreSettings, store: ObjectStore
-) -> Iterator[MiniBroker]:
-    b = _broker(knative_dir, tmp_path, store_settings, duplicates=2)
-    b.start()
-    yield b
-    b.stop()
-
-
-def _completed_types(b: MiniBroker) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for ev in b.published:
-        out.setdefault(ev["type"], []).append(ev.get("radflowstage") or "")
-    return out
+def dead_letters() -> float:
+    return metric_total("radflow_broker_dead_letters_total")
 
 
 def test_duplicated_deliveries_run_every_stage_exactly_once(
-    broker: MiniBroker, store: ObjectStore, tmp_path: Path
+    tmp_path: Path, store_settings: StoreSettings, store: ObjectStore
 ) -> None:
-    req = seed_study(store, "fan-in-example", series=2, instances=2)
-    ev = study_event(
-        store, req, traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    )
-    broker.publish(ev)
-    broker.publish(ev)  # the adapter's own retry: same id
-    broker.wait_idle()
+    kn = compile_to(fan_in_example(), tmp_path / "knative")
+    runs = tmp_path / "runs.log"
+    dead_before = dead_letters()
+    with PipelineEngine(
+        kn,
+        tmp_path / "state",
+        base_env=store_env(store_settings),
+        service_env={"RUN_LOG": str(runs)},
+        twin_triggers=True,  # every event reaches every subscriber twice
+    ) as engine:
+        req = seed_study(store, "fan-in-example", series=2, instances=2)
+        ev = study_event(store, req, traceparent=TRACEPARENT)
+        engine.publish(ev)
+        engine.publish(ev)  # the adapter's own retry: same id
+        engine.wait_idle()
+        status = engine.job_status(req.job_id)
+        seen = engine.seen
 
-    counts = run_log_counts(tmp_path / "runs.log")
+    counts = run_log_counts(runs)
     assert {s: c["end"] for s, c in counts.items()} == {s: 1 for s in STAGES}
     assert {s: c["start"] for s, c in counts.items()} == {s: 1 for s in STAGES}
     # the fan-in stage's output holds both branches' copies of the study (4 instances each)
@@ -83,64 +66,73 @@ def test_duplicated_deliveries_run_every_stage_exactly_once(
     assert len(join_keys) == 8
     report = [i.key for i in store.list(Keys.stage_output(req.job_id, "report", "report"))]
     assert len(report) == 8
-    # one distinct completion per stage (duplicates carry the same deterministic id)
-    completed = {
-        e["id"]: e["radflowstage"]
-        for e in broker.published
-        if e["type"] == EventType.STAGE_COMPLETED.value
-    }
-    assert sorted(completed.values()) == STAGES
-    for e in broker.published:
-        if e["type"] == EventType.STAGE_COMPLETED.value:
-            assert e["traceparent"] == ev["traceparent"] and e["subject"] == req.study_id
-    job_events = {e["id"] for e in broker.published if e["type"] == EventType.JOB_COMPLETED.value}
+    # the broker saw the request twice and each stage's completion at least twice (duplicated
+    # deliveries are answered with the stored result), all with one deterministic id per stage
+    assert [e["id"] for e in seen if e["type"] == EventType.STUDY_RECEIVED.value] == [ev["id"]] * 2
+    completions = [e for e in seen if e["type"] == EventType.STAGE_COMPLETED.value]
+    assert sorted({e["id"]: e["radflowstage"] for e in completions}.values()) == STAGES
+    assert len(completions) > len(STAGES)
+    for e in completions:
+        assert e["traceparent"] == TRACEPARENT and e["subject"] == req.study_id
+    job_events = {e["id"] for e in seen if e["type"] == EventType.JOB_COMPLETED.value}
     assert len(job_events) == 1
-    status = broker.job_status(req.job_id)
-    assert status["state"] == "completed"
+    assert status["state"] == "completed", status
     assert {k: v["state"] for k, v in status["stages"].items()} == {s: "completed" for s in STAGES}
     assert status["stages"]["join"]["log"].endswith("/join/log.jsonl")
-    assert not broker.dead_letters
+    assert status["dead_letters"] == []
+    assert dead_letters() == dead_before
 
 
 def test_function_killed_mid_run_is_redone_once_by_the_retry(
-    knative_dir: Path, tmp_path: Path, store_settings: StoreSettings, store: ObjectStore
+    tmp_path: Path, store_settings: StoreSettings, store: ObjectStore
 ) -> None:
-    b = _broker(
-        knative_dir, tmp_path, store_settings, env={"SLEEP_SECONDS": "1.5"}, backoff_delay=0.5
+    # join waits at a gate the test opens only after it killed join's process: the kill always
+    # lands mid-run, and the redone run passes the gate at once
+    gate, runs = tmp_path / "gate", tmp_path / "runs.log"
+    pipeline = fan_in_example()
+    join = next(op for op in pipeline["operators"] if op["name"] == "join")
+    command = join["container"]["command"]
+    sleep = "time.sleep(float(os.environ.get('SLEEP_SECONDS') or 0))"
+    assert sleep in command[2]
+    command[2] = command[2].replace(
+        sleep, "while not os.path.exists(os.environ['GATE']): time.sleep(0.05)"
     )
-    killed = threading.Event()
-    target = "fan-in-example-join"
+    join["variables"]["GATE"] = str(gate)
+    kn = compile_to(pipeline, tmp_path / "knative")
 
-    def kill_join(service: str, event: events.CloudEvent, attempt: int) -> None:
-        # the first delivery that will run join: kill its process 0.5 s into the run, then
-        # bring a fresh process up (the function host scaling from zero)
-        if service == target and not killed.is_set() and attempt == 0:
+    def join_calls(code: str) -> float:
+        return metric_total(
+            "radflow_function_invocations_total",
+            function=lambda f: f == JOIN,
+            code=lambda c: c == code,
+        )
 
-            def later() -> None:
-                import time
+    def join_retries() -> float:
+        return metric_total("radflow_broker_retries_total", function=lambda f: f == JOIN)
 
-                time.sleep(0.7)
-                if not killed.is_set():
-                    killed.set()
-                    b.restart(target)
-
-            threading.Thread(target=later, daemon=True).start()
-
-    b.before_delivery = kill_join
-    b.start()
-    try:
+    cut_before, retries_before = join_calls("502"), join_retries()
+    # a 2 s claim lease (30 s compiled) so the broker's retry may take the dead run's claim over
+    with PipelineEngine(
+        kn,
+        tmp_path / "state",
+        base_env=store_env(store_settings),
+        service_env={"RUN_LOG": str(runs), "RADFLOW_CLAIM_LEASE_SECONDS": "2"},
+    ) as engine:
         req = seed_study(store, "fan-in-example", series=1, instances=2)
-        b.publish(study_event(store, req))
-        b.wait_idle(timeout=120)
-        status = b.job_status(req.job_id)
-    finally:
-        b.stop()
-    assert killed.is_set()
-    counts = run_log_counts(tmp_path / "runs.log")
-    assert counts["join"]["end"] == 1, counts
+        engine.publish(study_event(store, req))
+        wait_until(lambda: run_log_counts(runs).get("join", {}).get("start") == 1, "join to run")
+        assert engine.kill(JOIN)  # every join process (the fan-in may have scaled it to two)
+        wait_until(lambda: engine.instances(JOIN) == [], "the killed process to be reaped")
+        gate.touch()
+        engine.wait_idle()
+        status = engine.job_status(req.job_id)
+
+    counts = run_log_counts(runs)
+    assert counts["join"] == {"start": 2, "end": 1}, counts
     assert all(c["end"] == 1 for c in counts.values()), counts
-    # the killed run's delivery saw a transport error, then 503 while the lease was fresh
-    statuses = [d.status for d in b.deliveries if d.trigger.startswith(target)]
-    assert -1 in statuses or 503 in statuses, statuses
-    assert len([i for i in store.list(Keys.stage_output(req.job_id, "report", "report"))]) == 4
-    assert status["state"] == "completed"
+    # the killed run's request was cut (502 from the activator) and the broker retried it
+    assert join_calls("502") >= cut_before + 1
+    assert join_retries() > retries_before
+    assert len(list(store.list(Keys.stage_output(req.job_id, "report", "report")))) == 4
+    assert status["state"] == "completed", status
+    assert status["dead_letters"] == []

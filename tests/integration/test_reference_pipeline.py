@@ -1,10 +1,9 @@
 """The reference pipeline end to end: a synthetic brain MR study in, SEG + RTSTRUCT at MYPACS.
 
-Everything real: the compiled ``knative/`` Services as functions-framework processes (the
-imaging and inference helpers' operators through this runtime), SeaweedFS, the model in ONNX
-Runtime (triton-infer's in-process backend, so no Triton server is needed), dcmtk's
-``storescp`` as MYPACS, ``dciodvfy`` on what arrives. Events are delivered by ``MiniBroker``
-(tests/pipeline_support.py) and, where it is merged in, by the engine's broker + function host.
+Everything real: the compiled ``knative/`` Services as functions-framework processes run by the
+engine's function host, events delivered by the engine's broker (tests/pipeline_support.py:
+``PipelineEngine``), SeaweedFS, the model in ONNX Runtime (triton-infer's in-process backend, so
+no Triton server is needed), dcmtk's ``storescp`` as MYPACS, ``dciodvfy`` on what arrives.
 """
 
 from __future__ import annotations
@@ -17,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_support import REPO, EngineDriver, MiniBroker, store_env, study_event
-from radflow.engine.compiler import compile_pipelines, write_files
+from pipeline_support import REPO, PipelineEngine, compile_to, store_env, study_event
 from radflow.engine.ports import free_port, wait_for_port
 from radflow.sdk import events
 from radflow.sdk.manifest import InstanceRef, StudyManifest
@@ -29,16 +27,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 MODELS = REPO / "models/triton"
 
 
-def _skip_reason() -> str | None:
-    if not shutil.which("storescp"):
-        return "dcmtk storescp is not installed"
-    return None
-
-
-@pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
-@pytest.mark.parametrize("driver", ["minibroker", "engine"])
+@pytest.mark.skipif(shutil.which("storescp") is None, reason="dcmtk storescp is not installed")
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) missing")
 def test_brain_study_to_seg_and_rtstruct_at_mypacs(
-    driver: str, tmp_path: Path, store_settings: StoreSettings, store: ObjectStore
+    tmp_path: Path, store_settings: StoreSettings, store: ObjectStore
 ) -> None:
     import pydicom
 
@@ -113,22 +105,15 @@ def test_brain_study_to_seg_and_rtstruct_at_mypacs(
             'TRITON_MODEL_REPOSITORY: ""', f"TRITON_MODEL_REPOSITORY: {MODELS}"
         )
     )
-    kn = tmp_path / "knative"
-    write_files(compile_pipelines([src], kn, root=tmp_path))
-    (tmp_path / "logs").mkdir()
+    kn = compile_to(src, tmp_path / "knative")
     env = {**store_env(store_settings), "TCP_NODELAY": "1"}
-    broker: MiniBroker | EngineDriver = (
-        MiniBroker(kn, env, tmp_path / "logs", timeout=300)
-        if driver == "minibroker"
-        else EngineDriver(kn, env, tmp_path / "state")
-    )
     try:
-        broker.start()
-        broker.publish(study_event(store, req))
-        broker.wait_idle(timeout=300)
-        status = broker.job_status(req.job_id)
+        with PipelineEngine(kn, tmp_path / "state", base_env=env) as engine:
+            engine.publish(study_event(store, req))
+            engine.wait_idle(timeout=300)
+            status = engine.job_status(req.job_id)
+            seen = {e["type"] for e in engine.seen}
     finally:
-        broker.stop()
         scp.terminate()
         scp.wait(timeout=10)
     assert status["state"] == "completed", json.dumps(status["stages"], indent=1)
@@ -138,5 +123,5 @@ def test_brain_study_to_seg_and_rtstruct_at_mypacs(
     for path in received:
         out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
         assert "Error" not in out.stdout + out.stderr, out.stderr[-2000:]
-    if isinstance(broker, MiniBroker):  # it sees every reply; the engine's driver only what it sent
-        assert events.EventType.JOB_COMPLETED.value in {e["type"] for e in broker.published}
+    assert events.EventType.JOB_COMPLETED.value in seen
+    assert status["dead_letters"] == []

@@ -31,15 +31,23 @@ def test_follow_sees_appends_and_survives_truncation(tmp_path: Path) -> None:
             if line == "after truncate":
                 return
 
+    def seen(line: str) -> None:
+        """Wait until the follower yielded ``line``: it has read everything before it."""
+        deadline = time.monotonic() + 10
+        while line not in got:
+            assert time.monotonic() < deadline, f"the follower never yielded {line!r}: {got}"
+            time.sleep(0.01)
+
     thread = threading.Thread(target=reader, daemon=True)
     thread.start()
-    time.sleep(0.1)
+    seen("old")  # at the end of the file, following
     with open(log, "a") as fh:
-        fh.write("new 1\nnew ")
+        fh.write("new 1\nnew ")  # a line and the start of the next one
         fh.flush()
-        time.sleep(0.1)
-        fh.write("2\n")
-    time.sleep(0.15)
-    log.write_text("after truncate\n")
-    thread.join(5)
+        seen("new 1")
+        fh.write("2\n")  # the rest of the line
+    seen("new 2")
+    log.write_text("after truncate\n")  # shorter than what was read: truncated, read anew
+    thread.join(10)
+    assert not thread.is_alive()
     assert got == ["old", "new 1", "new 2", "after truncate"]

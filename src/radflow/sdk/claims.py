@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -52,6 +53,8 @@ class Claim:
     #: stop renewing after this long: past the Service's timeoutSeconds the broker has given up
     #: on this request (504) and retries, so a hung run must let a retry take over
     max_seconds: float = 600.0
+    #: wall-clock seconds (shared by every claimant); tests pass a clock they move by hand
+    clock: Callable[[], float] = time.time
     holder: str = field(default_factory=lambda: uuid.uuid4().hex)
     started_at: float = 0.0
     etag: str | None = field(default=None, init=False)
@@ -67,14 +70,14 @@ class Claim:
                 "event_id": self.event_id,
                 "holder": self.holder,
                 "started_at": self.started_at,
-                "heartbeat_at": time.time(),
+                "heartbeat_at": self.clock(),
                 "lease_seconds": self.lease_seconds,
             },
             sort_keys=True,
         ).encode()
 
     def acquire(self) -> Outcome:
-        self.started_at = time.time()
+        self.started_at = self.clock()
         try:
             self.etag = self.store.put_if_absent(self.key, self._doc())
             return Outcome.ACQUIRED
@@ -87,7 +90,7 @@ class Claim:
             raise Unavailable("claim changed while reading it; retry") from None
         try:
             doc = json.loads(blob)
-            age = time.time() - float(doc.get("heartbeat_at", 0))
+            age = self.clock() - float(doc.get("heartbeat_at", 0))
             lease = float(doc.get("lease_seconds", self.lease_seconds))
             owner_event = str(doc.get("event_id", ""))
         except (ValueError, TypeError):
@@ -121,7 +124,7 @@ class Claim:
         while not self._stop.wait(interval):
             if self.etag is None:
                 return
-            if time.time() - self.started_at > self.max_seconds:
+            if self.clock() - self.started_at > self.max_seconds:
                 logger.warning("run exceeded its timeout; no longer renewing its claim")
                 return
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
-from adapter_data import config_yaml, make_study
+from adapter_data import config_yaml, make_study, wait_settled
 from radflow.engine.ports import free_port, wait_for_port
 from radflow.sdk.events import EventType
 from radflow.sdk.manifest import StudyManifest
@@ -82,10 +83,13 @@ def test_kill_9_mid_association_then_restart(tmp_path, store_settings, store, si
         assert len(in_job) == len(set(in_job))
         for inst in manifest.instances:
             assert store.head(inst.key).size == inst.size
-        with urllib.request.urlopen(f"http://127.0.0.1:{rest_port}/health/status", timeout=5) as r:
-            status = json.load(r)
-        assert status["spool"]["spooled"] == 0
-        time.sleep(0.5)
+
+        def status() -> dict:
+            url = f"http://127.0.0.1:{rest_port}/health/status"
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return dict(json.load(r))
+
+        assert wait_settled(status)["spool"]["spooled"] == 0  # recovered, uploaded, emitted
         assert len(sink.events) == 1  # exactly one job for the group, no duplicate after restart
     finally:
         proc2.send_signal(signal.SIGTERM)
@@ -167,8 +171,9 @@ def _alive(pid: int) -> bool:
 def test_a_killed_receiver_keeps_what_it_acknowledged_and_is_replaced(
     adapter_factory, sink, store, tmp_path
 ):
-    """SIGKILL of the receiver process serving an association: its acked instances are kept (cut by us,
-    like a crash of the adapter), the job starts with them, and a new receiver serves the next peer."""
+    """SIGKILL of the receiver process serving an association: its acked instances are kept (cut
+    by us, like a crash of the adapter), the job starts with them, a new receiver serves the next
+    peer."""
     adapter = adapter_factory(receivers=2)
     before = set(adapter.receivers.pids())
     study = make_study(tmp_path / "in", series=1, per_series=12, size=64)
@@ -226,23 +231,30 @@ def test_receivers_exit_when_the_adapter_process_is_killed(tmp_path, store_setti
             pass
 
 
-def test_a_receiver_that_cannot_start_is_retried_with_backoff(adapter_factory, tmp_path):
+def test_a_receiver_that_cannot_start_is_retried_with_backoff(adapter_factory, tmp_path, caplog):
     """A receiver dying during start-up (here: its configuration file is garbage) is restarted with
     a growing delay, not in a tight loop, and serves again once it can start."""
+    caplog.set_level(logging.ERROR, logger="radflow.adapter.receiver_pool")
     adapter = adapter_factory(receivers=1)
     config_file = tmp_path / "spool" / "receiver-config.json"
     good = config_file.read_text()
     config_file.write_text("not json")
     (victim,) = adapter.receivers.pids()
     os.kill(victim, signal.SIGKILL)
-    seen: set[int] = set()
-    deadline = time.monotonic() + 4.0
-    while time.monotonic() < deadline:
-        seen.update(adapter.receivers.pids())
-        time.sleep(0.02)
-    seen.discard(victim)
-    # without backoff a failing start (~0.5 s each) would be retried ~8 times in 4 s
-    assert 1 <= len(seen) <= 4, seen
+
+    def restart_delays() -> list[float]:
+        """The delay the pool announced before each restart (its log line's last argument)."""
+        return [
+            float(r.args[-1])  # type: ignore[index]
+            for r in caplog.records
+            if r.name == "radflow.adapter.receiver_pool" and "starting a new one" in r.msg
+        ]
+
+    deadline = time.monotonic() + 30
+    while len(restart_delays()) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # the victim had served: replaced at once; each failed start doubles the wait from 0.5 s
+    assert restart_delays()[:4] == [0.0, 0.5, 1.0, 2.0]
     assert (
         not adapter.ready()
     )  # no receiver can serve: not ready, as a readiness probe should see it

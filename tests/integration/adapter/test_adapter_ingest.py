@@ -14,7 +14,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 
-from adapter_data import make_study, wait_counter
+from adapter_data import make_study, wait_counter, wait_settled
 from radflow.sdk.events import EventType
 from radflow.sdk.manifest import StudyManifest
 
@@ -95,8 +95,8 @@ def test_pynetdicom_study_stored_and_one_job_event(
     # no PHI or UIDs in the event
     raw = str(ev)
     assert study.study_uid not in raw and "Synthetic" not in raw and "SYNTH-0001" not in raw
-    time.sleep(0.3)
-    assert len(sink.events) == 1
+    status = wait_settled(adapter.status)  # processed to the end: no event can follow
+    assert len(sink.events) == 1 and status["outbox"] == {"sent": 1}
 
 
 def test_dcmtk_storescu_two_pipelines_one_event_each(adapter_factory, sink, store, tmp_path):
@@ -112,7 +112,7 @@ def test_dcmtk_storescu_two_pipelines_one_event_each(adapter_factory, sink, stor
     assert len({e["headers"]["ce-id"] for e in events}) == 2
     assert {e["data"]["group_id"] for e in events} == {events[0]["data"]["group_id"]}
     assert all(e["data"]["instance_count"] == 4 for e in events)
-    time.sleep(0.3)
+    wait_settled(adapter.status)
     assert len(sink.events) == 2
 
 
@@ -123,14 +123,18 @@ def test_aborted_association_is_discarded_and_starts_no_job(
     adapter = adapter_factory(receivers=receivers)
     study = make_study(tmp_path / "in", series=1, per_series=3)
     assert pynetdicom_send(adapter.dicom_port, study.files, abort=True) == [0, 0, 0]
-    time.sleep(1.5)
-    assert sink.events == []
+    # settled: the abort was processed and what it left (rows, spool files) was cleaned up
+    status = wait_settled(adapter.status)
+    assert sink.events == [] and status["outbox"] == {}  # no event, none queued
+    assert status["spool"]["discarded"] == 0
+    assert list((adapter.settings.spool_dir / "data").iterdir()) == []
     # a complete send afterwards yields exactly one job with exactly the study's instances
     assert pynetdicom_send(adapter.dicom_port, study.files) == [0, 0, 0]
     events = sink.wait_for(1)
     assert events[0]["data"]["revision"] == 0 and events[0]["data"]["instance_count"] == 3
-    assert adapter.uploader.clean_discarded() >= 0
-    assert adapter.spool.stats()["discarded"] == 0
+    status = wait_settled(adapter.status)
+    assert len(sink.events) == 1 and status["outbox"] == {"sent": 1}
+    assert adapter.uploader.clean_discarded() == 0  # nothing left behind to clean
 
 
 def test_late_instances_make_a_revision_not_a_new_job(adapter_factory, sink, store, tmp_path):
@@ -148,20 +152,21 @@ def test_late_instances_make_a_revision_not_a_new_job(adapter_factory, sink, sto
     m0 = StudyManifest.model_validate_json(store.get_bytes(first["data"]["manifest_key"]))
     assert len(m0.instances) == 2  # revision 0's manifest is not overwritten
     # re-sending the same instances changes nothing: no event
-    pynetdicom_send(adapter.dicom_port, study.files)
-    time.sleep(1.0)
-    assert len(sink.events) == 2
+    assert pynetdicom_send(adapter.dicom_port, study.files) == [0, 0, 0]
+    status = wait_settled(adapter.status)  # the re-sent group was processed
+    assert len(sink.events) == 2 and status["outbox"] == {"sent": 2}
 
 
 def test_timeout_groups_across_associations(adapter_factory, sink, tmp_path):
     adapter = adapter_factory(timeout=1.5)
     study = make_study(tmp_path / "in", series=3, per_series=2)
     for i in range(3):
-        pynetdicom_send(adapter.dicom_port, study.files[2 * i : 2 * i + 2])
-    assert sink.events == []
+        last_send = time.time()  # the group's last activity is after this
+        assert pynetdicom_send(adapter.dicom_port, study.files[2 * i : 2 * i + 2]) == [0, 0]
     events = sink.wait_for(1, timeout=10)
     assert len(events) == 1 and events[0]["data"]["instance_count"] == 6
-    time.sleep(0.5)
+    assert events[0]["at"] >= last_send + 1.5  # emitted no sooner than the quiet timeout
+    wait_settled(adapter.status)
     assert len(sink.events) == 1
 
 
@@ -227,7 +232,7 @@ def test_truncated_and_non_dicom_datasets_are_refused(adapter_factory, sink, tmp
 
 
 def _send_raw(assoc, part10: bytes, path: Path) -> int:
-    """C-STORE the data set of ``part10`` exactly as given (pynetdicom's chunked send, no encoding)."""
+    """C-STORE the data set of ``part10`` as given (pynetdicom's chunked send, no encoding)."""
     from pynetdicom import _config
 
     path.write_bytes(part10)
@@ -282,7 +287,8 @@ def test_resent_instance_with_other_bytes_never_replaces_the_stored_copy(
     if overwrite:
         text = text.replace(
             "      - ae-title: RADFLOW\n        timeout: 0\n",
-            "      - ae-title: RADFLOW\n        timeout: 0\n        overwrite-same-instance: true\n",
+            "      - ae-title: RADFLOW\n        timeout: 0\n"
+            "        overwrite-same-instance: true\n",
         )
         assert "overwrite-same-instance: true" in text
     adapter = adapter_factory(yaml_text=text)
@@ -311,13 +317,13 @@ def test_resent_instance_with_other_bytes_never_replaces_the_stored_copy(
         assert m1.instances[0].key != m0.instances[0].key
         assert number(m1.instances[0].key) == 6
     else:
-        time.sleep(1.0)
+        wait_settled(adapter.status)
         assert len(sink.events) == 1  # the first copy stands: no revision
         copies = sorted(number(o.key) for o in store.list(m0.instances[0].key.removesuffix(".dcm")))
         assert copies == [1, 6]  # ... and the second is kept beside it, not lost
     # the same bytes again change nothing and store nothing new
     before = len(list(store.list("studies/")))
     assert pynetdicom_send(adapter.dicom_port, [second]) == [0]
-    time.sleep(1.0)
+    wait_settled(adapter.status)
     assert adapter.uploader.wait_idle(10)
     assert len(list(store.list("studies/"))) == before

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from test_adapter_rest import call
 
-from adapter_data import make_study
+from adapter_data import make_study, wait_settled
 from orthanc_server import ORTHANC, SKIP_REASON, OrthancServer
 from radflow.sdk.manifest import StudyManifest
 
@@ -43,5 +41,5 @@ def test_orthanc_sends_a_study(adapter_factory, sink, store, tmp_path):
         )
         assert sorted(i.sop_instance_uid for i in manifest.instances) == sorted(study.sop_uids)
         assert manifest.calling_ae == "ORTHANC"
-        time.sleep(0.3)
+        wait_settled(adapter.status)
         assert len(sink.events) == 2

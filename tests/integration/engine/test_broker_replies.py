@@ -1,4 +1,7 @@
-"""Replies re-enter the same broker; TTL stops reply loops; bad replies dead-letter (contracts §3, §13.10)."""
+"""Replies re-enter the same broker; TTL stops reply loops; bad replies dead-letter.
+
+(Contracts §3, §13.10.)
+"""
 
 from __future__ import annotations
 
@@ -77,11 +80,11 @@ def test_self_matching_reply_loop_stops_at_ttl(tmp_path: Path) -> None:
             )
             assert status == 202
             (letter,) = await dls.wait_for(1)
-            await settle(rt)
-            await asyncio.sleep(0.2)
+            await settle(rt)  # nothing pending: no further attempt or reply can follow
             assert len(loop.received) == 4
             assert len(dls.received) == 1
-            # the delivery whose reply was refused is dead-lettered with 400, dest = the broker ingress
+            # the delivery whose reply was refused is dead-lettered with 400,
+            # dest = the broker ingress
             assert letter.headers["ce-knativeerrorcode"] == "400"
             assert letter.headers["ce-knativeerrordest"] == rt.ingress_url("default", "default")
             assert b"exhausted" in base64.b64decode(letter.headers["ce-knativeerrordata"])
@@ -136,8 +139,7 @@ def test_reply_matching_no_trigger_completes_delivery(tmp_path: Path) -> None:
         try:
             await post_event(rt.ingress_url("default", "default"), event("in.v1"))
             await sub.wait_for(1)
-            await settle(rt)
-            await asyncio.sleep(0.1)
+            await settle(rt)  # nothing pending: no further attempt or reply can follow
             assert len(sub.received) == 1
             assert await rt.store.count() == (0, 0)
         finally:

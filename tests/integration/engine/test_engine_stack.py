@@ -1,4 +1,4 @@
-"""The whole embedded engine: manifests in, events through broker and function host, kill -9 safety."""
+"""The whole embedded engine: manifests in, events through broker and function host, kill -9."""
 
 from __future__ import annotations
 
@@ -152,6 +152,11 @@ def test_chain_reply_and_dead_letter_through_the_engine(tmp_path: Path, repo_roo
                 60,
             )
             assert ok, f"records so far: {[r['by'] for r in records(record_dir)]}"
+            # nothing pending in the broker: no duplicate or further attempt can follow
+            deadline = time.monotonic() + 30
+            while engine.broker.pending and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert engine.broker.pending == 0
             # scale to zero after the idle window
             gone = await asyncio.to_thread(
                 wait_for, lambda: all(not f["instances"] for f in engine.host.status()), 30

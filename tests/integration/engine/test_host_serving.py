@@ -10,6 +10,7 @@ import asyncio
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import os
 import sys
@@ -39,7 +40,7 @@ def ksvc(
     env: dict[str, str] | None = None,
     container: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A serving.knative.dev/v1 Service shaped like our knative/ manifests (functions-framework image)."""
+    """A serving.knative.dev/v1 Service shaped like our knative/ manifests (functions-framework)."""
     if container is None:
         container = {
             "image": f"radflow/{name}",
@@ -132,6 +133,7 @@ def metric(name: str, **labels: str) -> float:
 
 def test_scale_from_zero_holds_first_request_then_scales_back_to_zero(tmp_path: Path) -> None:
     before = metric("radflow_function_cold_starts_total", function="zero")
+    answered = metric("radflow_function_invocations_total", function="zero", code="200")
 
     async def body(host: FunctionHost, session: aiohttp.ClientSession) -> None:
         assert service_status(host, "zero")["instances"] == []  # nothing spawned at start
@@ -154,7 +156,7 @@ def test_scale_from_zero_holds_first_request_then_scales_back_to_zero(tmp_path: 
 
     run_host(tmp_path, [ksvc("zero", "echo")], body, idle_override_s=0.5)
     assert metric("radflow_function_cold_starts_total", function="zero") == before + 2
-    assert metric("radflow_function_invocations_total", function="zero", code="200") >= 2
+    assert metric("radflow_function_invocations_total", function="zero", code="200") == answered + 2
 
 
 def test_container_concurrency_one_serialises_or_scales_up_to_max_scale(tmp_path: Path) -> None:
@@ -184,14 +186,14 @@ def test_container_concurrency_one_serialises_or_scales_up_to_max_scale(tmp_path
 
     serial = sorted(works["serial"], key=lambda w: w["start"])
     assert len({w["pid"] for w in serial}) == 1
-    assert not any(overlaps(a, b) for a, b in zip(serial, serial[1:], strict=False)), (
+    assert not any(overlaps(a, b) for a, b in itertools.pairwise(serial)), (
         "containerConcurrency 1 was exceeded"
     )
     wide = works["wide"]
     assert len({w["pid"] for w in wide}) >= 2, "max-scale 3 never added a second process"
     for pid in {w["pid"] for w in wide}:  # still at most one request in flight per process
         mine = sorted((w for w in wide if w["pid"] == pid), key=lambda w: w["start"])
-        assert not any(overlaps(a, b) for a, b in zip(mine, mine[1:], strict=False))
+        assert not any(overlaps(a, b) for a, b in itertools.pairwise(mine))
 
 
 def test_queue_bound_exceeded_answers_503(tmp_path: Path) -> None:
@@ -199,7 +201,14 @@ def test_queue_bound_exceeded_answers_503(tmp_path: Path) -> None:
 
     async def body(host: FunctionHost, session: aiohttp.ClientSession) -> None:
         first = asyncio.create_task(call(session, host.url("narrow") + "?s=1.0"))
-        await asyncio.sleep(0.1)
+        await wait_until(  # the first request holds the queue's one place (or the one slot)
+            lambda: (
+                service_status(host, "narrow")["queued"] == 1
+                or any(i["in_flight"] for i in service_status(host, "narrow")["instances"])
+            ),
+            10,
+            "the first request to be queued",
+        )
         rest = await asyncio.gather(*(call(session, host.url("narrow") + "?s=0") for _ in range(3)))
         assert (await first)[0] == 200
         codes = [r[0] for r in rest]
@@ -210,26 +219,27 @@ def test_queue_bound_exceeded_answers_503(tmp_path: Path) -> None:
 
 
 def test_timeout_seconds_answers_504_and_counts_the_cold_start_hold(tmp_path: Path) -> None:
-    # the second service's container sleeps 2 s before serving: its hold alone exceeds timeoutSeconds=1
+    # the second service's container sleeps 2 s before serving: its hold alone exceeds
+    # timeoutSeconds=1
     sleepy = {
         "image": "radflow/sleepy",
         "command": ["sh"],
         "args": [
             "-c",
-            f"sleep 2 && exec $(PY) -m functions_framework --target echo --source {PROBE_SOURCE} --host 127.0.0.1 --port $(PORT)",
+            "sleep 2 && exec $(PY) -m functions_framework --target echo "
+            f"--source {PROBE_SOURCE} --host 127.0.0.1 --port $(PORT)",
         ],
         "env": [{"name": "PY", "value": sys.executable}],
     }
     services = [ksvc("slowfn", "slow", timeout=1), ksvc("sleepy", "", timeout=1, container=sleepy)]
 
     async def body(host: FunctionHost, session: aiohttp.ClientSession) -> None:
-        t0 = time.monotonic()
+        # a 504 naming timeoutSeconds: the 4 s of work were cut, not waited for
         status, _, payload = await call(session, host.url("slowfn") + "?s=4")
         assert status == 504 and b"timeoutSeconds=1" in payload
-        t1 = time.monotonic()
-        status, _, _ = await call(session, host.url("sleepy"))
-        assert status == 504  # the function would answer instantly, but the hold counts
-        assert t1 - t0 < 3.5 and time.monotonic() - t1 < 2.0
+        status, _, payload = await call(session, host.url("sleepy"))
+        # the function would answer instantly, but the hold counts
+        assert status == 504 and b"timeoutSeconds=1" in payload
         await wait_until(
             lambda: service_status(host, "sleepy")["state"] == "ready", 10, "sleepy ready"
         )
@@ -310,24 +320,17 @@ def test_stop_leaves_no_child_process(tmp_path: Path) -> None:
                 lambda: service_status(host, "pinned")["state"] == "ready", 15, "min-scale instance"
             )
             async with aiohttp.ClientSession() as session:
-                busy = asyncio.create_task(call(session, host.url("woken") + "?s=30"))
-                await wait_until(
-                    lambda: (
-                        bool(service_status(host, "woken")["instances"])
-                        and service_status(host, "woken")["state"] == "ready"
-                    ),
-                    15,
-                    "woken ready",
-                )
-                await asyncio.sleep(0.2)
+                mark = tmp_path / "working"
+                busy = asyncio.create_task(call(session, host.url("woken") + f"?s=30&mark={mark}"))
+                await wait_until(mark.exists, 15, "the request inside the handler")
                 for st in host.status():
                     for inst in st["instances"]:
                         seen.extend(group_members(inst["pid"]))
-                t0 = time.monotonic()
-                await host.stop()  # with a request in flight: SIGTERM, 1.5 s grace, SIGKILL
-                assert time.monotonic() - t0 < 6
-                status, _, _ = await busy
-                assert status in (502, 200)
+                # with a request in flight for 30 s: SIGTERM, 1.5 s grace, SIGKILL; stop() does
+                # not wait for the request, which is cut (502), not answered
+                await asyncio.wait_for(host.stop(), 25)
+                status, _, payload = await busy
+                assert status == 502 and b"failed mid-request" in payload, payload
         finally:
             await host.stop()
 
@@ -366,7 +369,8 @@ def test_bodies_and_headers_pass_through_unchanged(tmp_path: Path) -> None:
     }
 
     async def body(host: FunctionHost, session: aiohttp.ClientSession) -> None:
-        # a @cloud_event handler's "200 OK text/html": the host must not hide it (the broker judges it)
+        # a @cloud_event handler's "200 OK text/html": the host must not hide it (the broker
+        # judges it)
         status, headers, payload = await call(
             session, host.url("ce-style"), "POST", headers=event_headers, data=b"{}"
         )
@@ -474,12 +478,8 @@ def test_process_that_dies_before_ready_fails_held_requests_with_502(tmp_path: P
     )
 
     async def body(host: FunctionHost, session: aiohttp.ClientSession) -> None:
-        t0 = time.monotonic()
         replies = await asyncio.gather(*(call(session, host.url("broken")) for _ in range(2)))
-        assert [r[0] for r in replies] == [
-            502,
-            502,
-        ] and time.monotonic() - t0 < 20  # not the 300 s timeout
+        assert [r[0] for r in replies] == [502, 502]  # the start-up failure, not the 504 timeout
         assert b"exited with code" in replies[0][2] and b"broken.log" in replies[0][2]
         assert service_status(host, "broken")["instances"] == []
 
@@ -495,7 +495,9 @@ from pathlib import Path
 from radflow.engine.host import FunctionHost
 
 async def main():
-    host = FunctionHost(services=[json.loads(sys.argv[1])], workdir=Path(sys.argv[2]), state_dir=Path(sys.argv[3]))
+    host = FunctionHost(
+        services=[json.loads(sys.argv[1])], workdir=Path(sys.argv[2]), state_dir=Path(sys.argv[3])
+    )
     await host.start()
     while host.status()[0]["state"] != "ready":
         await asyncio.sleep(0.05)

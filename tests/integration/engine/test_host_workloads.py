@@ -1,4 +1,4 @@
-"""WorkloadRunner with real processes: SinkBinding env injection, crash restarts, embedded launchers."""
+"""WorkloadRunner with real processes: SinkBinding env, crash restarts, embedded launchers."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ WORKER = """
 import json, os, sys, time
 out = sys.argv[1]
 with open(out, "a") as fh:
-    fh.write(json.dumps({"pid": os.getpid(), "K_SINK": os.environ.get("K_SINK"),
-                         "K_CE_OVERRIDES": os.environ.get("K_CE_OVERRIDES"), "ROLE": os.environ.get("ROLE")}) + "\\n")
+    seen = {name: os.environ.get(name) for name in ("K_SINK", "K_CE_OVERRIDES", "ROLE")}
+    fh.write(json.dumps({"pid": os.getpid(), **seen}) + "\\n")
 if sum(1 for _ in open(out)) < 2:
     print("first run: crashing on purpose", flush=True)
     sys.exit(3)
@@ -165,7 +165,12 @@ def test_embedded_launcher_replaces_the_command_and_unknown_kinds_fail(tmp_path:
 
     def launch(ctx: LaunchContext) -> list[str]:
         seen.append(ctx)
-        script = f"import json, os, time; open({str(marker)!r}, 'w').write(json.dumps(dict(os.environ))); time.sleep(60)"
+        script = (
+            "import json, os, time; "
+            "env = json.dumps(dict(os.environ, PID=os.getpid())); "
+            f"open({str(marker)!r} + '.tmp', 'w').write(env);"
+            f" os.rename({str(marker)!r} + '.tmp', {str(marker)!r}); time.sleep(60)"
+        )
         return [ctx.python, "-c", script]
 
     register_launcher("test-triton", launch)
@@ -188,9 +193,9 @@ def test_embedded_launcher_replaces_the_command_and_unknown_kinds_fail(tmp_path:
         await runner.start()
         try:
             await wait_until(marker.exists, 10, "launcher process")
-            await asyncio.sleep(0.1)
             pid = runner.status()[0]["pid"]
             assert runner.status()[0]["kind"] == "test-triton" and alive(pid)
+            assert json.loads(marker.read_text())["PID"] == pid  # the launched command runs
         finally:
             await runner.stop()
         assert not alive(pid)

@@ -91,6 +91,8 @@ class Dispatcher:
     admit_reply: ReplyAdmitter
     reply_url: Callable[[str], str]
     max_in_flight: int = 256
+    #: wall-clock seconds for due times (persisted, so wall clock); tests pass a recording clock
+    clock: Callable[[], float] = time.time
     _heap: list[tuple[float, int, int]] = field(default_factory=list)
     _pending: dict[int, Delivery] = field(default_factory=dict)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
@@ -155,7 +157,7 @@ class Dispatcher:
 
     async def _run(self) -> None:
         while not self._stopping:
-            now = time.time()
+            now = self.clock()
             while self._heap and self._heap[0][0] <= now and not self._stopping:
                 _, _, delivery_id = heapq.heappop(self._heap)
                 delivery = self._pending.get(delivery_id)
@@ -168,7 +170,7 @@ class Dispatcher:
             if self._stopping:
                 break
             self._wake.clear()
-            timeout = max(self._heap[0][0] - time.time(), 0.0) if self._heap else None
+            timeout = max(self._heap[0][0] - self.clock(), 0.0) if self._heap else None
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
@@ -214,7 +216,7 @@ class Dispatcher:
 
     def _retry_later(self, delivery: Delivery) -> None:
         if delivery.id in self._pending and not self._stopping:
-            delivery.due = time.time() + 1.0
+            delivery.due = self.clock() + 1.0
             self._push(delivery)
 
     async def _send(
@@ -307,7 +309,7 @@ class Dispatcher:
         attempts = delivery.attempt + 1
         policy = trigger.delivery
         if result.kind is Kind.RETRY and attempts <= policy.retry:
-            due = time.time() + policy.backoff(attempts)
+            due = self.clock() + policy.backoff(attempts)
             await self.store.run(
                 lambda c: st.reschedule(c, delivery.id, attempts, due), durable=False
             )
@@ -317,7 +319,7 @@ class Dispatcher:
             return
         if delivery.phase == "subscriber" and policy.dead_letter is not None:
             error = error_attributes(result.dest, result.code, result.body)
-            now = time.time()
+            now = self.clock()
             await self.store.run(
                 lambda c: st.to_dead_letter(c, delivery.id, error, now), durable=False
             )

@@ -72,6 +72,8 @@ class BrokerRuntime:
 
     ``resolve(destination, namespace)`` turns a Destination with a ``ref`` into an absolute URL;
     it is called once per destination, here, so an unresolvable manifest fails at construction.
+    ``clock`` (wall-clock seconds, :func:`time.time` by default) stamps acceptance and due times:
+    tests pass their own to check the retry schedule without measuring elapsed time.
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class BrokerRuntime:
         port: int = 0,
         max_in_flight: int = 256,
         stop_grace: float = 5.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.brokers, self.triggers = cfg.load(brokers, triggers, resolve)
         self._by_broker: dict[str, list[cfg.TriggerConfig]] = {key: [] for key in self.brokers}
@@ -95,6 +98,7 @@ class BrokerRuntime:
         self._port = port
         self._stop_grace = stop_grace
         self._max_in_flight = max_in_flight
+        self._clock = clock
         self._store: st.Store | None = None
         self._dispatcher: Dispatcher | None = None
         self._runner: web.AppRunner | None = None
@@ -130,6 +134,7 @@ class BrokerRuntime:
             admit_reply=self._admit_reply,
             reply_url=lambda key: self.ingress_url(*key.split("/", 1)),
             max_in_flight=self._max_in_flight,
+            clock=self._clock,
         )
         orphans = 0
         live_events: dict[int, LiveEvent] = {}
@@ -211,7 +216,7 @@ class BrokerRuntime:
     async def _commit(self, broker: str, prepared: Prepared, headers: dict[str, str]) -> None:
         if not prepared.triggers:
             return
-        now = time.time()
+        now = self._clock()
         stored = await self.store.run(
             lambda c: st.insert_event(c, broker, prepared.body, headers, prepared.triggers, now)
         )
@@ -243,7 +248,7 @@ class BrokerRuntime:
             raise ReplyRejected(400, f"invalid reply: {type(exc).__name__}") from None
         if not prepared.triggers:
             return None, _noop
-        now = time.time()
+        now = self._clock()
 
         def op(conn: Any) -> Any:
             return st.insert_event(

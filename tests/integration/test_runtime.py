@@ -102,7 +102,8 @@ def test_root_stage_binary_in_binary_completion_out(
         "b": Keys.stage_output(req.job_id, "first", "b"),
     }
     assert data.file_count == 2
-    # the study's 6 instances were staged as <series>/<sop>.dcm; variables are exactly the operator's
+    # the study's 6 instances were staged as <series>/<sop>.dcm; variables are exactly the
+    # operator's
     assert data.summary == {
         "inputs": {"default": 6},
         "variables": ["COUNT_FILE", "LONG_NAME", "MODE", "RANDOM_NAMES", "SLEEP"],

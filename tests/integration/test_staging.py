@@ -1,4 +1,5 @@
-"""Staging mechanisms against a real SeaweedFS: ranged reads, output bundles, header-first studies."""
+"""Staging mechanisms against a real SeaweedFS: ranged reads, output bundles, header-first
+studies."""
 
 from __future__ import annotations
 

@@ -107,15 +107,24 @@ def test_image_mapping() -> None:
     [
         (
             ("from: parser, name: volumes", "from: parsr, name: volumes"),
-            "pipelines/demo.yaml: operator 'infer': input[0].from: unknown operator 'parsr' (operators: infer, parser)",
+            (
+                "pipelines/demo.yaml: operator 'infer': input[0].from: unknown operator 'parsr' "
+                "(operators: infer, parser)"
+            ),
         ),
         (
             ("from: parser, name: volumes", "from: parser, name: volume"),
-            "pipelines/demo.yaml: operator 'infer': input[0].name: operator 'parser' has no output named 'volume' (outputs: dicom, volumes)",
+            (
+                "pipelines/demo.yaml: operator 'infer': input[0].name: operator 'parser' has no "
+                "output named 'volume' (outputs: dicom, volumes)"
+            ),
         ),
         (
             ("name: infer", "name: parser"),
-            "pipelines/demo.yaml: operator 'parser': name: duplicate operator name (operators[0] and operators[1])",
+            (
+                "pipelines/demo.yaml: operator 'parser': name: duplicate operator name "
+                "(operators[0] and operators[1])"
+            ),
         ),
         (
             ("image: radflow/triton-infer", "image: radflow/triton-inference"),
@@ -126,26 +135,42 @@ def test_image_mapping() -> None:
         ),
         (
             ("image: radflow/triton-infer", "image: clara/ai-brain"),
-            "pipelines/demo.yaml: operator 'infer': container.command: 'clara/ai-brain' is not a radflow function, so it runs as a bring-your-own Clara operator and needs container.command",
+            (
+                "pipelines/demo.yaml: operator 'infer': container.command: 'clara/ai-brain' is not "
+                "a radflow function, so it runs as a bring-your-own Clara operator and needs "
+                "container.command"
+            ),
         ),
         (
             ("api-version: 0.4.0", "api-version: 0.5.0"),
-            "pipelines/demo.yaml: api-version: '0.5.0' is not supported; radflow reads Clara pipeline api-version 0.4.0",
+            (
+                "pipelines/demo.yaml: api-version: '0.5.0' is not supported; radflow reads Clara "
+                "pipeline api-version 0.4.0"
+            ),
         ),
         (
             (
                 "    container: {image: radflow/triton-infer}",
                 "    contaner: {image: radflow/triton-infer}",
             ),
-            "pipelines/demo.yaml: operator 'infer': container: Field required; operator 'infer': contaner: unknown field (not part of Clara api-version 0.4.0)",
+            (
+                "pipelines/demo.yaml: operator 'infer': container: Field required; operator "
+                "'infer': contaner: unknown field (not part of Clara api-version 0.4.0)"
+            ),
         ),
         (
             ("- {name: dicom, path: /output/dicom}", "- {name: volumes, path: /output/dicom}"),
-            "pipelines/demo.yaml: operator 'parser': output[1].name: duplicate output name 'volumes'",
+            (
+                "pipelines/demo.yaml: operator 'parser': output[1].name: duplicate output name "
+                "'volumes'"
+            ),
         ),
         (
             ("name: demo", "name: Demo_Pipeline"),
-            "pipelines/demo.yaml: name: 'Demo_Pipeline' must be lower-case letters, digits and '-' (a DNS label), starting with a letter",
+            (
+                "pipelines/demo.yaml: name: 'Demo_Pipeline' must be lower-case letters, digits and "
+                "'-' (a DNS label), starting with a letter"
+            ),
         ),
     ],
 )
@@ -164,7 +189,8 @@ def test_cycle_is_named_in_data_flow_order() -> None:
     with pytest.raises(
         ConfigError,
         match=re.escape(
-            "pipelines/demo.yaml: operators form a cycle: infer -> parser -> infer; a pipeline must be a DAG"
+            "pipelines/demo.yaml: operators form a cycle: infer -> parser -> infer; a pipeline "
+            "must be a DAG"
         ),
     ):
         parse(text)
@@ -173,7 +199,8 @@ def test_cycle_is_named_in_data_flow_order() -> None:
 def test_yaml_syntax_error_names_line() -> None:
     with pytest.raises(
         ConfigError,
-        match=r"pipelines/demo.yaml: not valid YAML \(line 4, column 1\): expected the node content",
+        match=r"pipelines/demo.yaml: not valid YAML \(line 4, column 1\): expected the node "
+        r"content",
     ):
         parse("api-version: 0.4.0\nname: x\noperators: [\n")
 
@@ -225,7 +252,10 @@ def test_operator_specific_radflow_variables_are_allowed() -> None:
 def test_variables_become_text_and_byo_command_split() -> None:
     text = BASE.replace(
         "    container: {image: radflow/triton-infer}",
-        "    container: {image: clara/ai, tag: 1, command: 'python3 /app/run.py --fast'}\n    variables: {PORT_X: 104, FLAG: true}",
+        (
+            "    container: {image: clara/ai, tag: 1, command: 'python3 /app/run.py --fast'}\n    "
+            "variables: {PORT_X: 104, FLAG: true}"
+        ),
     )
     op = parse(text).operator("infer")
     assert op.is_byo and op.function == "clara_operator"

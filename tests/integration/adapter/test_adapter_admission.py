@@ -1,4 +1,5 @@
-"""Association admission: C-ECHO, called/calling AE and host checks, with the right reject reason."""
+"""Association admission: C-ECHO, called/calling AE and host checks, with the right reject
+reason."""
 
 from __future__ import annotations
 

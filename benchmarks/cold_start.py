@@ -2,7 +2,7 @@
 
 (a) cold: a fresh FunctionHost per run; time from the first request (which spawns the process)
     to its reply through the activator, for a light function and one importing the full stack
-    (pydicom, pynetdicom, SimpleITK, highdicom, numpy, boto3). Also the host's own spawn->ready.
+    (pydicom, pynetdicom, SimpleITK, highdicom, numpy, botocore). Also the host's own spawn->ready.
     Mode ``bare`` is the baseline without the host: spawn functions-framework directly, poll
     until the first 2xx (the method of shared/docs/performance-baselines.md §1.8). Mode ``spawn``
     starts each process from scratch; mode ``prewarm`` forks it from the host's fork server, which

@@ -3,7 +3,7 @@ do."""
 
 import json
 
-import boto3  # noqa: F401
+import botocore.auth  # noqa: F401  (radflow.sdk.storage signs with it)
 import functions_framework
 import highdicom  # noqa: F401
 import numpy  # noqa: F401

@@ -25,9 +25,9 @@ from radflow.engine.children import die_with_parent
 from radflow.engine.host.process import PidRegistry
 
 log = logging.getLogger(__name__)
-#: What radflow's operators import at module level (boto3 via sdk.storage, SimpleITK via
+#: What radflow's operators import at module level (botocore via sdk.storage, SimpleITK via
 #: imaging.volume, ...). ``radflow.sdk.runtime`` (served by every operator's entry point:
-#: cloudevents, s3transfer, pydantic models) is another 0.24 s per cold start on the 2-core VM
+#: cloudevents, urllib3, pydantic models) is another 0.24 s per cold start on the 2-core VM
 #: when left to the forked child.
 IMAGING_STACK = (
     "pydicom",
@@ -35,7 +35,7 @@ IMAGING_STACK = (
     "SimpleITK",
     "highdicom",
     "numpy",
-    "boto3",
+    "botocore",
     "radflow.sdk.runtime",
 )
 ZYGOTE_SCRIPT = Path(__file__).with_name("zygote.py")

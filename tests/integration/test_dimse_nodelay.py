@@ -1,4 +1,4 @@
-"""Every DICOM association radflow opens or accepts has Nagle's algorithm off (shared/dimse.py)."""
+"""Every DICOM association radflow opens or accepts has Nagle's algorithm off (imaging/dimse.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The function contract (shared/runtime.py) through functions-framework, against real SeaweedFS.
+"""The function contract (sdk/runtime.py) through functions-framework, against real SeaweedFS.
 
 Requests go through ``functions_framework.create_app(...).test_client()`` in binary mode as a
 Knative broker sends them; replies must be binary CloudEvents with ``datacontenttype`` or empty.

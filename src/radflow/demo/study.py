@@ -7,7 +7,7 @@ the geometry traps users hit: oblique planes, sagittal planes, reversed acquisit
 non-square pixels, rescale slope/intercept, compressed (RLE, JPEG-LS, JPEG 2000) or enhanced
 multi-frame targets. Every name and identifier in the headers is synthetic.
 
-The ground truth is returned in radflow's volume convention (see ``shared/dicom.py``): voxel
+The ground truth is returned in radflow's volume convention (see ``imaging/dicom.py``): voxel
 (z, y, x) lies at ``origin + x*col_spacing*row_cosine + y*row_spacing*col_cosine +
 z*slice_step*normal`` with ``normal = row_cosine x col_cosine`` (positions ascending).
 """

@@ -1,4 +1,4 @@
-"""``.nii.gz`` written as parallel gzip members (shared/imaging.py) reads back exactly
+"""``.nii.gz`` written as parallel gzip members (imaging/volume.py) reads back exactly
 everywhere."""
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from radflow.adapter.drop import DropWatcher
 from radflow.adapter.emitter import Emitter
 from radflow.adapter.handlers import StoreHandlers
 from radflow.adapter.outbox import Outbox
+from radflow.adapter.port_guard import PortLimits
 from radflow.adapter.receiver_pool import ReceiverPool
 from radflow.adapter.scp import DicomServer, configure_pynetdicom, restore_pynetdicom, tls_context
 from radflow.adapter.settings import AdapterSettings
@@ -97,20 +98,29 @@ class Adapter:
                 cfg.tls
             )  # also validates the files before receivers start
             self.handlers.cert_allowed = allowed
+        limits = PortLimits(
+            connect_timeout=self.settings.connect_timeout,
+            pdu_timeout=self.settings.pdu_timeout,
+            max_pdu=self.settings.max_pdu,
+        )
         if self.settings.receivers > 0:
             self.receivers = ReceiverPool(
                 self.spool,
                 self.handlers,
                 self.configs.current,
                 processes=self.settings.receivers,
-                max_pdu=self.settings.max_pdu,
+                limits=limits,
+                max_per_host=self.settings.max_connections_per_host,
             )
             self.configs.subscribe(self.receivers.config_changed)
             self.dicom_port = self.receivers.start(self.settings.host, port)
         else:
             configure_pynetdicom(self.spool.files)
             self.scp = DicomServer(
-                self.handlers, max_pdu=self.settings.max_pdu, max_associations=cfg.max_associations
+                self.handlers,
+                max_pdu=self.settings.max_pdu,
+                max_associations=cfg.max_associations,
+                limits=limits,
             )
             self.configs.subscribe(
                 lambda c: self.scp.set_max_associations(c.max_associations) if self.scp else None

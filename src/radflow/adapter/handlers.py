@@ -28,6 +28,7 @@ from radflow.adapter import grouping
 from radflow.adapter.config import AdapterConfig
 from radflow.adapter.spool.associations import AssociationRow
 from radflow.adapter.spool.index import InstanceRecord, PendingUpload
+from radflow.adapter.uids import uid_problem
 from radflow.imaging.dicom_walk import (
     SERIES_INSTANCE,
     SOP_CLASS,
@@ -100,6 +101,9 @@ def check_header(header: Header, group_tag: int, group_by: str, sop_uid: str | N
     ):
         if not v.get(tag):
             return f"{label} is missing or empty"
+        problem = uid_problem(v[tag])
+        if problem is not None:
+            return f"{label} {problem}"
     if sop_uid is not None and v[SOP_INSTANCE] != sop_uid:
         return "(0008,0018) SOP Instance UID differs from the request's Affected SOP Instance UID"
     if not v.get(group_tag):
@@ -233,6 +237,12 @@ class StoreHandlers:
             with self._lock:
                 self.counters["ignored"] += 1
             return SUCCESS
+        problem = uid_problem(str(req.AffectedSOPInstanceUID))
+        if problem is not None:
+            self._refused(
+                "invalid request", f"(0000,1000) Affected SOP Instance UID {problem}", called
+            )
+            return DATASET_MISMATCH
         path = Path(event.dataset_path)
         wanted = frozenset({SOP_CLASS, SOP_INSTANCE, STUDY_INSTANCE, SERIES_INSTANCE, ae.group_tag})
         try:

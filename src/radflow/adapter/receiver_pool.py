@@ -10,7 +10,12 @@ what limited ingest with parallel associations (docs/adapter.md#figures).
 Semantics kept from the in-process listener (``RADFLOW_ADAPTER_RECEIVERS=0``):
 
 * ``max-associations`` counts associations across all receivers; one over the limit is
-  rejected by its receiver with A-ASSOCIATE-RJ transient / local-limit-exceeded;
+  rejected by its receiver with A-ASSOCIATE-RJ transient / local-limit-exceeded. A slot is
+  taken when the A-ASSOCIATE-RQ arrives (a round trip, ``admit``), not at accept, so
+  connections that never associate hold none (the port's deadlines close them,
+  adapter/port_guard.py);
+* one peer address holds at most ``max_per_host`` connections (associated or not); more are
+  closed at accept, before a receiver spends a thread on them;
 * a receiver answers C-STORE success only once the file is fsync'd; its index row, the
   association's opening (committed before the first ack) and its release/abort reach the
   index through this process, in order;
@@ -42,6 +47,7 @@ from typing import Any
 from radflow.adapter.config import AdapterConfig
 from radflow.adapter.handlers import StoreHandlers
 from radflow.adapter.ipc import Channel, ChannelClosed
+from radflow.adapter.port_guard import PortLimits
 from radflow.adapter.receiver_worker import write_config
 from radflow.adapter.spool import Spool
 from radflow.adapter.spool.index import InstanceRecord, PendingUpload
@@ -61,10 +67,12 @@ class _Receiver:
     proc: subprocess.Popen[bytes]
     channel: Channel
     ready: threading.Event = field(default_factory=threading.Event)
-    active: int = 0
+    active: int = 0  # connections handed to it and not yet done
+    admitted: int = 0  # of which hold a max-associations slot
     open_assocs: set[str] = field(default_factory=set)
     counters: dict[str, int] = field(default_factory=dict)
     reader: threading.Thread | None = None
+    hosts: dict[str, int] = field(default_factory=dict)  # its open connections by peer address
 
 
 class ReceiverPool:
@@ -75,13 +83,16 @@ class ReceiverPool:
         config: Callable[[], AdapterConfig],
         *,
         processes: int,
-        max_pdu: int,
+        limits: PortLimits,
+        max_per_host: int = 16,
     ) -> None:
         self.spool = spool
         self.handlers = handlers  # the index side: describe() for recovery, on_stored/on_closed
         self.config = config
         self.processes = processes
-        self.max_pdu = max_pdu
+        self.limits = limits
+        self.max_per_host = max_per_host
+        self._per_host: dict[str, int] = {}  # open connections by peer address
         self._receivers: list[_Receiver | None] = [None] * processes
         self._quick_exits = [0] * processes  # consecutive exits before becoming ready, per slot
         self._lock = threading.Condition()
@@ -159,16 +170,18 @@ class ReceiverPool:
         return total
 
     def describe(self) -> dict[str, int]:
-        """For /health/status: configured, running and ready receivers, associations being
-        served."""
+        """For /health/status: configured, running and ready receivers, connections and
+        associations being served."""
         alive = self._alive()
         with self._lock:
             active = sum(r.active for r in alive)
+            admitted = sum(r.admitted for r in alive)
         return {
             "processes": self.processes,
             "running": len(alive),
             "ready": sum(r.ready.is_set() for r in alive),
-            "associations": active,
+            "connections": active,
+            "associations": admitted,
         }
 
     def ready(self) -> bool:
@@ -194,7 +207,11 @@ class ReceiverPool:
             "--spool",
             str(self.spool.root),
             "--max-pdu",
-            str(self.max_pdu),
+            str(self.limits.max_pdu),
+            "--connect-timeout",
+            str(self.limits.connect_timeout),
+            "--pdu-timeout",
+            str(self.limits.pdu_timeout),
         ]
         # own session: a SIGTERM/SIGINT to the adapter's process group (Ctrl-C, an engine stopping
         # the workload) must not cut associations before this process has stopped accepting and
@@ -248,9 +265,19 @@ class ReceiverPool:
                 r.open_assocs.discard(message["assoc"])
             r.channel.send({"op": "reply", "id": message["id"], "value": count})
             self.handlers.on_closed()
+        elif op == "admit":
+            with self._lock:
+                total = sum(x.admitted for x in self._receivers if x is not None)
+                admitted = total < self.config().max_associations
+                if admitted:
+                    r.admitted += 1
+            r.channel.send({"op": "reply", "id": message["id"], "value": admitted})
         elif op == "done":
             with self._lock:
                 r.active = max(0, r.active - 1)
+                if message.get("admitted"):
+                    r.admitted = max(0, r.admitted - 1)
+                self._host_done(r, str(message.get("host", "")))
                 r.counters = {
                     k: int(v) for k, v in message.get("counters", {}).items() if k != "stored"
                 }
@@ -268,6 +295,9 @@ class ReceiverPool:
             for k, v in r.counters.items():
                 self._retired[k] = self._retired.get(k, 0) + v
             cut = set(r.open_assocs)
+            for host, n in r.hosts.items():  # its connections died with it
+                for _ in range(n):
+                    self._host_done(None, host)
             stopping = self._stopping
             self._lock.notify_all()
         if stopping:
@@ -305,18 +335,30 @@ class ReceiverPool:
 
     # -- dispatch --------------------------------------------------------------------------------
 
-    def _pick(self) -> tuple[_Receiver, bool] | None:
-        """The ready receiver with the fewest associations, and whether this one is over the
-        limit."""
+    def _host_done(self, r: _Receiver | None, host: str) -> None:
+        """One connection from ``host`` ended (call with the lock held)."""
+        if r is not None and r.hosts.get(host, 0) > 0:
+            r.hosts[host] -= 1
+            if not r.hosts[host]:
+                del r.hosts[host]
+        left = self._per_host.get(host, 0) - 1
+        if left > 0:
+            self._per_host[host] = left
+        else:
+            self._per_host.pop(host, None)
+
+    def _pick(self, host: str) -> _Receiver | None:
+        """The ready receiver with the fewest connections (counted against ``host``)."""
         deadline = time.monotonic() + READY_TIMEOUT
         with self._lock:
             while not self._stopping:
                 ready = [r for r in self._receivers if r is not None and r.ready.is_set()]
                 if ready:
                     chosen = min(ready, key=lambda r: r.active)
-                    total = sum(r.active for r in self._receivers if r is not None)
                     chosen.active += 1
-                    return chosen, total >= self.config().max_associations
+                    chosen.hosts[host] = chosen.hosts.get(host, 0) + 1
+                    self._per_host[host] = self._per_host.get(host, 0) + 1
+                    return chosen
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
@@ -333,20 +375,29 @@ class ReceiverPool:
                     return
                 time.sleep(0.05)  # e.g. EMFILE: back off rather than spin
                 continue
+            host = str(address[0])
             try:
-                picked = self._pick()
-                if picked is None:
+                with self._lock:
+                    crowded = self._per_host.get(host, 0) >= self.max_per_host
+                if crowded:
+                    log.warning(
+                        "connection closed: the peer holds %d connections already",
+                        self.max_per_host,
+                        extra={"peer": host},
+                    )
+                    continue
+                receiver = self._pick(host)
+                if receiver is None:
                     log.error("no receiver process ready; connection closed (the peer may retry)")
                     continue
-                receiver, limited = picked
                 try:
                     receiver.channel.send(
-                        {"op": "conn", "addr": [address[0], address[1]], "limited": limited},
-                        [conn.fileno()],
+                        {"op": "conn", "addr": [address[0], address[1]]}, [conn.fileno()]
                     )
                 except ChannelClosed:
                     with self._lock:
                         receiver.active = max(0, receiver.active - 1)
+                        self._host_done(receiver, host)
                     log.error("receiver process %d unreachable; connection closed", receiver.slot)
             finally:
                 conn.close()  # the receiver holds its own descriptor of the connection

@@ -39,6 +39,7 @@ from typing import Any
 from radflow.adapter.config import AdapterConfig
 from radflow.adapter.handlers import StoreHandlers
 from radflow.adapter.ipc import Channel, ChannelClosed
+from radflow.adapter.port_guard import PortLimits
 from radflow.adapter.scp import DicomServer, configure_pynetdicom, tls_context
 from radflow.adapter.settings import AdapterSettings
 from radflow.adapter.spool.files import SpoolFiles
@@ -73,7 +74,7 @@ class RemoteSpool:
         self._pending: dict[int, Future[Any]] = {}
         self._lock = threading.Lock()
 
-    def _call(self, message: dict[str, Any]) -> Any:
+    def call(self, message: dict[str, Any]) -> Any:
         call_id = next(self._ids)
         future: Future[Any] = Future()
         with self._lock:
@@ -101,23 +102,24 @@ class RemoteSpool:
         return self.files.take_file(src, assoc_id)
 
     def open_association(self, assoc_id: str, called_ae: str, calling_ae: str) -> None:
-        self._call({"op": "open", "assoc": assoc_id, "called": called_ae, "calling": calling_ae})
+        self.call({"op": "open", "assoc": assoc_id, "called": called_ae, "calling": calling_ae})
 
     def add_instance(self, rec: InstanceRecord) -> None:
         self.channel.send({"op": "stored", "rec": dataclasses.asdict(rec)})
 
     def close_association(self, assoc_id: str, *, released: bool) -> int:
-        return int(self._call({"op": "close", "assoc": assoc_id, "released": released}))
+        return int(self.call({"op": "close", "assoc": assoc_id, "released": released}))
 
 
 class Receiver:
-    def __init__(self, channel: Channel, spool_root: Path, max_pdu: int) -> None:
+    def __init__(self, channel: Channel, spool_root: Path, limits: PortLimits) -> None:
         self.channel = channel
         self.spool_root = spool_root
+        self.limits = limits
         self.files = SpoolFiles(spool_root)
         self.remote = RemoteSpool(self.files, channel)
         self._config = read_config(spool_root)
-        self._limited: set[int] = set()  # id() of the sockets over max-associations
+        self._admitted: set[int] = set()  # id() of the sockets holding an association slot
         configure_pynetdicom(self.files)
         self.handlers = StoreHandlers(
             self.remote,
@@ -129,11 +131,22 @@ class Receiver:
         self.ssl_context: ssl.SSLContext | None = None
         if self._config.tls is not None:
             self.ssl_context, self.handlers.cert_allowed = tls_context(self._config.tls)
-        self.server = DicomServer(self.handlers, max_pdu=max_pdu, max_associations=1 << 20)
+        self.server = DicomServer(
+            self.handlers, max_pdu=limits.max_pdu, max_associations=1 << 20, limits=limits
+        )
         self.server.detach()
 
     def _over_limit(self, assoc: Any) -> bool:
-        return id(getattr(assoc.dul.socket, "socket", None)) in self._limited
+        """Ask the adapter process for one of the ``max-associations`` slots (counted across
+        receivers). Only an A-ASSOCIATE-RQ takes a slot: a connection that never sends one
+        holds none, and is closed by the port's deadline (adapter/port_guard.py)."""
+        try:
+            admitted = bool(self.remote.call({"op": "admit"}))
+        except ChannelClosed:
+            return True
+        if admitted:
+            self._admitted.add(id(getattr(assoc.dul.socket, "socket", None)))
+        return not admitted
 
     def run(self) -> None:
         try:
@@ -151,7 +164,7 @@ class Receiver:
                 address = (str(message["addr"][0]), int(message["addr"][1]))
                 threading.Thread(
                     target=self._serve,
-                    args=(sock, address, bool(message.get("limited"))),
+                    args=(sock, address),
                     name="receiver-conn",
                     daemon=True,
                 ).start()
@@ -163,26 +176,32 @@ class Receiver:
                 for fd in fds:
                     os.close(fd)
 
-    def _serve(self, sock: socket.socket, address: tuple[str, int], limited: bool) -> None:
+    def _serve(self, sock: socket.socket, address: tuple[str, int]) -> None:
         conn: Any = sock
         try:
             if self.ssl_context is not None:
-                sock.settimeout(60)
+                # the TLS handshake counts against the connect deadline too
+                sock.settimeout(self.limits.connect_timeout)
                 conn = self.ssl_context.wrap_socket(sock, server_side=True)
-                conn.settimeout(None)
-            if limited:
-                self._limited.add(id(conn))
             self.server.serve_connection(conn, address)
         except (OSError, ssl.SSLError) as exc:
             log.warning("connection failed before the association started: %s", type(exc).__name__)
         finally:
-            self._limited.discard(id(conn))
+            admitted = id(conn) in self._admitted
+            self._admitted.discard(id(conn))
             try:
                 conn.close()
             except OSError:
                 pass
             try:
-                self.channel.send({"op": "done", "counters": self.handlers.snapshot()})
+                self.channel.send(
+                    {
+                        "op": "done",
+                        "host": address[0],
+                        "admitted": admitted,
+                        "counters": self.handlers.snapshot(),
+                    }
+                )
             except ChannelClosed:
                 pass
 
@@ -194,11 +213,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channel-fd", type=int, required=True)
     parser.add_argument("--spool", type=Path, required=True)
     parser.add_argument("--max-pdu", type=int, default=131072)
+    parser.add_argument("--connect-timeout", type=float, default=PortLimits.connect_timeout)
+    parser.add_argument("--pdu-timeout", type=float, default=PortLimits.pdu_timeout)
     args = parser.parse_args(argv)
     settings = AdapterSettings()
     configure_logging("dicom-receiver", settings.log_level, settings.log_format)
     channel = Channel(socket.socket(fileno=args.channel_fd))
-    Receiver(channel, args.spool, args.max_pdu).run()
+    limits = PortLimits(
+        connect_timeout=args.connect_timeout, pdu_timeout=args.pdu_timeout, max_pdu=args.max_pdu
+    )
+    Receiver(channel, args.spool, limits).run()
     # threads serving associations die with the process: their peers see the connection drop
     os._exit(0)
 

@@ -13,14 +13,17 @@ import functools
 import hashlib
 import ssl
 import tempfile
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import AE, _config, dimse_messages
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
 
 from radflow.adapter.config import TlsConfig
 from radflow.adapter.handlers import StoreHandlers
+from radflow.adapter.port_guard import GuardedRequestHandler, PortLimits
 from radflow.adapter.spool.files import SpoolFiles
 from radflow.sdk.errors import ConfigError
 
@@ -37,11 +40,20 @@ _SWITCHES = {
 _saved: dict[str, object] = {}
 
 
+def _any_uid(value: str) -> tuple[bool, str]:
+    return True, ""
+
+
 def configure_pynetdicom(spool: SpoolFiles) -> None:
     """Process-wide pynetdicom switches for the fast path (set once, by the composition root)."""
     for name, value in _SWITCHES.items():
         _saved.setdefault(name, getattr(_config, name))
         setattr(_config, name, value)
+    # the handlers check UIDs themselves (adapter/uids.py) and refuse a bad one with a reason;
+    # pynetdicom's own check ran when the C-STORE response echoed the request's Affected SOP
+    # Instance UID, so an over-long one left the sender without any answer (and was logged)
+    _saved.setdefault("VALIDATORS.UI", _config.VALIDATORS["UI"])
+    _config.VALIDATORS["UI"] = _any_uid
     # pynetdicom creates its NamedTemporaryFile in the default temp dir: point pynetdicom's (and
     # only pynetdicom's) at the spool's tmp/ so accepting an instance is a rename, not a copy
     dimse_messages.NamedTemporaryFile = functools.partial(  # type: ignore[assignment]
@@ -53,7 +65,10 @@ def restore_pynetdicom() -> None:
     """Undo the switches and the temp-dir redirection (tests start adapters in one process)."""
     dimse_messages.NamedTemporaryFile = tempfile.NamedTemporaryFile
     for name, value in _saved.items():
-        setattr(_config, name, value)
+        if name == "VALIDATORS.UI":
+            _config.VALIDATORS["UI"] = value  # type: ignore[assignment]
+        else:
+            setattr(_config, name, value)
     _saved.clear()
 
 
@@ -100,8 +115,16 @@ def _common_name(der: bytes) -> str:
 class DicomServer:
     """Owns the pynetdicom AE and its listening socket."""
 
-    def __init__(self, handlers: StoreHandlers, *, max_pdu: int, max_associations: int) -> None:
+    def __init__(
+        self,
+        handlers: StoreHandlers,
+        *,
+        max_pdu: int,
+        max_associations: int,
+        limits: PortLimits | None = None,
+    ) -> None:
         self.handlers = handlers
+        self.limits = limits or PortLimits(max_pdu=max_pdu)
         self.ae = AE(ae_title="RADFLOW")
         self.ae.maximum_pdu_size = max_pdu
         self.ae.maximum_associations = max_associations
@@ -109,16 +132,27 @@ class DicomServer:
         self.ae.add_supported_context(Verification, VERIFICATION_SYNTAXES)
         self.ae.network_timeout = 60
         self.ae.dimse_timeout = 60
+        # pynetdicom's ARTIM: an idle connection that never sends its A-ASSOCIATE-RQ is closed
+        # (a peer that sends part of one is cut by the guarded socket, adapter/port_guard.py)
+        self.ae.acse_timeout = self.limits.connect_timeout
         self._server: Any = None
         self._detached = False
 
     def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> int:
-        self._server = self.ae.start_server(
+        # start_server() without its own request handler: every connection reads through the
+        # guarded socket (deadlines, PDU limits)
+        self._server = self.ae.make_server(
             (host, port),
-            block=False,
             evt_handlers=self.handlers.bindings(),
             ssl_context=ssl_context,
+            server_class=ThreadedAssociationServer,
+            request_handler=GuardedRequestHandler,
         )
+        self._server.port_limits = self.limits
+        self.ae._servers.append(self._server)  # as start_server() does: shutdown() removes it
+        threading.Thread(
+            target=self._server.serve_forever, name="dicom-acceptor", daemon=True
+        ).start()
         return int(self._server.server_address[1])
 
     def set_max_associations(self, value: int) -> None:
@@ -131,7 +165,12 @@ class DicomServer:
         listening socket; pynetdicom's server object is still what runs each association (its
         event handlers, contexts, timeouts), only its own listening socket is closed unused.
         """
-        self._server = self.ae.make_server(("127.0.0.1", 0), evt_handlers=self.handlers.bindings())
+        self._server = self.ae.make_server(
+            ("127.0.0.1", 0),
+            evt_handlers=self.handlers.bindings(),
+            request_handler=GuardedRequestHandler,
+        )
+        self._server.port_limits = self.limits
         self._server.socket.close()
         self._detached = True
 

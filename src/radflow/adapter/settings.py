@@ -55,6 +55,23 @@ class AdapterSettings(ServiceSettings):
     max_pdu: int = Field(
         131072, ge=0, description="Maximum PDU size the SCP advertises (0 = none)."
     )
+    connect_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="ARTIM: seconds a DICOM connection has to deliver its complete "
+        "A-ASSOCIATE-RQ before it is closed (adapter/port_guard.py).",
+    )
+    pdu_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a started PDU has to arrive completely; also the send timeout.",
+    )
+    max_connections_per_host: int = Field(
+        16,
+        ge=1,
+        description="DICOM connections (associated or not) one peer address may hold open; "
+        "more are closed at accept.",
+    )
     receivers: int = Field(
         2,
         ge=0,

@@ -184,27 +184,82 @@ def test_outbox_retries_until_broker_accepts(adapter_factory, sink, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
-def test_hostile_uids_stay_inside_their_prefix(adapter_factory, sink, store, tmp_path):
+@pytest.mark.parametrize(
+    ("study_uid", "series_uid", "sop_uid"),
+    [
+        ("../../etc", "1.2.3", "1.2.4"),
+        ("1.2.3", "a/../../b", "1.2.4"),
+        ("1.2.3", "1.2.4", "1.2.3/.."),
+        ("1.2.3", "1.2.4", ".."),
+        ("1.2.03", "1.2.4", "1.2.5"),  # leading zero in a component
+        ("1.2." + "9" * 62, "1.2.4", "1.2.5"),  # 66 characters
+        ("1.2.3", "1.2." + "9" * 62, "1.2.5"),
+    ],
+    ids=[
+        "study-dotdot",
+        "series-slash",
+        "sop-slash",
+        "sop-dotdot",
+        "leading-zero",
+        "long-study",
+        "long-series",
+    ],
+)
+def test_invalid_uids_are_refused_and_nothing_is_stored(
+    adapter_factory, sink, store, tmp_path, caplog, study_uid, series_uid, sop_uid
+):
+    """PS3.5 9.1 UIDs only: anything else gets 0xA900 with a reason naming the tag, not the
+    value, and leaves nothing behind (no object, no spool file, no event)."""
     from adapter_data import make_instance
 
-    adapter = adapter_factory()
-    study_uid, series_uid = "../../etc", "a/../../b"
-    files = []
-    for i, sop in enumerate(["../../../evil", "x/y/z", "..", "1.2.3/.."]):
-        f = tmp_path / f"h{i}.dcm"
-        make_instance(f, study_uid=study_uid, series_uid=series_uid, sop_uid=sop, index=i)
-        files.append(f)
-    statuses = pynetdicom_send(adapter.dicom_port, files)
-    assert statuses == [0, 0, 0, 0]
+    adapter = adapter_factory(receivers=0)  # in-process: the refusal's log line is captured
+    f = tmp_path / "bad.dcm"
+    make_instance(f, study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid)
+    with caplog.at_level("WARNING", logger="radflow.adapter"):
+        assert pynetdicom_send(adapter.dicom_port, [f]) == [0xA900]
+    refusals = [r.getMessage() for r in caplog.records if "instance refused" in r.getMessage()]
+    assert len(refusals) == 1
+    assert "Instance UID" in refusals[0] and "PS3.5 9.1" in refusals[0]
+    assert not any(v in refusals[0] for v in (study_uid, series_uid, sop_uid))
+    status = wait_settled(adapter.status)
+    assert status["scp"]["refused_instances"] == 1
+    assert sink.events == []
+    assert [o.key for o in store.list("studies/")] == []
+    assert list((adapter.settings.spool_dir / "data").iterdir()) == []
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_an_over_long_affected_sop_instance_uid_is_answered_not_left_waiting(
+    adapter_factory, sink, store, tmp_path, monkeypatch
+):
+    """The C-STORE response echoes the Affected SOP Instance UID: with 70 characters it used to
+    fail to encode, and the sender waited out its DIMSE timeout. Now it gets 0xA900 at once, and
+    the association goes on."""
+    from pynetdicom import _config
+
+    from adapter_data import make_instance
+
+    adapter = adapter_factory()  # receivers in their own processes: the patch below is the SCU's
+    # the sender misbehaves: pynetdicom would refuse to send this request
+    monkeypatch.setitem(_config.VALIDATORS, "UI", lambda value: (True, ""))
+    bad = tmp_path / "long.dcm"
+    make_instance(bad, study_uid="1.2.3", series_uid="1.2.4", sop_uid="1.2." + "7" * 66)
+    good = make_study(tmp_path / "in", series=1, per_series=1)
+    ae = AE(ae_title="PYSCU")
+    ae.dimse_timeout = 20
+    ae.add_requested_context(MRImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    assoc = ae.associate("127.0.0.1", adapter.dicom_port, ae_title="RADFLOW")
+    assert assoc.is_established
+    started = time.monotonic()
+    rsp = assoc.send_c_store(bad)
+    elapsed = time.monotonic() - started
+    assert rsp is not None and "Status" in rsp, "no C-STORE response"
+    assert int(rsp.Status) == 0xA900
+    assert elapsed < 5, f"answered after {elapsed:.1f} s"
+    assert int(assoc.send_c_store(good.files[0]).Status) == 0
+    assoc.release()
     ev = sink.wait_for(1)[0]
-    manifest = StudyManifest.model_validate_json(store.get_bytes(ev["data"]["manifest_key"]))
-    assert len(manifest.instances) == 4
-    prefix = f"studies/{manifest.study_id}/series/"
-    for inst in manifest.instances:
-        assert inst.key.startswith(prefix) and "/../" not in inst.key and inst.key.count("/") == 4
-    keys = [o.key for o in store.list("")]
-    assert all(k.startswith(("studies/", "config/")) for k in keys)
-    assert not any(p.name == "evil" for p in adapter.spool.root.rglob("*"))
+    assert ev["data"]["instance_count"] == 1
 
 
 def test_truncated_and_non_dicom_datasets_are_refused(adapter_factory, sink, tmp_path):

@@ -121,6 +121,7 @@ class Adapter:
                 max_pdu=self.settings.max_pdu,
                 max_associations=cfg.max_associations,
                 limits=limits,
+                max_per_host=self.settings.max_connections_per_host,
             )
             self.configs.subscribe(
                 lambda c: self.scp.set_max_associations(c.max_associations) if self.scp else None

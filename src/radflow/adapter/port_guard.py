@@ -158,7 +158,7 @@ class GuardedRequestHandler(RequestHandler):
 
     def _create_association(self) -> Any:
         assoc = super()._create_association()
-        sock = assoc.dul.socket
+        sock: Any = assoc.dul.socket
         sock.__class__ = GuardedAssociationSocket
         sock.guard(getattr(self.server, "port_limits", PortLimits()), str(self.client_address[0]))
         return assoc

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import ssl
 import tempfile
 import threading
@@ -26,6 +27,8 @@ from radflow.adapter.handlers import StoreHandlers
 from radflow.adapter.port_guard import GuardedRequestHandler, PortLimits
 from radflow.adapter.spool.files import SpoolFiles
 from radflow.sdk.errors import ConfigError
+
+log = logging.getLogger("radflow.adapter.port")
 
 VERIFICATION_SYNTAXES = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"]
 
@@ -112,6 +115,47 @@ def _common_name(der: bytes) -> str:
     return der[pos + 1 : pos + 1 + length].decode("utf-8", "replace").lower()
 
 
+class _PortServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with the receiver pool's per-host connection limit, for the
+    in-process mode (``RADFLOW_ADAPTER_RECEIVERS=0``)."""
+
+    max_per_host = 16
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._hosts: dict[str, int] = {}
+        self._hosts_lock = threading.Lock()
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        host = str(client_address[0])
+        with self._hosts_lock:
+            if self._hosts.get(host, 0) >= self.max_per_host:
+                log.warning(
+                    "connection closed: the peer holds %d connections already",
+                    self.max_per_host,
+                    extra={"peer": host},
+                )
+                return False
+            self._hosts[host] = self._hosts.get(host, 0) + 1
+        return True
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        host = str(client_address[0])
+        try:
+            super().process_request_thread(request, client_address)
+            # the association runs in its own thread: the connection counts until it ends
+            for assoc in self.active_associations:
+                if getattr(assoc.dul.socket, "socket", None) is request:
+                    assoc.join()
+        finally:
+            with self._hosts_lock:
+                left = self._hosts.get(host, 0) - 1
+                if left > 0:
+                    self._hosts[host] = left
+                else:
+                    self._hosts.pop(host, None)
+
+
 class DicomServer:
     """Owns the pynetdicom AE and its listening socket."""
 
@@ -122,8 +166,10 @@ class DicomServer:
         max_pdu: int,
         max_associations: int,
         limits: PortLimits | None = None,
+        max_per_host: int = 16,
     ) -> None:
         self.handlers = handlers
+        self.max_per_host = max_per_host
         self.limits = limits or PortLimits(max_pdu=max_pdu)
         self.ae = AE(ae_title="RADFLOW")
         self.ae.maximum_pdu_size = max_pdu
@@ -145,10 +191,11 @@ class DicomServer:
             (host, port),
             evt_handlers=self.handlers.bindings(),
             ssl_context=ssl_context,
-            server_class=ThreadedAssociationServer,
+            server_class=_PortServer,
             request_handler=GuardedRequestHandler,
         )
         self._server.port_limits = self.limits
+        self._server.max_per_host = self.max_per_host
         self.ae._servers.append(self._server)  # as start_server() does: shutdown() removes it
         threading.Thread(
             target=self._server.serve_forever, name="dicom-acceptor", daemon=True

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
@@ -192,8 +193,11 @@ def test_a_pdu_over_the_limit_is_aborted_at_its_header(adapter_factory, tmp_path
         assert grown < 16 * 1024, f"receiver {pid} grew by {grown} KiB"
 
 
-def test_one_host_cannot_take_more_than_its_connections(adapter_factory, tmp_path):
-    adapter = adapter_factory(max_connections_per_host=4, connect_timeout=CONNECT_TIMEOUT)
+@pytest.mark.parametrize("receivers", [2, 0], ids=["receiver-processes", "in-process"])
+def test_one_host_cannot_take_more_than_its_connections(adapter_factory, tmp_path, receivers):
+    adapter = adapter_factory(
+        max_connections_per_host=4, connect_timeout=CONNECT_TIMEOUT, receivers=receivers
+    )
     held = [_connect(adapter.dicom_port, "127.0.0.20") for _ in range(4)]
     time.sleep(0.5)  # accepted and handed over, in order
     extra = [_connect(adapter.dicom_port, "127.0.0.20") for _ in range(2)]

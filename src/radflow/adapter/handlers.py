@@ -91,8 +91,18 @@ def record_for(
     )
 
 
-def check_header(header: Header, group_tag: int, group_by: str, sop_uid: str | None) -> str | None:
-    """Why ``header`` cannot be stored (naming the tag), or ``None`` when it can."""
+def check_header(
+    header: Header,
+    group_tag: int,
+    group_by: str,
+    sop_uid: str | None,
+    *,
+    validate_uids: bool = True,
+) -> str | None:
+    """Why ``header`` cannot be stored (naming the tag), or ``None`` when it can.
+
+    ``validate_uids=False`` for files acknowledged before UIDs were validated (recovery): what
+    was acked is kept, whatever its UIDs."""
     v = header.values
     for tag, label in (
         (STUDY_INSTANCE, "(0020,000D) Study Instance UID"),
@@ -101,7 +111,7 @@ def check_header(header: Header, group_tag: int, group_by: str, sop_uid: str | N
     ):
         if not v.get(tag):
             return f"{label} is missing or empty"
-        problem = uid_problem(v[tag])
+        problem = uid_problem(v[tag]) if validate_uids else None
         if problem is not None:
             return f"{label} {problem}"
     if sop_uid is not None and v[SOP_INSTANCE] != sop_uid:
@@ -305,7 +315,7 @@ class StoreHandlers:
             )
         except (NotDicom, OSError):
             return None
-        if check_header(header, group_tag, group_by, None) is not None:
+        if check_header(header, group_tag, group_by, None, validate_uids=False) is not None:
             return None
         return record_for(
             header,

@@ -45,3 +45,25 @@ def test_drop_and_push_of_the_same_study_share_one_group(adapter_factory, sink, 
     assert second["headers"]["ce-type"] == EventType.STUDY_REVISED
     assert second["data"]["group_id"] == first["data"]["group_id"]
     assert second["data"]["instance_count"] == 4
+
+
+def test_a_dropped_instance_with_an_invalid_uid_is_quarantined(
+    adapter_factory, sink, store, tmp_path
+):
+    """The same PS3.5 9.1 rule as C-STORE (adapter/uids.py): the file is moved to quarantine/,
+    its valid siblings make the job."""
+    import pytest
+
+    from adapter_data import make_instance
+
+    adapter = adapter_factory()
+    study = make_study(tmp_path / "in", series=1, per_series=2)
+    bad = tmp_path / "bad.dcm"
+    with pytest.warns(UserWarning, match="Invalid value for VR UI"):
+        make_instance(bad, study_uid=study.study_uid, series_uid="1.2.3/..", sop_uid="1.2.4")
+    for i, f in enumerate([*study.files, bad]):
+        store.put_bytes(f"inbox/RADFLOW/upload-2/{i}.dcm", f.read_bytes())
+    assert adapter.drop.poll_once() == 2
+    ev = sink.wait_for(1)[0]
+    assert ev["data"]["instance_count"] == 2
+    assert [o.key for o in store.list("quarantine/")] == ["quarantine/inbox/RADFLOW/upload-2/2.dcm"]

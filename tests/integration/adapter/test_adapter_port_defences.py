@@ -213,3 +213,33 @@ def test_one_host_cannot_take_more_than_its_connections(adapter_factory, tmp_pat
     assoc.release()
     for s in held + extra:
         s.close()
+
+
+def test_a_pdu_trickled_after_association_is_cut_at_the_pdu_deadline(adapter_factory):
+    """Past the A-ASSOCIATE-RQ, a PDU must still arrive whole within PDU_TIMEOUT, however
+    steadily its bytes trickle in."""
+    adapter = adapter_factory(pdu_timeout=2.0)
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", adapter.dicom_port, ae_title="RADFLOW")
+    assert assoc.is_established
+    raw = assoc.dul.socket.socket
+    assoc.dul._kill_thread = True  # from here on this test speaks on the socket itself
+    time.sleep(0.2)
+    raw.sendall(struct.pack(">BBL", 0x04, 0, 100))
+    started = time.monotonic()
+    closed_after = None
+    raw.settimeout(0.3)
+    for _ in range(40):  # a byte every 0.3 s: 12 s if nobody stops it
+        try:
+            raw.send(b"\x00")
+            if raw.recv(4096) == b"":
+                closed_after = time.monotonic() - started
+                break
+        except TimeoutError:
+            continue
+        except OSError:
+            closed_after = time.monotonic() - started
+            break
+    assert closed_after is not None, "the trickled PDU was never cut"
+    assert 1.5 < closed_after < 5, f"cut after {closed_after:.1f} s"

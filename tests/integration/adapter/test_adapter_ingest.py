@@ -191,7 +191,7 @@ def test_outbox_retries_until_broker_accepts(adapter_factory, sink, tmp_path):
         ("1.2.3", "a/../../b", "1.2.4"),
         ("1.2.3", "1.2.4", "1.2.3/.."),
         ("1.2.3", "1.2.4", ".."),
-        ("1.2.03", "1.2.4", "1.2.5"),  # leading zero in a component
+        ("1.2..3", "1.2.4", "1.2.5"),  # empty component
         ("1.2." + "9" * 62, "1.2.4", "1.2.5"),  # 66 characters
         ("1.2.3", "1.2." + "9" * 62, "1.2.5"),
     ],
@@ -200,7 +200,7 @@ def test_outbox_retries_until_broker_accepts(adapter_factory, sink, tmp_path):
         "series-slash",
         "sop-slash",
         "sop-dotdot",
-        "leading-zero",
+        "empty-component",
         "long-study",
         "long-series",
     ],
@@ -226,6 +226,20 @@ def test_invalid_uids_are_refused_and_nothing_is_stored(
     assert sink.events == []
     assert [o.key for o in store.list("studies/")] == []
     assert list((adapter.settings.spool_dir / "data").iterdir()) == []
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_a_uid_with_leading_zeros_from_an_older_modality_is_kept(adapter_factory, store, tmp_path):
+    """``1.2.03`` breaks PS3.5 9.1's no-leading-zero rule but is digits and dots: refusing it
+    would lose the instance for nothing, so it is acknowledged and stored."""
+    from adapter_data import make_instance
+
+    adapter = adapter_factory(receivers=0)
+    f = tmp_path / "old.dcm"
+    make_instance(f, study_uid="1.2.03", series_uid="1.2.004", sop_uid="1.2.5")
+    assert pynetdicom_send(adapter.dicom_port, [f]) == [0x0000]
+    wait_settled(adapter.status)
+    assert any(o.key.endswith("1.2.5.dcm") for o in store.list("studies/"))
 
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")

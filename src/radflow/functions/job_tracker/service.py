@@ -7,10 +7,16 @@ radflow job and stage event and set as the Broker's dead-letter sink. It answers
   ``If-Match``), reply ``job.completed`` / ``job.failed`` (deterministic id) when the job is final,
   else 202 with an empty body;
 - ``GET /jobs`` (list, newest first) and ``GET /jobs/<id>`` (one job) as JSON.
+
+The job-level deadline is checked where a job is looked at: ``GET /jobs/<id>`` checks that job,
+``GET /jobs`` and a ``dev.radflow.tick.v1`` event (on Knative a PingSource posting one every
+minute) check every running job, and fail the ones without progress for
+``job_deadline_seconds``.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import functools
 import json
 import logging
@@ -33,6 +39,9 @@ STATUS_PREFIX = "job-status/"
 SOURCE = "/radflow/job-tracker"
 #: optimistic-concurrency attempts before answering 503 (the broker retries later)
 MAX_ATTEMPTS = 25
+
+#: the periodic event that drives the deadline sweep (a PingSource on Knative)
+TICK_TYPE = "dev.radflow.tick.v1"
 
 Reply = tuple[bytes | str, int, dict[str, str]]
 
@@ -57,7 +66,7 @@ def handle(
     if store is None or settings is None:
         store, settings = _deps()
     if method == "GET":
-        return _get(store, path)
+        return _get(store, settings, path)
     if method != "POST":
         return ("", 405, {"Allow": "GET, POST"})
     try:
@@ -75,18 +84,66 @@ def _json(doc: Any, status: int = 200) -> Reply:
     return (json.dumps(doc, sort_keys=True), status, {"content-type": "application/json"})
 
 
-def _get(store: ObjectStore, path: str) -> Reply:
+def _get(store: ObjectStore, settings: TrackerSettings, path: str) -> Reply:
     parts = [p for p in path.split("/") if p]
     if parts in ([], ["healthz"]):
         return _json({"status": "ok"})
     if parts == ["jobs"]:
+        sweep(store, settings)
         return _json({"jobs": list_jobs(store)})
     if len(parts) == 2 and parts[0] == "jobs":
-        doc = read_job(store, parts[1])
+        doc = enforce_deadline(store, settings, parts[1])
         if doc is None:
             return _json({"reason": "job_not_found"}, 404)
         return _json(view(store, doc))
     return _json({"reason": "not_found"}, 404)
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.UTC)
+
+
+def enforce_deadline(
+    store: ObjectStore, settings: TrackerSettings, job_id: str
+) -> dict[str, Any] | None:
+    """The job's document, failed first (and written back) if it is past its deadline."""
+    key = status_key(job_id)
+
+    def check() -> dict[str, Any] | None:
+        try:
+            blob, etag = store.get_with_etag(key)
+        except NotFound:
+            return None
+        doc: dict[str, Any] = json.loads(blob)
+        late = logic.check_deadline(doc, _now(), settings.job_deadline_seconds)
+        if late is None:
+            return doc
+        store.put_if_match(key, json.dumps(late, sort_keys=True).encode(), etag)
+        logger.warning(
+            "job failed: deadline exceeded",
+            extra={"job": job_id, "pending": late["failure"]["stages"]},
+        )
+        return late
+
+    try:
+        return retrying(attempts=MAX_ATTEMPTS, on=AlreadyExists)(check)
+    except AlreadyExists:
+        return read_job(store, job_id)  # busy with events: it is making progress
+
+
+def sweep(store: ObjectStore, settings: TrackerSettings) -> int:
+    """Fail every running job past its deadline; return how many were failed."""
+    failed = 0
+    for info in store.list(STATUS_PREFIX):
+        try:
+            doc = json.loads(store.get_bytes(info.key))
+        except (NotFound, ValueError):
+            continue
+        if doc.get("state") != logic.RUNNING:
+            continue
+        after = enforce_deadline(store, settings, str(doc["job_id"]))
+        failed += bool(after and after.get("reason") == logic.DEADLINE_EXCEEDED)
+    return failed
 
 
 def read_job(store: ObjectStore, job_id: str) -> dict[str, Any] | None:
@@ -124,14 +181,18 @@ def view(store: ObjectStore, doc: Mapping[str, Any]) -> dict[str, Any]:
 
 def _record(store: ObjectStore, settings: TrackerSettings, event: events.CloudEvent) -> Reply:
     attrs = events.attributes(event)
+    if attrs.get("type") == TICK_TYPE and "knativeerrorcode" not in attrs:
+        sweep(store, settings)
+        return ("", 202, {})
     job_id = attrs.get(Ext.JOB)
-    data = event.data if isinstance(event.data, dict) else {}
-    if not job_id:
-        job_id = data.get("job_id") if isinstance(data, dict) else None
+    data = event.data
+    if not job_id and isinstance(data, dict):
+        job_id = data.get("job_id")
     if not job_id:
         logger.info("event without a job id ignored", extra={"event_type": attrs.get("type")})
         return ("", 202, {})
-    pipeline = str(attrs.get(Ext.PIPELINE) or data.get("pipeline", ""))
+    fields = data if isinstance(data, dict) else {}
+    pipeline = str(attrs.get(Ext.PIPELINE) or fields.get("pipeline", ""))
     dag = settings.dags.get(pipeline)
     key = status_key(str(job_id))
 
@@ -143,9 +204,11 @@ def _record(store: ObjectStore, settings: TrackerSettings, event: events.CloudEv
         except NotFound:
             doc, etag = None, ""
         base = doc or logic.new_job(str(job_id), pipeline, dag)
-        new, final = logic.apply(base, attrs, data, dag)
-        if not new.get("study_instance_uid") and data.get("manifest_key"):
-            new["study_instance_uid"] = _study_uid(store, str(data["manifest_key"]))
+        new, final = logic.apply(base, attrs, data, dag, now=_now().isoformat())
+        if not new.get("study_instance_uid") and new["state"] != logic.FAILED:
+            manifest_key = fields.get("manifest_key")
+            if isinstance(manifest_key, str) and manifest_key:
+                new["study_instance_uid"] = _study_uid(store, manifest_key)
         payload = json.dumps(new, sort_keys=True).encode()
         if doc is None:
             store.put_if_absent(key, payload)

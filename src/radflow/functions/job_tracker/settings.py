@@ -1,4 +1,5 @@
-"""Job tracker settings: which pipelines exist and what their DAGs are (written by the compiler)."""
+"""Job tracker settings: which pipelines exist and what their DAGs are (written by the compiler),
+and how long a job may go without progress before it is failed."""
 
 from __future__ import annotations
 
@@ -16,5 +17,14 @@ class TrackerSettings(BaseSettings):
         description=(
             "RADFLOW_DAGS: JSON {pipeline: {stage: [upstream stages]}}, "
             "from `radflow pipeline compile`."
+        ),
+    )
+    job_deadline_seconds: float = Field(
+        1200.0,
+        gt=0,
+        description=(
+            "RADFLOW_JOB_DEADLINE_SECONDS: a running job whose stages made no progress for this "
+            "long is failed with reason deadline_exceeded. Default 1200: twice the longest "
+            "timeoutSeconds a stage may have (600, Knative's maximum)."
         ),
     )

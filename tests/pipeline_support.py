@@ -210,6 +210,10 @@ class PipelineEngine:
       ``base_env``, as on Knative, so this is how a test shortens the claim lease);
     - ``twin_triggers``: a second Trigger beside every Trigger, so every event is delivered twice
       to every subscriber (independent deliveries, as Knative does for two Triggers);
+    - ``trigger_delivery``: ``{service: delivery}`` set on the Triggers of that Service (a
+      Trigger's delivery replaces the Broker's wholesale, so the Broker's dead-letter sink is
+      kept in it), e.g. a short per-attempt timeout and one retry so a slow stage is
+      dead-lettered within seconds;
     - a tap Trigger without filters records every event that enters the broker (:attr:`seen`).
     """
 
@@ -221,13 +225,19 @@ class PipelineEngine:
         base_env: dict[str, str],
         service_env: dict[str, str] | None = None,
         twin_triggers: bool = False,
+        trigger_delivery: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         manifests = load_manifests(knative_dir)  # as the engine reads them
         self._services = copy.deepcopy(manifests.services)
         for svc in self._services:
             set_env(svc, service_env or {})
         self._brokers = manifests.brokers
-        self._triggers = manifests.triggers
+        self._triggers = copy.deepcopy(manifests.triggers)
+        broker_delivery = self._brokers[0]["spec"].get("delivery", {})
+        for t in self._triggers:
+            override = (trigger_delivery or {}).get(t["spec"]["subscriber"]["ref"]["name"])
+            if override is not None:
+                t["spec"]["delivery"] = {**copy.deepcopy(broker_delivery), **override}
         if twin_triggers:
             twins = copy.deepcopy(self._triggers)
             for t in twins:

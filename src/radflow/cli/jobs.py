@@ -115,7 +115,12 @@ def render_job(doc: dict[str, Any]) -> str:
         f"pipeline  {doc['pipeline']}",
         f"study     {doc.get('study_instance_uid') or '-'}  "
         f"(radflow id {doc.get('study_id') or '-'})",
-        f"state     {doc['state']}",
+        f"state     {doc['state']}"
+        + (
+            f" (stage {doc.get('failed_stage') or '-'}: {doc['reason']})"
+            if doc.get("reason")
+            else ""
+        ),
         f"created   {_short_time(doc.get('created_at'))}    "
         f"finished {_short_time(doc.get('finished_at'))}",
         "",

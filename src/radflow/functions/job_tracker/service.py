@@ -9,9 +9,9 @@ radflow job and stage event and set as the Broker's dead-letter sink. It answers
 - ``GET /jobs`` (list, newest first) and ``GET /jobs/<id>`` (one job) as JSON.
 
 The job-level deadline is checked where a job is looked at: ``GET /jobs/<id>`` checks that job,
-``GET /jobs`` and a ``dev.radflow.tick.v1`` event (on Knative a PingSource posting one every
-minute) check every running job, and fail the ones without progress for
-``job_deadline_seconds``.
+``GET /jobs`` and a tick event (``dev.radflow.tick.v1``, or a Knative PingSource's
+``dev.knative.sources.ping``, every minute) check every running job, and fail the ones without
+progress for ``job_deadline_seconds``.
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ SOURCE = "/radflow/job-tracker"
 #: optimistic-concurrency attempts before answering 503 (the broker retries later)
 MAX_ATTEMPTS = 25
 
-#: the periodic event that drives the deadline sweep (a PingSource on Knative)
-TICK_TYPE = "dev.radflow.tick.v1"
+#: the periodic events that drive the deadline sweep: radflow's own, and the type a Knative
+#: PingSource sends (it cannot be overridden), so a PingSource can sink straight to the tracker
+TICK_TYPES = frozenset({"dev.radflow.tick.v1", "dev.knative.sources.ping"})
 
 Reply = tuple[bytes | str, int, dict[str, str]]
 
@@ -181,7 +182,7 @@ def view(store: ObjectStore, doc: Mapping[str, Any]) -> dict[str, Any]:
 
 def _record(store: ObjectStore, settings: TrackerSettings, event: events.CloudEvent) -> Reply:
     attrs = events.attributes(event)
-    if attrs.get("type") == TICK_TYPE and "knativeerrorcode" not in attrs:
+    if attrs.get("type") in TICK_TYPES and "knativeerrorcode" not in attrs:
         sweep(store, settings)
         return ("", 202, {})
     job_id = attrs.get(Ext.JOB)

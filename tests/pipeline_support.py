@@ -15,6 +15,7 @@ import copy
 import json
 import os
 import signal
+import socket
 import threading
 import time
 import urllib.request
@@ -246,6 +247,17 @@ class PipelineEngine:
         self.base_env = base_env
         self.state_dir = state_dir
         self.tap = Tap()
+        # the broker's ingress port is chosen now, so the job tracker can be given its URL
+        # (``K_SINK``, as a SinkBinding would) for re-drives
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self._broker_port = int(sock.getsockname()[1])
+        meta = self._brokers[0]["metadata"]
+        namespace = meta.get("namespace", "default")
+        sink = f"http://127.0.0.1:{self._broker_port}/{namespace}/{meta['name']}"
+        for svc in self._services:
+            if svc["metadata"]["name"] == "job-tracker":
+                set_env(svc, {"K_SINK": sink})
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="engine-loop", daemon=True
@@ -295,6 +307,7 @@ class PipelineEngine:
             triggers=[*self._triggers, tap_trigger],
             state_dir=self.state_dir / "broker",
             resolve=resolve,
+            port=self._broker_port,
         )
         self._run(self.broker.start())
         self.ingress = self.broker.ingress_url(broker.get("namespace", "default"), broker["name"])

@@ -191,3 +191,25 @@ def test_tick_fails_jobs_past_their_deadline_and_leaves_final_ones(
     assert service.read_job(store, "job-done")["state"] == "completed"  # type: ignore[index]
     assert jobs_cli.main(["jobs", "show", "job-slow"]) == 0
     assert "state     failed (stage b: deadline_exceeded)" in capsys.readouterr().out
+
+
+def test_redrive_refusals(tracker: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from radflow.functions.job_tracker import service
+
+    assert tracker.post("/jobs/nope/redrive").status_code == 404
+    post(tracker, stage_event("a", job="job-r"))
+    r = tracker.post("/jobs/job-r/redrive")
+    assert (r.status_code, r.json["reason"]) == (409, "job_not_failed")
+    failed = events.make_event(
+        EventType.STAGE_FAILED,
+        "/radflow/p/b",
+        events.StageFailed(job_id="job-r", pipeline="p", stage="b", reason="operator_exit_3"),
+        extensions={"radflowjob": "job-r", "radflowpipeline": "p", "radflowstage": "b"},
+    )
+    post(tracker, failed)
+    monkeypatch.delenv("K_SINK", raising=False)
+    monkeypatch.delenv("RADFLOW_BROKER_URL", raising=False)
+    r = tracker.post("/jobs/job-r/redrive")
+    assert (r.status_code, r.json["reason"]) == (503, "no_broker_url")
+    assert json.loads(tracker.get("/jobs/job-r").data)["state"] == "failed"  # left as it was
+    service._deps.cache_clear()

@@ -22,11 +22,13 @@ from pipeline_support import (
     PipelineEngine,
     compile_to,
     fan_in_example,
+    run_log_counts,
     seed_study,
     store_env,
     study_event,
     wait_until,
 )
+from radflow.cli import jobs as jobs_cli
 from radflow.sdk import events
 from radflow.sdk.events import EventType
 from radflow.sdk.settings import StoreSettings
@@ -179,3 +181,62 @@ def test_job_without_progress_fails_at_its_deadline_naming_pending_stages(
     assert status["failure"]["stages"] == STAGES
     assert status["failure"]["message"] == "no progress for 3 s"
     assert status["finished_at"] is not None
+
+
+def test_failed_job_fixed_and_redriven_completes(
+    tmp_path: Path,
+    store_settings: StoreSettings,
+    store: ObjectStore,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # left exits 3 (stage.failed, operator_exit_3) until the test "fixes" it by creating FIXED
+    fixed, runs = tmp_path / "fixed", tmp_path / "runs.log"
+    pipeline = fan_in_example()
+    left = next(op for op in pipeline["operators"] if op["name"] == "left")
+    command = left["container"]["command"]
+    sleep = "time.sleep(float(os.environ.get('SLEEP_SECONDS') or 0))"
+    assert sleep in command[2]
+    command[2] = command[2].replace(sleep, "(os.path.exists(os.environ['FIXED']) or sys.exit(3))")
+    left["variables"]["FIXED"] = str(fixed)
+    kn = compile_to(pipeline, tmp_path / "knative")
+    with PipelineEngine(
+        kn,
+        tmp_path / "state",
+        base_env=store_env(store_settings),
+        service_env={"RUN_LOG": str(runs)},
+    ) as engine:
+        tracker = engine.host.url("job-tracker")
+        req = seed_study(store, PIPELINE, series=1, instances=1)
+        engine.publish(study_event(store, req))
+        failed = finished(engine, req.job_id)
+        assert (failed["state"], failed["failed_stage"], failed["reason"]) == (
+            "failed",
+            "left",
+            "operator_exit_3",
+        ), failed
+        engine.wait_idle()  # right's completion recorded too: only left is to be re-driven
+        # an unknown job is refused
+        assert jobs_cli.main(["jobs", "redrive", "no-such-job", "--url", tracker]) == 1
+        fixed.touch()
+        assert jobs_cli.main(["jobs", "redrive", req.job_id, "--url", tracker]) == 0
+        assert "re-driven (#1) from left: 1 event(s) published" in capsys.readouterr().out
+        done = status_once(engine, req.job_id, lambda s: s != "running", "to finish again")
+        assert jobs_cli.main(["jobs", "redrive", req.job_id, "--url", tracker]) == 1
+        assert "not re-driven: job_not_failed" in capsys.readouterr().err
+        engine.wait_idle()
+        seen = engine.seen
+
+    assert done["state"] == "completed", done
+    assert done["redriven"] == 1 and done["failed_stage"] is None and done["reason"] is None
+    assert {k: v["state"] for k, v in done["stages"].items()} == {s: "completed" for s in STAGES}
+    counts = run_log_counts(runs)
+    assert counts["left"] == {"start": 2, "end": 1}, counts
+    assert all(c == {"start": 1, "end": 1} for s, c in counts.items() if s != "left"), counts
+    # the re-emitted event is ingest's completion under a new id
+    ingest_done = [
+        e
+        for e in seen
+        if e["type"] == EventType.STAGE_COMPLETED.value and e["radflowstage"] == "ingest"
+    ]
+    assert len({e["id"] for e in ingest_done}) == 2
+    assert len([e for e in seen if e["type"] == EventType.JOB_COMPLETED.value]) >= 1

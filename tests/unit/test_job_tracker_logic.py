@@ -198,3 +198,25 @@ def test_deadline_fails_a_job_without_progress_naming_the_pending_stages() -> No
     )
     assert late["failure"]["stages"] == ["b", "c", "d"]
     assert logic.check_deadline(late, start + dt.timedelta(hours=1), 60) is None
+
+
+def test_redrive_starts_the_stages_that_did_not_complete_and_whose_inputs_did() -> None:
+    failed_b = (
+        {"id": "f", "type": "dev.radflow.stage.failed.v1", "time": "2026-01-01T00:00:20Z"},
+        {"job_id": "j", "pipeline": "p", "stage": "b", "reason": "operator_exit_3"},
+    )
+    doc, _ = fold([completed("a", "1"), failed_b])
+    assert logic.redrive_stages(doc, DAG) == ["b", "c"]  # c is pending: its input is there
+    doc, _ = fold([completed("a", "1"), completed("c", "3"), failed_b])
+    assert logic.redrive_stages(doc, DAG) == ["b"]
+    again = logic.reset_for_redrive(doc, ["b"], "2026-01-01T01:00:00Z")
+    assert (again["state"], again["failed_stage"], again["reason"]) == ("running", None, None)
+    assert again["stages"]["b"] == {"state": "pending"} and again["redriven"] == 1
+    assert again["seen"] == [] and again["finished_at"] is None and doc["state"] == "failed"
+    # the stage failing again with the same deterministic id still counts
+    doc, final = logic.apply(again, *failed_b, DAG)
+    assert final == "failed" and doc["failed_stage"] == "b"
+    # a job failed at its deadline before any stage ran re-drives its first stage
+    fresh, _ = fold([request()])
+    assert logic.redrive_stages(fresh, DAG) == ["a"]
+    assert fresh["request"]["data"]["manifest_key"] == "m" and fresh["request"]["id"] == "r"

@@ -146,6 +146,19 @@ def apply(
     if etype in (EventType.STUDY_RECEIVED.value, EventType.STUDY_REVISED.value):
         doc["study_id"] = doc["study_id"] or str(data.get("study_id", ""))
         doc["requested_at"] = when
+        # what a re-drive of the first stages re-emits (PHI-free: opaque ids and object keys)
+        doc["request"] = {
+            "id": event_id,
+            "type": etype,
+            "source": str(attrs.get("source", "")),
+            "subject": attrs.get("subject"),
+            "data": dict(data),
+            "extensions": {
+                k: str(attrs[k])
+                for k in (Ext.JOB, Ext.PIPELINE, Ext.DATAREF, Ext.TRACEPARENT)
+                if attrs.get(k)
+            },
+        }
     elif etype in (EventType.STAGE_COMPLETED.value, EventType.STAGE_FAILED.value):
         stage = str(data.get("stage", attrs.get(Ext.STAGE, "")))
         entry = doc["stages"].setdefault(stage, {"state": PENDING})
@@ -325,6 +338,34 @@ def check_deadline(
     return settle(doc, when)[0]
 
 
+def redrive_stages(doc: Mapping[str, Any], dag: Mapping[str, Sequence[str]]) -> list[str]:
+    """The stages a re-drive starts again: not completed, every upstream stage completed.
+
+    That is the failed or dead-lettered stage(s), or, for a job failed at its deadline or by an
+    invalid event, the stage(s) it was waiting for.
+    """
+    state = {name: doc["stages"].get(name, {}).get("state", PENDING) for name in dag}
+    return sorted(
+        name
+        for name, ups in dag.items()
+        if state[name] != COMPLETED and all(state.get(u) == COMPLETED for u in ups)
+    )
+
+
+def reset_for_redrive(doc: dict[str, Any], stages: Sequence[str], now: str) -> dict[str, Any]:
+    """A copy of ``doc`` running again: ``stages`` pending, the job-level failure gone."""
+    doc = {**doc, "stages": {k: dict(v) for k, v in doc["stages"].items()}}
+    for name in stages:
+        doc["stages"][name] = {"state": PENDING}
+    doc.pop("failure", None)
+    # the re-driven stages answer with the same deterministic ids as before (a failure again
+    # is ``<job>/<stage>/failed`` again): forget what was seen so their answers count
+    doc["seen"] = []
+    doc["redriven"] = int(doc.get("redriven", 0)) + 1
+    doc["redriven_at"] = doc["progress_at"] = doc["updated_at"] = now
+    return settle(doc, now)[0]
+
+
 def summary(doc: Mapping[str, Any]) -> dict[str, Any]:
     """The list view: no outputs, no dead letters."""
     return {
@@ -335,6 +376,7 @@ def summary(doc: Mapping[str, Any]) -> dict[str, Any]:
         "state": doc["state"],
         "failed_stage": doc.get("failed_stage"),
         "reason": doc.get("reason"),
+        "redriven": doc.get("redriven", 0),
         "created_at": doc.get("created_at"),
         "finished_at": doc.get("finished_at"),
         "stages": {

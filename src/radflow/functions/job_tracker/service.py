@@ -6,7 +6,8 @@ radflow job and stage event and set as the Broker's dead-letter sink. It answers
 - ``POST`` a CloudEvent: fold it into ``job-status/<job>.json`` (optimistic concurrency with
   ``If-Match``), reply ``job.completed`` / ``job.failed`` (deterministic id) when the job is final,
   else 202 with an empty body;
-- ``GET /jobs`` (list, newest first) and ``GET /jobs/<id>`` (one job) as JSON.
+- ``GET /jobs`` (list, newest first) and ``GET /jobs/<id>`` (one job) as JSON;
+- ``POST /jobs/<id>/redrive``: start a failed job again from its failed stage(s) (:func:`redrive`).
 
 The job-level deadline is checked where a job is looked at: ``GET /jobs/<id>`` checks that job,
 ``GET /jobs`` and a tick event (``dev.radflow.tick.v1``, or a Knative PingSource's
@@ -25,13 +26,13 @@ from typing import Any
 
 from radflow.functions.job_tracker import logic
 from radflow.functions.job_tracker.settings import TrackerSettings
-from radflow.sdk import events
+from radflow.sdk import events, http
 from radflow.sdk.errors import Unavailable
 from radflow.sdk.events import EventType, Ext
 from radflow.sdk.manifest import StudyManifest
 from radflow.sdk.retry import retrying
 from radflow.sdk.settings import StoreSettings
-from radflow.sdk.storage import AlreadyExists, NotFound, ObjectStore, safe_component
+from radflow.sdk.storage import AlreadyExists, Keys, NotFound, ObjectStore, safe_component
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,13 @@ def handle(
         return _get(store, settings, path)
     if method != "POST":
         return ("", 405, {"Allow": "GET, POST"})
+    parts = [p for p in path.split("/") if p]
+    if len(parts) == 3 and parts[0] == "jobs" and parts[2] == "redrive":
+        try:
+            return redrive(store, settings, parts[1])
+        except Unavailable as exc:
+            logger.warning("job tracker: re-drive failed: %s", exc)
+            return _json({"reason": "unavailable"}, 503)
     try:
         event = events.from_http(headers, body)
     except events.InvalidEvent as exc:
@@ -166,8 +174,6 @@ def list_jobs(store: ObjectStore) -> list[dict[str, Any]]:
 
 def view(store: ObjectStore, doc: Mapping[str, Any]) -> dict[str, Any]:
     """The detail view: outputs and logs as ``s3://`` URIs a user can fetch."""
-    from radflow.sdk.storage import Keys
-
     out = {k: v for k, v in doc.items() if k != "seen"}
     stages = {}
     for name, entry in sorted(doc["stages"].items()):
@@ -228,6 +234,112 @@ def _record(store: ObjectStore, settings: TrackerSettings, event: events.CloudEv
     if final and is_stage_event and "knativeerrorcode" not in attrs:
         return _job_event(new, final, attrs)
     return ("", 202, {})
+
+
+def redrive(store: ObjectStore, settings: TrackerSettings, job_id: str) -> Reply:
+    """Start a failed job again from the stage(s) that did not complete.
+
+    Re-emits, with new (deterministic) ids, the events those stages consume: the stored job
+    request for a first stage, else the completion event each upstream stage stored in its
+    ``completed.json`` marker. The failed or dead-lettered stages' ``failed.json`` and ``claim``
+    markers are removed first (a stage answers a redelivery with its stored result), and the
+    job document goes back to ``running`` with ``redriven`` counted, before anything is sent:
+    the stages' answers then fold into the running job. If sending fails the job stays running
+    and its deadline fails it again.
+    """
+    doc = read_job(store, job_id)
+    if doc is None:
+        return _json({"reason": "job_not_found"}, 404)
+    if doc["state"] != logic.FAILED:
+        return _json({"reason": "job_not_failed", "state": doc["state"]}, 409)
+    dag = settings.dags.get(doc["pipeline"])
+    if not dag:
+        return _json({"reason": "unknown_pipeline"}, 409)
+    if not settings.broker_url:
+        return _json({"reason": "no_broker_url"}, 503)
+    stages = logic.redrive_stages(doc, dag)
+    count = int(doc.get("redriven", 0)) + 1
+    outgoing: dict[str, events.CloudEvent] = {}
+    for stage in stages:
+        for original in _consumed_events(store, doc, dag, stage):
+            new_id = events.deterministic_id(str(original["id"]), "redrive", str(count))
+            outgoing.setdefault(new_id, _re_emit(original, new_id))
+    if not outgoing:
+        return _json({"reason": "nothing_to_redrive", "stages": stages}, 409)
+    for stage in stages:
+        # only a stage that ended badly: a pending one may be running or done right now
+        if doc["stages"].get(stage, {}).get("state") in (logic.FAILED, logic.DEAD_LETTERED):
+            for marker in ("failed.json", "claim"):
+                store.delete(Keys.stage_marker(job_id, stage, marker))
+    key = status_key(job_id)
+
+    def reset() -> None:
+        blob, etag = store.get_with_etag(key)
+        current = json.loads(blob)
+        if current["state"] != logic.FAILED:
+            return  # another re-drive won
+        new = logic.reset_for_redrive(current, stages, _now().isoformat())
+        store.put_if_match(key, json.dumps(new, sort_keys=True).encode(), etag)
+
+    try:
+        retrying(attempts=MAX_ATTEMPTS, on=AlreadyExists)(reset)
+    except AlreadyExists:
+        raise Unavailable(f"job {job_id}: too many concurrent updates") from None
+    for event in outgoing.values():
+        headers, body = events.to_binary(event)
+        http.request("POST", settings.broker_url, body=body, headers=headers, timeout=30)
+    logger.info("job re-driven", extra={"job": job_id, "stages": stages, "redriven": count})
+    return _json({"job_id": job_id, "stages": stages, "events": len(outgoing), "redriven": count})
+
+
+def _consumed_events(
+    store: ObjectStore, doc: Mapping[str, Any], dag: Mapping[str, Any], stage: str
+) -> list[events.CloudEvent]:
+    """The events ``stage`` consumes: the job request, or each upstream stage's completion."""
+    if not dag[stage]:
+        req = doc.get("request")
+        if not req:
+            return []
+        return [
+            events.make_event(
+                req["type"],
+                req["source"],
+                req["data"],
+                id=req["id"],
+                subject=req.get("subject"),
+                extensions=req["extensions"],
+            )
+        ]
+    found = []
+    for up in dag[stage]:
+        try:
+            marker = json.loads(
+                store.get_bytes(Keys.stage_marker(doc["job_id"], up, "completed.json"))
+            )
+        except NotFound:
+            continue
+        found.append(events.from_json(json.dumps(marker["event"]).encode()))
+    return found
+
+
+#: attributes a re-emitted event gets anew (the broker sets its own on ingress)
+_FRESH = frozenset(
+    {"id", "time", "specversion", "datacontenttype", "knativebrokerttl", "knativearrivaltime"}
+)
+
+
+def _re_emit(original: events.CloudEvent, new_id: str) -> events.CloudEvent:
+    attrs = events.attributes(original)
+    core = {"type", "source", "subject", "dataschema"}
+    ext = {k: str(v) for k, v in attrs.items() if k not in _FRESH and k not in core}
+    return events.make_event(
+        str(attrs["type"]),
+        str(attrs["source"]),
+        original.data if isinstance(original.data, dict) else {},
+        id=new_id,
+        subject=attrs.get("subject"),
+        extensions=ext,
+    )
 
 
 def _study_uid(store: ObjectStore, manifest_key: str) -> str:

@@ -3,7 +3,7 @@ and how long a job may go without progress before it is failed."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,5 +26,13 @@ class TrackerSettings(BaseSettings):
             "RADFLOW_JOB_DEADLINE_SECONDS: a running job whose stages made no progress for this "
             "long is failed with reason deadline_exceeded. Default 1200: twice the longest "
             "timeoutSeconds a stage may have (600, Knative's maximum)."
+        ),
+    )
+    broker_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("K_SINK", "RADFLOW_BROKER_URL"),
+        description=(
+            "K_SINK (a SinkBinding) or RADFLOW_BROKER_URL: the Broker ingress a re-drive "
+            "(POST /jobs/<id>/redrive) publishes the re-emitted events to."
         ),
     )

@@ -178,6 +178,11 @@ def test_event_with_garbage_data_fails_its_job_naming_fields_not_values() -> Non
     assert (doc["state"], doc["failed_stage"], doc["reason"]) == ("failed", "b", "invalid_event")
     assert doc["failure"]["message"] == "invalid fields: duration_ms, pipeline, stage"
     assert "Doe" not in repr(doc)
+    # recorded, but a finished job stays completed
+    done, _ = fold([completed(s, s) for s in "abcd"])
+    done, final = logic.apply(done, attrs, {"job_id": "j"}, DAG)
+    assert (done["state"], final) == ("completed", "completed")
+    assert done["invalid_events"][0]["reason"] == "invalid_event"
     doc, finals = fold([(request()[0], "garbage")])  # type: ignore[list-item]
     assert finals == ["failed"] and doc["failure"]["message"] == "data is not a JSON object"
 

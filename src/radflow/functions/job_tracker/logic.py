@@ -140,7 +140,10 @@ def apply(
     problem = payload_problem(etype, data)
     if problem is not None:
         stage = str(attrs.get(Ext.STAGE) or "") or None
-        doc["failure"] = {"stage": stage, "reason": INVALID_EVENT, "message": problem, "at": when}
+        failure = {"stage": stage, "reason": INVALID_EVENT, "message": problem, "at": when}
+        doc["invalid_events"] = [*doc.get("invalid_events", []), {"event_id": event_id, **failure}]
+        if doc["state"] != COMPLETED:  # a forged event never un-completes a finished job
+            doc["failure"] = failure
         return settle(doc, when, bool(dag))
 
     if etype in (EventType.STUDY_RECEIVED.value, EventType.STUDY_REVISED.value):

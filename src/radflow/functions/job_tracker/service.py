@@ -287,7 +287,11 @@ def redrive(store: ObjectStore, settings: TrackerSettings, job_id: str) -> Reply
         raise Unavailable(f"job {job_id}: too many concurrent updates") from None
     for event in outgoing.values():
         headers, body = events.to_binary(event)
-        http.request("POST", settings.broker_url, body=body, headers=headers, timeout=30)
+        try:
+            http.request("POST", settings.broker_url, body=body, headers=headers, timeout=30)
+        except http.RequestRejected as exc:
+            logger.error("job re-drive: the broker refused an event: %s", exc)
+            return _json({"reason": "broker_refused", "status": exc.status}, 502)
     logger.info("job re-driven", extra={"job": job_id, "stages": stages, "redriven": count})
     return _json({"job_id": job_id, "stages": stages, "events": len(outgoing), "redriven": count})
 

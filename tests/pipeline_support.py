@@ -15,6 +15,7 @@ import copy
 import json
 import os
 import signal
+import socket
 import threading
 import time
 import urllib.request
@@ -210,6 +211,10 @@ class PipelineEngine:
       ``base_env``, as on Knative, so this is how a test shortens the claim lease);
     - ``twin_triggers``: a second Trigger beside every Trigger, so every event is delivered twice
       to every subscriber (independent deliveries, as Knative does for two Triggers);
+    - ``trigger_delivery``: ``{service: delivery}`` set on the Triggers of that Service (a
+      Trigger's delivery replaces the Broker's wholesale, so the Broker's dead-letter sink is
+      kept in it), e.g. a short per-attempt timeout and one retry so a slow stage is
+      dead-lettered within seconds;
     - a tap Trigger without filters records every event that enters the broker (:attr:`seen`).
     """
 
@@ -221,13 +226,19 @@ class PipelineEngine:
         base_env: dict[str, str],
         service_env: dict[str, str] | None = None,
         twin_triggers: bool = False,
+        trigger_delivery: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         manifests = load_manifests(knative_dir)  # as the engine reads them
         self._services = copy.deepcopy(manifests.services)
         for svc in self._services:
             set_env(svc, service_env or {})
         self._brokers = manifests.brokers
-        self._triggers = manifests.triggers
+        self._triggers = copy.deepcopy(manifests.triggers)
+        broker_delivery = self._brokers[0]["spec"].get("delivery", {})
+        for t in self._triggers:
+            override = (trigger_delivery or {}).get(t["spec"]["subscriber"]["ref"]["name"])
+            if override is not None:
+                t["spec"]["delivery"] = {**copy.deepcopy(broker_delivery), **override}
         if twin_triggers:
             twins = copy.deepcopy(self._triggers)
             for t in twins:
@@ -236,6 +247,17 @@ class PipelineEngine:
         self.base_env = base_env
         self.state_dir = state_dir
         self.tap = Tap()
+        # the broker's ingress port is chosen now, so the job tracker can be given its URL
+        # (``K_SINK``, as a SinkBinding would) for re-drives
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self._broker_port = int(sock.getsockname()[1])
+        meta = self._brokers[0]["metadata"]
+        namespace = meta.get("namespace", "default")
+        sink = f"http://127.0.0.1:{self._broker_port}/{namespace}/{meta['name']}"
+        for svc in self._services:
+            if svc["metadata"]["name"] == "job-tracker":
+                set_env(svc, {"K_SINK": sink})
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="engine-loop", daemon=True
@@ -285,6 +307,7 @@ class PipelineEngine:
             triggers=[*self._triggers, tap_trigger],
             state_dir=self.state_dir / "broker",
             resolve=resolve,
+            port=self._broker_port,
         )
         self._run(self.broker.start())
         self.ingress = self.broker.ingress_url(broker.get("namespace", "default"), broker["name"])

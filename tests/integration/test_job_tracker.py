@@ -158,3 +158,58 @@ def test_study_request_records_the_study_instance_uid_for_the_listing(
 def test_non_event_post_is_400_and_put_is_405(tracker: Any) -> None:
     assert tracker.post("/", data=b"x", headers={"content-type": "text/plain"}).status_code == 400
     assert tracker.put("/").status_code == 405
+
+
+@pytest.mark.parametrize("tick_type", ["dev.radflow.tick.v1", "dev.knative.sources.ping"])
+def test_tick_fails_jobs_past_their_deadline_and_leaves_final_ones(
+    tracker: Any,
+    store: ObjectStore,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tick_type: str,
+) -> None:
+    from pipeline_support import wait_until
+    from radflow.functions.job_tracker import service
+
+    monkeypatch.setenv("RADFLOW_JOB_DEADLINE_SECONDS", "0.5")
+    service._deps.cache_clear()
+    post(tracker, stage_event("a", job="job-slow"))
+    for s in "abcd":
+        post(tracker, stage_event(s, job="job-done"))
+    tick = events.make_event(tick_type, "/apis/v1/namespaces/default/pingsources/t", {})
+
+    def swept() -> bool:
+        assert post(tracker, tick).status_code == 202
+        doc = service.read_job(store, "job-slow")  # the stored document, not a GET
+        return doc is not None and doc["state"] == "failed"
+
+    wait_until(swept, "a tick to fail the stalled job", timeout=30)
+    doc = service.read_job(store, "job-slow")
+    assert doc is not None
+    assert (doc["failed_stage"], doc["reason"]) == ("b", "deadline_exceeded")
+    assert doc["failure"]["stages"] == ["b", "c", "d"]
+    assert service.read_job(store, "job-done")["state"] == "completed"  # type: ignore[index]
+    assert jobs_cli.main(["jobs", "show", "job-slow"]) == 0
+    assert "state     failed (stage b: deadline_exceeded)" in capsys.readouterr().out
+
+
+def test_redrive_refusals(tracker: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from radflow.functions.job_tracker import service
+
+    assert tracker.post("/jobs/nope/redrive").status_code == 404
+    post(tracker, stage_event("a", job="job-r"))
+    r = tracker.post("/jobs/job-r/redrive")
+    assert (r.status_code, r.json["reason"]) == (409, "job_not_failed")
+    failed = events.make_event(
+        EventType.STAGE_FAILED,
+        "/radflow/p/b",
+        events.StageFailed(job_id="job-r", pipeline="p", stage="b", reason="operator_exit_3"),
+        extensions={"radflowjob": "job-r", "radflowpipeline": "p", "radflowstage": "b"},
+    )
+    post(tracker, failed)
+    monkeypatch.delenv("K_SINK", raising=False)
+    monkeypatch.delenv("RADFLOW_BROKER_URL", raising=False)
+    r = tracker.post("/jobs/job-r/redrive")
+    assert (r.status_code, r.json["reason"]) == (503, "no_broker_url")
+    assert json.loads(tracker.get("/jobs/job-r").data)["state"] == "failed"  # left as it was
+    service._deps.cache_clear()

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from radflow.engine.compiler import add_compile_parser
-from radflow.engine.jobs import load_job, load_jobs
+from radflow.engine.jobs import load_job, load_jobs, redrive_job
 from radflow.functions import registry
+from radflow.sdk import http
 from radflow.sdk.errors import ConfigError
 from radflow.sdk.pipeline import load_pipeline
 
@@ -47,6 +48,12 @@ def add_jobs_commands(subparsers: Any) -> None:
     show.add_argument("--json", action="store_true", help="print JSON (as served by the tracker)")
     show.add_argument("--url", help="job tracker URL (default: read the object store directly)")
     show.set_defaults(func=cmd_show)
+    redrive = sub.add_parser(
+        "redrive", help="start a failed job again from its failed stage (asks the tracker)"
+    )
+    redrive.add_argument("job_id")
+    redrive.add_argument("--url", required=True, help="job tracker URL (it publishes the events)")
+    redrive.set_defaults(func=cmd_redrive)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -115,7 +122,12 @@ def render_job(doc: dict[str, Any]) -> str:
         f"pipeline  {doc['pipeline']}",
         f"study     {doc.get('study_instance_uid') or '-'}  "
         f"(radflow id {doc.get('study_id') or '-'})",
-        f"state     {doc['state']}",
+        f"state     {doc['state']}"
+        + (
+            f" (stage {doc.get('failed_stage') or '-'}: {doc['reason']})"
+            if doc.get("reason")
+            else ""
+        ),
         f"created   {_short_time(doc.get('created_at'))}    "
         f"finished {_short_time(doc.get('finished_at'))}",
         "",
@@ -154,6 +166,23 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"job {args.job_id} not found", file=sys.stderr)
         return 1
     print(json.dumps(doc, indent=2, sort_keys=True) if args.json else render_job(doc))
+    return 0
+
+
+def cmd_redrive(args: argparse.Namespace) -> int:
+    try:
+        answer = redrive_job(args.url, args.job_id)
+    except http.RequestRejected as exc:
+        reason = exc.body.get("reason") if isinstance(exc.body, dict) else None
+        print(f"job {args.job_id} not re-driven: {reason or exc}", file=sys.stderr)
+        return 1
+    if answer is None:
+        print(f"job {args.job_id} not found", file=sys.stderr)
+        return 1
+    print(
+        f"job {args.job_id} re-driven (#{answer['redriven']}) from "
+        f"{', '.join(answer['stages'])}: {answer['events']} event(s) published"
+    )
     return 0
 
 

@@ -45,3 +45,14 @@ def load_job(url: str | None, job_id: str) -> dict[str, Any] | None:
     store = _store()
     doc = service.read_job(store, job_id)
     return service.view(store, doc) if doc else None
+
+
+def redrive_job(url: str, job_id: str) -> dict[str, Any] | None:
+    """Ask a running tracker to re-drive a failed job (``POST /jobs/<id>/redrive``); ``None``
+    for 404. A refusal (409: not failed, nothing to re-drive) raises ``http.RequestRejected``."""
+    try:
+        return dict(http.request("POST", url.rstrip("/") + f"/jobs/{job_id}/redrive").json())
+    except http.RequestRejected as exc:
+        if exc.status == 404:
+            return None
+        raise

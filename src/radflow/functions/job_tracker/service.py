@@ -6,11 +6,18 @@ radflow job and stage event and set as the Broker's dead-letter sink. It answers
 - ``POST`` a CloudEvent: fold it into ``job-status/<job>.json`` (optimistic concurrency with
   ``If-Match``), reply ``job.completed`` / ``job.failed`` (deterministic id) when the job is final,
   else 202 with an empty body;
-- ``GET /jobs`` (list, newest first) and ``GET /jobs/<id>`` (one job) as JSON.
+- ``GET /jobs`` (list, newest first) and ``GET /jobs/<id>`` (one job) as JSON;
+- ``POST /jobs/<id>/redrive``: start a failed job again from its failed stage(s) (:func:`redrive`).
+
+The job-level deadline is checked where a job is looked at: ``GET /jobs/<id>`` checks that job,
+``GET /jobs`` and a tick event (``dev.radflow.tick.v1``, or a Knative PingSource's
+``dev.knative.sources.ping``, every minute) check every running job, and fail the ones without
+progress for ``job_deadline_seconds``.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import functools
 import json
 import logging
@@ -19,13 +26,13 @@ from typing import Any
 
 from radflow.functions.job_tracker import logic
 from radflow.functions.job_tracker.settings import TrackerSettings
-from radflow.sdk import events
+from radflow.sdk import events, http
 from radflow.sdk.errors import Unavailable
 from radflow.sdk.events import EventType, Ext
 from radflow.sdk.manifest import StudyManifest
 from radflow.sdk.retry import retrying
 from radflow.sdk.settings import StoreSettings
-from radflow.sdk.storage import AlreadyExists, NotFound, ObjectStore, safe_component
+from radflow.sdk.storage import AlreadyExists, Keys, NotFound, ObjectStore, safe_component
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +40,10 @@ STATUS_PREFIX = "job-status/"
 SOURCE = "/radflow/job-tracker"
 #: optimistic-concurrency attempts before answering 503 (the broker retries later)
 MAX_ATTEMPTS = 25
+
+#: the periodic events that drive the deadline sweep: radflow's own, and the type a Knative
+#: PingSource sends (it cannot be overridden), so a PingSource can sink straight to the tracker
+TICK_TYPES = frozenset({"dev.radflow.tick.v1", "dev.knative.sources.ping"})
 
 Reply = tuple[bytes | str, int, dict[str, str]]
 
@@ -57,9 +68,16 @@ def handle(
     if store is None or settings is None:
         store, settings = _deps()
     if method == "GET":
-        return _get(store, path)
+        return _get(store, settings, path)
     if method != "POST":
         return ("", 405, {"Allow": "GET, POST"})
+    parts = [p for p in path.split("/") if p]
+    if len(parts) == 3 and parts[0] == "jobs" and parts[2] == "redrive":
+        try:
+            return redrive(store, settings, parts[1])
+        except Unavailable as exc:
+            logger.warning("job tracker: re-drive failed: %s", exc)
+            return _json({"reason": "unavailable"}, 503)
     try:
         event = events.from_http(headers, body)
     except events.InvalidEvent as exc:
@@ -75,18 +93,66 @@ def _json(doc: Any, status: int = 200) -> Reply:
     return (json.dumps(doc, sort_keys=True), status, {"content-type": "application/json"})
 
 
-def _get(store: ObjectStore, path: str) -> Reply:
+def _get(store: ObjectStore, settings: TrackerSettings, path: str) -> Reply:
     parts = [p for p in path.split("/") if p]
     if parts in ([], ["healthz"]):
         return _json({"status": "ok"})
     if parts == ["jobs"]:
+        sweep(store, settings)
         return _json({"jobs": list_jobs(store)})
     if len(parts) == 2 and parts[0] == "jobs":
-        doc = read_job(store, parts[1])
+        doc = enforce_deadline(store, settings, parts[1])
         if doc is None:
             return _json({"reason": "job_not_found"}, 404)
         return _json(view(store, doc))
     return _json({"reason": "not_found"}, 404)
+
+
+def _now() -> _dt.datetime:
+    return _dt.datetime.now(_dt.UTC)
+
+
+def enforce_deadline(
+    store: ObjectStore, settings: TrackerSettings, job_id: str
+) -> dict[str, Any] | None:
+    """The job's document, failed first (and written back) if it is past its deadline."""
+    key = status_key(job_id)
+
+    def check() -> dict[str, Any] | None:
+        try:
+            blob, etag = store.get_with_etag(key)
+        except NotFound:
+            return None
+        doc: dict[str, Any] = json.loads(blob)
+        late = logic.check_deadline(doc, _now(), settings.job_deadline_seconds)
+        if late is None:
+            return doc
+        store.put_if_match(key, json.dumps(late, sort_keys=True).encode(), etag)
+        logger.warning(
+            "job failed: deadline exceeded",
+            extra={"job": job_id, "pending": late["failure"]["stages"]},
+        )
+        return late
+
+    try:
+        return retrying(attempts=MAX_ATTEMPTS, on=AlreadyExists)(check)
+    except AlreadyExists:
+        return read_job(store, job_id)  # busy with events: it is making progress
+
+
+def sweep(store: ObjectStore, settings: TrackerSettings) -> int:
+    """Fail every running job past its deadline; return how many were failed."""
+    failed = 0
+    for info in store.list(STATUS_PREFIX):
+        try:
+            doc = json.loads(store.get_bytes(info.key))
+        except (NotFound, ValueError):
+            continue
+        if doc.get("state") != logic.RUNNING:
+            continue
+        after = enforce_deadline(store, settings, str(doc["job_id"]))
+        failed += bool(after and after.get("reason") == logic.DEADLINE_EXCEEDED)
+    return failed
 
 
 def read_job(store: ObjectStore, job_id: str) -> dict[str, Any] | None:
@@ -108,8 +174,6 @@ def list_jobs(store: ObjectStore) -> list[dict[str, Any]]:
 
 def view(store: ObjectStore, doc: Mapping[str, Any]) -> dict[str, Any]:
     """The detail view: outputs and logs as ``s3://`` URIs a user can fetch."""
-    from radflow.sdk.storage import Keys
-
     out = {k: v for k, v in doc.items() if k != "seen"}
     stages = {}
     for name, entry in sorted(doc["stages"].items()):
@@ -124,14 +188,18 @@ def view(store: ObjectStore, doc: Mapping[str, Any]) -> dict[str, Any]:
 
 def _record(store: ObjectStore, settings: TrackerSettings, event: events.CloudEvent) -> Reply:
     attrs = events.attributes(event)
+    if attrs.get("type") in TICK_TYPES and "knativeerrorcode" not in attrs:
+        sweep(store, settings)
+        return ("", 202, {})
     job_id = attrs.get(Ext.JOB)
-    data = event.data if isinstance(event.data, dict) else {}
-    if not job_id:
-        job_id = data.get("job_id") if isinstance(data, dict) else None
+    data = event.data
+    if not job_id and isinstance(data, dict):
+        job_id = data.get("job_id")
     if not job_id:
         logger.info("event without a job id ignored", extra={"event_type": attrs.get("type")})
         return ("", 202, {})
-    pipeline = str(attrs.get(Ext.PIPELINE) or data.get("pipeline", ""))
+    fields = data if isinstance(data, dict) else {}
+    pipeline = str(attrs.get(Ext.PIPELINE) or fields.get("pipeline", ""))
     dag = settings.dags.get(pipeline)
     key = status_key(str(job_id))
 
@@ -143,9 +211,11 @@ def _record(store: ObjectStore, settings: TrackerSettings, event: events.CloudEv
         except NotFound:
             doc, etag = None, ""
         base = doc or logic.new_job(str(job_id), pipeline, dag)
-        new, final = logic.apply(base, attrs, data, dag)
-        if not new.get("study_instance_uid") and data.get("manifest_key"):
-            new["study_instance_uid"] = _study_uid(store, str(data["manifest_key"]))
+        new, final = logic.apply(base, attrs, data, dag, now=_now().isoformat())
+        if not new.get("study_instance_uid") and new["state"] != logic.FAILED:
+            manifest_key = fields.get("manifest_key")
+            if isinstance(manifest_key, str) and manifest_key:
+                new["study_instance_uid"] = _study_uid(store, manifest_key)
         payload = json.dumps(new, sort_keys=True).encode()
         if doc is None:
             store.put_if_absent(key, payload)
@@ -164,6 +234,116 @@ def _record(store: ObjectStore, settings: TrackerSettings, event: events.CloudEv
     if final and is_stage_event and "knativeerrorcode" not in attrs:
         return _job_event(new, final, attrs)
     return ("", 202, {})
+
+
+def redrive(store: ObjectStore, settings: TrackerSettings, job_id: str) -> Reply:
+    """Start a failed job again from the stage(s) that did not complete.
+
+    Re-emits, with new (deterministic) ids, the events those stages consume: the stored job
+    request for a first stage, else the completion event each upstream stage stored in its
+    ``completed.json`` marker. The failed or dead-lettered stages' ``failed.json`` and ``claim``
+    markers are removed first (a stage answers a redelivery with its stored result), and the
+    job document goes back to ``running`` with ``redriven`` counted, before anything is sent:
+    the stages' answers then fold into the running job. If sending fails the job stays running
+    and its deadline fails it again.
+    """
+    doc = read_job(store, job_id)
+    if doc is None:
+        return _json({"reason": "job_not_found"}, 404)
+    if doc["state"] != logic.FAILED:
+        return _json({"reason": "job_not_failed", "state": doc["state"]}, 409)
+    dag = settings.dags.get(doc["pipeline"])
+    if not dag:
+        return _json({"reason": "unknown_pipeline"}, 409)
+    if not settings.broker_url:
+        return _json({"reason": "no_broker_url"}, 503)
+    stages = logic.redrive_stages(doc, dag)
+    count = int(doc.get("redriven", 0)) + 1
+    outgoing: dict[str, events.CloudEvent] = {}
+    for stage in stages:
+        for original in _consumed_events(store, doc, dag, stage):
+            new_id = events.deterministic_id(str(original["id"]), "redrive", str(count))
+            outgoing.setdefault(new_id, _re_emit(original, new_id))
+    if not outgoing:
+        return _json({"reason": "nothing_to_redrive", "stages": stages}, 409)
+    for stage in stages:
+        # only a stage that ended badly: a pending one may be running or done right now
+        if doc["stages"].get(stage, {}).get("state") in (logic.FAILED, logic.DEAD_LETTERED):
+            for marker in ("failed.json", "claim"):
+                store.delete(Keys.stage_marker(job_id, stage, marker))
+    key = status_key(job_id)
+
+    def reset() -> None:
+        blob, etag = store.get_with_etag(key)
+        current = json.loads(blob)
+        if current["state"] != logic.FAILED:
+            return  # another re-drive won
+        new = logic.reset_for_redrive(current, stages, _now().isoformat())
+        store.put_if_match(key, json.dumps(new, sort_keys=True).encode(), etag)
+
+    try:
+        retrying(attempts=MAX_ATTEMPTS, on=AlreadyExists)(reset)
+    except AlreadyExists:
+        raise Unavailable(f"job {job_id}: too many concurrent updates") from None
+    for event in outgoing.values():
+        headers, body = events.to_binary(event)
+        try:
+            http.request("POST", settings.broker_url, body=body, headers=headers, timeout=30)
+        except http.RequestRejected as exc:
+            logger.error("job re-drive: the broker refused an event: %s", exc)
+            return _json({"reason": "broker_refused", "status": exc.status}, 502)
+    logger.info("job re-driven", extra={"job": job_id, "stages": stages, "redriven": count})
+    return _json({"job_id": job_id, "stages": stages, "events": len(outgoing), "redriven": count})
+
+
+def _consumed_events(
+    store: ObjectStore, doc: Mapping[str, Any], dag: Mapping[str, Any], stage: str
+) -> list[events.CloudEvent]:
+    """The events ``stage`` consumes: the job request, or each upstream stage's completion."""
+    if not dag[stage]:
+        req = doc.get("request")
+        if not req:
+            return []
+        return [
+            events.make_event(
+                req["type"],
+                req["source"],
+                req["data"],
+                id=req["id"],
+                subject=req.get("subject"),
+                extensions=req["extensions"],
+            )
+        ]
+    found = []
+    for up in dag[stage]:
+        try:
+            marker = json.loads(
+                store.get_bytes(Keys.stage_marker(doc["job_id"], up, "completed.json"))
+            )
+        except NotFound:
+            continue
+        found.append(events.from_json(json.dumps(marker["event"]).encode()))
+    return found
+
+
+#: attributes a re-emitted event gets anew (the broker sets its own on ingress)
+_FRESH = frozenset(
+    {"id", "time", "specversion", "datacontenttype", "knativebrokerttl", "knativearrivaltime"}
+)
+
+
+def _re_emit(original: events.CloudEvent, new_id: str) -> events.CloudEvent:
+    attrs = events.attributes(original)
+    core = {"type", "source", "subject", "dataschema"}
+    ext = {k: str(v) for k, v in attrs.items() if k not in _FRESH and k not in core}
+    return events.make_event(
+        str(attrs["type"]),
+        str(attrs["source"]),
+        original.data if isinstance(original.data, dict) else {},
+        id=new_id,
+        subject=attrs.get("subject"),
+        extensions=ext,
+    )
 
 
 def _study_uid(store: ObjectStore, manifest_key: str) -> str:

@@ -9,10 +9,13 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from radflow.sdk import http
 from radflow.sdk.errors import ConfigError
+
+if TYPE_CHECKING:
+    from radflow.engine.config import EngineConfig
 
 DEFAULT_STATE = Path(".radflow")
 
@@ -24,18 +27,25 @@ def _engine_state(state_dir: Path) -> dict[str, Any] | None:
     return dict(json.loads(path.read_text()))
 
 
-def cmd_up(args: argparse.Namespace) -> int:
+def load_up_config(args: argparse.Namespace) -> EngineConfig:
+    """The engine configuration ``radflow up`` runs with: the file's ``radflow:`` section, then
+    the options given on the command line (an option left out keeps the file's value)."""
     from radflow.engine.config import load_engine_config
-    from radflow.engine.stack import Engine
-    from radflow.sdk.logging import configure_logging
 
-    configure_logging("engine", args.log_level, "text" if sys.stderr.isatty() else "json")
-    config = load_engine_config(
+    return load_engine_config(
         args.config,
-        state_dir=args.state_dir,
+        state_dir=args.state_dir_option,
         manifests=args.manifests,
         scale_to_zero_after=args.scale_to_zero_after,
     )
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from radflow.engine.stack import Engine
+    from radflow.sdk.logging import configure_logging
+
+    config = load_up_config(args)
+    configure_logging("engine", args.log_level, "text" if sys.stderr.isatty() else "json")
 
     async def run() -> None:
         engine = Engine(config)
@@ -122,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--state-dir",
         type=Path,
-        default=DEFAULT_STATE,
-        help="engine state folder (default .radflow)",
+        default=None,
+        help="engine state folder (default: the config's radflow.state-dir, else .radflow)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -166,9 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line; ``state_dir`` defaults to ``.radflow`` while
+    ``state_dir_option`` keeps what was given, so ``up`` lets the file's ``state-dir`` decide."""
+    args = build_parser().parse_args(argv)
+    args.state_dir_option = args.state_dir
+    args.state_dir = args.state_dir or DEFAULT_STATE
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

@@ -4,7 +4,11 @@ anything starts."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from radflow.cli.main import load_up_config, parse_args
 
@@ -39,3 +43,46 @@ def test_the_files_state_dir_is_kept_unless_the_option_is_given(tmp_path: Path) 
         parse_args(["--state-dir", str(tmp_path / "opt"), "up", "--config", str(config_file)])
     )
     assert given.state_dir == tmp_path / "opt"
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (
+            "dicom:\n  scp:\n    ae-titel: BRAINSEG\n",
+            r"^radflow: \S+/bad\.yaml: dicom\.scp\.ae-titel: unknown key \(known here: ",
+        ),
+        (
+            "dicom:\n  scp:\n    port: eleven\n",
+            r"^radflow: \S+/bad\.yaml: dicom\.scp\.port: Input should be a valid integer",
+        ),
+    ],
+)
+def test_radflow_up_fails_fast_on_an_adapter_configuration_error(
+    tmp_path: Path, text: str, needle: str
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    state = tmp_path / "state"
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "radflow.cli.main",
+                "--state-dir",
+                str(state),
+                "up",
+                "--config",
+                str(bad),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"radflow up kept running on a bad configuration: {exc.stdout!r}")
+    assert done.returncode == 2, done.stderr
+    assert re.search(needle, done.stderr, re.M), done.stderr
+    assert "radflow is up" not in done.stdout
+    assert not (state / "engine.json").exists()  # nothing started

@@ -29,15 +29,23 @@ def _engine_state(state_dir: Path) -> dict[str, Any] | None:
 
 def load_up_config(args: argparse.Namespace) -> EngineConfig:
     """The engine configuration ``radflow up`` runs with: the file's ``radflow:`` section, then
-    the options given on the command line (an option left out keeps the file's value)."""
+    the options given on the command line (an option left out keeps the file's value).
+
+    The file's adapter part is validated here too, before anything starts: a typo would
+    otherwise surface only as an adapter crash-looping with the reason in its log.
+    """
+    from radflow.adapter.config import load_yaml
     from radflow.engine.config import load_engine_config
 
-    return load_engine_config(
+    config = load_engine_config(
         args.config,
         state_dir=args.state_dir_option,
         manifests=args.manifests,
         scale_to_zero_after=args.scale_to_zero_after,
     )
+    if config.adapter_config is not None:
+        load_yaml(config.adapter_config)
+    return config
 
 
 def cmd_up(args: argparse.Namespace) -> int:

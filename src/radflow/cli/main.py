@@ -85,8 +85,14 @@ def _format_status(status: dict[str, Any]) -> str:
     )
     if status.get("triton"):
         lines.append(f"triton      {status['triton']['url']}")
+    for a in status.get("adapters", []):
+        titles = ", ".join(a["ae_titles"]) or "none"
+        lines.append(f"dicom       {a['dicom']}  AE titles {titles}  ({a['name']})")
+        lines.append(f"rest api    {a['rest_api']}  (radflow dicom --api, Clara /api/config)")
+        if a.get("config_problem"):
+            lines.append(f"            configuration problem: {a['config_problem']}")
     for b in status["brokers"]:
-        lines.append(f"broker      {b['namespace']}/{b['name']}  {b['url']}")
+        lines.append(f"broker      {b['namespace']}/{b['name']}  {b['url']}  (ingress)")
     for w in status["workloads"]:
         lines.append(f"deployment  {w.get('name')}  {w.get('state', '')}  pid {w.get('pid', '-')}")
     for f in status["functions"]:
@@ -109,8 +115,21 @@ def cmd_status(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    for adapter in status.get("adapters", []):
+        _live_ae_titles(adapter)
     print(json.dumps(status, indent=2) if args.json else _format_status(status))
     return 0
+
+
+def _live_ae_titles(adapter: dict[str, Any]) -> None:
+    """Replace the file's AE titles with those the adapter serves now (REST changes included);
+    keep the file's when its API does not answer yet."""
+    try:
+        served = http.get_json(adapter["rest_api"] + "/api/config/claraaetitle", timeout=2)
+    except (http.ServiceUnavailable, http.RequestRejected):
+        return
+    if isinstance(served, list):
+        adapter["ae_titles"] = [str(e.get("aeTitle")) for e in served if isinstance(e, dict)]
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

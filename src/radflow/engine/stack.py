@@ -31,6 +31,7 @@ from prometheus_client import generate_latest
 from radflow.engine.broker import BrokerRuntime
 from radflow.engine.compiler import STORE_SECRET
 from radflow.engine.config import EngineConfig
+from radflow.engine.endpoints import adapter_endpoints, is_adapter
 from radflow.engine.host import IMAGING_STACK, FunctionHost, WorkloadRunner
 from radflow.engine.manifests import ManifestSet, load_manifests, name_of, namespace_of
 from radflow.engine.metrics import REGISTRY
@@ -314,10 +315,20 @@ class Engine:
                 "embedded": self.s3 is not None,
             },
             "triton": {"url": self.triton.http_url} if self.triton else None,
+            "adapters": self._adapters(),
             "brokers": brokers,
             "functions": self.host.status() if self.host else [],
             "workloads": self.workloads.status() if self.workloads else [],
         }
+
+    def _adapters(self) -> list[dict[str, Any]]:
+        if self.workloads is None:
+            return []
+        return [
+            adapter_endpoints(spec.name, env, self.config.adapter_config)
+            for spec, env in self.workloads.environments()
+            if is_adapter(spec.container)
+        ]
 
     def _write_state(self) -> None:
         path = self.state_dir / "engine.json"

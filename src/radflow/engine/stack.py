@@ -32,7 +32,7 @@ from radflow.engine.broker import BrokerRuntime
 from radflow.engine.compiler import STORE_SECRET
 from radflow.engine.config import EngineConfig
 from radflow.engine.endpoints import adapter_endpoints, is_adapter
-from radflow.engine.host import IMAGING_STACK, FunctionHost, WorkloadRunner
+from radflow.engine.host import IMAGING_STACK, FunctionHost, WorkloadRunner, log_file
 from radflow.engine.manifests import ManifestSet, load_manifests, name_of, namespace_of
 from radflow.engine.metrics import REGISTRY
 from radflow.engine.seaweed import SeaweedServer
@@ -245,7 +245,11 @@ class Engine:
                 reason,
             )
             return
-        self.triton = TritonServer(self.config.model_repository, self.state_dir / "triton")
+        self.triton = TritonServer(
+            self.config.model_repository,
+            self.state_dir / "triton",
+            log_file=log_file(self.state_dir, "triton"),
+        )
         self.triton.start()  # main thread, see engine/children.py
         http_port = int(self.triton.http_url.rsplit(":", 1)[1].split("/")[0])
         grpc_port = getattr(self.triton, "grpc_port", None)

@@ -215,6 +215,8 @@ class Engine:
         if self.config.adapter_config:
             adapter_env["RADFLOW_ADAPTER_CONFIG"] = str(self.config.adapter_config)
         adapter_env["RADFLOW_ADAPTER_SPOOL_DIR"] = str(self.state_dir / "spool")
+        # the REST API refuses an AE title mapped to a pipeline no Trigger routes
+        adapter_env["RADFLOW_ADAPTER_PIPELINES"] = ",".join(sorted(self.manifests.pipeline_ids()))
         self.workloads = WorkloadRunner(
             deployments=self._localise(
                 [d for d in self.manifests.deployments if EMBEDDED not in _annotations(d)]

@@ -82,6 +82,14 @@ def test_status_shows_dicom_rest_broker_s3_and_control_endpoints(
         assert _wait(lambda: http.probe(rest + "/health/ready") == 200, 90), (
             tmp_path / "engine.log"
         ).read_text()[-3000:]
+        # the engine tells its adapter which pipelines it runs (none here: no Trigger)
+        with pytest.raises(http.RequestRejected, match="unknown pipeline 'nope'") as refused:
+            http.post_json(
+                rest + "/api/config/claraaetitle",
+                {"aeTitle": "NOPE", "processorSettings": {"pipeline-x": "nope"}},
+                timeout=10,
+            )
+        assert refused.value.status == 400
         # an AE title added over REST is shown too: status asks the adapter, not only the file
         http.post_json(rest + "/api/config/claraaetitle", {"aeTitle": "LUNGSEG"}, timeout=10)
 

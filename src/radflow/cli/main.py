@@ -155,7 +155,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="radflow", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="radflow",
+        description="Event-driven AI pipelines for medical imaging: run the engine, "
+        "manage the DICOM adapter, compile pipelines, follow jobs.",
+    )
     parser.add_argument(
         "--state-dir",
         type=Path,
@@ -172,19 +176,21 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--scale-to-zero-after", type=float, help="idle seconds before a function stops"
     )
-    up.add_argument("--log-level", default="INFO")
+    up.add_argument("--log-level", default="INFO", help="engine log level (default INFO)")
     up.set_defaults(func=cmd_up)
 
     st = sub.add_parser("status", help="what runs where")
-    st.add_argument("--json", action="store_true")
+    st.add_argument("--json", action="store_true", help="print the engine's status as JSON")
     st.set_defaults(func=cmd_status)
 
     lg = sub.add_parser("logs", help="a function's log")
     lg.add_argument(
         "function", help="Knative Service name (or seaweedfs, triton, a Deployment name)"
     )
-    lg.add_argument("-f", "--follow", action="store_true")
-    lg.add_argument("-n", "--lines", type=int, default=200)
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    lg.add_argument(
+        "-n", "--lines", type=int, default=200, help="last lines to print (default 200)"
+    )
     lg.set_defaults(func=cmd_logs)
 
     demo = sub.add_parser(

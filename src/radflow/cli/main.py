@@ -8,6 +8,7 @@ import asyncio
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,7 +68,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             print("radflow is up; Ctrl-C stops everything.", flush=True)
             await stopping.wait()
         finally:
-            await engine.stop()
+            began = time.monotonic()
+            print("radflow is stopping ...", flush=True)
+            await engine.stop(report=lambda line: print(f"  {line}", flush=True))
+            print(f"radflow stopped ({time.monotonic() - began:.1f} s)", flush=True)
 
     asyncio.run(run())
     return 0

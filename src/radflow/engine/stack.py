@@ -23,6 +23,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -344,18 +345,34 @@ class Engine:
             )
         )
 
-    async def stop(self) -> None:
-        for part in (self.workloads, self.broker, self.host):
+    async def stop(self, report: Callable[[str], None] | None = None) -> None:
+        """Stop every part, the adapter first (no new work) and the store last.
+
+        ``report`` is told what is being stopped, part by part (``radflow up`` prints it: a
+        stop can take the workloads' grace period, and silence looks like a hang).
+        """
+        say = report or (lambda _line: None)
+        workloads = [w.get("name") for w in self.workloads.status()] if self.workloads else []
+        functions = [f["name"] for f in self.host.status()] if self.host else []
+        for part, what in (
+            (self.workloads, f"deployments ({', '.join(map(str, workloads)) or 'none'})"),
+            (self.broker, "broker"),
+            (self.host, f"functions ({len(functions)})"),
+        ):
             if part is not None:
+                say(f"stopping {what}")
                 try:
                     await part.stop()
                 except Exception:  # stop the rest even if one part fails to stop cleanly
                     log.exception("stopping %s failed", type(part).__name__)
         if self._control:
+            say("stopping the control server")
             await self._control.cleanup()
         if self.triton is not None:
+            say("stopping Triton")
             await asyncio.to_thread(self.triton.stop)
         if self.s3 is not None:
+            say("stopping SeaweedFS")
             await asyncio.to_thread(self.s3.stop)
         (self.state_dir / "engine.json").unlink(missing_ok=True)
 

@@ -114,6 +114,21 @@ def test_jobs_cli_lists_and_shows(
     assert jobs_cli.main(["jobs", "show", "missing"]) == 1
 
 
+def test_jobs_show_takes_a_unique_prefix_and_lists_an_ambiguous_ones_candidates(
+    tracker: Any, tracker_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for job in ("job-abc1", "job-abc2", "job-xyz"):
+        post(tracker, stage_event("a", job=job))
+    for url in ([], ["--url", tracker_url]):
+        assert jobs_cli.main(["jobs", "show", "job-x", *url]) == 0
+        assert capsys.readouterr().out.startswith("job       job-xyz\n")
+        assert jobs_cli.main(["jobs", "show", "job-abc", *url]) == 1
+        err = capsys.readouterr().err
+        assert err == "job id prefix 'job-abc' is ambiguous: job-abc1, job-abc2\n"
+        assert jobs_cli.main(["jobs", "show", "job-q", *url]) == 1
+        assert capsys.readouterr().err == "job job-q not found\n"
+
+
 @pytest.fixture
 def tracker_url(tracker: Any) -> Iterator[str]:
     """The same tracker served over HTTP on loopback, as a running tracker is."""

@@ -159,3 +159,19 @@ def test_a_dag_edit_changes_the_stage_it_touches_and_the_tracker_only(repo_copy:
         "Trigger/brain-tumor-segmentation-rtstruct-writer-from-dicom-parser",
         "Service/job-tracker",
     }
+
+
+def test_compile_outside_a_checkout_fails_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from radflow.cli.main import main as radflow_cli
+
+    monkeypatch.chdir(tmp_path)
+    assert radflow_cli(["pipeline", "compile"]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(
+        r"radflow: no pipelines to compile: \S+/pipelines has no \*\.yaml; run this in a radflow "
+        r"checkout or name pipeline files\n",
+        err,
+    ), err
+    assert list(tmp_path.iterdir()) == []  # no empty knative/

@@ -2,7 +2,8 @@
 
 =========================================  =================================================
 ``GET /api/config/claraaetitle[/name]``    list / one (404 if unknown)
-``POST /api/config/claraaetitle``          Clara body -> 201 + entity; 400 invalid/duplicate
+``POST /api/config/claraaetitle``          Clara body -> 201 + entity; 400 invalid/duplicate/
+                                           a pipeline the engine does not run
 ``DELETE /api/config/claraaetitle/name``   200 + deleted entity; 404 if unknown
 same for ``sourceaetitle`` and ``destinationaetitle``
 ``GET /health/live``, ``/health/ready``    200 / 503 (ready = listening, store reachable)
@@ -55,6 +56,20 @@ def add_clara_ae(cfg: AdapterConfig, body: Any) -> tuple[AdapterConfig, dict[str
         cfg, ae_titles=(*cfg.ae_titles, ae), pipeline_mappings=(*cfg.pipeline_mappings, *mappings)
     )
     return new, cfgmod.clara_ae_to_rest(ae, new)
+
+
+def check_pipelines(body: Any, known: frozenset[str] | None) -> None:
+    """Refuse a Clara AE title body that maps to a pipeline the engine does not run: its jobs
+    would be events no Trigger matches, lost without a word."""
+    if known is None:
+        return
+    _, mappings = cfgmod.clara_ae_from_rest(body)
+    for m in mappings:
+        if m.pipeline_id not in known:
+            raise InvalidInput(
+                f"unknown pipeline {m.pipeline_id!r}: the engine runs "
+                f"{', '.join(sorted(known)) or 'no pipeline'}"
+            )
 
 
 def delete_clara_ae(cfg: AdapterConfig, name: str) -> tuple[AdapterConfig, dict[str, Any]]:
@@ -143,9 +158,15 @@ class RestApi:
     """
 
     def __init__(
-        self, store: ConfigStore, *, ready: Callable[[], bool], status: Callable[[], dict[str, Any]]
+        self,
+        store: ConfigStore,
+        *,
+        ready: Callable[[], bool],
+        status: Callable[[], dict[str, Any]],
+        known_pipelines: frozenset[str] | None = None,
     ) -> None:
         self.store = store
+        self.known_pipelines = known_pipelines
         self.ready = ready
         self.status = status
         self._server = ThreadedServer(self._app, name="rest-api")
@@ -210,6 +231,8 @@ class RestApi:
                 return (200, found) if found else (404, {"error": f"{name!r} not found"})
             if method == "POST" and name is None:
                 body = _read_json(headers, read_body)
+                if lowered[3] == "claraaetitle":
+                    check_pipelines(body, self.known_pipelines)
                 holder: dict[str, Any] = {}
 
                 def change(c: AdapterConfig) -> AdapterConfig:

@@ -61,7 +61,12 @@ class Adapter:
         )
         self.scp: DicomServer | None = None
         self.receivers: ReceiverPool | None = None
-        self.api = RestApi(self.configs, ready=self.ready, status=self.status)
+        self.api = RestApi(
+            self.configs,
+            ready=self.ready,
+            status=self.status,
+            known_pipelines=settings.known_pipelines,
+        )
         self.drop = DropWatcher(self, settings.drop_prefix, settings.drop_poll_seconds)
         self.dicom_port: int | None = None
         self.rest_port: int | None = None

@@ -279,18 +279,33 @@ def parse_yaml_text(text: str, *, origin: str = "<config>") -> AdapterConfig:
         raise ConfigError(f"{origin}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{origin}: top level must be a mapping")
-    dicom = raw.get("dicom") or {}
-    scp = dicom.get("scp") or {}
-    scu = dicom.get("scu") or {}
+    _check_keys(raw, _TOP_KEYS, "", origin)
+    dicom = _section(raw, "dicom", "", origin)
+    scp = _section(dicom, "scp", "dicom.", origin)
+    scu = _section(dicom, "scu", "dicom.", origin)
+    _check_keys(scp, _SCP_KEYS, "dicom.scp.", origin)
+    _check_keys(scu, _SCU_KEYS, "dicom.scu.", origin)
     mappings = list(raw.get("pipeline-mappings") or [])
     ae_titles = []
     for i, entry in enumerate(scp.get("ae-titles") or []):
         if not isinstance(entry, dict):
             raise ConfigError(f"{origin}: dicom.scp.ae-titles[{i}] must be a mapping")
         entry = dict(entry)
-        settings = dict(
-            entry.pop("processor-settings", None) or entry.pop("processorSettings", None) or {}
+        where = f"dicom.scp.ae-titles[{i}]"
+        settings_key = "processorSettings" if "processorSettings" in entry else "processor-settings"
+        settings = entry.pop(settings_key, None) or {}
+        entry.pop("processor-settings", None)
+        if not isinstance(settings, dict):
+            raise ConfigError(f"{origin}: {where}.{settings_key}: must be a mapping")
+        settings = dict(settings)
+        _check_keys(
+            {k: v for k, v in settings.items() if not str(k).startswith("pipeline-")},
+            _PROCESSOR_SETTINGS_KEYS,
+            f"{where}.{settings_key}.",
+            origin,
+            also="pipeline-<name>",
         )
+        settings.pop("priority", None)
         entry.pop("processor", None)
         if "timeout" in settings:
             entry.setdefault("timeout", settings.pop("timeout"))
@@ -308,7 +323,9 @@ def parse_yaml_text(text: str, *, origin: str = "<config>") -> AdapterConfig:
                 )
         ae_titles.append(entry)
     sources = []
-    for entry in scp.get("sources") or []:
+    for i, entry in enumerate(scp.get("sources") or []):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{origin}: dicom.scp.sources[{i}] must be a mapping")
         entry = dict(entry)
         entry.setdefault("name", str(entry.get("ae-title")))
         sources.append(entry)
@@ -322,7 +339,8 @@ def parse_yaml_text(text: str, *, origin: str = "<config>") -> AdapterConfig:
     for i, entry in enumerate(mappings):
         if isinstance(entry, dict):
             entry.setdefault("name", f"mapping-{i}")
-    verification = scp.get("verification") or {}
+    verification = _section(scp, "verification", "dicom.scp.", origin)
+    _check_keys(verification, _VERIFICATION_KEYS, "dicom.scp.verification.", origin)
     data: dict[str, Any] = {
         "port": scp.get("port", 104),
         "ae-titles": ae_titles,
@@ -331,9 +349,7 @@ def parse_yaml_text(text: str, *, origin: str = "<config>") -> AdapterConfig:
         "pipeline-mappings": mappings,
         "reject-unknown-sources": scp.get("reject-unknown-sources", True),
         "max-associations": scp.get("max-associations", 25),
-        "verification-enabled": verification.get("enabled", True)
-        if isinstance(verification, dict)
-        else True,
+        "verification-enabled": verification.get("enabled", True),
         "scu-ae-title": scu.get("ae-title", "ClaraSCU"),
     }
     if scp.get("tls"):
@@ -341,7 +357,75 @@ def parse_yaml_text(text: str, *, origin: str = "<config>") -> AdapterConfig:
     try:
         return AdapterConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{origin}: {_problems(exc)}") from None
+        raise ConfigError(f"{origin}: {_yaml_problems(exc)}") from None
+
+
+#: the keys each level of the Clara YAML may carry. Clara's own keys that radflow does not use
+#: (``services``, ``storage``, ``log-dimse-datasets``, ``transfer-syntaxes``, ``priority``,
+#: the scu's ``max-associations``) are accepted so that a Clara file loads; anything else is a
+#: typo.
+_TOP_KEYS = frozenset({"dicom", "pipeline-mappings", "radflow", "services", "storage"})
+_DICOM_KEYS = frozenset({"scp", "scu"})
+_SCP_KEYS = frozenset(
+    {
+        "port",
+        "ae-titles",
+        "sources",
+        "max-associations",
+        "verification",
+        "log-dimse-datasets",
+        "reject-unknown-sources",
+        "tls",
+    }
+)
+_SCU_KEYS = frozenset({"ae-title", "destinations", "max-associations", "log-dimse-datasets"})
+_VERIFICATION_KEYS = frozenset({"enabled", "transfer-syntaxes"})
+_PROCESSOR_SETTINGS_KEYS = frozenset({"timeout", "groupBy", "priority"})
+
+#: where each :class:`AdapterConfig` field comes from in the Clara YAML
+_YAML_PATH = {
+    "port": "dicom.scp.port",
+    "ae-titles": "dicom.scp.ae-titles",
+    "sources": "dicom.scp.sources",
+    "destinations": "dicom.scu.destinations",
+    "pipeline-mappings": "pipeline-mappings",
+    "reject-unknown-sources": "dicom.scp.reject-unknown-sources",
+    "max-associations": "dicom.scp.max-associations",
+    "verification-enabled": "dicom.scp.verification.enabled",
+    "scu-ae-title": "dicom.scu.ae-title",
+    "tls": "dicom.scp.tls",
+}
+
+
+def _check_keys(
+    mapping: dict[str, Any], known: frozenset[str], prefix: str, origin: str, also: str = ""
+) -> None:
+    unknown = sorted(str(k) for k in mapping if k not in known)
+    if unknown:
+        allowed = ", ".join(sorted(known) + ([also] if also else []))
+        raise ConfigError(f"{origin}: {prefix}{unknown[0]}: unknown key (known here: {allowed})")
+
+
+def _section(parent: dict[str, Any], key: str, prefix: str, origin: str) -> dict[str, Any]:
+    value = parent.get(key) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{origin}: {prefix}{key}: must be a mapping")
+    if key == "dicom":
+        _check_keys(value, _DICOM_KEYS, "dicom.", origin)
+    return value
+
+
+def _yaml_problems(exc: ValidationError) -> str:
+    """Pydantic's errors with the key path of the YAML (``dicom.scp.ae-titles[0].ae-title``)."""
+    problems = []
+    for e in exc.errors():
+        loc = list(e["loc"])
+        path = _YAML_PATH.get(str(loc[0]), str(loc[0])) if loc else "<root>"
+        for part in loc[1:]:
+            path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        problems.append(f"{path}: {msg}")
+    return "; ".join(problems)
 
 
 def load_yaml(path: Path) -> AdapterConfig:

@@ -45,6 +45,12 @@ class AdapterSettings(ServiceSettings):
         validation_alias=AliasChoices("K_SINK", "RADFLOW_ADAPTER_SINK", "sink"),
         description="Broker URL the job events are POSTed to; a SinkBinding injects K_SINK.",
     )
+    pipelines: str | None = Field(
+        None,
+        description="Comma-separated ids of the pipelines the engine runs (radflow up sets it "
+        "from the Triggers); a REST pipeline mapping to any other id is refused. Unset: not "
+        "checked.",
+    )
     upload_workers: int = Field(8, ge=1, le=64, description="Threads draining the spool to S3.")
     drop_prefix: str = Field("inbox/", description="Bucket prefix watched for dropped DICOM files.")
     drop_poll_seconds: float = Field(
@@ -80,3 +86,10 @@ class AdapterSettings(ServiceSettings):
         "0 = serve them in the adapter process itself. "
         "About one per core of the container's CPU request.",
     )
+
+    @property
+    def known_pipelines(self) -> frozenset[str] | None:
+        """:attr:`pipelines` as a set; ``None`` when unset (nothing to check against)."""
+        if self.pipelines is None:
+            return None
+        return frozenset(p.strip() for p in self.pipelines.split(",") if p.strip())

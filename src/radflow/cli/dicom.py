@@ -41,7 +41,7 @@ def add_dicom_commands(subparsers: Any) -> None:
     kinds = create.add_subparsers(dest="kind", required=True)
     ae = kinds.add_parser("aetitle", help="a Clara AE title the adapter listens as")
     ae.add_argument("--name", help="entity name (default: the AE title)")
-    ae.add_argument("--ae-title", required=True)
+    ae.add_argument("--ae-title", required=True, help="the AE title senders call")
     ae.add_argument(
         "--pipeline",
         action="append",
@@ -54,22 +54,28 @@ def add_dicom_commands(subparsers: Any) -> None:
     )
     ae.add_argument("--group-by", help="grouping tag, e.g. 0020,000D")
     ae.add_argument("--overwrite", action="store_true", help="overwrite-same-instance")
-    ae.add_argument("--ignore-sop-class", action="append", default=[], metavar="UID")
+    ae.add_argument(
+        "--ignore-sop-class",
+        action="append",
+        default=[],
+        metavar="UID",
+        help="SOP class to accept and drop (repeatable)",
+    )
     src = kinds.add_parser("src", help="a DICOM source allowed to send")
-    src.add_argument("--name")
-    src.add_argument("--ae-title", required=True)
-    src.add_argument("--host-ip", required=True)
+    src.add_argument("--name", help="entity name (default: the AE title)")
+    src.add_argument("--ae-title", required=True, help="the calling AE title of the source")
+    src.add_argument("--host-ip", required=True, help="the address it connects from")
     dest = kinds.add_parser("dest", help="a DICOM destination for exports")
-    dest.add_argument("--name", required=True)
-    dest.add_argument("--ae-title", required=True)
-    dest.add_argument("--host-ip", required=True)
-    dest.add_argument("--port", type=int, required=True)
+    dest.add_argument("--name", required=True, help="entity name results are exported by")
+    dest.add_argument("--ae-title", required=True, help="the destination's AE title")
+    dest.add_argument("--host-ip", required=True, help="the destination's address")
+    dest.add_argument("--port", type=int, required=True, help="the destination's DICOM port")
 
     lst = verbs.add_parser("list", help="list AE titles, sources or destinations")
-    lst.add_argument("kind", choices=sorted(_RESOURCE))
+    lst.add_argument("kind", choices=sorted(_RESOURCE), help="what to list")
     delete = verbs.add_parser("delete", help="delete an AE title, a source or a destination")
-    delete.add_argument("kind", choices=sorted(_RESOURCE))
-    delete.add_argument("--name", required=True)
+    delete.add_argument("kind", choices=sorted(_RESOURCE), help="what to delete")
+    delete.add_argument("--name", required=True, help="the entity's name")
     dicom.set_defaults(func=run_dicom)
 
 

@@ -44,7 +44,7 @@ def add_jobs_commands(subparsers: Any) -> None:
     j.set_defaults(func=cmd_jobs)
     sub = j.add_subparsers(dest="jobs_command")
     show = sub.add_parser("show", help="one job: stage timeline, outputs and logs")
-    show.add_argument("job_id")
+    show.add_argument("job_id", help="a job id or a unique prefix of one")
     show.add_argument("--json", action="store_true", help="print JSON (as served by the tracker)")
     show.add_argument("--url", help="job tracker URL (default: read the object store directly)")
     show.set_defaults(func=cmd_show)
@@ -160,10 +160,24 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def find_job(url: str | None, given: str) -> tuple[dict[str, Any] | None, str]:
+    """The job whose id is ``given`` or, failing that, the one job whose id starts with it
+    (job ids are 36-character UUIDs nobody types); else ``None`` and why."""
+    doc = load_job(url, given)
+    if doc is not None:
+        return doc, ""
+    candidates = sorted(j["job_id"] for j in load_jobs(url) if j["job_id"].startswith(given))
+    if not candidates:
+        return None, f"job {given} not found"
+    if len(candidates) > 1:
+        return None, f"job id prefix {given!r} is ambiguous: {', '.join(candidates)}"
+    return load_job(url, candidates[0]), ""
+
+
 def cmd_show(args: argparse.Namespace) -> int:
-    doc = load_job(args.url, args.job_id)
+    doc, problem = find_job(args.url, args.job_id)
     if doc is None:
-        print(f"job {args.job_id} not found", file=sys.stderr)
+        print(problem or f"job {args.job_id} not found", file=sys.stderr)
         return 1
     print(json.dumps(doc, indent=2, sort_keys=True) if args.json else render_job(doc))
     return 0

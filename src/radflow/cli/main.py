@@ -8,11 +8,15 @@ import asyncio
 import json
 import signal
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from radflow.sdk import http
 from radflow.sdk.errors import ConfigError
+
+if TYPE_CHECKING:
+    from radflow.engine.config import EngineConfig
 
 DEFAULT_STATE = Path(".radflow")
 
@@ -24,18 +28,33 @@ def _engine_state(state_dir: Path) -> dict[str, Any] | None:
     return dict(json.loads(path.read_text()))
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    from radflow.engine.config import load_engine_config
-    from radflow.engine.stack import Engine
-    from radflow.sdk.logging import configure_logging
+def load_up_config(args: argparse.Namespace) -> EngineConfig:
+    """The engine configuration ``radflow up`` runs with: the file's ``radflow:`` section, then
+    the options given on the command line (an option left out keeps the file's value).
 
-    configure_logging("engine", args.log_level, "text" if sys.stderr.isatty() else "json")
+    The file's adapter part is validated here too, before anything starts: a typo would
+    otherwise surface only as an adapter crash-looping with the reason in its log.
+    """
+    from radflow.adapter.config import load_yaml
+    from radflow.engine.config import load_engine_config
+
     config = load_engine_config(
         args.config,
-        state_dir=args.state_dir,
+        state_dir=args.state_dir_option,
         manifests=args.manifests,
         scale_to_zero_after=args.scale_to_zero_after,
     )
+    if config.adapter_config is not None:
+        load_yaml(config.adapter_config)
+    return config
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from radflow.engine.stack import Engine
+    from radflow.sdk.logging import configure_logging
+
+    config = load_up_config(args)
+    configure_logging("engine", args.log_level, "text" if sys.stderr.isatty() else "json")
 
     async def run() -> None:
         engine = Engine(config)
@@ -49,7 +68,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             print("radflow is up; Ctrl-C stops everything.", flush=True)
             await stopping.wait()
         finally:
-            await engine.stop()
+            began = time.monotonic()
+            print("radflow is stopping ...", flush=True)
+            await engine.stop(report=lambda line: print(f"  {line}", flush=True))
+            print(f"radflow stopped ({time.monotonic() - began:.1f} s)", flush=True)
 
     asyncio.run(run())
     return 0
@@ -67,8 +89,14 @@ def _format_status(status: dict[str, Any]) -> str:
     )
     if status.get("triton"):
         lines.append(f"triton      {status['triton']['url']}")
+    for a in status.get("adapters", []):
+        titles = ", ".join(a["ae_titles"]) or "none"
+        lines.append(f"dicom       {a['dicom']}  AE titles {titles}  ({a['name']})")
+        lines.append(f"rest api    {a['rest_api']}  (radflow dicom --api, Clara /api/config)")
+        if a.get("config_problem"):
+            lines.append(f"            configuration problem: {a['config_problem']}")
     for b in status["brokers"]:
-        lines.append(f"broker      {b['namespace']}/{b['name']}  {b['url']}")
+        lines.append(f"broker      {b['namespace']}/{b['name']}  {b['url']}  (ingress)")
     for w in status["workloads"]:
         lines.append(f"deployment  {w.get('name')}  {w.get('state', '')}  pid {w.get('pid', '-')}")
     for f in status["functions"]:
@@ -91,8 +119,21 @@ def cmd_status(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    for adapter in status.get("adapters", []):
+        _live_ae_titles(adapter)
     print(json.dumps(status, indent=2) if args.json else _format_status(status))
     return 0
+
+
+def _live_ae_titles(adapter: dict[str, Any]) -> None:
+    """Replace the file's AE titles with those the adapter serves now (REST changes included);
+    keep the file's when its API does not answer yet."""
+    try:
+        served = http.get_json(adapter["rest_api"] + "/api/config/claraaetitle", timeout=2)
+    except (http.ServiceUnavailable, http.RequestRejected):
+        return
+    if isinstance(served, list):
+        adapter["ae_titles"] = [str(e.get("aeTitle")) for e in served if isinstance(e, dict)]
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -118,12 +159,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="radflow", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="radflow",
+        description="Event-driven AI pipelines for medical imaging: run the engine, "
+        "manage the DICOM adapter, compile pipelines, follow jobs.",
+    )
     parser.add_argument(
         "--state-dir",
         type=Path,
-        default=DEFAULT_STATE,
-        help="engine state folder (default .radflow)",
+        default=None,
+        help="engine state folder (default: the config's radflow.state-dir, else .radflow)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -135,19 +180,21 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--scale-to-zero-after", type=float, help="idle seconds before a function stops"
     )
-    up.add_argument("--log-level", default="INFO")
+    up.add_argument("--log-level", default="INFO", help="engine log level (default INFO)")
     up.set_defaults(func=cmd_up)
 
     st = sub.add_parser("status", help="what runs where")
-    st.add_argument("--json", action="store_true")
+    st.add_argument("--json", action="store_true", help="print the engine's status as JSON")
     st.set_defaults(func=cmd_status)
 
     lg = sub.add_parser("logs", help="a function's log")
     lg.add_argument(
         "function", help="Knative Service name (or seaweedfs, triton, a Deployment name)"
     )
-    lg.add_argument("-f", "--follow", action="store_true")
-    lg.add_argument("-n", "--lines", type=int, default=200)
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    lg.add_argument(
+        "-n", "--lines", type=int, default=200, help="last lines to print (default 200)"
+    )
     lg.set_defaults(func=cmd_logs)
 
     demo = sub.add_parser(
@@ -166,9 +213,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line; ``state_dir`` defaults to ``.radflow`` while
+    ``state_dir_option`` keeps what was given, so ``up`` lets the file's ``state-dir`` decide."""
+    args = build_parser().parse_args(argv)
+    args.state_dir_option = args.state_dir
+    args.state_dir = args.state_dir or DEFAULT_STATE
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

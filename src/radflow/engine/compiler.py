@@ -731,6 +731,13 @@ def default_pipelines(root: Path) -> list[Path]:
 def cmd_compile(args: argparse.Namespace) -> int:
     root = Path.cwd()
     paths = [Path(p) for p in args.pipelines] or default_pipelines(root)
+    if not paths:
+        # outside a checkout: compiling nothing would write an empty knative/ (and remove
+        # whatever manifests are there as stale)
+        raise ConfigError(
+            f"no pipelines to compile: {root / 'pipelines'} has no *.yaml; run this in a "
+            "radflow checkout or name pipeline files"
+        )
     out = Path(args.out)
     skaffold: Path | None = Path(args.skaffold)
     if not Path(args.skaffold).exists() and args.skaffold == DEFAULT_SKAFFOLD:

@@ -74,7 +74,16 @@ def load_engine_config(path: Path | None, **overrides: Any) -> EngineConfig:
             raise ConfigError(f"{path}: the top level must be a mapping")
         section = dict(doc.get("radflow") or {})
         section["adapter_config"] = path.resolve()
-    section.update({k: v for k, v in overrides.items() if v is not None})
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        # a command-line option wins over the file: drop the file's spelling of the same field
+        # (``state-dir`` and ``state_dir`` together would be two inputs for one field)
+        alias = EngineConfig.model_fields[name].alias
+        section.pop(name, None)
+        if alias:
+            section.pop(alias, None)
+        section[alias or name] = value
     try:
         config = EngineConfig.model_validate(section)
     except ValidationError as exc:

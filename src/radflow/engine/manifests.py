@@ -43,6 +43,17 @@ class ManifestSet:
     #: id(document) -> file it came from, for error messages
     origin: dict[int, str] = field(default_factory=dict)
 
+    def pipeline_ids(self) -> set[str]:
+        """The pipelines these manifests run: the ``radflowpipeline`` attribute the Triggers
+        filter on (the adapter stamps it on each job event)."""
+        ids: set[str] = set()
+        for trigger in self.triggers:
+            spec = trigger.get("spec") or {}
+            attribute_sets = [(spec.get("filter") or {}).get("attributes") or {}]
+            attribute_sets += [(f or {}).get("exact") or {} for f in spec.get("filters") or []]
+            ids.update(str(a["radflowpipeline"]) for a in attribute_sets if "radflowpipeline" in a)
+        return ids
+
     def where(self, doc: dict[str, Any]) -> str:
         meta = doc.get("metadata") or {}
         return (

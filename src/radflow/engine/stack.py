@@ -23,6 +23,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -31,7 +32,8 @@ from prometheus_client import generate_latest
 from radflow.engine.broker import BrokerRuntime
 from radflow.engine.compiler import STORE_SECRET
 from radflow.engine.config import EngineConfig
-from radflow.engine.host import IMAGING_STACK, FunctionHost, WorkloadRunner
+from radflow.engine.endpoints import adapter_endpoints, is_adapter
+from radflow.engine.host import IMAGING_STACK, FunctionHost, WorkloadRunner, log_file
 from radflow.engine.manifests import ManifestSet, load_manifests, name_of, namespace_of
 from radflow.engine.metrics import REGISTRY
 from radflow.engine.seaweed import SeaweedServer
@@ -214,6 +216,8 @@ class Engine:
         if self.config.adapter_config:
             adapter_env["RADFLOW_ADAPTER_CONFIG"] = str(self.config.adapter_config)
         adapter_env["RADFLOW_ADAPTER_SPOOL_DIR"] = str(self.state_dir / "spool")
+        # the REST API refuses an AE title mapped to a pipeline no Trigger routes
+        adapter_env["RADFLOW_ADAPTER_PIPELINES"] = ",".join(sorted(self.manifests.pipeline_ids()))
         self.workloads = WorkloadRunner(
             deployments=self._localise(
                 [d for d in self.manifests.deployments if EMBEDDED not in _annotations(d)]
@@ -244,7 +248,11 @@ class Engine:
                 reason,
             )
             return
-        self.triton = TritonServer(self.config.model_repository, self.state_dir / "triton")
+        self.triton = TritonServer(
+            self.config.model_repository,
+            self.state_dir / "triton",
+            log_file=log_file(self.state_dir, "triton"),
+        )
         self.triton.start()  # main thread, see engine/children.py
         http_port = int(self.triton.http_url.rsplit(":", 1)[1].split("/")[0])
         grpc_port = getattr(self.triton, "grpc_port", None)
@@ -314,10 +322,20 @@ class Engine:
                 "embedded": self.s3 is not None,
             },
             "triton": {"url": self.triton.http_url} if self.triton else None,
+            "adapters": self._adapters(),
             "brokers": brokers,
             "functions": self.host.status() if self.host else [],
             "workloads": self.workloads.status() if self.workloads else [],
         }
+
+    def _adapters(self) -> list[dict[str, Any]]:
+        if self.workloads is None:
+            return []
+        return [
+            adapter_endpoints(spec.name, env, self.config.adapter_config)
+            for spec, env in self.workloads.environments()
+            if is_adapter(spec.container)
+        ]
 
     def _write_state(self) -> None:
         path = self.state_dir / "engine.json"
@@ -327,18 +345,34 @@ class Engine:
             )
         )
 
-    async def stop(self) -> None:
-        for part in (self.workloads, self.broker, self.host):
+    async def stop(self, report: Callable[[str], None] | None = None) -> None:
+        """Stop every part, the adapter first (no new work) and the store last.
+
+        ``report`` is told what is being stopped, part by part (``radflow up`` prints it: a
+        stop can take the workloads' grace period, and silence looks like a hang).
+        """
+        say = report or (lambda _line: None)
+        workloads = [w.get("name") for w in self.workloads.status()] if self.workloads else []
+        functions = [f["name"] for f in self.host.status()] if self.host else []
+        for part, what in (
+            (self.workloads, f"deployments ({', '.join(map(str, workloads)) or 'none'})"),
+            (self.broker, "broker"),
+            (self.host, f"functions ({len(functions)})"),
+        ):
             if part is not None:
+                say(f"stopping {what}")
                 try:
                     await part.stop()
                 except Exception:  # stop the rest even if one part fails to stop cleanly
                     log.exception("stopping %s failed", type(part).__name__)
         if self._control:
+            say("stopping the control server")
             await self._control.cleanup()
         if self.triton is not None:
+            say("stopping Triton")
             await asyncio.to_thread(self.triton.stop)
         if self.s3 is not None:
+            say("stopping SeaweedFS")
             await asyncio.to_thread(self.s3.stop)
         (self.state_dir / "engine.json").unlink(missing_ok=True)
 

@@ -108,6 +108,9 @@ class TritonServer:
     metrics_port: int = 0
     #: seconds a stopping server waits for in-flight requests (and idle keep-alive clients)
     exit_timeout: int = 5
+    #: where the server's output goes (default ``state_dir/tritonserver.log``); the engine puts
+    #: it with every other log, ``<state>/logs/triton.log``, so that ``radflow logs triton`` works
+    log_file: Path | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -117,7 +120,7 @@ class TritonServer:
 
     @property
     def log_path(self) -> Path:
-        return self.state_dir / "tritonserver.log"
+        return self.log_file or self.state_dir / "tritonserver.log"
 
     def _backend_dir(self, root: Path) -> Path:
         backends = self.state_dir / "backends"
@@ -174,6 +177,7 @@ class TritonServer:
             "--exit-on-error=true",
             f"--exit-timeout-secs={self.exit_timeout}",
         ]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 args,

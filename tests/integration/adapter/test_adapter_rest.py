@@ -230,3 +230,41 @@ def test_cli_create_list_delete(adapter_factory):
         timeout=30,
     )
     assert bad.returncode == 2 and "cannot reach" in bad.stderr
+
+
+def test_an_ae_title_for_a_pipeline_the_engine_does_not_run_is_refused(adapter_factory):
+    a = adapter_factory(pipelines="brain-tumor-segmentation,series-count")
+    env = {**os.environ, "RADFLOW_ADAPTER_API": f"http://127.0.0.1:{a.rest_port}"}
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "radflow.cli.dicom",
+            "dicom",
+            "create",
+            "aetitle",
+            "--ae-title",
+            "TYPO",
+            "--pipeline",
+            "brain-tumour-segmentation",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert r.returncode == 1
+    assert r.stderr == (
+        "error: 400: unknown pipeline 'brain-tumour-segmentation': the engine runs "
+        "brain-tumor-segmentation, series-count\n"
+    )
+    assert "TYPO" not in [
+        x["aeTitle"] for x in call(a.rest_port, "GET", "/api/config/claraaetitle")[1]
+    ]
+    status, entity = call(
+        a.rest_port,
+        "POST",
+        "/api/config/claraaetitle",
+        {"aeTitle": "COUNT", "processorSettings": {"pipeline-count": "series-count"}},
+    )
+    assert status == 201 and entity["processorSettings"]["pipeline-count"] == "series-count"

@@ -128,7 +128,65 @@ def test_rest_bodies_round_trip_and_reject_bad_input():
         api.delete_source(cfg, "nobody")
 
 
-def test_engine_section_and_unknown_keys_are_ignored():
+@pytest.mark.parametrize(
+    ("bad", "needle"),
+    [
+        (
+            CLARA_YAML.replace("pipeline-mappings:", "pipeline-mapping:"),
+            r"^adapter\.yaml: pipeline-mapping: unknown key "
+            r"\(known here: dicom, pipeline-mappings,",
+        ),
+        (
+            CLARA_YAML.replace("reject-unknown-sources:", "reject-unknown-source:"),
+            r"^adapter\.yaml: dicom\.scp\.reject-unknown-source: unknown key",
+        ),
+        (
+            CLARA_YAML.replace(
+                "    port: 104\n    ae-titles:", "    port: 104\n    ae-titel: X\n    ae-titles:"
+            ),
+            r"^adapter\.yaml: dicom\.scp\.ae-titel: unknown key",
+        ),
+        (
+            CLARA_YAML.replace("  scu:\n", "  scu:\n    destination: []\n"),
+            r"^adapter\.yaml: dicom\.scu\.destination: unknown key",
+        ),
+        (
+            CLARA_YAML.replace("  scp:\n", "  spc: {}\n  scp:\n"),
+            r"^adapter\.yaml: dicom\.spc: unknown key",
+        ),
+        (
+            CLARA_YAML.replace("      enabled: true", "      enable: true"),
+            r"^adapter\.yaml: dicom\.scp\.verification\.enable: unknown key",
+        ),
+        (
+            CLARA_YAML.replace("          timeout: 5", "          timout: 5"),
+            r"^adapter\.yaml: dicom\.scp\.ae-titles\[0\]\.processor-settings\.timout: unknown",
+        ),
+        (
+            CLARA_YAML.replace("        overwrite-same-instance:", "        overwrite-same:"),
+            r"^adapter\.yaml: dicom\.scp\.ae-titles\[0\]\.overwrite-same: unknown key$",
+        ),
+        (
+            CLARA_YAML.replace("        port: 104\n", "        port: 104\n        prot: 1\n"),
+            r"^adapter\.yaml: dicom\.scu\.destinations\[0\]\.prot: unknown key$",
+        ),
+        (
+            CLARA_YAML.replace("    pipeline-id: 8a8fd0f2", "    pipeline: 8a8fd0f2"),
+            r"^adapter\.yaml: pipeline-mappings\[0\]\.pipeline-id: Field required; "
+            r"pipeline-mappings\[0\]\.pipeline: unknown key$",
+        ),
+        (
+            CLARA_YAML.replace("    port: 104\n    ae-titles:", "    port: eleven\n    ae-titles:"),
+            r"^adapter\.yaml: dicom\.scp\.port: Input should be a valid integer",
+        ),
+    ],
+)
+def test_unknown_keys_are_errors_naming_the_yaml_key_path(bad, needle):
+    with pytest.raises(ConfigError, match=needle):
+        parse_yaml_text(bad, origin="adapter.yaml")
+
+
+def test_engine_section_and_clara_keys_radflow_does_not_use_are_accepted():
     text = CLARA_YAML + "radflow:\n  state-dir: .radflow\n  scale-to-zero-after: 30\n"
     cfg = parse_yaml_text(text.replace("enabled: true", "enabled: false"))
     assert cfg.ae("clarascp") is not None and cfg.verification_enabled is False

@@ -304,6 +304,10 @@ class WorkloadRunner:
     async def stop(self) -> None:
         await asyncio.gather(*(s.stop() for s in self._supervised), return_exceptions=True)
 
+    def environments(self) -> list[tuple[DeploymentSpec, dict[str, str]]]:
+        """Each started Deployment with the environment its process got."""
+        return [(s.spec, dict(s.env)) for s in self._supervised]
+
     def status(self) -> list[dict[str, Any]]:
         return [
             {

@@ -38,7 +38,13 @@ def test_health_endpoints(adapter_factory):
     assert call(a.rest_port, "GET", "/health/ready") == (200, {"status": "ready"})
     status, body = call(a.rest_port, "GET", "/health/status")
     assert status == 200 and body["spool"]["open_associations"] == 0
-    assert body["receivers"] == {"processes": 2, "running": 2, "ready": 2, "associations": 0}
+    assert body["receivers"] == {
+        "processes": 2,
+        "running": 2,
+        "ready": 2,
+        "connections": 0,
+        "associations": 0,
+    }
 
 
 def test_clara_ae_title_lifecycle_applies_without_restart(adapter_factory, sink, store, tmp_path):

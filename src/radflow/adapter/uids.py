@@ -26,7 +26,5 @@ def uid_problem(value: str) -> str | None:
     if len(value) > MAX_UID_LENGTH:
         return f"is longer than {MAX_UID_LENGTH} characters (PS3.5 9.1)"
     if _UID.fullmatch(value) is None:
-        return (
-            "is not a valid UID (PS3.5 9.1: digits and dots, no empty component)"
-        )
+        return "is not a valid UID (PS3.5 9.1: digits and dots, no empty component)"
     return None

@@ -51,7 +51,7 @@ def add_jobs_commands(subparsers: Any) -> None:
     redrive = sub.add_parser(
         "redrive", help="start a failed job again from its failed stage (asks the tracker)"
     )
-    redrive.add_argument("job_id")
+    redrive.add_argument("job_id", help="the failed job's id")
     redrive.add_argument("--url", required=True, help="job tracker URL (it publishes the events)")
     redrive.set_defaults(func=cmd_redrive)
 

@@ -74,19 +74,27 @@ def finished(engine: PipelineEngine, job_id: str) -> dict[str, Any]:
     return status_once(engine, job_id, lambda s: s != "running", "to leave running")
 
 
-def test_dead_letter_of_the_first_stage_fails_the_job_naming_it(
-    tmp_path: Path, store_settings: StoreSettings, store: ObjectStore
-) -> None:
-    kn = compile_to(slow("ingest"), tmp_path / "knative")
+def dead_lettered_run(
+    tmp_path: Path, store_settings: StoreSettings, store: ObjectStore, stage: str
+) -> dict[str, Any]:
+    """One study through the pipeline whose ``stage`` is slow and whose Trigger gives up fast:
+    the job's status once it has left ``running``."""
+    kn = compile_to(slow(stage), tmp_path / "knative")
     with PipelineEngine(
         kn,
         tmp_path / "state",
         base_env=store_env(store_settings),
-        trigger_delivery={f"{PIPELINE}-ingest": GIVE_UP_FAST},
+        trigger_delivery={f"{PIPELINE}-{stage}": GIVE_UP_FAST},
     ) as engine:
         req = seed_study(store, PIPELINE, series=1, instances=1)
         engine.publish(study_event(store, req))
-        status = finished(engine, req.job_id)
+        return finished(engine, req.job_id)
+
+
+def test_dead_letter_of_the_first_stage_fails_the_job_naming_it(
+    tmp_path: Path, store_settings: StoreSettings, store: ObjectStore
+) -> None:
+    status = dead_lettered_run(tmp_path, store_settings, store, "ingest")
 
     assert (status["state"], status["failed_stage"]) == ("failed", "ingest"), status
     assert status["reason"] in LAST_ATTEMPT
@@ -100,16 +108,7 @@ def test_dead_letter_of_the_first_stage_fails_the_job_naming_it(
 def test_dead_letter_of_a_fan_in_stage_fails_the_job_naming_it(
     tmp_path: Path, store_settings: StoreSettings, store: ObjectStore
 ) -> None:
-    kn = compile_to(slow("join"), tmp_path / "knative")
-    with PipelineEngine(
-        kn,
-        tmp_path / "state",
-        base_env=store_env(store_settings),
-        trigger_delivery={f"{PIPELINE}-join": GIVE_UP_FAST},
-    ) as engine:
-        req = seed_study(store, PIPELINE, series=1, instances=1)
-        engine.publish(study_event(store, req))
-        status = finished(engine, req.job_id)
+    status = dead_lettered_run(tmp_path, store_settings, store, "join")
 
     assert (status["state"], status["failed_stage"]) == ("failed", "join"), status
     assert status["reason"] in LAST_ATTEMPT

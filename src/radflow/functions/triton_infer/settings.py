@@ -34,6 +34,10 @@ class TritonInferSettings(StageVariables):
     labels: tuple[str, ...] = Field(("tumor",), alias="TRITON_LABELS")
     #: seconds to wait for one inference answer
     timeout: float = Field(120.0, alias="TRITON_TIMEOUT", gt=0)
+    #: seconds to wait for a Triton scaled to zero to come back (activator hold, then readiness
+    #: retries with backoff); above the measured cold start (docs/performance.md) plus, on a GPU
+    #: pool that scales its nodes to zero, the node's provisioning time; below the stage's 600 s
+    cold_start_timeout: float = Field(420.0, alias="TRITON_COLD_START_TIMEOUT", ge=0)
 
     @field_validator("model_size", mode="before")
     @classmethod

@@ -19,7 +19,7 @@ class _Warming(BaseHTTPRequestHandler):
     ready_at = 0.0
     probes = 0
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         type(self).probes += 1
         ready = time.monotonic() >= self.ready_at
         self.send_response(200 if ready else 503)

@@ -214,6 +214,11 @@ def parse_service(manifest: Mapping[str, Any]) -> ServiceSpec:
         annotations.get("serving.knative.dev/progress-deadline") or 600,
         f"{where}: progress-deadline",
     )
+    if any(str(p.get("name", "")).startswith("h2c") for p in container.get("ports") or []):
+        raise ConfigError(
+            f"{where}: port name h2c (gRPC): the local activator proxies HTTP/1.1 only, so a "
+            "gRPC Knative Service cannot run in the engine; serve HTTP (port name http1)"
+        )
     # a declared startup (else readiness) probe: ready = it answers 2xx/3xx, as the kubelet says
     probe = None
     for kind in ("startupProbe", "readinessProbe"):

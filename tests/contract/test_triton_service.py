@@ -11,10 +11,12 @@ import pytest
 import yaml
 
 from radflow.engine.compiler import compile_pipelines
+from radflow.engine.manifest_validation import Validator, default_schemas_dir
 from radflow.sdk.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "brain-tumor-segmentation-triton"
+SCHEMAS = default_schemas_dir(REPO)
 
 
 def _triton(objects: list[dict[str, Any]]) -> dict[str, Any]:
@@ -45,7 +47,7 @@ def test_triton_is_a_knative_service_with_min_scale_zero_probes_and_shm() -> Non
     container = _container(svc)
     assert container["ports"] == [{"name": "http1", "containerPort": 8000}]
     for probe in ("startupProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/v2/health/ready"}
+        assert container[probe]["httpGet"] == {"path": "/v2/health/ready", "port": 8000}
     pod = svc["spec"]["template"]["spec"]
     (volume,) = pod["volumes"]
     assert volume["emptyDir"] == {"medium": "Memory", "sizeLimit": "1024Mi"}
@@ -133,13 +135,19 @@ def test_min_scale_and_shm_are_configurable_per_pipeline(tmp_path: Path) -> None
     container = _container(svc)
     assert "--model-config-name=cpu" in container["args"]
     assert "nvidia.com/gpu" not in str(container.get("resources"))
+    if (SCHEMAS / "knative").is_dir():
+        assert Validator(SCHEMAS).validate(svc) == []
 
 
 def test_grpc_only_triton_serves_h2c(tmp_path: Path) -> None:
     svc = _compile(
         tmp_path, "        connections: {grpc: [{name: NVIDIA_TRITON_GRPCURI, port: 8001}]}"
     )
-    assert _container(svc)["ports"] == [{"name": "h2c", "containerPort": 8001}]
+    container = _container(svc)
+    assert container["ports"] == [{"name": "h2c", "containerPort": 8001}]
+    assert container["readinessProbe"]["tcpSocket"] == {"port": 8001}
+    if (SCHEMAS / "knative").is_dir():
+        assert Validator(SCHEMAS).validate(svc) == []
 
 
 def test_http_and_grpc_together_are_refused_naming_the_rule(tmp_path: Path) -> None:

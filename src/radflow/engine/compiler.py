@@ -313,7 +313,10 @@ def triton_service(pipeline: Pipeline, op: Operator, svc: Service, source: str) 
     labels = {**LABELS, "radflow.dev/pipeline": pipeline.name, "radflow.dev/service": svc.name}
 
     def probe() -> dict[str, Any]:
-        return {"tcpSocket": {}} if grpc else {"httpGet": {"path": TRITON_READY_PATH}}
+        # Knative accepts a probe port only if it is the serving port
+        if grpc:
+            return {"tcpSocket": {"port": TRITON_GRPC_PORT}}
+        return {"httpGet": {"path": TRITON_READY_PATH, "port": TRITON_HTTP_PORT}}
 
     deadline = TRITON_GPU_DEADLINE_S if gpu else TRITON_CPU_DEADLINE_S
     container: dict[str, Any] = {
@@ -410,7 +413,6 @@ def clara_service_objects(
         "name": svc.name,
         "image": f"{svc.container.image}:{svc.container.tag}",
         "ports": ports,
-        "volumeMounts": [{"name": "models", "mountPath": "/models", "readOnly": True}],
     }
     if svc.container.command:
         container["command"] = list(svc.container.command)
@@ -422,15 +424,7 @@ def clara_service_objects(
     resources = _resources(svc.requests.cpu, svc.requests.memory, svc.requests.gpu)
     if resources:
         container["resources"] = resources
-    pod: dict[str, Any] = {
-        "containers": [container],
-        "volumes": [
-            {
-                "name": "models",
-                "persistentVolumeClaim": {"claimName": "radflow-models", "readOnly": True},
-            }
-        ],
-    }
+    pod: dict[str, Any] = {"containers": [container]}
     if svc.requests.gpu:
         pod["nodeSelector"] = dict(GPU_NODE_SELECTOR)
         pod["tolerations"] = [dict(t) for t in GPU_TOLERATIONS]

@@ -171,12 +171,14 @@ def cmd_models_push(args: argparse.Namespace) -> int:
                 settings = StoreSettings(endpoint_url=endpoint)
     store = ObjectStore(settings)
     store.ensure_bucket()
-    report = models.push(store, args.repository)
+    report = models.push(store, args.repository, prune=args.prune)
     url = models.repository_url(settings.endpoint_url, settings.bucket)
     print(
         f"{url}: {len(report.uploaded)} uploaded, {len(report.unchanged)} unchanged, "
         f"{len(report.deleted)} deleted"
     )
+    if report.kept:
+        print(f"not in {args.repository} (kept; --prune deletes them): {', '.join(report.kept)}")
     return 0
 
 
@@ -239,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         default=Path("models/triton"),
         help="model repository folder (default: models/triton)",
+    )
+    push.add_argument(
+        "--prune",
+        action="store_true",
+        help="also delete objects under models/ that the folder does not have",
     )
     push.set_defaults(func=cmd_models_push)
 

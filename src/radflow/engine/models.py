@@ -2,9 +2,10 @@
 
 Triton reads its repository from ``s3://<endpoint>/<bucket>/models`` (the compiled Knative
 Service's ``--model-repository``), so a scaled-to-zero server never depends on a volume someone
-must fill: every instance, local or on the GPU pool, loads the same objects. ``push`` makes the
-prefix mirror a local folder (``models/triton``): new and changed files are uploaded (compared
-by content hash), files no longer in the folder are deleted, nothing else is touched.
+must fill: every instance, local or on the GPU pool, loads the same objects. ``push`` uploads a
+local folder (``models/triton``) to the prefix: new and changed files (compared by content
+hash); with ``prune`` it also deletes objects under the prefix that the folder no longer has,
+so the prefix mirrors the folder (the engine prunes only the store it runs itself).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class PushReport:
     uploaded: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
+    #: under the prefix but not in the folder, left alone (no ``prune``)
+    kept: list[str] = field(default_factory=list)
 
 
 def repository_files(folder: Path) -> dict[str, Path]:
@@ -50,8 +53,11 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def push(store: ObjectStore, folder: Path, prefix: str = MODEL_PREFIX) -> PushReport:
-    """Make ``<bucket>/<prefix>/`` hold exactly ``folder``'s files (single-part ETag = MD5)."""
+def push(
+    store: ObjectStore, folder: Path, prefix: str = MODEL_PREFIX, *, prune: bool = False
+) -> PushReport:
+    """Upload ``folder``'s new and changed files to ``<bucket>/<prefix>/`` (single-part ETag =
+    MD5); with ``prune``, delete what is there but not in ``folder``."""
     files = repository_files(folder)
     base = prefix.strip("/") + "/"
     existing = {o.key: o.etag.strip('"') for o in store.list(base)}
@@ -64,8 +70,11 @@ def push(store: ObjectStore, folder: Path, prefix: str = MODEL_PREFIX) -> PushRe
         store.put_file(key, path)
         report.uploaded.append(key)
     for key in sorted(set(existing) - {base + rel for rel in files}):
-        store.delete(key)
-        report.deleted.append(key)
+        if prune:
+            store.delete(key)
+            report.deleted.append(key)
+        else:
+            report.kept.append(key)
     return report
 
 

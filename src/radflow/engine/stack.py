@@ -270,7 +270,10 @@ class Engine:
             )
             return
         store = ObjectStore(self.store_settings())
-        report = await asyncio.to_thread(models.push, store, self.config.model_repository)
+        # the engine's own SeaweedFS mirrors the folder; a configured store only gains files
+        report = await asyncio.to_thread(
+            models.push, store, self.config.model_repository, prune=self.s3 is not None
+        )
         log.info(
             "model repository %s -> s3://%s/%s/: %d uploaded, %d unchanged, %d deleted",
             self.config.model_repository,

@@ -14,7 +14,7 @@ from radflow.sdk.settings import StoreSettings
 from radflow.sdk.storage import ObjectStore
 
 
-def test_push_uploads_changes_only_and_removes_what_the_folder_dropped(
+def test_push_uploads_changes_only_and_prunes_only_when_asked(
     store: ObjectStore, tmp_path: Path, repo_root: Path
 ) -> None:
     repo = tmp_path / "repo"
@@ -35,10 +35,14 @@ def test_push_uploads_changes_only_and_removes_what_the_folder_dropped(
 
     (repo / "brain_tumor_seg/configs/gpu.pbtxt").unlink()
     (repo / "brain_tumor_seg/configs/cpu.pbtxt").write_text('name: "brain_tumor_seg"\n')
-    second = models.push(store, repo)
+    second = models.push(store, repo)  # without prune nothing is deleted
     assert second.uploaded == ["models/brain_tumor_seg/configs/cpu.pbtxt"]
-    assert second.deleted == ["models/brain_tumor_seg/configs/gpu.pbtxt"]
+    assert second.deleted == [] and second.kept == ["models/brain_tumor_seg/configs/gpu.pbtxt"]
+    assert store.exists("models/brain_tumor_seg/configs/gpu.pbtxt")
     assert len(second.unchanged) == 2
+    third = models.push(store, repo, prune=True)
+    assert third.uploaded == [] and len(third.unchanged) == 3
+    assert third.deleted == ["models/brain_tumor_seg/configs/gpu.pbtxt"]
     assert {o.key for o in store.list("models/")} == {
         "models/brain_tumor_seg/1/model.onnx",
         "models/brain_tumor_seg/1/model.py",

@@ -255,6 +255,13 @@ class Engine:
         Service) through :class:`~radflow.engine.triton.TritonLauncher`; their model repository
         is pushed to the object store first (``radflow models push``), where each instance
         reads it (``s3://``). Their cluster names resolve to the activator ports fixed here."""
+        stale = [d for d in self.manifests.deployments if _annotations(d).get(EMBEDDED) == "triton"]
+        if stale:
+            raise ConfigError(
+                f"Deployment {namespace_of(stale[0])}/{name_of(stale[0])}: radflow.dev/embedded: "
+                "triton on a Deployment is no longer run; Triton is a scale-to-zero Knative "
+                "Service now: recompile the manifests (radflow pipeline compile)"
+            )
         wanted = self._triton_services()
         if not wanted:
             return

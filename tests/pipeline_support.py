@@ -229,7 +229,13 @@ class PipelineEngine:
         trigger_delivery: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         manifests = load_manifests(knative_dir)  # as the engine reads them
-        self._services = copy.deepcopy(manifests.services)
+        # operators only: a model server (radflow.dev/embedded: triton) needs the engine's
+        # launcher and object store; these tests give triton-infer in-process ONNX Runtime
+        self._services = [
+            copy.deepcopy(svc)
+            for svc in manifests.services
+            if "radflow.dev/embedded" not in (svc["metadata"].get("annotations") or {})
+        ]
         for svc in self._services:
             set_env(svc, service_env or {})
         self._brokers = manifests.brokers

@@ -43,6 +43,11 @@ def is_knative_service(d: dict[str, Any]) -> bool:
     return d["kind"] == "Service" and d["apiVersion"].startswith("serving.knative.dev")
 
 
+def is_operator_service(d: dict[str, Any]) -> bool:
+    """A stage's Knative Service (not a model server such as Triton)."""
+    return is_knative_service(d) and "radflow.dev/stage" in d["metadata"].get("labels", {})
+
+
 def env_of(svc: dict[str, Any]) -> dict[str, str]:
     if not is_knative_service(svc):
         return {}
@@ -230,7 +235,10 @@ def test_services_match_the_pipeline_definitions() -> None:
             assert annotations["autoscaling.knative.dev/min-scale"] == "0"
             if op.get("services"):
                 assert pod["timeoutSeconds"] == 600  # inference gets the maximum
-                assert "NVIDIA_TRITON_HTTPURI" in env and "NVIDIA_TRITON_GRPCURI" in env
+                # the model server is a Knative Service: its cluster-local name, port 80
+                triton = f"{raw['name']}-triton.default.svc.cluster.local:80"
+                assert env["NVIDIA_TRITON_HTTPURI"] == triton
+                assert triton.split(".")[0] in services
             gpu = (op.get("requests") or {}).get("gpu", 0)
             assert (
                 "nvidia.com/gpu" in pod["containers"][0].get("resources", {}).get("limits", {})
@@ -288,7 +296,7 @@ def test_every_function_image_has_a_skaffold_artifact_and_dockerfile() -> None:
     images = {
         c["image"]
         for d in docs()
-        if d["kind"] == "Service" and d["apiVersion"].startswith("serving")
+        if is_operator_service(d)
         for c in d["spec"]["template"]["spec"]["containers"]
     }
     for image in images:
@@ -301,7 +309,7 @@ def test_every_function_image_has_a_skaffold_artifact_and_dockerfile() -> None:
 
 
 def test_every_service_runs_the_one_entry_point_for_a_registered_operator() -> None:
-    services = [d for d in docs() if is_knative_service(d)]
+    services = [d for d in docs() if is_operator_service(d)]
     assert services
     for svc in services:
         env = env_of(svc)

@@ -232,3 +232,34 @@ def test_function_host_refuses_an_unmappable_container_before_starting(tmp_path:
             workdir=tmp_path,
             state_dir=tmp_path,
         )
+
+
+def test_probe_path_and_embedded_kind_come_from_the_manifest() -> None:
+    triton = service(
+        {
+            "name": "triton",
+            "image": "nvcr.io/nvidia/tritonserver:24.10-py3",
+            "command": ["tritonserver"],
+            "startupProbe": {"httpGet": {"path": "/v2/health/ready"}},
+            "readinessProbe": {"httpGet": {"path": "/other"}},
+        }
+    )
+    triton["metadata"]["annotations"] = {"radflow.dev/embedded": "triton"}
+    spec = parse_service(triton)
+    assert spec.readiness_path == "/v2/health/ready"  # the startup probe gates readiness first
+    assert spec.embedded == "triton"
+    assert parse_service(service(FN)).embedded is None
+
+
+def test_grpc_h2c_services_are_refused_locally_naming_the_port() -> None:
+    with pytest.raises(ConfigError, match="port name h2c .*HTTP/1.1 only"):
+        parse_service(service({**FN, "ports": [{"name": "h2c", "containerPort": 8001}]}))
+
+
+def test_function_host_refuses_an_embedded_kind_without_launcher(tmp_path: Path) -> None:
+    from radflow.engine.host import FunctionHost
+
+    svc = service({"name": "x", "image": "vendor/server", "command": ["server"]})
+    svc["metadata"]["annotations"] = {"radflow.dev/embedded": "no-such-kind"}
+    with pytest.raises(ConfigError, match="'no-such-kind' has no local launcher"):
+        FunctionHost(services=[svc], workdir=tmp_path, state_dir=tmp_path)

@@ -67,7 +67,6 @@ def test_reference_pipeline_parses(repo_root: Path) -> None:
     # service addresses reach the operator's ctx.variables, as Clara handed them to operators
     spec = stage_spec(p, p.operator("triton-infer"), timeout_seconds=600)
     assert spec.variables == [
-        "NVIDIA_TRITON_GRPCURI",
         "NVIDIA_TRITON_HTTPURI",
         "TRITON_BACKEND",
         "TRITON_MODEL_NAME",

@@ -1,5 +1,5 @@
-"""The ``radflow`` command: ``up``, ``status``, ``logs``, ``demo``, ``dicom``, ``pipeline``,
-``jobs``."""
+"""The ``radflow`` command: ``up``, ``status``, ``logs``, ``models``, ``demo``, ``dicom``,
+``pipeline``, ``jobs``."""
 
 from __future__ import annotations
 
@@ -152,6 +152,36 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_push(args: argparse.Namespace) -> int:
+    """Mirror a Triton model repository folder into ``<bucket>/models/`` of the object store."""
+    from radflow.engine import models
+    from radflow.sdk.settings import StoreSettings
+    from radflow.sdk.storage import ObjectStore
+
+    settings = StoreSettings()
+    if not settings.endpoint_url:  # the running local engine's embedded store, if any
+        state = _engine_state(args.state_dir)
+        if state is not None:
+            try:
+                status = http.get_json(state["control_url"] + "/status", timeout=5)
+            except (http.ServiceUnavailable, http.RequestRejected):
+                status = {}
+            endpoint = (status.get("s3") or {}).get("endpoint_url")
+            if endpoint:
+                settings = StoreSettings(endpoint_url=endpoint)
+    store = ObjectStore(settings)
+    store.ensure_bucket()
+    report = models.push(store, args.repository, prune=args.prune)
+    url = models.repository_url(settings.endpoint_url, settings.bucket)
+    print(
+        f"{url}: {len(report.uploaded)} uploaded, {len(report.unchanged)} unchanged, "
+        f"{len(report.deleted)} deleted"
+    )
+    if report.kept:
+        print(f"not in {args.repository} (kept; --prune deletes them): {', '.join(report.kept)}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from radflow.demo.runner import run_demo
 
@@ -189,13 +219,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     lg = sub.add_parser("logs", help="a function's log")
     lg.add_argument(
-        "function", help="Knative Service name (or seaweedfs, triton, a Deployment name)"
+        "function",
+        help="Knative Service name (Triton's too, e.g. brain-tumor-segmentation-triton), "
+        "seaweedfs or a Deployment name",
     )
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     lg.add_argument(
         "-n", "--lines", type=int, default=200, help="last lines to print (default 200)"
     )
     lg.set_defaults(func=cmd_logs)
+
+    md = sub.add_parser("models", help="the Triton model repository in the object store")
+    md_sub = md.add_subparsers(dest="models_command", required=True)
+    push = md_sub.add_parser(
+        "push",
+        help="upload a model repository to <bucket>/models/ (what Triton reads via s3://)",
+    )
+    push.add_argument(
+        "repository",
+        type=Path,
+        nargs="?",
+        default=Path("models/triton"),
+        help="model repository folder (default: models/triton)",
+    )
+    push.add_argument(
+        "--prune",
+        action="store_true",
+        help="also delete objects under models/ that the folder does not have",
+    )
+    push.set_defaults(func=cmd_models_push)
 
     demo = sub.add_parser(
         "demo", help="push a synthetic brain MR study through the reference pipeline"

@@ -10,10 +10,12 @@ pipeline change does to the cluster:
   operator (``<pipeline>-<operator>``), scale-to-zero, ``containerConcurrency: 1``;
 - ``knative/pipelines/<pipeline>/triggers.yaml``: one Trigger per DAG edge, filtering on the
   upstream stage's completion event (roots: on the job request for this pipeline);
-- ``knative/pipelines/<pipeline>/clara-services.yaml``: Clara ``services`` (Triton) as a
-  Deployment + Service, annotated ``radflow.dev/embedded`` so the engine runs its local twin;
+- ``knative/pipelines/<pipeline>/clara-services.yaml``: Clara ``services``: Triton as a
+  scale-to-zero Knative Service reading its models from the object store (others as a
+  Deployment + Service), annotated ``radflow.dev/embedded`` so the engine runs its local twin;
 - ``knative/kustomization.yaml`` + ``deploy/overlays/dev-cpu/``: the same manifests for a
-  CPU-only development cluster (no GPU limits or node selectors, in-memory MT broker);
+  CPU-only development cluster (no GPU limits or node selectors, Triton's CPU model config,
+  in-memory MT broker);
 - ``skaffold.yaml``'s build artifacts, one per operator of the registry, between the
   ``# BEGIN generated`` / ``# END generated`` lines (the rest of the file is hand-written).
 
@@ -69,6 +71,21 @@ GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 #: the object store settings every function reads (RADFLOW_S3_*), from one Secret
 STORE_SECRET = "radflow-s3"
+#: the port a Knative Service answers on inside the cluster (``<name>.<ns>.svc.cluster.local``)
+KNATIVE_PORT = 80
+#: Triton as a Knative Service (:func:`triton_service`)
+TRITON_HTTP_PORT = 8000
+TRITON_GRPC_PORT = 8001
+TRITON_READY_PATH = "/v2/health/ready"
+#: the object-store prefix holding the Triton model repository (``radflow models push``)
+MODEL_PREFIX = "models"
+#: Triton's own S3 URL form, with the endpoint in it; the kubelet expands the variables
+TRITON_MODEL_REPOSITORY = f"s3://$(RADFLOW_S3_ENDPOINT_URL)/$(RADFLOW_S3_BUCKET)/{MODEL_PREFIX}"
+#: ``configs/<name>.pbtxt`` in each model folder: ``gpu`` on the GPU pool, ``cpu`` on dev-cpu
+TRITON_CONFIG_FLAG = "model-config-name"
+#: progress deadline (and startup probe budget) of a Triton revision
+TRITON_GPU_DEADLINE_S = 900
+TRITON_CPU_DEADLINE_S = 600
 LABELS = {"app.kubernetes.io/part-of": "radflow"}
 #: the operator (registry name) behind the tracker Service
 TRACKER_OPERATOR = "job_tracker"
@@ -152,13 +169,23 @@ def clara_service_name(pipeline: Pipeline, svc: Service) -> str:
     return short_name(pipeline.name, svc.name, limit=50)
 
 
+def is_model_server(svc: Service) -> bool:
+    """A Clara service that is a Triton server: compiled to a scale-to-zero Knative Service."""
+    return "triton" in svc.container.image
+
+
 def connection_env(pipeline: Pipeline, op: Operator) -> dict[str, str]:
-    """Clara hands an operator each service connection as ``host:port`` in the named variable."""
+    """Clara hands an operator each service connection as ``host:port`` in the named variable.
+
+    A model server is a Knative Service: its one port is reached on port 80 of the Service's
+    cluster-local name (Knative's activator holds the request while it scales from zero).
+    """
     env: dict[str, str] = {}
     for svc in op.services:
         host = f"{clara_service_name(pipeline, svc)}.{NAMESPACE}.svc.cluster.local"
         for conn in [*svc.connections.http, *svc.connections.grpc]:
-            env[conn.name] = f"{host}:{conn.port}" + (conn.path or "")
+            port = KNATIVE_PORT if is_model_server(svc) else conn.port
+            env[conn.name] = f"{host}:{port}" + (conn.path or "")
     return env
 
 
@@ -247,11 +274,134 @@ def knative_service(
     }
 
 
+def _triton_args(svc: Service, config_name: str) -> list[str]:
+    """The pipeline's tritonserver flags, with the repository, config and port radflow owns."""
+    owned = ("--model-repository", "--model-config-name", "--http-port", "--grpc-port")
+    given = [a for a in (svc.container.command or [])[1:] if not a.startswith(owned)]
+    return [
+        f"--model-repository={TRITON_MODEL_REPOSITORY}",
+        f"--{TRITON_CONFIG_FLAG}={config_name}",
+        f"--http-port={TRITON_HTTP_PORT}",
+        f"--grpc-port={TRITON_GRPC_PORT}",
+        *given,
+    ]
+
+
+def triton_service(pipeline: Pipeline, op: Operator, svc: Service, source: str) -> dict[str, Any]:
+    """A Triton server as a scale-to-zero Knative Service on the GPU pool.
+
+    - ``min-scale`` 0 by default (the pipeline's ``scaling`` says otherwise), ``max-scale`` 1, the
+      last instance kept for ``scaling.retention`` after its last request;
+    - the model repository is read from the object store (Triton's native ``s3://`` support:
+      ``s3://http://host:port/bucket/models``, credentials as ``AWS_*`` from the store Secret's
+      ``RADFLOW_S3_*``, both expanded by the kubelet), never from a volume someone must fill;
+    - ``--model-config-name=gpu`` (``configs/gpu.pbtxt``: ONNX Runtime backend, ``KIND_GPU``);
+      the dev-cpu overlay switches it to ``cpu`` (python backend, ``KIND_CPU``);
+    - startup and readiness probes on ``/v2/health/ready`` (the activator holds requests until
+      it answers), ``/dev/shm`` as a memory-backed emptyDir of ``shm`` MB (Triton's python
+      backend and pinned buffers use it; a container's default is 64 MB).
+    """
+    name = clara_service_name(pipeline, svc)
+    if svc.connections.http and svc.connections.grpc:
+        raise ConfigError(
+            f"pipeline {pipeline.name}, operator {op.name}, service {svc.name}: a Knative Service "
+            "serves one port; declare connections.http (KServe v2 REST, port 8000) or "
+            "connections.grpc (h2c, port 8001), not both"
+        )
+    grpc = bool(svc.connections.grpc)
+    gpu = svc.requests.gpu
+    labels = {**LABELS, "radflow.dev/pipeline": pipeline.name, "radflow.dev/service": svc.name}
+
+    def probe() -> dict[str, Any]:
+        # Knative accepts a probe port only if it is the serving port
+        if grpc:
+            return {"tcpSocket": {"port": TRITON_GRPC_PORT}}
+        return {"httpGet": {"path": TRITON_READY_PATH, "port": TRITON_HTTP_PORT}}
+
+    deadline = TRITON_GPU_DEADLINE_S if gpu else TRITON_CPU_DEADLINE_S
+    container: dict[str, Any] = {
+        "name": svc.name,
+        "image": f"{svc.container.image}:{svc.container.tag}",
+        "command": [(svc.container.command or ["tritonserver"])[0]],
+        "args": _triton_args(svc, "gpu" if gpu else "cpu"),
+        "ports": [
+            {"name": "h2c", "containerPort": TRITON_GRPC_PORT}
+            if grpc
+            else {"name": "http1", "containerPort": TRITON_HTTP_PORT}
+        ],
+        # Triton's S3 client reads the standard AWS variables; the kubelet expands $(RADFLOW_S3_*)
+        # from the store Secret (envFrom, added by kustomize)
+        "env": _env(
+            {
+                "AWS_ACCESS_KEY_ID": "$(RADFLOW_S3_ACCESS_KEY_ID)",
+                "AWS_SECRET_ACCESS_KEY": "$(RADFLOW_S3_SECRET_ACCESS_KEY)",
+                "AWS_DEFAULT_REGION": "$(RADFLOW_S3_REGION)",
+            }
+        ),
+        "startupProbe": {
+            **probe(),
+            "periodSeconds": 2,
+            "failureThreshold": deadline // 2,
+        },
+        "readinessProbe": {**probe(), "periodSeconds": 5},
+        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+    }
+    resources = _resources(svc.requests.cpu, svc.requests.memory, gpu)
+    if resources:
+        container["resources"] = resources
+    pod: dict[str, Any] = {
+        # Triton queues and batches concurrent requests itself
+        "containerConcurrency": 0,
+        "timeoutSeconds": MAX_TIMEOUT_SECONDS,
+        "containers": [container],
+        "volumes": [
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{svc.shm}Mi"}}
+        ],
+    }
+    if gpu:
+        pod["nodeSelector"] = dict(GPU_NODE_SELECTOR)
+        pod["tolerations"] = [dict(t) for t in GPU_TOLERATIONS]
+    annotations = {
+        "radflow.dev/embedded": "triton",
+        "radflow.dev/source": source,
+        "radflow.dev/used-by": op.name,
+    }
+    return {
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": NAMESPACE,
+            "labels": labels,
+            "annotations": annotations,
+        },
+        "spec": {
+            "template": {
+                "metadata": {
+                    "labels": dict(labels),
+                    "annotations": {
+                        "autoscaling.knative.dev/min-scale": str(svc.scaling.min_scale),
+                        "autoscaling.knative.dev/max-scale": str(svc.scaling.max_scale),
+                        "autoscaling.knative.dev/scale-to-zero-pod-retention-period": (
+                            svc.scaling.retention
+                        ),
+                        # a GPU node may have to be provisioned first
+                        "serving.knative.dev/progress-deadline": f"{deadline}s",
+                    },
+                },
+                "spec": pod,
+            }
+        },
+    }
+
+
 def clara_service_objects(
     pipeline: Pipeline, op: Operator, svc: Service, source: str
 ) -> list[dict[str, Any]]:
-    """A Clara ``service`` (Triton): long-lived, so a Deployment + ClusterIP Service, not
-    Knative."""
+    """A Clara ``service``: a Triton server is a scale-to-zero Knative Service
+    (:func:`triton_service`); any other is long-lived, a Deployment + ClusterIP Service."""
+    if is_model_server(svc):
+        return [triton_service(pipeline, op, svc, source)]
     name = clara_service_name(pipeline, svc)
     labels = {**LABELS, "radflow.dev/pipeline": pipeline.name, "radflow.dev/service": svc.name}
     ports = [
@@ -263,7 +413,6 @@ def clara_service_objects(
         "name": svc.name,
         "image": f"{svc.container.image}:{svc.container.tag}",
         "ports": ports,
-        "volumeMounts": [{"name": "models", "mountPath": "/models", "readOnly": True}],
     }
     if svc.container.command:
         container["command"] = list(svc.container.command)
@@ -275,15 +424,7 @@ def clara_service_objects(
     resources = _resources(svc.requests.cpu, svc.requests.memory, svc.requests.gpu)
     if resources:
         container["resources"] = resources
-    pod: dict[str, Any] = {
-        "containers": [container],
-        "volumes": [
-            {
-                "name": "models",
-                "persistentVolumeClaim": {"claimName": "radflow-models", "readOnly": True},
-            }
-        ],
-    }
+    pod: dict[str, Any] = {"containers": [container]}
     if svc.requests.gpu:
         pod["nodeSelector"] = dict(GPU_NODE_SELECTOR)
         pod["tolerations"] = [dict(t) for t in GPU_TOLERATIONS]
@@ -510,6 +651,16 @@ def gpu_patches(path: str, objects: Iterable[dict[str, Any]]) -> list[dict[str, 
         for field in ("nodeSelector", "tolerations"):
             if field in pod:
                 ops.append({"op": "remove", "path": f"{base}/{field}"})
+        for i, c in enumerate(pod["containers"]):
+            for j, arg in enumerate(c.get("args") or []):
+                if arg == f"--{TRITON_CONFIG_FLAG}=gpu":  # Triton: the python-backend CPU config
+                    ops.append(
+                        {
+                            "op": "replace",
+                            "path": f"{base}/containers/{i}/args/{j}",
+                            "value": f"--{TRITON_CONFIG_FLAG}=cpu",
+                        }
+                    )
         if ops:
             group, _, version = obj["apiVersion"].rpartition("/")
             target = (
@@ -644,7 +795,7 @@ def compile_pipelines(
     base = os.path.relpath(out, overlay)
     files[overlay / "kustomization.yaml"] = (
         "# A CPU-only development cluster: in-memory MT broker (not durable), "
-        "no GPU limits or GPU node placement.\n"
+        "no GPU limits or GPU node placement, Triton's CPU model config.\n"
         + GENERATED.format(source="")
         + _yaml(
             {

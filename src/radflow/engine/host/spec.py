@@ -56,6 +56,9 @@ class ServiceSpec:
     target: int
     readiness_path: str | None
     progress_deadline_s: float = 600.0
+    #: ``radflow.dev/embedded`` on the Service: a launcher registered for that kind
+    #: (:func:`radflow.engine.host.activator.register_service_launcher`) says what runs locally
+    embedded: str | None = None
 
     @property
     def revision(self) -> str:
@@ -211,7 +214,18 @@ def parse_service(manifest: Mapping[str, Any]) -> ServiceSpec:
         annotations.get("serving.knative.dev/progress-deadline") or 600,
         f"{where}: progress-deadline",
     )
-    probe = ((container.get("readinessProbe") or {}).get("httpGet") or {}).get("path")
+    if any(str(p.get("name", "")).startswith("h2c") for p in container.get("ports") or []):
+        raise ConfigError(
+            f"{where}: port name h2c (gRPC): the local activator proxies HTTP/1.1 only, so a "
+            "gRPC Knative Service cannot run in the engine; serve HTTP (port name http1)"
+        )
+    # a declared startup (else readiness) probe: ready = it answers 2xx/3xx, as the kubelet says
+    probe = None
+    for kind in ("startupProbe", "readinessProbe"):
+        probe = probe or ((container.get(kind) or {}).get("httpGet") or {}).get("path")
+    embedded = ((manifest.get("metadata") or {}).get("annotations") or {}).get(
+        "radflow.dev/embedded"
+    )
     return ServiceSpec(
         name=name,
         namespace=namespace,
@@ -228,6 +242,7 @@ def parse_service(manifest: Mapping[str, Any]) -> ServiceSpec:
         target=target,
         readiness_path=probe,
         progress_deadline_s=deadline_s,
+        embedded=str(embedded) if embedded else None,
     )
 
 

@@ -51,7 +51,10 @@ def make_client(settings: TritonInferSettings) -> InferenceClient:
             "is not set"
         )
     return TritonInferenceClient(
-        settings.triton_url, timeout=settings.timeout, model_version=settings.model_version
+        settings.triton_url,
+        timeout=settings.timeout,
+        model_version=settings.model_version,
+        cold_start_timeout=settings.cold_start_timeout,
     )
 
 

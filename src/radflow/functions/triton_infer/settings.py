@@ -34,6 +34,12 @@ class TritonInferSettings(StageVariables):
     labels: tuple[str, ...] = Field(("tumor",), alias="TRITON_LABELS")
     #: seconds to wait for one inference answer
     timeout: float = Field(120.0, alias="TRITON_TIMEOUT", gt=0)
+    #: seconds to wait for a Triton scaled to zero to come back (activator hold, then readiness
+    #: retries with backoff). Default: what the stage's own deadline leaves, 600 s
+    #: (timeoutSeconds of an inference stage) - 120 s (TRITON_TIMEOUT) - 60 s for the rest of the
+    #: stage; far above the measured local cold start (2.4 s, docs/inference.md), room for a GPU
+    #: node to be provisioned where the GPU pool scales its nodes to zero too
+    cold_start_timeout: float = Field(420.0, alias="TRITON_COLD_START_TIMEOUT", ge=0)
 
     @field_validator("model_size", mode="before")
     @classmethod

@@ -377,6 +377,11 @@ class PipelineEngine:
             os.killpg(pid, signal.SIGKILL)
         return pids
 
+    def jobs(self) -> list[dict[str, Any]]:
+        """The job tracker's list (``GET /jobs``)."""
+        with urllib.request.urlopen(self.host.url("job-tracker") + "/jobs", timeout=30) as resp:
+            return list(json.loads(resp.read())["jobs"])
+
     def job_status(self, job_id: str) -> dict[str, Any]:
         with urllib.request.urlopen(
             self.host.url("job-tracker") + f"/jobs/{job_id}", timeout=30

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from radflow.functions.job_tracker import logic
+from radflow.sdk.events import job_id_for
 
 DAG = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]}
 
@@ -119,7 +120,7 @@ def dead(attrs: dict[str, Any], code: str, body: bytes = b"") -> dict[str, Any]:
 def request() -> tuple[dict[str, Any], dict[str, Any]]:
     attrs = {"id": "r", "type": "dev.radflow.study.received.v1", "time": "2026-01-01T00:00:00Z"}
     data = {
-        "job_id": "j",
+        "job_id": job_id_for("g", "p", 0),  # the job's identity: derived from its content
         "pipeline": "p",
         "study_id": "s",
         "group_id": "g",
@@ -225,3 +226,30 @@ def test_redrive_starts_the_stages_that_did_not_complete_and_whose_inputs_did() 
     fresh, _ = fold([request()])
     assert logic.redrive_stages(fresh, DAG) == ["a"]
     assert fresh["request"]["data"]["manifest_key"] == "m" and fresh["request"]["id"] == "r"
+
+
+def test_job_request_naming_a_job_not_derived_from_its_content_fails_it() -> None:
+    attrs, data = request()
+    doc, finals = fold([(attrs, {**data, "job_id": "made-up"})])
+    assert finals == ["failed"]
+    assert (doc["reason"], doc["failure"]["message"]) == (
+        "job_identity_mismatch",
+        "job_id is not the id of its (group_id, pipeline, revision)",
+    )
+    assert "request" not in doc  # never re-driven
+    # the job extension must agree with the data's job id
+    doc, _ = fold([({**attrs, "radflowjob": "other"}, data)])
+    assert doc["failure"]["message"] == "extension radflowjob differs from data job_id"
+    # a completed job stays completed; the forged request is listed
+    evs = [completed(s, s) for s in DAG]
+    doc, finals = fold([*evs, ({**attrs, "id": "forged"}, {**data, "revision": 4})])
+    assert finals[-1] == "completed" and doc["invalid_events"][0]["event_id"] == "forged"
+
+
+def test_dead_letter_does_not_hide_the_direct_delivery_of_the_same_event() -> None:
+    attrs, data = request()
+    doc, _ = fold([(dead(attrs, "400"), data), (attrs, data)])
+    assert doc["request"]["id"] == "r"
+    # a dead letter delivered twice is recorded once
+    doc, _ = fold([(dead(attrs, "400"), data), (dead(attrs, "400"), data)])
+    assert len(doc["dead_letters"]) == 1

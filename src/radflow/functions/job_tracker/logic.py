@@ -39,6 +39,8 @@ PENDING, RUNNING, COMPLETED, FAILED, DEAD_LETTERED = (
 MAX_SEEN = 500
 #: reasons a job fails with when no stage said why
 DEAD_LETTER, INVALID_EVENT, DEADLINE_EXCEEDED = "dead_letter", "invalid_event", "deadline_exceeded"
+#: a job request that is not the job it names (its job id is not derived from its content)
+JOB_MISMATCH = "job_identity_mismatch"
 #: the payload model of each event type the tracker folds (other types are not validated)
 PAYLOADS: dict[str, type[BaseModel]] = {
     EventType.STUDY_RECEIVED.value: events.JobRequested,
@@ -102,9 +104,14 @@ def apply(
     event_id = str(attrs.get("id", ""))
     when = str(attrs.get("time") or _dt.datetime.now(_dt.UTC).isoformat())
     etype = str(attrs.get("type", ""))
-    if event_id in doc["seen"] and "knativeerrorcode" not in attrs:
+    # a dead letter is the event itself (same id) coming back from the broker: seen apart, so
+    # neither hides the other's delivery
+    seen_as = event_id
+    if "knativeerrorcode" in attrs:
+        seen_as = f"dead-letter:{attrs.get('knativeerrordest', '')}:{event_id}"
+    if seen_as in doc["seen"]:
         return doc, _final(doc)
-    doc["seen"] = (doc["seen"] + [event_id])[-MAX_SEEN:]
+    doc["seen"] = (doc["seen"] + [seen_as])[-MAX_SEEN:]
     doc["progress_at"] = now or _dt.datetime.now(_dt.UTC).isoformat()
     doc["created_at"] = min(filter(None, [doc["created_at"], when])) if doc["created_at"] else when
     doc["updated_at"] = when
@@ -137,10 +144,12 @@ def apply(
             doc["failure"] = {"stage": None, "reason": reason, "at": when}
         return settle(doc, when, bool(dag))
 
-    problem = payload_problem(etype, data)
+    problem, reason = payload_problem(etype, data), INVALID_EVENT
+    if problem is None:
+        problem, reason = identity_problem(etype, attrs, data), JOB_MISMATCH
     if problem is not None:
         stage = str(attrs.get(Ext.STAGE) or "") or None
-        failure = {"stage": stage, "reason": INVALID_EVENT, "message": problem, "at": when}
+        failure = {"stage": stage, "reason": reason, "message": problem, "at": when}
         doc["invalid_events"] = [*doc.get("invalid_events", []), {"event_id": event_id, **failure}]
         if doc["state"] != COMPLETED:  # a forged event never un-completes a finished job
             doc["failure"] = failure
@@ -239,6 +248,21 @@ def payload_problem(etype: str, data: Any) -> str | None:
         fields = sorted({".".join(str(p) for p in err["loc"]) or "data" for err in exc.errors()})
         return "invalid fields: " + ", ".join(fields)
     return None
+
+
+def identity_problem(etype: str, attrs: Mapping[str, Any], data: Any) -> str | None:
+    """Why a (valid) job request is not the job it names, or None (other types: None).
+
+    Its ``job_id`` must be derived from its group, pipeline and revision, and agree with the
+    event's job extension: a forged request naming a made-up job fails that job at once.
+    """
+    if etype not in (EventType.STUDY_RECEIVED.value, EventType.STUDY_REVISED.value):
+        return None
+    req = events.JobRequested.model_validate(data)
+    problem = req.identity_problem()
+    if problem is None and attrs.get(Ext.JOB) not in (None, req.job_id):
+        problem = f"extension {Ext.JOB} differs from data job_id"
+    return problem
 
 
 def dead_letter_reason(attrs: Mapping[str, Any]) -> str:

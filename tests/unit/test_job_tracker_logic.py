@@ -253,3 +253,44 @@ def test_dead_letter_does_not_hide_the_direct_delivery_of_the_same_event() -> No
     # a dead letter delivered twice is recorded once
     doc, _ = fold([(dead(attrs, "400"), data), (dead(attrs, "400"), data)])
     assert len(doc["dead_letters"]) == 1
+
+
+def test_one_job_event_is_owed_per_outcome_and_round_whatever_failed_the_job() -> None:
+    attrs, data = request()
+    # a dead letter fails it: the job.failed is published (nobody to reply to)
+    doc, _ = fold([(attrs, data), (dead(attrs, "400"), data)])
+    owed = doc["announcement"]
+    assert (owed["state"], owed["via"], owed["sent"]) == ("failed", "publish", False)
+    assert owed["trigger"] == logic.seen_key(dead(attrs, "400"))
+    assert owed["id"] == logic.job_event_id(doc, "failed")
+    # later events of the failed job owe nothing more
+    again, _ = logic.apply(doc, *completed("a", "1"), DAG)
+    assert again["announcement"] == owed
+    # a stage failure is answered by the reply to that stage event
+    failed = {"id": "f", "type": "dev.radflow.stage.failed.v1", "time": "2026-01-01T00:00:01Z"}
+    doc, _ = fold([(failed, {"job_id": "j", "pipeline": "p", "stage": "b", "reason": "x"})])
+    assert (doc["announcement"]["via"], doc["announcement"]["trigger"]) == ("reply", "f")
+    # after a re-drive, a new failure is a new event
+    rerun = logic.reset_for_redrive(doc, ["b"], "2026-01-01T00:01:00+00:00")
+    rerun, _ = logic.apply(
+        rerun,
+        {**failed, "id": "f2"},
+        {"job_id": "j", "pipeline": "p", "stage": "b", "reason": "x"},
+        DAG,
+    )
+    assert rerun["announcement"]["id"] != doc["announcement"]["id"]
+    assert rerun["announcement"]["id"] == logic.job_event_id(rerun, "failed")
+
+
+def test_deadline_failure_owes_a_published_job_failed() -> None:
+    import datetime as dt
+
+    doc, _ = fold([request()])
+    late = logic.check_deadline(doc, dt.datetime(2030, 1, 1, tzinfo=dt.UTC), 60)
+    assert late is not None and late["reason"] == "deadline_exceeded"
+    owed = late["announcement"]
+    assert (owed["via"], owed["trigger"], owed["id"]) == (
+        "publish",
+        "deadline_exceeded",
+        logic.job_event_id(late, "failed"),
+    )

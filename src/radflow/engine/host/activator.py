@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,8 +95,11 @@ class Revision:
         zygote: Zygote | None = None,
         registry: PidRegistry | None = None,
         port: int = 0,
+        bound_env: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self.spec = spec
+        #: env a SinkBinding injects (``K_SINK``), read when an instance starts
+        self.bound_env = bound_env
         self.requested_port = port
         self.registry = registry
         self.zygote = zygote
@@ -224,6 +227,7 @@ class Revision:
             "HOST": self.host,
             **self.base_env,
             **self.spec.env,
+            **(self.bound_env() if self.bound_env is not None else {}),
         }
         env.update(knative_env(self.spec, port))
         argv = container_argv(

@@ -513,6 +513,7 @@ class StageRuntime:
         scratch = root / "tmp"
         scratch.mkdir()
         return StageContext(
+            revision=self._revision(job),
             job_id=job.job_id,
             pipeline=self.spec.pipeline,
             stage=self.spec.stage,
@@ -532,6 +533,15 @@ class StageRuntime:
         if folder.exists():
             shutil.rmtree(folder)  # a previous job's files must not leak into this one
         return folder
+
+    def _revision(self, job: _Job) -> int:
+        """The job's revision, from its request (stored by the first stage for later ones)."""
+        if job.request is not None:
+            return job.request.revision
+        try:
+            return self._stored_request(job.job_id).revision
+        except InvalidInput:
+            return 0  # a job started without a request (no study input): its first revision
 
     def _stored_request(self, job_id: str) -> events.JobRequested:
         try:

@@ -10,7 +10,8 @@ its job naming the stage it was meant for, an event that names a job but whose d
 type's payload fails the job (``invalid_event``), and :func:`check_deadline` fails a job whose
 stages made no progress for too long (``deadline_exceeded``). A job's ``state``,
 ``failed_stage`` and ``reason`` are recomputed after every event (:func:`settle`), so a later
-completion of a dead-lettered stage (a re-drive) still wins.
+completion of a dead-lettered stage (a re-drive) still wins; the change that makes a job final
+records the one job event it owes (``announcement``), whatever path failed or completed it.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def new_job(job_id: str, pipeline: str, dag: Mapping[str, Sequence[str]] | None)
     }
 
 
-def _parse_time(value: str | None) -> _dt.datetime | None:
+def parse_time(value: str | None) -> _dt.datetime | None:
     if not value:
         return None
     try:
@@ -181,7 +182,7 @@ def apply(
     elif etype in (EventType.STAGE_COMPLETED.value, EventType.STAGE_FAILED.value):
         stage = str(data.get("stage", attrs.get(Ext.STAGE, "")))
         entry = doc["stages"].setdefault(stage, {"state": PENDING})
-        finished = _parse_time(when)
+        finished = parse_time(when)
         if etype == EventType.STAGE_COMPLETED.value:
             duration = float(data.get("duration_ms", 0.0))
             for stale in ("failed_at", "reason", "message"):
@@ -392,7 +393,7 @@ def check_deadline(
     progress for ``deadline_seconds``; None when it is final or still within its deadline."""
     if doc["state"] != RUNNING:
         return None
-    last = _parse_time(doc.get("progress_at") or doc.get("updated_at"))
+    last = parse_time(doc.get("progress_at") or doc.get("updated_at"))
     if last is None:
         return None
     if last.tzinfo is None:

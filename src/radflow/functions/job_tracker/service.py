@@ -4,8 +4,10 @@ It is a Knative Service like the operators (functions-framework ``@http``), subs
 radflow job and stage event and set as the Broker's dead-letter sink. It answers:
 
 - ``POST`` a CloudEvent: fold it into ``job-status/<job>.json`` (optimistic concurrency with
-  ``If-Match``), reply ``job.completed`` / ``job.failed`` (deterministic id) when the job is final,
-  else 202 with an empty body;
+  ``If-Match``); the event that made the job final gets ``job.completed`` / ``job.failed``
+  (deterministic id, one per outcome and re-drive round) as its reply when it is a stage's
+  event, else that job event is published to the Broker (``K_SINK``: a dead letter, the
+  deadline, a forged job request); every other event gets 202 with an empty body;
 - ``GET /jobs`` (list, newest first) and ``GET /jobs/<id>`` (one job) as JSON;
 - ``POST /jobs/<id>/redrive``: start a failed job again from its failed stage(s) (:func:`redrive`).
 
@@ -41,11 +43,11 @@ SOURCE = "/radflow/job-tracker"
 #: optimistic-concurrency attempts before answering 503 (the broker retries later)
 MAX_ATTEMPTS = 25
 
-#: the periodic events that drive the deadline sweep: radflow's own, and the type a Knative
-#: PingSource sends (it cannot be overridden), so a PingSource can sink straight to the tracker
 #: an unsent job event is tried again (by a tick or a look at the job) this long after the last try
 RETRY_AFTER_S = 30.0
 
+#: the periodic events that drive the deadline sweep: radflow's own, and the type a Knative
+#: PingSource sends (it cannot be overridden), so a PingSource can sink straight to the tracker
 TICK_TYPES = frozenset({"dev.radflow.tick.v1", "dev.knative.sources.ping"})
 
 Reply = tuple[bytes | str, int, dict[str, str]]
@@ -257,9 +259,9 @@ def announce(
     mark it sent; False (logged) when it was not sent.
 
     The event that failed the job publishes at once (``retry=False``; a redelivery of that
-    event publishes again, with the same id). A job looked at later (a tick, ``GET``) retries an
-    unsent one only ``RETRY_AFTER_S`` after the last try, taking the try with ``If-Match`` so
-    two lookers never both send it: consumers see one event per failure.
+    event publishes it again, same id, unless it was marked sent). A job looked at later (a
+    tick, ``GET``) retries an unsent one only ``RETRY_AFTER_S`` after the last try, taking the
+    try with ``If-Match`` so two lookers never both send it: one event per failure.
     """
     owed = doc.get("announcement") or {}
     if owed.get("via") != logic.PUBLISH or owed.get("sent"):
@@ -428,7 +430,7 @@ def _take_retry(store: ObjectStore, job_id: str, event_id: str) -> bool:
     owed = current.get("announcement") or {}
     if owed.get("id") != event_id or owed.get("sent"):
         return False
-    last = logic._parse_time(owed.get("at"))
+    last = logic.parse_time(owed.get("at"))
     now = _now()
     if last is not None and (now - last).total_seconds() < RETRY_AFTER_S:
         return False

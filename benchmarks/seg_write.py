@@ -92,6 +92,7 @@ def main() -> None:
                 mask,
                 seg.segment_specs(names),
                 prov,
+                output=seg.OutputRevision("benchmark", 0),
                 series_number=1,
                 segmentation_type=kind,
             )
@@ -114,7 +115,13 @@ def main() -> None:
         measure(
             "RTSTRUCT 1 ROI",
             lambda: rtstruct.build_rtstruct(
-                headers, plan, tumour, rtstruct.roi_specs(["tumour"]), prov, series_number=1
+                headers,
+                plan,
+                tumour,
+                rtstruct.roi_specs(["tumour"]),
+                prov,
+                output=seg.OutputRevision("benchmark", 0),
+                series_number=1,
             ),
             out,
             args.repeat,
@@ -122,7 +129,13 @@ def main() -> None:
         measure(
             "RTSTRUCT 10 ROIs",
             lambda: rtstruct.build_rtstruct(
-                headers, plan, labels10, rtstruct.roi_specs(names10), prov, series_number=1
+                headers,
+                plan,
+                labels10,
+                rtstruct.roi_specs(names10),
+                prov,
+                output=seg.OutputRevision("benchmark", 0),
+                series_number=1,
             ),
             out,
             args.repeat,

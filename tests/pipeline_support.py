@@ -253,17 +253,11 @@ class PipelineEngine:
         self.base_env = base_env
         self.state_dir = state_dir
         self.tap = Tap()
-        # the broker's ingress port is chosen now, so the job tracker can be given its URL
-        # (``K_SINK``, as a SinkBinding would) for re-drives
+        # the compiled SinkBinding gives the job tracker ``K_SINK`` (the Broker), as Knative does
+        self._sinkbindings = manifests.sinkbindings
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self._broker_port = int(sock.getsockname()[1])
-        meta = self._brokers[0]["metadata"]
-        namespace = meta.get("namespace", "default")
-        sink = f"http://127.0.0.1:{self._broker_port}/{namespace}/{meta['name']}"
-        for svc in self._services:
-            if svc["metadata"]["name"] == "job-tracker":
-                set_env(svc, {"K_SINK": sink})
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="engine-loop", daemon=True
@@ -289,17 +283,23 @@ class PipelineEngine:
         self._thread.start()
         self._started = True
         self._run(self.tap.start())
+
+        def resolve(dest: dict[str, Any], namespace: str) -> str:
+            ref = dest["ref"]
+            ns = ref.get("namespace") or namespace
+            if ref["kind"] == "Broker":
+                return f"http://127.0.0.1:{self._broker_port}/{ns}/{ref['name']}"
+            return self.host.url(ref["name"], ns)
+
         self.host = FunctionHost(
             services=self._services,
             workdir=REPO,
             state_dir=self.state_dir / "host",
             base_env={**os.environ, **self.base_env},
+            sinkbindings=self._sinkbindings,
+            resolve_sink=resolve,
         )
         self._run(self.host.start())
-
-        def resolve(dest: dict[str, Any], namespace: str) -> str:
-            ref = dest["ref"]
-            return self.host.url(ref["name"], ref.get("namespace") or namespace)
 
         broker = self._brokers[0]["metadata"]
         tap_trigger = {
@@ -382,6 +382,11 @@ class PipelineEngine:
         for pid in pids:
             os.killpg(pid, signal.SIGKILL)
         return pids
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """The job tracker's list (``GET /jobs``)."""
+        with urllib.request.urlopen(self.host.url("job-tracker") + "/jobs", timeout=30) as resp:
+            return list(json.loads(resp.read())["jobs"])
 
     def job_status(self, job_id: str) -> dict[str, Any]:
         with urllib.request.urlopen(

@@ -228,3 +228,65 @@ def test_redrive_refusals(tracker: Any, monkeypatch: pytest.MonkeyPatch) -> None
     assert (r.status_code, r.json["reason"]) == (503, "no_broker_url")
     assert json.loads(tracker.get("/jobs/job-r").data)["state"] == "failed"  # left as it was
     service._deps.cache_clear()
+
+
+def test_job_failed_by_a_dead_letter_is_published_once_when_the_broker_takes_it(
+    tracker: Any, store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No broker at first: the job.failed stays owed; a tick sends it once the broker is there,
+    and no later look sends it again."""
+    import base64
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from pipeline_support import wait_until
+    from radflow.functions.job_tracker import service
+
+    received: list[events.CloudEvent] = []
+
+    class Broker(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["content-length"]))
+            received.append(events.from_http({k.lower(): v for k, v in self.headers.items()}, body))
+            self.send_response(202)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    broker = ThreadingHTTPServer(("127.0.0.1", 0), Broker)
+    threading.Thread(target=broker.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.delenv("K_SINK", raising=False)
+        monkeypatch.delenv("RADFLOW_BROKER_URL", raising=False)
+        service._deps.cache_clear()
+        done = stage_event("a", job="job-dl")
+        letter = events.with_attributes(
+            stage_event("b", job="job-dl"),
+            knativeerrorcode="503",
+            knativeerrordest="http://127.0.0.1:1/",
+            knativeerrordata=base64.b64encode(b'{"reason": "unavailable"}').decode(),
+        )
+        post(tracker, done)
+        assert post(tracker, letter).status_code == 202
+        doc = service.read_job(store, "job-dl")
+        assert doc is not None and doc["state"] == "failed"
+        assert doc["announcement"]["sent"] is False  # nowhere to send it yet
+        monkeypatch.setenv("RADFLOW_BROKER_URL", f"http://127.0.0.1:{broker.server_port}/")
+        monkeypatch.setattr(service, "RETRY_AFTER_S", 0.0)
+        service._deps.cache_clear()
+        tick = events.make_event("dev.radflow.tick.v1", "/test", {})
+        wait_until(lambda: post(tracker, tick) is not None and bool(received), "job.failed sent")
+        for _ in range(3):  # later looks and ticks: already sent
+            post(tracker, tick)
+            tracker.get("/jobs/job-dl")
+    finally:
+        broker.shutdown()
+        service._deps.cache_clear()
+    [event] = received
+    assert event["type"] == EventType.JOB_FAILED.value
+    assert event["id"] == events.deterministic_id("job-dl", "job", "failed")
+    assert (event.data["failed_stage"], event.data["reason"]) == (
+        "d",
+        "dead_letter_503:unavailable",
+    )
+    assert service.read_job(store, "job-dl")["announcement"]["sent"] is True  # type: ignore[index]

@@ -74,11 +74,23 @@ def finished(engine: PipelineEngine, job_id: str) -> dict[str, Any]:
     return status_once(engine, job_id, lambda s: s != "running", "to leave running")
 
 
+def job_failed(engine: PipelineEngine, job_id: str) -> list[events.CloudEvent]:
+    """Every ``job.failed`` of ``job_id`` that entered the broker, once the first one did and
+    the broker is idle (a second one would have been delivered by then)."""
+
+    def of_job() -> list[events.CloudEvent]:
+        return [e for e in engine.of_type(EventType.JOB_FAILED) if e["radflowjob"] == job_id]
+
+    wait_until(lambda: bool(of_job()), f"job.failed of job {job_id}")
+    engine.wait_idle()
+    return of_job()
+
+
 def dead_lettered_run(
     tmp_path: Path, store_settings: StoreSettings, store: ObjectStore, stage: str
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], list[events.CloudEvent]]:
     """One study through the pipeline whose ``stage`` is slow and whose Trigger gives up fast:
-    the job's status once it has left ``running``."""
+    the job's status once it has left ``running``, and the job.failed events published."""
     kn = compile_to(slow(stage), tmp_path / "knative")
     with PipelineEngine(
         kn,
@@ -88,13 +100,23 @@ def dead_lettered_run(
     ) as engine:
         req = seed_study(store, PIPELINE, series=1, instances=1)
         engine.publish(study_event(store, req))
-        return finished(engine, req.job_id)
+        status = finished(engine, req.job_id)
+        return status, job_failed(engine, req.job_id)
+
+
+def assert_one_job_failed(announced: list[events.CloudEvent], status: dict[str, Any]) -> None:
+    """The job.failed event is published once (ids are per failure, redeliveries repeat it)."""
+    assert len(announced) == 1, [e["id"] for e in announced]
+    assert announced[0]["id"] == events.deterministic_id(status["job_id"], "job", "failed")
+    data = announced[0].data
+    assert (data["failed_stage"], data["reason"]) == (status["failed_stage"], status["reason"])
 
 
 def test_dead_letter_of_the_first_stage_fails_the_job_naming_it(
     tmp_path: Path, store_settings: StoreSettings, store: ObjectStore
 ) -> None:
-    status = dead_lettered_run(tmp_path, store_settings, store, "ingest")
+    status, announced = dead_lettered_run(tmp_path, store_settings, store, "ingest")
+    assert_one_job_failed(announced, status)
 
     assert (status["state"], status["failed_stage"]) == ("failed", "ingest"), status
     assert status["reason"] in LAST_ATTEMPT
@@ -108,7 +130,8 @@ def test_dead_letter_of_the_first_stage_fails_the_job_naming_it(
 def test_dead_letter_of_a_fan_in_stage_fails_the_job_naming_it(
     tmp_path: Path, store_settings: StoreSettings, store: ObjectStore
 ) -> None:
-    status = dead_lettered_run(tmp_path, store_settings, store, "join")
+    status, announced = dead_lettered_run(tmp_path, store_settings, store, "join")
+    assert_one_job_failed(announced, status)
 
     assert (status["state"], status["failed_stage"]) == ("failed", "join"), status
     assert status["reason"] in LAST_ATTEMPT
@@ -161,7 +184,9 @@ def test_forged_event_with_garbage_data_fails_its_job(
 def test_job_without_progress_fails_at_its_deadline_naming_pending_stages(
     tmp_path: Path, store_settings: StoreSettings, store: ObjectStore
 ) -> None:
-    kn = compile_to(slow("ingest"), tmp_path / "knative")
+    # ingest outlives the deadline, then completes: the rest of the DAG runs after the job
+    # failed, and none of its events announces the job again
+    kn = compile_to(slow("ingest", seconds=8), tmp_path / "knative")
     with PipelineEngine(
         kn,
         tmp_path / "state",
@@ -171,6 +196,12 @@ def test_job_without_progress_fails_at_its_deadline_naming_pending_stages(
         req = seed_study(store, PIPELINE, series=1, instances=1)
         engine.publish(study_event(store, req))
         status = finished(engine, req.job_id)
+        announced = job_failed(engine, req.job_id)
+        after = engine.job_status(req.job_id)
+
+    assert_one_job_failed(announced, status)
+    assert after["stages"]["report"]["state"] == "completed", after  # the DAG did run on
+    assert (after["state"], after["reason"]) == ("failed", "deadline_exceeded")
 
     assert (status["state"], status["failed_stage"], status["reason"]) == (
         "failed",

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -81,8 +82,9 @@ def test_brain_study_to_seg_and_rtstruct_at_mypacs(
     port = free_port()
     pacs = tmp_path / "pacs"
     pacs.mkdir()
+    # +uf: one file per reception, so an object sent twice is counted twice
     scp = subprocess.Popen(
-        ["storescp", "-aet", "MYPACS", "-od", str(pacs), str(port)],
+        ["storescp", "+uf", "-aet", "MYPACS", "-od", str(pacs), str(port)],
         env={**os.environ, "TCP_NODELAY": "1"},
     )
     assert wait_for_port("127.0.0.1", port, 10)
@@ -109,19 +111,58 @@ def test_brain_study_to_seg_and_rtstruct_at_mypacs(
     env = {**store_env(store_settings), "TCP_NODELAY": "1"}
     try:
         with PipelineEngine(kn, tmp_path / "state", base_env=env) as engine:
-            engine.publish(study_event(store, req))
+            original = study_event(store, req)
+            engine.publish(original)
             engine.wait_idle(timeout=300)
             status = engine.job_status(req.job_id)
             seen = {e["type"] for e in engine.seen}
+            first = sorted(pacs.iterdir())
+            # the same job request replayed under a new ce-id: no stage runs, nothing exported
+            engine.publish(events.with_attributes(original, id=str(uuid.uuid4())))
+            engine.wait_idle(timeout=300)
+            after_replay = sorted(pacs.iterdir())
+            # the study re-sent with changes: revision 1 of the same group, a new job
+            manifest_r1 = manifest.model_copy(update={"revision": 1})
+            key_r1 = Keys.manifest(sid, f"{gid}-r1")
+            store.put_bytes(key_r1, manifest_r1.model_dump_json().encode())
+            req_r1 = req.model_copy(
+                update={
+                    "revision": 1,
+                    "manifest_key": key_r1,
+                    "job_id": events.job_id_for(gid, "brain-tumor-segmentation", 1),
+                }
+            )
+            engine.publish(
+                events.with_attributes(
+                    study_event(store, req_r1), type=events.EventType.STUDY_REVISED.value
+                )
+            )
+            engine.wait_idle(timeout=300)
+            status_r1 = engine.job_status(req_r1.job_id)
     finally:
         scp.terminate()
         scp.wait(timeout=10)
     assert status["state"] == "completed", json.dumps(status["stages"], indent=1)
     assert status["study_instance_uid"] == study_uid
+    assert [p.name[:3] for p in first] == ["RS.", "SG."]
+    assert after_replay == first  # nothing sent again
+    assert status_r1["state"] == "completed", json.dumps(status_r1["stages"], indent=1)
     received = sorted(pacs.iterdir())
-    assert [p.name[:3] for p in received] == ["RS.", "SG."]
+    assert len(received) == 4, received
+    datasets = {p: pydicom.dcmread(p, stop_before_pixels=True) for p in received}
     for path in received:
         out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
         assert "Error" not in out.stdout + out.stderr, out.stderr[-2000:]
+    revised = [ds for p, ds in datasets.items() if p not in first]
+    originals = [ds for p, ds in datasets.items() if p in first]
+    # revision 1's SEG and RTSTRUCT: new UIDs, the same study, naming their revision
+    assert {ds.SOPInstanceUID for ds in revised}.isdisjoint(ds.SOPInstanceUID for ds in originals)
+    assert {ds.SeriesInstanceUID for ds in revised}.isdisjoint(
+        ds.SeriesInstanceUID for ds in originals
+    )
+    assert {ds.StudyInstanceUID for ds in datasets.values()} == {study_uid}
+    assert sorted(ds.Modality for ds in revised) == ["RTSTRUCT", "SEG"]
+    assert all(" rev 1 - " in ds.SeriesDescription for ds in revised)
+    assert not any(" rev " in ds.SeriesDescription for ds in originals)
     assert events.EventType.JOB_COMPLETED.value in seen
     assert status["dead_letters"] == []

@@ -167,7 +167,7 @@ def _seed(store: ObjectStore, files: list[Path], pipeline: str = "parse") -> eve
     )
     store.put_bytes(Keys.manifest("study", "g"), manifest.model_dump_json().encode())
     return events.JobRequested(
-        job_id=events.deterministic_id("g", pipeline),
+        job_id=events.job_id_for("g", pipeline, 0),
         pipeline=pipeline,
         study_id="study",
         group_id="g",

@@ -15,6 +15,7 @@ from radflow.engine.host.spec import (
     expand,
     parse_deployment,
     parse_service,
+    sink_env,
 )
 from radflow.sdk.errors import ConfigError
 
@@ -211,6 +212,50 @@ def test_sinkbinding_subject_by_name_selector_and_namespace() -> None:
         binding({"name": "dicom-adapter"}), deployment("dicom-adapter", {}, namespace="other")
     )
     assert not binding_matches(binding({"name": "dicom-adapter", "kind": "StatefulSet"}), adapter)
+
+
+def test_sinkbinding_subject_may_be_a_knative_service_as_in_knative() -> None:
+    manifest = service(FN)
+    manifest["metadata"]["labels"] = {"radflow.dev/function": "job-tracker"}
+    tracker = parse_service(manifest)  # named seg-writer, in the default namespace
+    ksvc = {"apiVersion": "serving.knative.dev/v1", "kind": "Service"}
+    assert binding_matches(binding({**ksvc, "name": "seg-writer"}), tracker)
+    assert not binding_matches(binding({**ksvc, "name": "other"}), tracker)
+    selector = {"matchLabels": {"radflow.dev/function": "job-tracker"}}
+    assert binding_matches(binding({**ksvc, "selector": selector}), tracker)
+    # a Deployment subject of the same name, or a core v1 Service, is not this Knative Service
+    assert not binding_matches(binding({"name": "seg-writer"}), tracker)
+    assert not binding_matches(
+        binding({"apiVersion": "v1", "kind": "Service", "name": "seg-writer"}), tracker
+    )
+    # and a Knative Service subject never binds a Deployment
+    assert not binding_matches(
+        binding({**ksvc, "name": "dicom-adapter"}), deployment("dicom-adapter", {})
+    )
+    sink = {"ref": {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": "radflow"}}
+    env = sink_env(binding({**ksvc, "name": "seg-writer"}, sink=sink), lambda d: d["ref"]["name"])
+    assert env == {"K_SINK": "radflow", "K_CE_OVERRIDES": ""}
+    with pytest.raises(ConfigError, match="SinkBinding b: spec.sink is required"):
+        sink_env(binding({**ksvc, "name": "seg-writer"}), lambda d: "")
+
+
+def test_function_host_gives_a_bound_service_k_sink_and_needs_a_resolver(tmp_path: Path) -> None:
+    from radflow.engine.host import FunctionHost
+
+    ksvc = {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "seg-writer"}
+    bound = binding(ksvc, sink={"uri": "http://broker.example/default/radflow"})
+    with pytest.raises(ConfigError, match="no way to resolve its sink"):
+        FunctionHost(
+            services=[service(FN)], workdir=tmp_path, state_dir=tmp_path, sinkbindings=[bound]
+        )
+    with pytest.raises(ConfigError, match="subject of several SinkBindings"):
+        FunctionHost(
+            services=[service(FN)],
+            workdir=tmp_path,
+            state_dir=tmp_path,
+            sinkbindings=[bound, bound],
+            resolve_sink=lambda d, ns: str(d["uri"]),
+        )
 
 
 def test_ce_overrides_like_go_json_marshal() -> None:

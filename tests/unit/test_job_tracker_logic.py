@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from radflow.functions.job_tracker import logic
+from radflow.sdk.events import job_id_for
 
 DAG = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]}
 
@@ -119,7 +120,7 @@ def dead(attrs: dict[str, Any], code: str, body: bytes = b"") -> dict[str, Any]:
 def request() -> tuple[dict[str, Any], dict[str, Any]]:
     attrs = {"id": "r", "type": "dev.radflow.study.received.v1", "time": "2026-01-01T00:00:00Z"}
     data = {
-        "job_id": "j",
+        "job_id": job_id_for("g", "p", 0),  # the job's identity: derived from its content
         "pipeline": "p",
         "study_id": "s",
         "group_id": "g",
@@ -225,3 +226,71 @@ def test_redrive_starts_the_stages_that_did_not_complete_and_whose_inputs_did() 
     fresh, _ = fold([request()])
     assert logic.redrive_stages(fresh, DAG) == ["a"]
     assert fresh["request"]["data"]["manifest_key"] == "m" and fresh["request"]["id"] == "r"
+
+
+def test_job_request_naming_a_job_not_derived_from_its_content_fails_it() -> None:
+    attrs, data = request()
+    doc, finals = fold([(attrs, {**data, "job_id": "made-up"})])
+    assert finals == ["failed"]
+    assert (doc["reason"], doc["failure"]["message"]) == (
+        "job_identity_mismatch",
+        "job_id is not the id of its (group_id, pipeline, revision)",
+    )
+    assert "request" not in doc  # never re-driven
+    # the job extension must agree with the data's job id
+    doc, _ = fold([({**attrs, "radflowjob": "other"}, data)])
+    assert doc["failure"]["message"] == "extension radflowjob differs from data job_id"
+    # a completed job stays completed; the forged request is listed
+    evs = [completed(s, s) for s in DAG]
+    doc, finals = fold([*evs, ({**attrs, "id": "forged"}, {**data, "revision": 4})])
+    assert finals[-1] == "completed" and doc["invalid_events"][0]["event_id"] == "forged"
+
+
+def test_dead_letter_does_not_hide_the_direct_delivery_of_the_same_event() -> None:
+    attrs, data = request()
+    doc, _ = fold([(dead(attrs, "400"), data), (attrs, data)])
+    assert doc["request"]["id"] == "r"
+    # a dead letter delivered twice is recorded once
+    doc, _ = fold([(dead(attrs, "400"), data), (dead(attrs, "400"), data)])
+    assert len(doc["dead_letters"]) == 1
+
+
+def test_one_job_event_is_owed_per_outcome_and_round_whatever_failed_the_job() -> None:
+    attrs, data = request()
+    # a dead letter fails it: the job.failed is published (nobody to reply to)
+    doc, _ = fold([(attrs, data), (dead(attrs, "400"), data)])
+    owed = doc["announcement"]
+    assert (owed["state"], owed["via"], owed["sent"]) == ("failed", "publish", False)
+    assert owed["trigger"] == logic.seen_key(dead(attrs, "400"))
+    assert owed["id"] == logic.job_event_id(doc, "failed")
+    # later events of the failed job owe nothing more
+    again, _ = logic.apply(doc, *completed("a", "1"), DAG)
+    assert again["announcement"] == owed
+    # a stage failure is answered by the reply to that stage event
+    failed = {"id": "f", "type": "dev.radflow.stage.failed.v1", "time": "2026-01-01T00:00:01Z"}
+    doc, _ = fold([(failed, {"job_id": "j", "pipeline": "p", "stage": "b", "reason": "x"})])
+    assert (doc["announcement"]["via"], doc["announcement"]["trigger"]) == ("reply", "f")
+    # after a re-drive, a new failure is a new event
+    rerun = logic.reset_for_redrive(doc, ["b"], "2026-01-01T00:01:00+00:00")
+    rerun, _ = logic.apply(
+        rerun,
+        {**failed, "id": "f2"},
+        {"job_id": "j", "pipeline": "p", "stage": "b", "reason": "x"},
+        DAG,
+    )
+    assert rerun["announcement"]["id"] != doc["announcement"]["id"]
+    assert rerun["announcement"]["id"] == logic.job_event_id(rerun, "failed")
+
+
+def test_deadline_failure_owes_a_published_job_failed() -> None:
+    import datetime as dt
+
+    doc, _ = fold([request()])
+    late = logic.check_deadline(doc, dt.datetime(2030, 1, 1, tzinfo=dt.UTC), 60)
+    assert late is not None and late["reason"] == "deadline_exceeded"
+    owed = late["announcement"]
+    assert (owed["via"], owed["trigger"], owed["id"]) == (
+        "publish",
+        "deadline_exceeded",
+        logic.job_event_id(late, "failed"),
+    )

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from radflow.sdk.events import deterministic_id
+from radflow.sdk.events import deterministic_id, job_id_for
 from radflow.sdk.manifest import InstanceRef
 
 
@@ -69,8 +69,11 @@ def study_id(study_instance_uid: str) -> str:
 
 
 def job_id(group: str, pipeline: str, revision: int) -> str:
-    """The job id, also the CloudEvent id: a re-send of the same job is the same event."""
-    return deterministic_id(group, pipeline, str(revision))
+    """The job id, also the CloudEvent id: a re-send of the same job is the same event.
+
+    Stages and the job tracker check a job request against it
+    (:meth:`~radflow.sdk.events.JobRequested.identity_problem`)."""
+    return job_id_for(group, pipeline, revision)
 
 
 def manifest_group(group: str, revision: int) -> str:

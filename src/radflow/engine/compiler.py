@@ -5,7 +5,8 @@ pipeline change does to the cluster:
 
 - ``knative/broker.yaml``: Broker ``default/radflow`` (durable Kafka class; delivery retry,
   backoff, per-attempt timeout and a dead-letter sink -> ``job-tracker``);
-- ``knative/platform/job-tracker.yaml``: the job tracker Service and its Triggers;
+- ``knative/platform/job-tracker.yaml``: the job tracker Service, the SinkBinding that gives it
+  the Broker's URL (``K_SINK``: the job events it publishes, re-drives) and its Triggers;
 - ``knative/pipelines/<pipeline>/services.yaml``: one ``serving.knative.dev/v1`` Service per
   operator (``<pipeline>-<operator>``), scale-to-zero, ``containerConcurrency: 1``;
 - ``knative/pipelines/<pipeline>/triggers.yaml``: one Trigger per DAG edge, filtering on the
@@ -551,7 +552,8 @@ def broker() -> dict[str, Any]:
 
 
 def tracker_objects(pipelines: Sequence[Pipeline], entry: OperatorEntry) -> list[dict[str, Any]]:
-    """The job tracker's Service (every pipeline's DAG in ``RADFLOW_DAGS``) and its Triggers."""
+    """The job tracker's Service (every pipeline's DAG in ``RADFLOW_DAGS``), its SinkBinding
+    (``K_SINK``: the Broker) and its Triggers."""
     dags = {p.name: p.dag() for p in sorted(pipelines, key=lambda p: p.name)}
     env = {
         **function_env(entry),
@@ -600,7 +602,29 @@ def tracker_objects(pipelines: Sequence[Pipeline], entry: OperatorEntry) -> list
             (EventType.STUDY_REVISED, "study-revised"),
         )
     ]
-    return [svc, *triggers]
+    # K_SINK for what the tracker publishes itself: job events of jobs failed by a dead letter,
+    # their deadline or a forged request, and the events of a re-drive
+    binding = {
+        "apiVersion": "sources.knative.dev/v1",
+        "kind": "SinkBinding",
+        "metadata": {"name": TRACKER, "namespace": NAMESPACE, "labels": dict(labels)},
+        "spec": {
+            "subject": {
+                "apiVersion": "serving.knative.dev/v1",
+                "kind": "Service",
+                "name": TRACKER,
+            },
+            "sink": {
+                "ref": {
+                    "apiVersion": "eventing.knative.dev/v1",
+                    "kind": "Broker",
+                    "name": BROKER,
+                    "namespace": NAMESPACE,
+                }
+            },
+        },
+    }
+    return [svc, binding, *triggers]
 
 
 class _Dumper(yaml.SafeDumper):

@@ -208,6 +208,9 @@ class Engine:
             idle_override_s=self.config.scale_to_zero_after,
             prewarm=IMAGING_STACK if self.config.prewarm else None,
             activator_ports=self._activator_ports,
+            # the job tracker's SinkBinding: K_SINK (the Broker) for job events and re-drives
+            sinkbindings=self.manifests.sinkbindings,
+            resolve_sink=self.resolve,
         )
         await self.host.start()
         self.broker = BrokerRuntime(

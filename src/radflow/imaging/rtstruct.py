@@ -23,7 +23,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from skimage.measure import find_contours
 
 from radflow.imaging.dicom import RawDataElement, SlicePlan, new_uid, raw_element
-from radflow.imaging.seg import NOT_FOR_CLINICAL_USE, PALETTE, Provenance
+from radflow.imaging.seg import NOT_FOR_CLINICAL_USE, PALETTE, OutputRevision, Provenance
 from radflow.sdk.errors import InvalidInput
 
 CONTOUR_DATA = Tag(0x3006, 0x0050)
@@ -135,6 +135,7 @@ def build_rtstruct(
     rois: Sequence[RoiSpec],
     provenance: Provenance,
     *,
+    output: OutputRevision,
     series_number: int,
 ) -> Dataset:
     """An RT Structure Set over the source series ``headers`` from a mask on ``plan``'s planes.
@@ -155,6 +156,7 @@ def build_rtstruct(
         )
     first = headers[0]
     entropy = (
+        *output.uid_entropy(str(first.StudyInstanceUID)),
         str(first.SeriesInstanceUID),
         provenance.operator,
         provenance.model_name,
@@ -175,7 +177,7 @@ def build_rtstruct(
     ds.Modality = "RTSTRUCT"
     ds.SeriesInstanceUID = new_uid(*entropy, "rtstruct-series", root=provenance.uid_root)
     ds.SeriesNumber = series_number
-    ds.SeriesDescription = f"{provenance.model_name} RTSTRUCT - {NOT_FOR_CLINICAL_USE}"[:64]
+    ds.SeriesDescription = output.describe(provenance.model_name, "RTSTRUCT")
     ds.OperatorsName = ""
     ds.Manufacturer = provenance.manufacturer
     ds.ManufacturerModelName = provenance.model_name[:64]
@@ -184,7 +186,7 @@ def build_rtstruct(
     ds.InstanceNumber = 1
     ds.StructureSetLabel = "AI_CONTOURS"
     ds.StructureSetName = provenance.model_name[:64]
-    ds.StructureSetDescription = NOT_FOR_CLINICAL_USE
+    ds.StructureSetDescription = output.note()
     ds.StructureSetDate = ds.InstanceCreationDate
     ds.StructureSetTime = ds.InstanceCreationTime
 

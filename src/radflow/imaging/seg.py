@@ -72,6 +72,50 @@ class Provenance:
         )
 
 
+#: SeriesNumber step between revisions: revision r's outputs are numbered base + r x this
+REVISION_SERIES_STEP = 10000
+
+
+@dataclass(frozen=True)
+class OutputRevision:
+    """Which job an output belongs to: a study's pipeline run at one revision (docs/imaging.md,
+    "Output UIDs and revisions").
+
+    Output UIDs are derived from the study, the pipeline and the revision (plus the source series,
+    operator, model and labels), never from a clock or a random source: a retried run of the
+    same revision writes the same UIDs again (at-least-once delivery stays idempotent), and a
+    revision (instances re-sent or added after the first job, ``study.revised``) gets new ones,
+    so its results never overwrite, at the PACS, the results of the revision before. Revision 0
+    is the first job of a study; a revision r >= 1 says so in its outputs ("rev r" in
+    SeriesDescription and ContentDescription, SeriesNumber + r x :data:`REVISION_SERIES_STEP`).
+    """
+
+    pipeline: str
+    revision: int
+
+    def uid_entropy(self, study_instance_uid: str) -> tuple[str, ...]:
+        return (study_instance_uid, self.pipeline, f"revision {self.revision}")
+
+    def series_number(self, base: int) -> int:
+        return base + REVISION_SERIES_STEP * self.revision
+
+    def describe(self, model: str, kind: str, width: int = 64) -> str:
+        """SeriesDescription: ``"<model> <kind> rev <r> - <not for clinical use>"`` within
+        ``width`` characters (the model name is shortened, nothing else); revision 0 says no
+        revision."""
+        rev = f" rev {self.revision}" if self.revision else ""
+        rest = f" {kind}{rev} - {NOT_FOR_CLINICAL_USE}"
+        return model[: max(0, width - len(rest))] + rest
+
+    def note(self) -> str:
+        """ContentDescription / StructureSetDescription: ``"rev <r> - <not for clinical use>"``."""
+        return (
+            f"rev {self.revision} - {NOT_FOR_CLINICAL_USE}"
+            if self.revision
+            else NOT_FOR_CLINICAL_USE
+        )
+
+
 @dataclass(frozen=True)
 class SegmentSpec:
     number: int  #: value in the label mask, 1-based
@@ -110,6 +154,7 @@ def build_segmentation(
     segments: Sequence[SegmentSpec],
     provenance: Provenance,
     *,
+    output: OutputRevision,
     series_number: int,
     segmentation_type: str = "auto",
     omit_empty_frames: bool = True,
@@ -118,8 +163,9 @@ def build_segmentation(
 
     ``source_images`` are either one dataset per mask slice in mask z order, or a single
     multi-frame image whose frames are in mask z order. Headers without pixel data suffice.
-    UIDs are derived from the source series, model and labels: rewriting the same result gives
-    the same SeriesInstanceUID/SOPInstanceUID.
+    UIDs are derived from the study, pipeline and revision (``output``), the source series,
+    model and labels: rewriting the same result of the same revision gives the same
+    SeriesInstanceUID/SOPInstanceUID, another revision gets new ones (:class:`OutputRevision`).
     """
     if mask.ndim != 3:
         raise InvalidInput(f"mask must be 3D (z, y, x), got shape {mask.shape}")
@@ -135,6 +181,7 @@ def build_segmentation(
     seg_type = choose_type(segmentation_type, len(segments))
     first = source_images[0]
     entropy = (
+        *output.uid_entropy(str(first.StudyInstanceUID)),
         str(first.SeriesInstanceUID),
         provenance.operator,
         provenance.model_name,
@@ -197,10 +244,10 @@ def build_segmentation(
         manufacturer_model_name=provenance.model_name[:64],
         software_versions=list(provenance.software_versions),  # type: ignore[arg-type]  # LO multi-value: a tuple warns
         device_serial_number=f"{provenance.operator}-{provenance.operator_version}"[:64],
-        content_description=NOT_FOR_CLINICAL_USE,
+        content_description=output.note(),
         content_label="AI_SEGMENTATION",
         content_creator_name=None,
-        series_description=f"{provenance.model_name} SEG - {NOT_FOR_CLINICAL_USE}"[:64],
+        series_description=output.describe(provenance.model_name, "SEG"),
         transfer_syntax_uid=syntax,
         omit_empty_frames=omit_empty_frames,
         contributing_equipment=[equipment],

@@ -41,6 +41,7 @@ __all__ = [
     "deterministic_id",
     "from_http",
     "from_json",
+    "job_id_for",
     "make_event",
     "parse_payload",
     "to_binary",
@@ -103,6 +104,19 @@ class JobRequested(_Payload):
     instance_count: int = Field(ge=0)
     called_ae: str = Field(description="The Clara AE title the study was sent to.")
 
+    def identity_problem(self) -> str | None:
+        """Why this request is not the job it names (a forged or corrupted event), or None.
+
+        A job's identity is its study content: :func:`job_id_for` of its instance group,
+        pipeline and revision. An event id is only the identity of one delivery attempt, so a
+        replay under a new ``ce-id`` still names the same job (whose stages answer with their
+        stored results), and a request whose ``job_id`` is not derived from its content is
+        refused. The message names the fields, never their values.
+        """
+        if self.job_id != job_id_for(self.group_id, self.pipeline, self.revision):
+            return "job_id is not the id of its (group_id, pipeline, revision)"
+        return None
+
 
 class StageCompleted(_Payload):
     """Data of ``stage.completed``: where a stage's named outputs are."""
@@ -143,6 +157,11 @@ P = TypeVar("P", bound=BaseModel)
 def deterministic_id(*parts: str) -> str:
     """A UUID5 under radflow's namespace: the same parts always give the same id."""
     return str(uuid.uuid5(RADFLOW_NAMESPACE, "\x1f".join(parts)))
+
+
+def job_id_for(group_id: str, pipeline: str, revision: int) -> str:
+    """A job's id: derived from its instance group, pipeline and revision, never an event id."""
+    return deterministic_id(group_id, pipeline, str(revision))
 
 
 def make_event(

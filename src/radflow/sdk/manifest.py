@@ -33,3 +33,27 @@ class StudyManifest(BaseModel):
     called_ae: str
     calling_ae: str = ""
     instances: list[InstanceRef]
+
+    def mismatch(
+        self, *, study_id: str, group_id: str, revision: int, instance_count: int
+    ) -> str | None:
+        """Why a job request naming this manifest is not about it (a forged request), or None.
+
+        The message names the fields that disagree, never their values.
+        """
+        theirs = {
+            "study_id": study_id,
+            "group_id": group_id,
+            "revision": revision,
+            "instance_count": instance_count,
+        }
+        mine = {
+            "study_id": self.study_id,
+            "group_id": self.group_id,
+            "revision": self.revision,
+            "instance_count": len(self.instances),
+        }
+        wrong = sorted(name for name, value in theirs.items() if mine[name] != value)
+        if wrong:
+            return "job request disagrees with its manifest on " + ", ".join(wrong)
+        return None

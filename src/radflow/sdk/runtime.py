@@ -3,13 +3,18 @@
 ``serve(request, logic.run)`` turns one Knative delivery into one stage run::
 
     decode CloudEvent (400 if not one)
-      -> which job, is this event for me (400 if not)
+      -> which job, is this event for me (400 if not); a job request's job id must be the id
+         of its content (group, pipeline, revision), never just an event id (400
+         ``job_identity_mismatch`` if not), so a replay under a new ce-id is the same job
       -> fan-in: every upstream stage completed?  else 202, nothing to do yet
       -> claim the stage (S3 conditional put, leased, heartbeated); if already claimed:
              completed/failed marker present -> reply the stored event again (redelivery)
              busy with this same event -> 503 (the broker retries; a dead run's lease lapses)
              busy with another event   -> 202 (that delivery owns the run)
              stale (its run died)      -> take it over and run
+      -> a job request (first stages): its manifest must exist and be about this job (study,
+         group, revision, instance count), else 400 ``manifest_missing`` /
+         ``job_identity_mismatch`` (the broker dead-letters it; the job tracker fails the job)
       -> stage inputs from S3 into local folders (Clara's /input, named inputs)
       -> logic.run(ctx)                 InvalidInput -> failed marker + STAGE_FAILED reply (200)
                                         Unavailable  -> 503;  anything else -> 500 (retried)
@@ -76,6 +81,9 @@ Reply = tuple[bytes | str, int, dict[str, str]]
 
 #: Clara's job payload types: the first stages of a pipeline consume these
 STUDY_TYPES = (EventType.STUDY_RECEIVED.value, EventType.STUDY_REVISED.value)
+#: reason code (400) of a job request that is not the job it names: its job id is not derived
+#: from its content, or it disagrees with the manifest it points at
+JOB_MISMATCH = "job_identity_mismatch"
 
 
 class _Request(Protocol):
@@ -253,6 +261,11 @@ class StageRuntime:
                 raise events.InvalidEvent(
                     f"job is for pipeline {req.pipeline!r}, not {self.spec.pipeline!r}"
                 )
+            problem = req.identity_problem()
+            if problem is None and event.get(Ext.JOB) not in (None, req.job_id):
+                problem = f"extension {Ext.JOB} differs from data job_id"
+            if problem is not None:
+                raise events.InvalidEvent(problem, code=JOB_MISMATCH)
             return _Job(req.job_id, subject or req.study_id, tp, req)
         if etype == EventType.STAGE_COMPLETED.value:
             done = events.parse_payload(event, events.StageCompleted)
@@ -305,6 +318,12 @@ class StageRuntime:
         claim.start_heartbeat()
         try:
             if job.request is not None:
+                try:
+                    self._verify_request(job.request)
+                except InvalidInput as exc:
+                    claim.release()
+                    logger.warning("job request refused: %s", exc)
+                    return _empty(400, exc.code)
                 write_json(self.store, request_key(job.job_id), job.request.model_dump(mode="json"))
             reply = self._execute(job, logic, claim, received)
         except BaseException:
@@ -312,6 +331,19 @@ class StageRuntime:
             raise
         claim.stop()
         return reply
+
+    def _verify_request(self, req: events.JobRequested) -> None:
+        """Refuse (InvalidInput) a job request whose manifest is missing or not about it: a
+        forged request must not start a job (module docstring: what a job's identity is)."""
+        manifest = load_manifest(self.store, req.manifest_key)
+        problem = manifest.mismatch(
+            study_id=req.study_id,
+            group_id=req.group_id,
+            revision=req.revision,
+            instance_count=req.instance_count,
+        )
+        if problem is not None:
+            raise InvalidInput(problem, code=JOB_MISMATCH)
 
     def _execute(self, job: _Job, logic: Logic, claim: Claim, received: float) -> Reply:
         root = Path(tempfile.mkdtemp(prefix=f"radflow-{self.spec.stage}-", dir=self.work_dir))
@@ -481,6 +513,7 @@ class StageRuntime:
         scratch = root / "tmp"
         scratch.mkdir()
         return StageContext(
+            revision=self._revision(job),
             job_id=job.job_id,
             pipeline=self.spec.pipeline,
             stage=self.spec.stage,
@@ -500,6 +533,15 @@ class StageRuntime:
         if folder.exists():
             shutil.rmtree(folder)  # a previous job's files must not leak into this one
         return folder
+
+    def _revision(self, job: _Job) -> int:
+        """The job's revision, from its request (stored by the first stage for later ones)."""
+        if job.request is not None:
+            return job.request.revision
+        try:
+            return self._stored_request(job.job_id).revision
+        except InvalidInput:
+            return 0  # a job started without a request (no study input): its first revision
 
     def _stored_request(self, job_id: str) -> events.JobRequested:
         try:

@@ -78,6 +78,9 @@ class StageContext:
     #: make staged files whole: inputs staged header-first (:func:`headers_first`) hold each
     #: DICOM instance cut after its PixelData tag until listed here; whole files are left alone
     complete_files: Callable[[Iterable[Path]], int] = _all_whole
+    #: the job's revision of its study (0: the first job; +1 per ``study.revised``): outputs
+    #: derive their identifiers from it, so a revision never reuses a previous one's
+    revision: int = 0
 
 
 class StageVariables(BaseModel):

@@ -128,8 +128,11 @@ class Revision:
         zygote: Zygote | None = None,
         registry: PidRegistry | None = None,
         port: int = 0,
+        bound_env: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self.spec = spec
+        #: env a SinkBinding injects (``K_SINK``), read when an instance starts
+        self.bound_env = bound_env
         self.requested_port = port
         self.registry = registry
         self.zygote = zygote
@@ -257,6 +260,7 @@ class Revision:
             "HOST": self.host,
             **self.base_env,
             **self.spec.env,
+            **(self.bound_env() if self.bound_env is not None else {}),
         }
         env.update(knative_env(self.spec, port))
         launcher = service_launcher(self.spec.embedded) if self.spec.embedded else None

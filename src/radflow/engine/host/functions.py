@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,13 @@ from radflow.engine.host.activator import (
 )
 from radflow.engine.host.prewarm import Zygote, zygote_env
 from radflow.engine.host.process import PidRegistry
-from radflow.engine.host.spec import container_argv, parse_service
+from radflow.engine.host.spec import (
+    ServiceSpec,
+    binding_for,
+    container_argv,
+    parse_service,
+    sink_env,
+)
 from radflow.sdk.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -56,6 +62,8 @@ class FunctionHost:
         grace_cap_s: float = GRACE_CAP_S,
         prewarm: Sequence[str] | None = None,
         activator_ports: Mapping[str, int] | None = None,
+        sinkbindings: Sequence[Mapping[str, Any]] = (),
+        resolve_sink: Callable[[dict[str, Any], str], str] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.state_dir = Path(state_dir)
@@ -92,6 +100,18 @@ class FunctionHost:
                 host,
                 f"Service {spec.namespace}/{spec.name}",
             )
+        # a SinkBinding whose subject is a Knative Service gives its Revision K_SINK, resolved
+        # when an instance starts (the Broker it names may start after the host)
+        self.resolve_sink = resolve_sink
+        self._bindings = {
+            (spec.namespace, spec.name): binding_for(sinkbindings, spec) for spec in self.specs
+        }
+        for (namespace, name), binding in self._bindings.items():
+            if binding is not None and resolve_sink is None:
+                raise ConfigError(
+                    f"Service {namespace}/{name} is the subject of a SinkBinding, "
+                    "but the host was given no way to resolve its sink"
+                )
         self._revisions: dict[tuple[str, str], Revision] = {}
         self._session: aiohttp.ClientSession | None = None
         self.prewarm = None if prewarm is None else list(prewarm)
@@ -146,6 +166,7 @@ class FunctionHost:
                     port=self.activator_ports.get(
                         f"{spec.namespace}/{spec.name}", self.activator_ports.get(spec.name, 0)
                     ),
+                    bound_env=self._bound_env(spec),
                     **self._options,
                 )
                 self._revisions[(spec.namespace, spec.name)] = revision
@@ -153,6 +174,12 @@ class FunctionHost:
         except BaseException:
             await self.stop()
             raise
+
+    def _bound_env(self, spec: ServiceSpec) -> Callable[[], dict[str, str]] | None:
+        binding, resolve = self._bindings.get((spec.namespace, spec.name)), self.resolve_sink
+        if binding is None or resolve is None:
+            return None
+        return lambda: sink_env(binding, lambda sink: resolve(sink, spec.namespace))
 
     async def stop(self) -> None:
         """SIGTERM every process, wait the grace period, SIGKILL the rest; close the activator

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,8 @@ class ServiceSpec:
     #: ``radflow.dev/embedded`` on the Service: a launcher registered for that kind
     #: (:func:`radflow.engine.host.activator.register_service_launcher`) says what runs locally
     embedded: str | None = None
+    #: the Service's ``metadata.labels`` (what a SinkBinding's subject selector matches)
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def revision(self) -> str:
@@ -243,6 +245,10 @@ def parse_service(manifest: Mapping[str, Any]) -> ServiceSpec:
         readiness_path=probe,
         progress_deadline_s=deadline_s,
         embedded=str(embedded) if embedded else None,
+        labels={
+            str(k): str(v)
+            for k, v in ((manifest.get("metadata") or {}).get("labels") or {}).items()
+        },
     )
 
 
@@ -381,23 +387,59 @@ def _selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) ->
     return True
 
 
-def binding_matches(binding: Mapping[str, Any], deployment: DeploymentSpec) -> bool:
-    """Whether a SinkBinding's ``subject`` (by name or label selector) is this Deployment."""
+#: the subject kinds a SinkBinding binds here: (apiVersion group prefix, kind) per spec type;
+#: Knative binds any PodSpecable, and a Knative Service is one (its Revisions get ``K_SINK``)
+_SUBJECT_KINDS: dict[type, tuple[str, str]] = {
+    DeploymentSpec: ("apps/", "Deployment"),
+    ServiceSpec: ("serving.knative.dev/", "Service"),
+}
+
+
+def binding_matches(binding: Mapping[str, Any], workload: DeploymentSpec | ServiceSpec) -> bool:
+    """Whether a SinkBinding's ``subject`` (by name or label selector) is this Deployment or
+    Knative Service."""
     b_name, b_namespace = _meta(binding)
     subject = (binding.get("spec") or {}).get("subject") or {}
-    if subject.get("kind") != "Deployment" or not str(subject.get("apiVersion", "")).startswith(
-        "apps/"
-    ):
+    group, kind = _SUBJECT_KINDS[type(workload)]
+    if subject.get("kind") != kind or not str(subject.get("apiVersion", "")).startswith(group):
         return False
-    if str(subject.get("namespace") or b_namespace) != deployment.namespace:
+    if str(subject.get("namespace") or b_namespace) != workload.namespace:
         return False
     if subject.get("name"):
-        return bool(subject["name"] == deployment.name)
+        return bool(subject["name"] == workload.name)
     if subject.get("selector") is not None:
-        return _selector_matches(subject["selector"], deployment.labels)
+        return _selector_matches(subject["selector"], workload.labels)
     raise ConfigError(
         f"SinkBinding {b_namespace}/{b_name}: spec.subject needs a name or a selector"
     )
+
+
+def binding_for(
+    bindings: Sequence[Mapping[str, Any]], workload: DeploymentSpec | ServiceSpec
+) -> Mapping[str, Any] | None:
+    """The one SinkBinding whose subject is ``workload`` (None if none; several: ConfigError)."""
+    matches = [b for b in bindings if binding_matches(b, workload)]
+    if len(matches) > 1:
+        names = ", ".join(str((b.get("metadata") or {}).get("name")) for b in matches)
+        kind = _SUBJECT_KINDS[type(workload)][1]
+        raise ConfigError(
+            f"{kind} {workload.namespace}/{workload.name} is the subject of several SinkBindings "
+            f"({names}); keep one"
+        )
+    return matches[0] if matches else None
+
+
+def sink_env(
+    binding: Mapping[str, Any], sink_url: Callable[[dict[str, Any]], str]
+) -> dict[str, str]:
+    """``K_SINK`` and ``K_CE_OVERRIDES`` as Knative injects them into a binding's subject;
+    ``sink_url`` resolves the binding's ``spec.sink`` (a Knative Destination)."""
+    sink = (binding.get("spec") or {}).get("sink")
+    if not sink:
+        raise ConfigError(
+            f"SinkBinding {(binding.get('metadata') or {}).get('name')}: spec.sink is required"
+        )
+    return {"K_SINK": sink_url(dict(sink)), "K_CE_OVERRIDES": ce_overrides_json(binding)}
 
 
 def ce_overrides_json(binding: Mapping[str, Any]) -> str:

@@ -23,10 +23,10 @@ from radflow.engine.host.functions import log_file
 from radflow.engine.host.process import ManagedProcess, PidRegistry, log_line
 from radflow.engine.host.spec import (
     DeploymentSpec,
-    binding_matches,
-    ce_overrides_json,
+    binding_for,
     container_argv,
     parse_deployment,
+    sink_env,
 )
 from radflow.sdk.errors import ConfigError
 
@@ -238,28 +238,14 @@ class WorkloadRunner:
         self._supervised: list[_Supervised] = []
         self.registry = PidRegistry(self.state_dir / "run" / "workloads")
 
-    def binding_for(self, spec: DeploymentSpec) -> dict[str, Any] | None:
-        matches = [b for b in self.sinkbindings if binding_matches(b, spec)]
-        if len(matches) > 1:
-            names = ", ".join(str((b.get("metadata") or {}).get("name")) for b in matches)
-            raise ConfigError(
-                f"Deployment {spec.namespace}/{spec.name} is the subject of several SinkBindings "
-                f"({names}); keep one"
-            )
-        return matches[0] if matches else None
+    def binding_for(self, spec: DeploymentSpec) -> Mapping[str, Any] | None:
+        return binding_for(self.sinkbindings, spec)
 
     def environment(self, spec: DeploymentSpec) -> dict[str, str]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.base_env, **spec.env}
         binding = self.binding_for(spec)
         if binding is not None:
-            sink = (binding.get("spec") or {}).get("sink")
-            if not sink:
-                raise ConfigError(
-                    f"SinkBinding {(binding.get('metadata') or {}).get('name')}: "
-                    "spec.sink is required"
-                )
-            env["K_SINK"] = self.resolve_sink(sink, spec.namespace)
-            env["K_CE_OVERRIDES"] = ce_overrides_json(binding)
+            env.update(sink_env(binding, lambda sink: self.resolve_sink(sink, spec.namespace)))
         env.update(self.env_overrides.get(spec.name, {}))
         return env
 

@@ -10,7 +10,8 @@ its job naming the stage it was meant for, an event that names a job but whose d
 type's payload fails the job (``invalid_event``), and :func:`check_deadline` fails a job whose
 stages made no progress for too long (``deadline_exceeded``). A job's ``state``,
 ``failed_stage`` and ``reason`` are recomputed after every event (:func:`settle`), so a later
-completion of a dead-lettered stage (a re-drive) still wins.
+completion of a dead-lettered stage (a re-drive) still wins; the change that makes a job final
+records the one job event it owes (``announcement``), whatever path failed or completed it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ PENDING, RUNNING, COMPLETED, FAILED, DEAD_LETTERED = (
 MAX_SEEN = 500
 #: reasons a job fails with when no stage said why
 DEAD_LETTER, INVALID_EVENT, DEADLINE_EXCEEDED = "dead_letter", "invalid_event", "deadline_exceeded"
+#: a job request that is not the job it names (its job id is not derived from its content)
+JOB_MISMATCH = "job_identity_mismatch"
+#: how a job event goes out: as the reply to the stage event that finished the job, or
+#: published to the broker (a job failed by a dead letter, its deadline or a forged request)
+REPLY, PUBLISH = "reply", "publish"
 #: the payload model of each event type the tracker folds (other types are not validated)
 PAYLOADS: dict[str, type[BaseModel]] = {
     EventType.STUDY_RECEIVED.value: events.JobRequested,
@@ -69,7 +75,7 @@ def new_job(job_id: str, pipeline: str, dag: Mapping[str, Sequence[str]] | None)
     }
 
 
-def _parse_time(value: str | None) -> _dt.datetime | None:
+def parse_time(value: str | None) -> _dt.datetime | None:
     if not value:
         return None
     try:
@@ -102,9 +108,18 @@ def apply(
     event_id = str(attrs.get("id", ""))
     when = str(attrs.get("time") or _dt.datetime.now(_dt.UTC).isoformat())
     etype = str(attrs.get("type", ""))
-    if event_id in doc["seen"] and "knativeerrorcode" not in attrs:
+    seen_as = seen_key(attrs)
+    # a stage's event is answered with the job event (the broker delivers the reply); a job
+    # failed by anything else (a dead letter, a forged request) has it published
+    via = (
+        REPLY
+        if etype in (EventType.STAGE_COMPLETED.value, EventType.STAGE_FAILED.value)
+        and "knativeerrorcode" not in attrs
+        else PUBLISH
+    )
+    if seen_as in doc["seen"]:
         return doc, _final(doc)
-    doc["seen"] = (doc["seen"] + [event_id])[-MAX_SEEN:]
+    doc["seen"] = (doc["seen"] + [seen_as])[-MAX_SEEN:]
     doc["progress_at"] = now or _dt.datetime.now(_dt.UTC).isoformat()
     doc["created_at"] = min(filter(None, [doc["created_at"], when])) if doc["created_at"] else when
     doc["updated_at"] = when
@@ -135,16 +150,18 @@ def apply(
                 entry.update(state=DEAD_LETTERED, failed_at=when, reason=reason)
         if not targets:
             doc["failure"] = {"stage": None, "reason": reason, "at": when}
-        return settle(doc, when, bool(dag))
+        return settle(doc, when, bool(dag), trigger=(seen_as, via, doc["progress_at"]))
 
-    problem = payload_problem(etype, data)
+    problem, reason = payload_problem(etype, data), INVALID_EVENT
+    if problem is None:
+        problem, reason = identity_problem(etype, attrs, data), JOB_MISMATCH
     if problem is not None:
         stage = str(attrs.get(Ext.STAGE) or "") or None
-        failure = {"stage": stage, "reason": INVALID_EVENT, "message": problem, "at": when}
+        failure = {"stage": stage, "reason": reason, "message": problem, "at": when}
         doc["invalid_events"] = [*doc.get("invalid_events", []), {"event_id": event_id, **failure}]
         if doc["state"] != COMPLETED:  # a forged event never un-completes a finished job
             doc["failure"] = failure
-        return settle(doc, when, bool(dag))
+        return settle(doc, when, bool(dag), trigger=(seen_as, via, doc["progress_at"]))
 
     if etype in (EventType.STUDY_RECEIVED.value, EventType.STUDY_REVISED.value):
         doc["study_id"] = doc["study_id"] or str(data.get("study_id", ""))
@@ -165,7 +182,7 @@ def apply(
     elif etype in (EventType.STAGE_COMPLETED.value, EventType.STAGE_FAILED.value):
         stage = str(data.get("stage", attrs.get(Ext.STAGE, "")))
         entry = doc["stages"].setdefault(stage, {"state": PENDING})
-        finished = _parse_time(when)
+        finished = parse_time(when)
         if etype == EventType.STAGE_COMPLETED.value:
             duration = float(data.get("duration_ms", 0.0))
             for stale in ("failed_at", "reason", "message"):
@@ -186,17 +203,45 @@ def apply(
                 reason=str(data.get("reason", "")),
                 message=str(data.get("message", "")),
             )
-    return settle(doc, when, bool(dag))
+    return settle(doc, when, bool(dag), trigger=(seen_as, via, doc["progress_at"]))
+
+
+def seen_key(attrs: Mapping[str, Any]) -> str:
+    """What an event is remembered as: its id, or for a dead letter (the event itself coming
+    back from the broker, same id) its id and destination, so neither hides the other."""
+    event_id = str(attrs.get("id", ""))
+    if "knativeerrorcode" in attrs:
+        return f"dead-letter:{attrs.get('knativeerrordest', '')}:{event_id}"
+    return event_id
+
+
+def job_event_id(doc: Mapping[str, Any], final: str) -> str:
+    """The id of the job's ``job.completed``/``job.failed``: one per outcome and re-drive round,
+    so a redelivery is the same event and a failure after a re-drive is a new one."""
+    rounds = int(doc.get("redriven", 0))
+    parts = [str(doc["job_id"]), "job", final] + ([str(rounds)] if rounds else [])
+    return events.deterministic_id(*parts)
 
 
 def settle(
-    doc: dict[str, Any], when: str, has_dag: bool = True
+    doc: dict[str, Any],
+    when: str,
+    has_dag: bool = True,
+    *,
+    trigger: tuple[str, str, str] | None = None,
 ) -> tuple[dict[str, Any], str | None]:
     """Recompute the job's ``state``, ``failed_stage`` and ``reason``; say whether it is final.
 
     A failed or dead-lettered stage, or a job-level ``failure`` (an invalid event, the deadline,
     a dead letter no stage consumes), makes the job ``failed``; every stage completed makes it
     ``completed`` (only when the pipeline's DAG is known, ``has_dag``); else it is ``running``.
+
+    When the job becomes final with an outcome not announced yet (this round), the job event
+    it owes is recorded in ``announcement``: its id, the event that caused it (``trigger``:
+    ``(seen key, via, now)``), how it goes out (``via``: ``reply`` to that stage event, or
+    ``publish`` to the broker, ``sent`` once the broker took it) and when it was last tried
+    (``at``, so a retry of an unsent one waits for the first try). One announcement per outcome
+    and round: a job event is emitted exactly once per failure, whatever path failed the job.
     """
     final_before = doc["state"] in (COMPLETED, FAILED)
     stages = doc["stages"]
@@ -219,7 +264,20 @@ def settle(
         doc["finished_at"] = when
     elif doc["state"] == RUNNING:
         doc["finished_at"] = None
-    return doc, _final(doc)
+    final = _final(doc)
+    if final is not None and trigger is not None:
+        event_id = job_event_id(doc, final)
+        if (doc.get("announcement") or {}).get("id") != event_id:
+            key, via, at = trigger
+            doc["announcement"] = {
+                "id": event_id,
+                "state": final,
+                "trigger": key,
+                "via": via,
+                "sent": False,
+                "at": at,
+            }
+    return doc, final
 
 
 def _final(doc: Mapping[str, Any]) -> str | None:
@@ -239,6 +297,21 @@ def payload_problem(etype: str, data: Any) -> str | None:
         fields = sorted({".".join(str(p) for p in err["loc"]) or "data" for err in exc.errors()})
         return "invalid fields: " + ", ".join(fields)
     return None
+
+
+def identity_problem(etype: str, attrs: Mapping[str, Any], data: Any) -> str | None:
+    """Why a (valid) job request is not the job it names, or None (other types: None).
+
+    Its ``job_id`` must be derived from its group, pipeline and revision, and agree with the
+    event's job extension: a forged request naming a made-up job fails that job at once.
+    """
+    if etype not in (EventType.STUDY_RECEIVED.value, EventType.STUDY_REVISED.value):
+        return None
+    req = events.JobRequested.model_validate(data)
+    problem = req.identity_problem()
+    if problem is None and attrs.get(Ext.JOB) not in (None, req.job_id):
+        problem = f"extension {Ext.JOB} differs from data job_id"
+    return problem
 
 
 def dead_letter_reason(attrs: Mapping[str, Any]) -> str:
@@ -320,7 +393,7 @@ def check_deadline(
     progress for ``deadline_seconds``; None when it is final or still within its deadline."""
     if doc["state"] != RUNNING:
         return None
-    last = _parse_time(doc.get("progress_at") or doc.get("updated_at"))
+    last = parse_time(doc.get("progress_at") or doc.get("updated_at"))
     if last is None:
         return None
     if last.tzinfo is None:
@@ -338,7 +411,7 @@ def check_deadline(
         "at": when,
     }
     doc["updated_at"] = when
-    return settle(doc, when)[0]
+    return settle(doc, when, trigger=(DEADLINE_EXCEEDED, PUBLISH, when))[0]
 
 
 def redrive_stages(doc: Mapping[str, Any], dag: Mapping[str, Sequence[str]]) -> list[str]:

@@ -4,8 +4,10 @@ It is a Knative Service like the operators (functions-framework ``@http``), subs
 radflow job and stage event and set as the Broker's dead-letter sink. It answers:
 
 - ``POST`` a CloudEvent: fold it into ``job-status/<job>.json`` (optimistic concurrency with
-  ``If-Match``), reply ``job.completed`` / ``job.failed`` (deterministic id) when the job is final,
-  else 202 with an empty body;
+  ``If-Match``); the event that made the job final gets ``job.completed`` / ``job.failed``
+  (deterministic id, one per outcome and re-drive round) as its reply when it is a stage's
+  event, else that job event is published to the Broker (``K_SINK``: a dead letter, the
+  deadline, a forged job request); every other event gets 202 with an empty body;
 - ``GET /jobs`` (list, newest first) and ``GET /jobs/<id>`` (one job) as JSON;
 - ``POST /jobs/<id>/redrive``: start a failed job again from its failed stage(s) (:func:`redrive`).
 
@@ -40,6 +42,9 @@ STATUS_PREFIX = "job-status/"
 SOURCE = "/radflow/job-tracker"
 #: optimistic-concurrency attempts before answering 503 (the broker retries later)
 MAX_ATTEMPTS = 25
+
+#: an unsent job event is tried again (by a tick or a look at the job) this long after the last try
+RETRY_AFTER_S = 30.0
 
 #: the periodic events that drive the deadline sweep: radflow's own, and the type a Knative
 #: PingSource sends (it cannot be overridden), so a PingSource can sink straight to the tracker
@@ -115,8 +120,10 @@ def _now() -> _dt.datetime:
 def enforce_deadline(
     store: ObjectStore, settings: TrackerSettings, job_id: str
 ) -> dict[str, Any] | None:
-    """The job's document, failed first (and written back) if it is past its deadline."""
+    """The job's document, failed first (written back, its ``job.failed`` published) if it is
+    past its deadline; an unsent job event of a final job is retried."""
     key = status_key(job_id)
+    failed_now = False
 
     def check() -> dict[str, Any] | None:
         try:
@@ -128,6 +135,8 @@ def enforce_deadline(
         if late is None:
             return doc
         store.put_if_match(key, json.dumps(late, sort_keys=True).encode(), etag)
+        nonlocal failed_now
+        failed_now = True
         logger.warning(
             "job failed: deadline exceeded",
             extra={"job": job_id, "pending": late["failure"]["stages"]},
@@ -135,13 +144,17 @@ def enforce_deadline(
         return late
 
     try:
-        return retrying(attempts=MAX_ATTEMPTS, on=AlreadyExists)(check)
+        doc = retrying(attempts=MAX_ATTEMPTS, on=AlreadyExists)(check)
     except AlreadyExists:
         return read_job(store, job_id)  # busy with events: it is making progress
+    if doc is not None and doc.get("state") != logic.RUNNING:
+        announce(store, settings, doc, retry=not failed_now)
+    return doc
 
 
 def sweep(store: ObjectStore, settings: TrackerSettings) -> int:
-    """Fail every running job past its deadline; return how many were failed."""
+    """Fail every running job past its deadline (publishing its ``job.failed``), publish the
+    job events of final jobs not sent before; return how many were failed."""
     failed = 0
     for info in store.list(STATUS_PREFIX):
         try:
@@ -149,6 +162,7 @@ def sweep(store: ObjectStore, settings: TrackerSettings) -> int:
         except (NotFound, ValueError):
             continue
         if doc.get("state") != logic.RUNNING:
+            announce(store, settings, doc)  # one that could not be published before
             continue
         after = enforce_deadline(store, settings, str(doc["job_id"]))
         failed += bool(after and after.get("reason") == logic.DEADLINE_EXCEEDED)
@@ -224,16 +238,66 @@ def _record(store: ObjectStore, settings: TrackerSettings, event: events.CloudEv
         return new, final
 
     try:
-        new, final = retrying(attempts=MAX_ATTEMPTS, on=AlreadyExists)(update)
+        new, _final = retrying(attempts=MAX_ATTEMPTS, on=AlreadyExists)(update)
     except AlreadyExists:
         raise Unavailable(f"job {job_id}: too many concurrent updates") from None
-    is_stage_event = attrs.get("type") in (
-        EventType.STAGE_COMPLETED.value,
-        EventType.STAGE_FAILED.value,
-    )
-    if final and is_stage_event and "knativeerrorcode" not in attrs:
-        return _job_event(new, final, attrs)
+    owed = new.get("announcement") or {}
+    if owed.get("trigger") != logic.seen_key(attrs):
+        return ("", 202, {})  # not the event that finished the job (or its redelivery)
+    event = job_event(new, attrs.get(Ext.TRACEPARENT))
+    if owed["via"] == logic.REPLY:
+        headers, body = events.to_binary(event)
+        return (body, 200, headers)
+    announce(store, settings, new, retry=False)
     return ("", 202, {})
+
+
+def announce(
+    store: ObjectStore, settings: TrackerSettings, doc: Mapping[str, Any], *, retry: bool = True
+) -> bool:
+    """Publish the job event ``doc`` owes (``announcement``, via ``publish``) to the broker and
+    mark it sent; False (logged) when it was not sent.
+
+    The event that failed the job publishes at once (``retry=False``; a redelivery of that
+    event publishes it again, same id, unless it was marked sent). A job looked at later (a
+    tick, ``GET``) retries an unsent one only ``RETRY_AFTER_S`` after the last try, taking the
+    try with ``If-Match`` so two lookers never both send it: one event per failure.
+    """
+    owed = doc.get("announcement") or {}
+    if owed.get("via") != logic.PUBLISH or owed.get("sent"):
+        return True
+    job_id = str(doc["job_id"])
+    if retry and not _take_retry(store, job_id, str(owed["id"])):
+        return False
+    if not settings.broker_url:
+        logger.error(
+            "job event not published: no broker URL (K_SINK or RADFLOW_BROKER_URL)",
+            extra={"job": job_id, "event_type": owed.get("state")},
+        )
+        return False
+    traceparent = ((doc.get("request") or {}).get("extensions") or {}).get(Ext.TRACEPARENT)
+    headers, body = events.to_binary(job_event(doc, traceparent))
+    try:
+        http.request("POST", settings.broker_url, body=body, headers=headers, timeout=30)
+    except (http.RequestRejected, Unavailable) as exc:
+        logger.error("job event not published, retried at the next tick: %s", exc)
+        return False
+    key = status_key(job_id)
+
+    def mark() -> None:
+        blob, etag = store.get_with_etag(key)
+        current = json.loads(blob)
+        if (current.get("announcement") or {}).get("id") != owed["id"]:
+            return  # a later outcome replaced it
+        current["announcement"] = {**current["announcement"], "sent": True}
+        store.put_if_match(key, json.dumps(current, sort_keys=True).encode(), etag)
+
+    try:
+        retrying(attempts=MAX_ATTEMPTS, on=AlreadyExists)(mark)
+    except (AlreadyExists, NotFound, Unavailable):
+        logger.warning("job event published but not marked sent; it may be sent again")
+    logger.info("job event published", extra={"job": job_id, "event_type": owed.get("state")})
+    return True
 
 
 def redrive(store: ObjectStore, settings: TrackerSettings, job_id: str) -> Reply:
@@ -354,13 +418,40 @@ def _study_uid(store: ObjectStore, manifest_key: str) -> str:
         return ""
 
 
-def _job_event(doc: Mapping[str, Any], final: str, attrs: Mapping[str, Any]) -> Reply:
-    failed = [n for n, s in sorted(doc["stages"].items()) if s["state"] == logic.FAILED]
+def _take_retry(store: ObjectStore, job_id: str, event_id: str) -> bool:
+    """Whether this caller may send the unsent job event ``event_id`` now (its last try is
+    ``RETRY_AFTER_S`` old; the new try's time is written with ``If-Match``)."""
+    key = status_key(job_id)
+    try:
+        blob, etag = store.get_with_etag(key)
+    except NotFound:
+        return False
+    current = json.loads(blob)
+    owed = current.get("announcement") or {}
+    if owed.get("id") != event_id or owed.get("sent"):
+        return False
+    last = logic.parse_time(owed.get("at"))
+    now = _now()
+    if last is not None and (now - last).total_seconds() < RETRY_AFTER_S:
+        return False
+    current["announcement"] = {**owed, "at": now.isoformat()}
+    try:
+        store.put_if_match(key, json.dumps(current, sort_keys=True).encode(), etag)
+    except AlreadyExists:
+        return False  # changed since: somebody else tries, or the job moved on
+    return True
+
+
+def job_event(doc: Mapping[str, Any], traceparent: Any = None) -> events.CloudEvent:
+    """The ``job.completed``/``job.failed`` event ``doc`` announces (its id is the
+    announcement's: one per outcome and re-drive round)."""
+    final = str(doc["announcement"]["state"])
     etype = EventType.JOB_COMPLETED if final == logic.COMPLETED else EventType.JOB_FAILED
     ext = {Ext.JOB: doc["job_id"], Ext.PIPELINE: doc["pipeline"]}
-    if attrs.get(Ext.TRACEPARENT):
-        ext[Ext.TRACEPARENT] = str(attrs[Ext.TRACEPARENT])
-    event = events.make_event(
+    if traceparent:
+        ext[Ext.TRACEPARENT] = str(traceparent)
+    failed = final == logic.FAILED
+    return events.make_event(
         etype,
         SOURCE,
         events.JobFinished(
@@ -368,12 +459,10 @@ def _job_event(doc: Mapping[str, Any], final: str, attrs: Mapping[str, Any]) -> 
             pipeline=doc["pipeline"],
             study_id=doc.get("study_id", ""),
             stages=sorted(doc["stages"]),
-            failed_stage=failed[0] if failed else None,
-            reason=doc["stages"][failed[0]].get("reason") if failed else None,
+            failed_stage=doc.get("failed_stage") if failed else None,
+            reason=doc.get("reason") if failed else None,
         ),
-        id=events.deterministic_id(doc["job_id"], "job", final),
+        id=str(doc["announcement"]["id"]),
         subject=doc.get("study_id") or None,
         extensions=ext,
     )
-    headers, body = events.to_binary(event)
-    return (body, 200, headers)

@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 OPERATOR = "rtstruct-writer"
 VERSION = "0.1.0"
-#: RTSTRUCT series numbers: the source SeriesNumber plus this offset
+#: RTSTRUCT series numbers: the source SeriesNumber plus this offset (plus 10000 per revision)
 SERIES_NUMBER_OFFSET = 2000
 
 
@@ -45,6 +45,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     settings = RtstructWriterSettings.from_variables(ctx.variables)
     out_dir = ctx.outputs["rtstruct"]
     out_dir.mkdir(parents=True, exist_ok=True)
+    output = seg.OutputRevision(ctx.pipeline, ctx.revision)
     written = contours = rois = 0
     for item in masks.load_masked_series(ctx.inputs["masks"], ctx.inputs["dicom"]):
         names = settings.label_list or list(item.model.labels) or ["tumour"]
@@ -55,7 +56,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
             item.mask,
             rtstruct.roi_specs(names),
             provenance,
-            series_number=int(item.headers[0].get("SeriesNumber") or 0) + SERIES_NUMBER_OFFSET,
+            output=output,
+            series_number=output.series_number(
+                int(item.headers[0].get("SeriesNumber") or 0) + SERIES_NUMBER_OFFSET
+            ),
         )
         dataset.save_as(out_dir / f"{dataset.SOPInstanceUID}.dcm", enforce_file_format=True)
         written += 1

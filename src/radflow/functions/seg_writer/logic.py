@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 OPERATOR = "seg-writer"
 VERSION = "0.1.0"
-#: SEG series numbers: the source SeriesNumber plus this offset
+#: SEG series numbers: the source SeriesNumber plus this offset (plus 10000 per revision)
 SERIES_NUMBER_OFFSET = 1000
 
 
@@ -47,19 +47,21 @@ def run(ctx: StageContext) -> dict[str, Any]:
     settings = SegWriterSettings.from_variables(ctx.variables)
     out_dir = ctx.outputs["seg"]
     out_dir.mkdir(parents=True, exist_ok=True)
+    output = seg.OutputRevision(ctx.pipeline, ctx.revision)
     written, frames, types = 0, 0, []
     n_segments = 0
     for item in masks.load_masked_series(ctx.inputs["masks"], ctx.inputs["dicom"]):
         labels = settings.label_list or list(item.model.labels) or ["tumour"]
         provenance = seg.Provenance(OPERATOR, VERSION, item.model.name, item.model.version)
-        series_number = int(item.headers[0].get("SeriesNumber") or 0) + SERIES_NUMBER_OFFSET
+        base = int(item.headers[0].get("SeriesNumber") or 0) + SERIES_NUMBER_OFFSET
         try:
             dataset = seg.build_segmentation(
                 item.source_images(),
                 item.mask_in_source_order(),
                 seg.segment_specs(labels),
                 provenance,
-                series_number=series_number,
+                output=output,
+                series_number=output.series_number(base),
                 segmentation_type=settings.segmentation_type,
                 omit_empty_frames=settings.omit_empty_frames,
             )

@@ -144,8 +144,12 @@ def cmd_logs(args: argparse.Namespace) -> int:
         known = sorted(p.stem for p in (args.state_dir / "logs").glob("*.log"))
         print(f"no log for {args.function!r}; known: {', '.join(known) or 'none'}", file=sys.stderr)
         return 1
+    from radflow.sdk.logging import render_line
+
+    readable = sys.stdout.isatty() and not args.json
     try:
         for line in tail_log(path, follow=args.follow, lines=args.lines):
+            line = render_line(line) if readable else line
             print(line, end="" if line.endswith("\n") else "\n", flush=True)
     except KeyboardInterrupt:
         pass
@@ -194,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     lg.add_argument(
         "-n", "--lines", type=int, default=200, help="last lines to print (default 200)"
+    )
+    lg.add_argument(
+        "--json",
+        action="store_true",
+        help="print the JSON lines as written (default on a terminal: readable text)",
     )
     lg.set_defaults(func=cmd_logs)
 

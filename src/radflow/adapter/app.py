@@ -67,7 +67,9 @@ class Adapter:
             status=self.status,
             known_pipelines=settings.known_pipelines,
         )
-        self.drop = DropWatcher(self, settings.drop_prefix, settings.drop_poll_seconds)
+        self.drop = DropWatcher(
+            self, settings.drop_prefix, settings.drop_poll_seconds, settings.drop_settle_seconds
+        )
         self.dicom_port: int | None = None
         self.rest_port: int | None = None
         self.started_at = time.time()

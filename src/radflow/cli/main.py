@@ -13,19 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from radflow.sdk import http
-from radflow.sdk.errors import ConfigError
+from radflow.sdk.errors import ConfigError, Unavailable
 
 if TYPE_CHECKING:
     from radflow.engine.config import EngineConfig
 
 DEFAULT_STATE = Path(".radflow")
-
-
-def _engine_state(state_dir: Path) -> dict[str, Any] | None:
-    path = state_dir / "engine.json"
-    if not path.is_file():
-        return None
-    return dict(json.loads(path.read_text()))
 
 
 def load_up_config(args: argparse.Namespace) -> EngineConfig:
@@ -106,9 +99,12 @@ def _format_status(status: dict[str, Any]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    state = _engine_state(args.state_dir)
+    from radflow.engine.runfile import locate
+
+    located = locate(args.state_dir_option)
+    state = located.engine
     if state is None:
-        print(f"radflow is not running (no {args.state_dir / 'engine.json'})", file=sys.stderr)
+        print(located.not_running(), file=sys.stderr)
         return 1
     try:
         status = http.get_json(state["control_url"] + "/status", timeout=5)
@@ -138,10 +134,12 @@ def _live_ae_titles(adapter: dict[str, Any]) -> None:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     from radflow.engine.host import tail_log
+    from radflow.engine.runfile import locate
 
-    path = args.state_dir / "logs" / f"{args.function}.log"
+    logs = locate(args.state_dir_option).state_dir / "logs"
+    path = logs / f"{args.function}.log"
     if not path.exists():
-        known = sorted(p.stem for p in (args.state_dir / "logs").glob("*.log"))
+        known = sorted(p.stem for p in logs.glob("*.log"))
         print(f"no log for {args.function!r}; known: {', '.join(known) or 'none'}", file=sys.stderr)
         return 1
     from radflow.sdk.logging import render_line
@@ -172,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir",
         type=Path,
         default=None,
-        help="engine state folder (default: the config's radflow.state-dir, else .radflow)",
+        help="engine state folder (default: up: the config's radflow.state-dir, else .radflow; "
+        "other commands: the running engine's, found from any folder)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -238,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"radflow: {exc}", file=sys.stderr)
         return 2
+    except Unavailable as exc:  # the engine or one of its parts went away: one line, no trace
+        print(f"radflow: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

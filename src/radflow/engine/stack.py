@@ -29,6 +29,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import generate_latest
 
+from radflow.engine import runfile
 from radflow.engine.broker import BrokerRuntime
 from radflow.engine.compiler import STORE_SECRET
 from radflow.engine.config import EngineConfig
@@ -338,11 +339,23 @@ class Engine:
         ]
 
     def _write_state(self) -> None:
-        path = self.state_dir / "engine.json"
-        path.write_text(
-            json.dumps(
-                {"pid": os.getpid(), "control_url": self.control_url, "started_at": self.started_at}
-            )
+        """``<state>/engine.json`` and the run file every CLI command finds it by
+        (:mod:`radflow.engine.runfile`)."""
+        st = self.store_settings()
+        runfile.write(
+            self.state_dir,
+            {
+                "pid": os.getpid(),
+                "control_url": self.control_url,
+                "started_at": self.started_at,
+                "s3": {
+                    "endpoint_url": st.endpoint_url,
+                    "bucket": st.bucket,
+                    "region": st.region,
+                    "access_key_id": st.access_key_id.get_secret_value(),
+                    "secret_access_key": st.secret_access_key.get_secret_value(),
+                },
+            },
         )
 
     async def stop(self, report: Callable[[str], None] | None = None) -> None:
@@ -374,7 +387,7 @@ class Engine:
         if self.s3 is not None:
             say("stopping SeaweedFS")
             await asyncio.to_thread(self.s3.stop)
-        (self.state_dir / "engine.json").unlink(missing_ok=True)
+        runfile.remove(self.state_dir)
 
 
 def _annotations(doc: dict[str, Any]) -> dict[str, str]:

@@ -1,0 +1,146 @@
+"""Operator experience against one running engine (``radflow up`` with the shipped adapter
+Deployment): every CLI command finds the engine from any folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from radflow.engine.ports import free_port
+from radflow.sdk import http
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@dataclass
+class RunningEngine:
+    state: Path
+    config: Path
+    dicom_port: int
+    rest: str
+    log: Path
+    env: dict[str, str]
+
+    def control_url(self) -> str:
+        return str(json.loads((self.state / "engine.json").read_text())["control_url"])
+
+
+def _wait(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _manifests(folder: Path, rest_port: int) -> None:
+    """knative/adapter.yaml as shipped (REST port moved off 5000) and a Broker for its sink."""
+    docs = [d for d in yaml.safe_load_all((REPO / "knative" / "adapter.yaml").read_text()) if d]
+    for doc in docs:
+        if doc["kind"] == "Deployment":
+            for item in doc["spec"]["template"]["spec"]["containers"][0]["env"]:
+                if item["name"] == "RADFLOW_ADAPTER_REST_PORT":
+                    item["value"] = str(rest_port)
+    broker = {
+        "apiVersion": "eventing.knative.dev/v1",
+        "kind": "Broker",
+        "metadata": {"name": "radflow", "namespace": "default"},
+        "spec": {},
+    }
+    folder.mkdir()
+    (folder / "adapter.yaml").write_text(yaml.safe_dump_all([broker, *docs], sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningEngine]:
+    tmp = tmp_path_factory.mktemp("ux-engine")
+    dicom_port, rest_port = free_port(), free_port()
+    _manifests(tmp / "knative", rest_port)
+    config = tmp / "dicom-adapter.yaml"
+    config.write_text(
+        f"dicom:\n  scp:\n    port: {dicom_port}\n    ae-titles: [{{ae-title: BRAINSEG}}]\n"
+        "    reject-unknown-sources: false\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RADFLOW_")}
+    env["PYTHONPATH"] = str(REPO / "src")
+    state = tmp / "state"
+    log = tmp / "engine.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "radflow.cli.main", "--state-dir", str(state), "up"]
+            + ["--config", str(config), "--manifests", str(tmp / "knative")],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    rest = f"http://127.0.0.1:{rest_port}"
+    try:
+        assert _wait(lambda: (state / "engine.json").exists() or proc.poll() is not None, 90)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert _wait(lambda: http.probe(rest + "/health/ready") == 200, 90), log.read_text()[-3000:]
+        yield RunningEngine(state, config, dicom_port, rest, log, env)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def radflow(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "radflow.cli.main", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_every_command_finds_the_engine_from_another_folder(
+    engine: RunningEngine, tmp_path: Path
+) -> None:
+    """No --state-dir, no RADFLOW_S3_*, another working folder: the run file leads the way."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    status = radflow(engine.env, elsewhere, "status")
+    assert status.returncode == 0, status.stderr
+    assert f"dicom       127.0.0.1:{engine.dicom_port}  AE titles BRAINSEG" in status.stdout
+    jobs = radflow(engine.env, elsewhere, "jobs")
+    assert (jobs.returncode, jobs.stdout.strip(), jobs.stderr) == (0, "no jobs yet", "")
+    listed = radflow(engine.env, elsewhere, "dicom", "list", "aetitle")
+    assert listed.returncode == 0, listed.stderr
+    assert [e["aeTitle"] for e in json.loads(listed.stdout)] == ["BRAINSEG"]
+    logs = radflow(engine.env, elsewhere, "logs", "radflow-dicom-adapter", "--json")
+    assert logs.returncode == 0, logs.stderr
+    assert "dicom adapter listening" in logs.stdout
+
+
+def test_without_an_engine_each_command_says_so_in_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RADFLOW_")}
+    env |= {"PYTHONPATH": str(REPO / "src"), "XDG_RUNTIME_DIR": str(tmp_path / "run")}
+    # a run file left by an engine that has stopped since
+    (tmp_path / "run" / "radflow").mkdir(parents=True)
+    (tmp_path / "run" / "radflow" / "engine.json").write_text(
+        json.dumps({"state_dir": str(tmp_path / "gone"), "pid": 1})
+    )
+    for args in (("status",), ("jobs",), ("jobs", "show", "abc")):
+        done = radflow(env, tmp_path, *args)
+        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        assert done.stderr.startswith("radflow: no engine is running (looked at "), done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr

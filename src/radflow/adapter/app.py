@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any
 
+from radflow.adapter import metrics
 from radflow.adapter.api import RestApi
 from radflow.adapter.config import AdapterConfig
 from radflow.adapter.configstore import ConfigStore
@@ -27,6 +28,7 @@ from radflow.adapter.settings import AdapterSettings
 from radflow.adapter.spool import Spool
 from radflow.adapter.uploader import Uploader
 from radflow.sdk.errors import StoreRefused, Unavailable
+from radflow.sdk.metrics import exposition
 from radflow.sdk.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -66,10 +68,12 @@ class Adapter:
             ready=self.ready,
             status=self.status,
             known_pipelines=settings.known_pipelines,
+            metrics=lambda: exposition(self.metrics),
         )
         self.drop = DropWatcher(
             self, settings.drop_prefix, settings.drop_poll_seconds, settings.drop_settle_seconds
         )
+        self.metrics = metrics.registry(self)
         self.dicom_port: int | None = None
         self.rest_port: int | None = None
         self.started_at = time.time()

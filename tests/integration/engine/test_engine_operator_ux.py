@@ -144,3 +144,107 @@ def test_without_an_engine_each_command_says_so_in_one_line(tmp_path: Path) -> N
         assert done.returncode == 1, (args, done.stdout, done.stderr)
         assert done.stderr.startswith("radflow: no engine is running (looked at "), done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def _scrape(engine: RunningEngine) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = http.request("GET", engine.control_url() + "/metrics", timeout=10).data.decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+
+
+def test_metrics_of_the_adapter_are_on_the_engine_endpoint(
+    engine: RunningEngine, tmp_path: Path
+) -> None:
+    """A study stored with dcmtk and a truncated data set refused (0xC000): the engine's one
+    /metrics endpoint shows the adapter's counts, labelled with its Deployment."""
+    import shutil
+
+    from pydicom.uid import ExplicitVRLittleEndian
+    from pynetdicom import AE
+    from pynetdicom.sop_class import MRImageStorage
+
+    from adapter_data import make_study
+
+    storescu = Path("/usr/bin/storescu")
+    if not storescu.exists():
+        pytest.skip("dcmtk storescu not installed (apt-get install dcmtk)")
+    study = make_study(tmp_path / "study", series=1, per_series=3)
+    sent = subprocess.run(
+        [str(storescu), "-aet", "STORESCU", "-aec", "BRAINSEG", "127.0.0.1"]
+        + [str(engine.dicom_port), *map(str, study.files)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TCP_NODELAY": "1"},
+    )
+    assert sent.returncode == 0, sent.stderr
+    truncated = tmp_path / "truncated.dcm"
+    shutil.copy(study.files[0], truncated)
+    truncated.write_bytes(study.files[0].read_bytes()[:-500])
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context(MRImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", engine.dicom_port, ae_title="BRAINSEG")
+    assert assoc.is_established
+    from pynetdicom import _config
+
+    _config.STORE_SEND_CHUNKED_DATASET = True  # send the bytes as they are
+    try:
+        assert int(assoc.send_c_store(truncated).Status) == 0xC000
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = False
+    assoc.release()
+
+    label = (("deployment", "radflow-dicom-adapter"),)
+    # receivers report their counts when an association ends: wait for them
+    assert _wait(
+        lambda: (
+            _scrape(engine).get(("radflow_adapter_refusals_total", (*label, ("status", "0xC000"))))
+            == 1
+        ),
+        30,
+    ), _scrape(engine)
+    metrics = _scrape(engine)
+    assert metrics[("radflow_adapter_instances_received_total", label)] == 3
+    size = sum(f.stat().st_size for f in study.files)
+    assert size <= metrics[("radflow_adapter_bytes_received_total", label)] <= size + 3 * 1024
+    assert metrics[("radflow_adapter_associations_total", (*label, ("result", "accepted")))] >= 2
+    assert ("radflow_adapter_associations_active", label) in metrics
+    for state in ("waiting_upload", "indexed"):
+        assert ("radflow_adapter_spool_instances", (*label, ("state", state))) in metrics
+    assert ("radflow_adapter_outbox_events", (*label, ("state", "pending"))) in metrics
+
+
+def test_job_outcomes_durations_and_export_failures_from_broker_events(
+    engine: RunningEngine,
+) -> None:
+    """A job request, scu-export's summary and the tracker's job.completed, accepted by the
+    broker: one completed job of its pipeline with a duration, the refused files per
+    destination."""
+    from radflow.sdk.events import EventType, make_event, to_binary
+
+    status = http.get_json(engine.control_url() + "/status", timeout=10)
+    ingress = status["brokers"][0]["url"]
+    job = {"radflowjob": "job-ux-1", "radflowpipeline": "ux-pipeline"}
+
+    def post(kind: str, data: dict[str, Any]) -> None:
+        headers, body = to_binary(make_event(kind, "/test", data, extensions=job))
+        assert http.request("POST", ingress, body=body, headers=headers, timeout=10).status == 202
+
+    before = _scrape(engine)
+    post(EventType.STUDY_RECEIVED, {})
+    post(EventType.STAGE_COMPLETED, {"summary": {"failed_by_destination": {"MYPACS": 2}}})
+    post(EventType.JOB_COMPLETED, {})
+    after = _scrape(engine)
+    done = (("outcome", "completed"), ("pipeline", "ux-pipeline"))
+
+    def delta(key: tuple[str, tuple[tuple[str, str], ...]]) -> float:
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert delta(("radflow_jobs_total", done)) == 1
+    assert delta(("radflow_job_duration_seconds_count", done)) == 1
+    assert delta(("radflow_export_failures_total", (("destination", "MYPACS"),))) == 2

@@ -56,6 +56,12 @@ class AdapterSettings(ServiceSettings):
     drop_poll_seconds: float = Field(
         2.0, ge=0, description="Poll interval of the drop trigger; 0 = off."
     )
+    config_poll_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="How often the configuration file is checked for edits, which then apply "
+        "without a restart (adapter/config_watch.py); 0 = only at start.",
+    )
     drop_settle_seconds: float = Field(
         5.0,
         ge=0,

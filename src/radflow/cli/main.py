@@ -86,6 +86,13 @@ def _format_status(status: dict[str, Any]) -> str:
         titles = ", ".join(a["ae_titles"]) or "none"
         lines.append(f"dicom       {a['dicom']}  AE titles {titles}  ({a['name']})")
         lines.append(f"rest api    {a['rest_api']}  (radflow dicom --api, Clara /api/config)")
+        if a.get("rest_changes"):
+            lines.append(
+                f"config      {a.get('config') or 'no file'} + REST changes: "
+                f"{', '.join(a['rest_changes'])}"
+            )
+        for note in a.get("config_notes", []):
+            lines.append(f"            {note}")
         if a.get("config_problem"):
             lines.append(f"            configuration problem: {a['config_problem']}")
     for b in status["brokers"]:
@@ -130,6 +137,16 @@ def _live_ae_titles(adapter: dict[str, Any]) -> None:
         return
     if isinstance(served, list):
         adapter["ae_titles"] = [str(e.get("aeTitle")) for e in served if isinstance(e, dict)]
+    try:
+        health = http.get_json(adapter["rest_api"] + "/health/status", timeout=2)
+    except (http.ServiceUnavailable, http.RequestRejected):
+        return
+    config = health.get("config") if isinstance(health, dict) else None
+    if isinstance(config, dict):
+        adapter["rest_changes"] = list(config.get("rest_changes") or [])
+        adapter["config_notes"] = list(config.get("notes") or [])
+        if config.get("file_problem"):
+            adapter["config_problem"] = f"{config['file_problem']} (not applied)"
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

@@ -248,3 +248,15 @@ def test_job_outcomes_durations_and_export_failures_from_broker_events(
     assert delta(("radflow_jobs_total", done)) == 1
     assert delta(("radflow_job_duration_seconds_count", done)) == 1
     assert delta(("radflow_export_failures_total", (("destination", "MYPACS"),))) == 2
+
+
+def test_status_shows_the_rest_changes_on_top_of_the_file(
+    engine: RunningEngine, tmp_path: Path
+) -> None:
+    base = engine.rest + "/api/config/claraaetitle"
+    http.post_json(base, {"aeTitle": "UXREST"}, timeout=10)
+    try:
+        status = radflow(engine.env, tmp_path, "status")
+        assert f"config      {engine.config} + REST changes: ae-titles/UXREST" in status.stdout
+    finally:
+        http.request("DELETE", base + "/UXREST", timeout=10)

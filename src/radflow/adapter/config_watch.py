@@ -86,7 +86,12 @@ class ConfigFileWatcher:
             new = AdapterConfig.model_validate(
                 {**new.model_dump(by_alias=True), **_aliased(keep, old)}
             )
-        self.configs.rebase(new)
+        try:
+            self.configs.rebase(new)
+        except ConfigError as exc:  # the file and the REST changes contradict each other
+            self.problem = str(exc)
+            log.error("configuration file not applied, the running configuration stays: %s", exc)
+            return False
         self.reloads += 1
         return True
 

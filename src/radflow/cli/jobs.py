@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from radflow.engine.compiler import add_compile_parser
+from radflow.engine.compiler import TRACKER, add_compile_parser
 from radflow.engine.jobs import load_job, load_jobs, redrive_job
 from radflow.engine.runfile import locate
 from radflow.functions import registry
@@ -56,7 +56,10 @@ def add_jobs_commands(subparsers: Any) -> None:
         "redrive", help="start a failed job again from its failed stage (asks the tracker)"
     )
     redrive.add_argument("job_id", help="the failed job's id")
-    redrive.add_argument("--url", required=True, help="job tracker URL (it publishes the events)")
+    redrive.add_argument(
+        "--url",
+        help="job tracker URL (it publishes the events; default: the running engine's tracker)",
+    )
     redrive.set_defaults(func=cmd_redrive)
 
 
@@ -207,9 +210,29 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def tracker_url(args: argparse.Namespace) -> str | None:
+    """``--url``, else the running engine's job tracker (its Service ``job-tracker``); ``None``
+    (after saying why) when there is neither."""
+    if args.url:
+        return str(args.url)
+    located = locate(getattr(args, "state_dir_option", None))
+    if located.engine is None:
+        print(located.not_running(), file=sys.stderr)
+        return None
+    status = http.get_json(str(located.engine["control_url"]) + "/status", timeout=5)
+    for function in status.get("functions", []) if isinstance(status, dict) else []:
+        if function.get("name") == TRACKER:
+            return str(function["url"])
+    print(f"radflow: the running engine has no {TRACKER} service; give --url", file=sys.stderr)
+    return None
+
+
 def cmd_redrive(args: argparse.Namespace) -> int:
+    url = tracker_url(args)
+    if url is None:
+        return 1
     try:
-        answer = redrive_job(args.url, args.job_id)
+        answer = redrive_job(url, args.job_id)
     except http.RequestRejected as exc:
         reason = exc.body.get("reason") if isinstance(exc.body, dict) else None
         print(f"job {args.job_id} not re-driven: {reason or exc}", file=sys.stderr)

@@ -129,6 +129,12 @@ def test_every_command_finds_the_engine_from_another_folder(
     logs = radflow(engine.env, elsewhere, "logs", "radflow-dicom-adapter", "--json")
     assert logs.returncode == 0, logs.stderr
     assert "dicom adapter listening" in logs.stdout
+    # redrive asks the engine for its job tracker; this engine runs none
+    redrive = radflow(engine.env, elsewhere, "jobs", "redrive", "abc")
+    assert (redrive.returncode, redrive.stderr) == (
+        1,
+        "radflow: the running engine has no job-tracker service; give --url\n",
+    )
 
 
 def test_without_an_engine_each_command_says_so_in_one_line(tmp_path: Path) -> None:
@@ -139,7 +145,7 @@ def test_without_an_engine_each_command_says_so_in_one_line(tmp_path: Path) -> N
     (tmp_path / "run" / "radflow" / "engine.json").write_text(
         json.dumps({"state_dir": str(tmp_path / "gone"), "pid": 1})
     )
-    for args in (("status",), ("jobs",), ("jobs", "show", "abc")):
+    for args in (("status",), ("jobs",), ("jobs", "show", "abc"), ("jobs", "redrive", "abc")):
         done = radflow(env, tmp_path, *args)
         assert done.returncode == 1, (args, done.stdout, done.stderr)
         assert done.stderr.startswith("radflow: no engine is running (looked at "), done.stderr

@@ -70,8 +70,10 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningEngine]:
     _manifests(tmp / "knative", rest_port)
     config = tmp / "dicom-adapter.yaml"
     config.write_text(
-        f"dicom:\n  scp:\n    port: {dicom_port}\n    ae-titles: [{{ae-title: BRAINSEG}}]\n"
+        f"dicom:\n  scp:\n    port: {dicom_port}\n"
+        "    ae-titles: [{ae-title: BRAINSEG, timeout: 0}]\n"
         "    reject-unknown-sources: false\n"
+        "pipeline-mappings: [{name: ux, clara-ae-title: BRAINSEG, pipeline-id: ux-pipeline}]\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("RADFLOW_")}
     env["PYTHONPATH"] = str(REPO / "src")
@@ -220,9 +222,19 @@ def test_metrics_of_the_adapter_are_on_the_engine_endpoint(
     assert size <= metrics[("radflow_adapter_bytes_received_total", label)] <= size + 3 * 1024
     assert metrics[("radflow_adapter_associations_total", (*label, ("result", "accepted")))] >= 2
     assert ("radflow_adapter_associations_active", label) in metrics
-    for state in ("waiting_upload", "indexed"):
-        assert ("radflow_adapter_spool_instances", (*label, ("state", state))) in metrics
-    assert ("radflow_adapter_outbox_events", (*label, ("state", "pending"))) in metrics
+
+    def drained() -> bool:
+        """The study's job event sent to the broker, nothing left in the spool or outbox."""
+        m = _scrape(engine)
+        return (
+            m.get(("radflow_adapter_outbox_events", (*label, ("state", "sent")))) == 1
+            and m.get(("radflow_adapter_outbox_events", (*label, ("state", "pending")))) == 0
+            and m.get(("radflow_adapter_spool_instances", (*label, ("state", "indexed")))) == 0
+            and m.get(("radflow_adapter_spool_instances", (*label, ("state", "waiting_upload"))))
+            == 0
+        )
+
+    assert _wait(drained, 30), _scrape(engine)
 
 
 def test_job_outcomes_durations_and_export_failures_from_broker_events(

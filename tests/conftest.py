@@ -72,6 +72,13 @@ def pytest_make_collect_report(
 os.environ.setdefault("TCP_NODELAY", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _engine_run_file(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Engines started by tests point the run file (radflow.engine.runfile) at their state
+    folder: keep it out of the developer's own $XDG_RUNTIME_DIR."""
+    os.environ["XDG_RUNTIME_DIR"] = str(tmp_path_factory.mktemp("xdg-runtime"))
+
+
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
     """One real SeaweedFS server for the whole test run."""

@@ -1,7 +1,9 @@
-"""tail_log: last lines, then following appends across truncation (radflow logs -f)."""
+"""tail_log: last lines, then following appends across truncation (radflow logs -f); names."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -51,3 +53,29 @@ def test_follow_sees_appends_and_survives_truncation(tmp_path: Path) -> None:
     thread.join(10)
     assert not thread.is_alive()
     assert got == ["old", "new 1", "new 2", "after truncate"]
+
+
+def test_logs_triton_names_the_one_pipeline_triton_service(tmp_path: Path) -> None:
+    """`radflow logs triton` (the name users type) reads `<pipeline>-triton.log`; a name that
+    matches no log lists the known ones."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "brain-tumor-segmentation-triton.log").write_text("ready\n")
+    (logs / "seaweedfs.log").write_text("s3\n")
+    radflow = [sys.executable, "-c", "from radflow.cli.main import main; raise SystemExit(main())"]
+    done = subprocess.run(
+        [*radflow, "--state-dir", str(tmp_path), "logs", "triton", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "ready\n"
+    missing = subprocess.run(
+        [*radflow, "--state-dir", str(tmp_path), "logs", "nothing"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode == 1
+    assert "brain-tumor-segmentation-triton" in missing.stderr

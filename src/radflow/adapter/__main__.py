@@ -34,9 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
+    watched: Path | None = None
     try:
         if path is not None and Path(path).is_file():
             config = load_yaml(path)
+            watched = Path(path)
         else:
             # no YAML (e.g. `radflow up` without --config): serve what was configured over REST
             # and persisted in the bucket, or nothing until `radflow dicom create aetitle ...`
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                 "configuration file %s not found; using the persisted configuration only", path
             )
             config = AdapterConfig(port=11112)
-        adapter = Adapter(settings, config, ObjectStore(StoreSettings())).start()
+        adapter = Adapter(settings, config, ObjectStore(StoreSettings()), watched).start()
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
         return 2

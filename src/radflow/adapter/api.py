@@ -8,6 +8,7 @@
 same for ``sourceaetitle`` and ``destinationaetitle``
 ``GET /health/live``, ``/health/ready``    200 / 503 (ready = listening, store reachable)
 ``GET /health/status``                     counters (no identifiers)
+``GET /metrics``                            Prometheus text (adapter/metrics.py)
 =========================================  =================================================
 
 Route prefixes are matched case-insensitively (Clara's examples use ``/api/config/ClaraAeTitle/``).
@@ -30,6 +31,7 @@ from radflow.adapter.config import AdapterConfig
 from radflow.adapter.configstore import ConfigStore
 from radflow.sdk.errors import InvalidInput
 from radflow.sdk.httpserver import ThreadedServer
+from radflow.sdk.metrics import CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +166,10 @@ class RestApi:
         ready: Callable[[], bool],
         status: Callable[[], dict[str, Any]],
         known_pipelines: frozenset[str] | None = None,
+        metrics: Callable[[], bytes] | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         self.known_pipelines = known_pipelines
         self.ready = ready
         self.status = status
@@ -189,6 +193,9 @@ class RestApi:
         def read_body() -> bytes:
             return asyncio.run_coroutine_threadsafe(request.read(), loop).result()
 
+        if request.method == "GET" and request.path == "/metrics" and self.metrics is not None:
+            text = await asyncio.to_thread(self.metrics)
+            return web.Response(body=text, headers={"Content-Type": CONTENT_TYPE, "Server": SERVER})
         if request.method in ("GET", "POST", "DELETE"):
             status, body = await asyncio.to_thread(
                 self._dispatch, request.method, request.raw_path, request.headers, read_body

@@ -11,10 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
+from radflow.adapter import metrics
 from radflow.adapter.api import RestApi
 from radflow.adapter.config import AdapterConfig
+from radflow.adapter.config_watch import ConfigFileWatcher
 from radflow.adapter.configstore import ConfigStore
 from radflow.adapter.drop import DropWatcher
 from radflow.adapter.emitter import Emitter
@@ -27,6 +30,7 @@ from radflow.adapter.settings import AdapterSettings
 from radflow.adapter.spool import Spool
 from radflow.adapter.uploader import Uploader
 from radflow.sdk.errors import StoreRefused, Unavailable
+from radflow.sdk.metrics import exposition
 from radflow.sdk.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -34,11 +38,22 @@ log = logging.getLogger(__name__)
 
 class Adapter:
     def __init__(
-        self, settings: AdapterSettings, config: AdapterConfig, store: ObjectStore
+        self,
+        settings: AdapterSettings,
+        config: AdapterConfig,
+        store: ObjectStore,
+        config_path: Path | None = None,
     ) -> None:
+        """``config`` is the configuration file's content (read from ``config_path``, which is
+        then watched for edits: :mod:`radflow.adapter.config_watch`)."""
         self.settings = settings
         self.store = store
         self.configs = ConfigStore(config, store)
+        self.config_watch = (
+            ConfigFileWatcher(config_path, self.configs, settings.config_poll_seconds)
+            if config_path is not None
+            else None
+        )
         self.spool = Spool(settings.spool_dir)
         self.emitter = Emitter(
             self.spool.groups,
@@ -66,8 +81,12 @@ class Adapter:
             ready=self.ready,
             status=self.status,
             known_pipelines=settings.known_pipelines,
+            metrics=lambda: exposition(self.metrics),
         )
-        self.drop = DropWatcher(self, settings.drop_prefix, settings.drop_poll_seconds)
+        self.drop = DropWatcher(
+            self, settings.drop_prefix, settings.drop_poll_seconds, settings.drop_settle_seconds
+        )
+        self.metrics = metrics.registry(self)
         self.dicom_port: int | None = None
         self.rest_port: int | None = None
         self.started_at = time.time()
@@ -133,6 +152,8 @@ class Adapter:
             )
             self.dicom_port = self.scp.start(self.settings.host, port, ssl_ctx)
         self.drop.start()
+        if self.config_watch is not None:
+            self.config_watch.start()
         self._listening.set()
         log.info(
             "dicom adapter listening",
@@ -142,6 +163,8 @@ class Adapter:
 
     def stop(self) -> None:
         self._listening.clear()
+        if self.config_watch is not None:
+            self.config_watch.stop()
         self.drop.stop()
         if self.receivers is not None:
             self.receivers.stop()
@@ -189,4 +212,9 @@ class Adapter:
             if self.receivers is not None
             else {"processes": 0, "ready": 0},
             "sink_configured": bool(self.settings.sink),
+            "config": {
+                "rest_changes": self.configs.rest_changes(),
+                "notes": self.configs.notes,
+                "file_problem": self.config_watch.problem if self.config_watch else None,
+            },
         }

@@ -9,13 +9,22 @@ code path as a DICOM push. A crash mid-pass leaves the association open; recover
 released (the files were indexed), and objects not yet indexed are picked up again.
 Objects that are not DICOM, or sit under an AE title that is not configured, are moved to
 ``quarantine/<original key>`` with the reason in the log.
+
+An upload takes time: files appear one after another. A folder ``inbox/<AE title>/`` is taken
+only once it is *quiet*: its listing (every key with its size and ETag, temporary files
+included) has not changed for ``settle`` seconds (``RADFLOW_ADAPTER_DROP_SETTLE_SECONDS``), so a
+study copied in over several passes makes one job, not one per pass. Temporary files (a name
+starting with ``.``, or ending in ``.part``, ``.partial``, ``.tmp``, ``.filepart``,
+``.crdownload``) keep a folder busy while they change but are never taken nor quarantined.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from radflow.adapter.handlers import check_header, record_for
@@ -29,7 +38,7 @@ from radflow.imaging.dicom_walk import (
     inspect_bytes,
 )
 from radflow.sdk.errors import Unavailable
-from radflow.sdk.storage import NotFound
+from radflow.sdk.storage import NotFound, ObjectInfo
 
 if TYPE_CHECKING:
     from radflow.adapter.app import Adapter
@@ -37,13 +46,35 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DROP_CALLING_AE = "S3-DROP"
+TEMPORARY_SUFFIXES = (".part", ".partial", ".tmp", ".filepart", ".crdownload")
+
+
+def is_temporary(key: str) -> bool:
+    """True for a file an uploader is still writing (or hides): a dotfile, or a name ending in
+    one of :data:`TEMPORARY_SUFFIXES`, in any folder of ``key``."""
+    parts = key.split("/")
+    return any(p.startswith(".") for p in parts) or parts[-1].lower().endswith(TEMPORARY_SUFFIXES)
+
+
+Listing = frozenset[tuple[str, str, int]]
 
 
 class DropWatcher:
-    def __init__(self, adapter: Adapter, prefix: str, interval: float) -> None:
+    def __init__(
+        self,
+        adapter: Adapter,
+        prefix: str,
+        interval: float,
+        settle: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.adapter = adapter
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
         self.interval = interval
+        self.settle = settle
+        self.clock = clock
+        #: AE folder -> (its listing, when that listing was first seen)
+        self._quiet_since: dict[str, tuple[Listing, float]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="drop-watcher", daemon=True)
         self.ingested = 0
@@ -75,13 +106,11 @@ class DropWatcher:
         assocs: dict[str, str] = {}
         count = 0
         try:
-            for obj in list(store.list(self.prefix)):
+            for obj in self._settled(list(store.list(self.prefix))):
                 if self._stop.is_set():
                     break
                 rest = obj.key[len(self.prefix) :]
                 ae_title, _, tail = rest.partition("/")
-                if not tail:
-                    continue
                 if spool.drops.etag(obj.key) == obj.etag:
                     store.delete(obj.key)  # indexed by an earlier pass that died before deleting
                     continue
@@ -137,6 +166,31 @@ class DropWatcher:
                 a.emitter.wake()
         self.ingested += count
         return count
+
+    def _settled(self, objects: list[ObjectInfo]) -> list[ObjectInfo]:
+        """The objects of the folders ``inbox/<AE>/`` that are quiet, temporary files left out.
+
+        A folder is quiet once its listing has been the same for :attr:`settle` seconds; a
+        folder seen for the first time, or changed since the last pass, waits.
+        """
+        folders: dict[str, list[ObjectInfo]] = {}
+        for obj in objects:
+            ae_title, _, tail = obj.key[len(self.prefix) :].partition("/")
+            if tail:
+                folders.setdefault(ae_title, []).append(obj)
+        now = self.clock()
+        taken: list[ObjectInfo] = []
+        for folder, items in folders.items():
+            listing = frozenset((o.key, o.etag, o.size) for o in items)
+            seen, since = self._quiet_since.get(folder, (None, now))
+            if seen != listing:
+                self._quiet_since[folder] = (listing, now)
+                since = now
+            if now - since >= self.settle:
+                taken.extend(o for o in items if not is_temporary(o.key))
+        for gone in self._quiet_since.keys() - folders.keys():
+            del self._quiet_since[gone]
+        return taken
 
     def _quarantine(self, key: str, reason: str) -> None:
         store = self.adapter.store

@@ -145,20 +145,31 @@ class StoreHandlers:
         self._open: dict[
             int, str
         ] = {}  # id(assoc) -> spool association id, once it stored something
+        #: summed over receiver processes (ReceiverPool.counters) and exposed as metrics
+        #: (adapter/metrics.py); ``refused_0x<status>`` counts C-STOREs answered with a failure
         self.counters = {
             "stored": 0,
             "rejected_associations": 0,
+            "accepted_associations": 0,
             "refused_instances": 0,
             "ignored": 0,
+            "bytes_received": 0,
         }
+        self._live: set[int] = set()  # associations accepted and not yet closed
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self.counters)
 
+    def live_associations(self) -> int:
+        """Associations accepted by this process and not yet ended."""
+        with self._lock:
+            return len(self._live)
+
     def bindings(self) -> list[EventHandlerType]:
         return [
             (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_ACCEPTED, self.on_accepted),
             (evt.EVT_C_ECHO, self.on_echo),
             (evt.EVT_C_STORE, self.on_store),
             (evt.EVT_RELEASED, self.on_released),
@@ -213,6 +224,11 @@ class StoreHandlers:
         )
         self._reject(assoc, result, SOURCE_USER, reason)
 
+    def on_accepted(self, event: Any) -> None:
+        with self._lock:
+            self.counters["accepted_associations"] += 1
+            self._live.add(id(event.assoc))
+
     def _reject(self, assoc: Any, result: int, source: int, reason: int) -> None:
         with self._lock:
             self.counters["rejected_associations"] += 1
@@ -228,10 +244,15 @@ class StoreHandlers:
 
     def on_store(self, event: Any) -> int:
         try:
-            return self._store(event)
+            status = self._store(event)
         except Exception:
             log.exception("C-STORE handling failed unexpectedly")
-            return PROCESSING_FAILURE
+            status = PROCESSING_FAILURE
+        if status != SUCCESS:
+            with self._lock:
+                key = f"refused_0x{status:04X}"
+                self.counters[key] = self.counters.get(key, 0) + 1
+        return status
 
     def _store(self, event: Any) -> int:
         req = event.request
@@ -265,6 +286,7 @@ class StoreHandlers:
             self._refused("dataset does not match the request", problem, called)
             return DATASET_MISMATCH
         try:
+            size = path.stat().st_size
             assoc_id = self._association(assoc, called, calling)
             name = self.spool.take_file(path, assoc_id)
             rec = record_for(
@@ -285,6 +307,7 @@ class StoreHandlers:
             return OUT_OF_RESOURCES
         with self._lock:
             self.counters["stored"] += 1
+            self.counters["bytes_received"] += size
         self.on_stored(PendingUpload(rec.spool_name, rec.key))
         return SUCCESS
 
@@ -330,6 +353,7 @@ class StoreHandlers:
 
     def _close(self, event: Any, released: bool) -> None:
         with self._lock:
+            self._live.discard(id(event.assoc))
             assoc_id = self._open.pop(id(event.assoc), None)
         if assoc_id is None:
             return

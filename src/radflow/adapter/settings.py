@@ -56,6 +56,19 @@ class AdapterSettings(ServiceSettings):
     drop_poll_seconds: float = Field(
         2.0, ge=0, description="Poll interval of the drop trigger; 0 = off."
     )
+    config_poll_seconds: float = Field(
+        2.0,
+        ge=0,
+        description="How often the configuration file is checked for edits, which then apply "
+        "without a restart (adapter/config_watch.py); 0 = only at start.",
+    )
+    drop_settle_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="The drop trigger takes a folder inbox/<AE>/ once its listing (keys, sizes, "
+        "ETags) has not changed for this long: an upload in progress is not taken half-way. "
+        "0 = take what is there at each poll.",
+    )
     tick_seconds: float = Field(0.1, gt=0, description="How often timed-out groups are checked.")
     outbox_max_backoff: float = Field(30.0, gt=0, description="Cap of the outbox retry delay (s).")
     max_pdu: int = Field(

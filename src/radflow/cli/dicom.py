@@ -10,7 +10,8 @@
 
 The coordinator mounts :func:`add_dicom_commands` under the ``radflow`` console command; the
 module also runs on its own as ``python -m radflow.cli.dicom dicom ...``. The API URL comes
-from ``--api`` or ``RADFLOW_ADAPTER_API`` (default ``http://127.0.0.1:5000``).
+from ``--api`` or ``RADFLOW_ADAPTER_API``, else from the running engine (``radflow status``),
+else ``http://127.0.0.1:5000``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def add_dicom_commands(subparsers: Any) -> None:
     dicom.add_argument(
         "--api",
         default=None,
-        help=f"adapter REST URL (env RADFLOW_ADAPTER_API, default {DEFAULT_API})",
+        help="adapter REST URL (env RADFLOW_ADAPTER_API; default: the running engine's "
+        f"adapter, else {DEFAULT_API})",
     )
     verbs = dicom.add_subparsers(dest="dicom_verb", required=True)
 
@@ -116,8 +118,27 @@ def _call(method: str, url: str, body: Any = None) -> tuple[int, Any]:
     return resp.status, resp.json()
 
 
+def adapter_api(args: argparse.Namespace) -> str:
+    """``--api``, else ``RADFLOW_ADAPTER_API``, else the REST API of the running engine's
+    adapter (``radflow status``), else Clara's default."""
+    if args.api or os.environ.get("RADFLOW_ADAPTER_API"):
+        return str(args.api or os.environ["RADFLOW_ADAPTER_API"])
+    from radflow.engine.runfile import locate
+
+    engine = locate(getattr(args, "state_dir_option", None)).engine
+    if engine is not None:
+        try:
+            status = http.get_json(str(engine["control_url"]) + "/status", timeout=5)
+        except (http.ServiceUnavailable, http.RequestRejected):
+            return DEFAULT_API
+        adapters = status.get("adapters") or [] if isinstance(status, dict) else []
+        if adapters:
+            return str(adapters[0]["rest_api"])
+    return DEFAULT_API
+
+
 def run_dicom(args: argparse.Namespace) -> int:
-    base = (args.api or os.environ.get("RADFLOW_ADAPTER_API") or DEFAULT_API).rstrip("/")
+    base = adapter_api(args).rstrip("/")
     try:
         if args.dicom_verb == "create":
             status, out = _call("POST", f"{base}/api/config/{_RESOURCE[args.kind]}", _body(args))

@@ -5,7 +5,8 @@ Every sub-command sets ``func`` (``args -> exit status``) on its parser; the coo
 ``cli/main.py`` calls ``args.func(args)``.
 
 ``radflow jobs`` reads the job tracker's documents, either straight from the object store
-(``RADFLOW_S3_*``, the default) or from a running tracker (``--url http://…``, the same JSON
+(``RADFLOW_S3_*`` when set, else the running engine's, found by :mod:`radflow.engine.runfile`)
+or from a running tracker (``--url http://…``, the same JSON
 the tracker serves on ``GET /jobs`` and ``GET /jobs/<id>``).
 """
 
@@ -14,16 +15,19 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from radflow.engine.compiler import add_compile_parser
+from radflow.engine.compiler import TRACKER, add_compile_parser
 from radflow.engine.jobs import load_job, load_jobs, redrive_job
+from radflow.engine.runfile import locate
 from radflow.functions import registry
 from radflow.sdk import http
 from radflow.sdk.errors import ConfigError
 from radflow.sdk.pipeline import load_pipeline
+from radflow.sdk.settings import StoreSettings
 
 
 def add_pipeline_commands(subparsers: Any) -> None:
@@ -52,7 +56,10 @@ def add_jobs_commands(subparsers: Any) -> None:
         "redrive", help="start a failed job again from its failed stage (asks the tracker)"
     )
     redrive.add_argument("job_id", help="the failed job's id")
-    redrive.add_argument("--url", required=True, help="job tracker URL (it publishes the events)")
+    redrive.add_argument(
+        "--url",
+        help="job tracker URL (it publishes the events; default: the running engine's tracker)",
+    )
     redrive.set_defaults(func=cmd_redrive)
 
 
@@ -154,28 +161,48 @@ def render_job(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _store_settings(args: argparse.Namespace) -> StoreSettings | None:
+    """Where to read job documents: ``RADFLOW_S3_*`` when set, else the running engine's store;
+    ``None`` (after saying so) when neither is there."""
+    if args.url or os.environ.get("RADFLOW_S3_ENDPOINT_URL"):
+        return StoreSettings()
+    located = locate(getattr(args, "state_dir_option", None))
+    if located.engine is None or not isinstance(located.engine.get("s3"), dict):
+        print(located.not_running(), file=sys.stderr)
+        return None
+    return StoreSettings(**located.engine["s3"])
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
-    jobs = load_jobs(args.url)
+    store = _store_settings(args)
+    if store is None:
+        return 1
+    jobs = load_jobs(args.url, store)
     print(json.dumps({"jobs": jobs}, indent=2, sort_keys=True) if args.json else render_jobs(jobs))
     return 0
 
 
-def find_job(url: str | None, given: str) -> tuple[dict[str, Any] | None, str]:
+def find_job(
+    url: str | None, given: str, store: StoreSettings | None = None
+) -> tuple[dict[str, Any] | None, str]:
     """The job whose id is ``given`` or, failing that, the one job whose id starts with it
     (job ids are 36-character UUIDs nobody types); else ``None`` and why."""
-    doc = load_job(url, given)
+    doc = load_job(url, given, store)
     if doc is not None:
         return doc, ""
-    candidates = sorted(j["job_id"] for j in load_jobs(url) if j["job_id"].startswith(given))
+    candidates = sorted(j["job_id"] for j in load_jobs(url, store) if j["job_id"].startswith(given))
     if not candidates:
         return None, f"job {given} not found"
     if len(candidates) > 1:
         return None, f"job id prefix {given!r} is ambiguous: {', '.join(candidates)}"
-    return load_job(url, candidates[0]), ""
+    return load_job(url, candidates[0], store), ""
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    doc, problem = find_job(args.url, args.job_id)
+    store = _store_settings(args)
+    if store is None:
+        return 1
+    doc, problem = find_job(args.url, args.job_id, store)
     if doc is None:
         print(problem or f"job {args.job_id} not found", file=sys.stderr)
         return 1
@@ -183,9 +210,29 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def tracker_url(args: argparse.Namespace) -> str | None:
+    """``--url``, else the running engine's job tracker (its Service ``job-tracker``); ``None``
+    (after saying why) when there is neither."""
+    if args.url:
+        return str(args.url)
+    located = locate(getattr(args, "state_dir_option", None))
+    if located.engine is None:
+        print(located.not_running(), file=sys.stderr)
+        return None
+    status = http.get_json(str(located.engine["control_url"]) + "/status", timeout=5)
+    for function in status.get("functions", []) if isinstance(status, dict) else []:
+        if function.get("name") == TRACKER:
+            return str(function["url"])
+    print(f"radflow: the running engine has no {TRACKER} service; give --url", file=sys.stderr)
+    return None
+
+
 def cmd_redrive(args: argparse.Namespace) -> int:
+    url = tracker_url(args)
+    if url is None:
+        return 1
     try:
-        answer = redrive_job(args.url, args.job_id)
+        answer = redrive_job(url, args.job_id)
     except http.RequestRejected as exc:
         reason = exc.body.get("reason") if isinstance(exc.body, dict) else None
         print(f"job {args.job_id} not re-driven: {reason or exc}", file=sys.stderr)

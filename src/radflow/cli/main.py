@@ -13,19 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from radflow.sdk import http
-from radflow.sdk.errors import ConfigError
+from radflow.sdk.errors import ConfigError, Unavailable
 
 if TYPE_CHECKING:
     from radflow.engine.config import EngineConfig
 
 DEFAULT_STATE = Path(".radflow")
-
-
-def _engine_state(state_dir: Path) -> dict[str, Any] | None:
-    path = state_dir / "engine.json"
-    if not path.is_file():
-        return None
-    return dict(json.loads(path.read_text()))
 
 
 def load_up_config(args: argparse.Namespace) -> EngineConfig:
@@ -93,6 +86,13 @@ def _format_status(status: dict[str, Any]) -> str:
         titles = ", ".join(a["ae_titles"]) or "none"
         lines.append(f"dicom       {a['dicom']}  AE titles {titles}  ({a['name']})")
         lines.append(f"rest api    {a['rest_api']}  (radflow dicom --api, Clara /api/config)")
+        if a.get("rest_changes"):
+            lines.append(
+                f"config      {a.get('config') or 'no file'} + REST changes: "
+                f"{', '.join(a['rest_changes'])}"
+            )
+        for note in a.get("config_notes", []):
+            lines.append(f"            {note}")
         if a.get("config_problem"):
             lines.append(f"            configuration problem: {a['config_problem']}")
     for b in status["brokers"]:
@@ -106,9 +106,12 @@ def _format_status(status: dict[str, Any]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    state = _engine_state(args.state_dir)
+    from radflow.engine.runfile import locate
+
+    located = locate(args.state_dir_option)
+    state = located.engine
     if state is None:
-        print(f"radflow is not running (no {args.state_dir / 'engine.json'})", file=sys.stderr)
+        print(located.not_running(), file=sys.stderr)
         return 1
     try:
         status = http.get_json(state["control_url"] + "/status", timeout=5)
@@ -134,18 +137,37 @@ def _live_ae_titles(adapter: dict[str, Any]) -> None:
         return
     if isinstance(served, list):
         adapter["ae_titles"] = [str(e.get("aeTitle")) for e in served if isinstance(e, dict)]
+    try:
+        health = http.get_json(adapter["rest_api"] + "/health/status", timeout=2)
+    except (http.ServiceUnavailable, http.RequestRejected):
+        return
+    config = health.get("config") if isinstance(health, dict) else None
+    if isinstance(config, dict):
+        adapter["rest_changes"] = list(config.get("rest_changes") or [])
+        adapter["config_notes"] = list(config.get("notes") or [])
+        if config.get("file_problem"):
+            adapter["config_problem"] = f"{config['file_problem']} (not applied)"
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
     from radflow.engine.host import tail_log
+    from radflow.engine.runfile import locate
 
-    path = args.state_dir / "logs" / f"{args.function}.log"
+    logs = locate(args.state_dir_option).state_dir / "logs"
+    path = logs / f"{args.function}.log"
+    if not path.exists():  # `triton`: the one pipeline's `<pipeline>-triton` Service
+        suffixed = sorted(logs.glob(f"*-{args.function}.log"))
+        path = suffixed[0] if len(suffixed) == 1 else path
     if not path.exists():
-        known = sorted(p.stem for p in (args.state_dir / "logs").glob("*.log"))
+        known = sorted(p.stem for p in logs.glob("*.log"))
         print(f"no log for {args.function!r}; known: {', '.join(known) or 'none'}", file=sys.stderr)
         return 1
+    from radflow.sdk.logging import render_line
+
+    readable = sys.stdout.isatty() and not args.json
     try:
         for line in tail_log(path, follow=args.follow, lines=args.lines):
+            line = render_line(line) if readable else line
             print(line, end="" if line.endswith("\n") else "\n", flush=True)
     except KeyboardInterrupt:
         pass
@@ -155,20 +177,15 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_models_push(args: argparse.Namespace) -> int:
     """Mirror a Triton model repository folder into ``<bucket>/models/`` of the object store."""
     from radflow.engine import models
+    from radflow.engine.runfile import locate
     from radflow.sdk.settings import StoreSettings
     from radflow.sdk.storage import ObjectStore
 
     settings = StoreSettings()
     if not settings.endpoint_url:  # the running local engine's embedded store, if any
-        state = _engine_state(args.state_dir)
-        if state is not None:
-            try:
-                status = http.get_json(state["control_url"] + "/status", timeout=5)
-            except (http.ServiceUnavailable, http.RequestRejected):
-                status = {}
-            endpoint = (status.get("s3") or {}).get("endpoint_url")
-            if endpoint:
-                settings = StoreSettings(endpoint_url=endpoint)
+        located = locate(args.state_dir_option)
+        if located.engine is not None and isinstance(located.engine.get("s3"), dict):
+            settings = StoreSettings(**located.engine["s3"])
     store = ObjectStore(settings)
     store.ensure_bucket()
     report = models.push(store, args.repository, prune=args.prune)
@@ -198,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--state-dir",
         type=Path,
         default=None,
-        help="engine state folder (default: the config's radflow.state-dir, else .radflow)",
+        help="engine state folder (default: up: the config's radflow.state-dir, else .radflow; "
+        "other commands: the running engine's, found from any folder)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -226,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     lg.add_argument(
         "-n", "--lines", type=int, default=200, help="last lines to print (default 200)"
+    )
+    lg.add_argument(
+        "--json",
+        action="store_true",
+        help="print the JSON lines as written (default on a terminal: readable text)",
     )
     lg.set_defaults(func=cmd_logs)
 
@@ -281,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"radflow: {exc}", file=sys.stderr)
         return 2
+    except Unavailable as exc:  # the engine or one of its parts went away: one line, no trace
+        print(f"radflow: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

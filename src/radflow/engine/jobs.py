@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from radflow.sdk import http
+from radflow.sdk.settings import StoreSettings
 
 
 def _fetch(url: str) -> Any:
@@ -21,28 +22,30 @@ def _fetch(url: str) -> Any:
         raise
 
 
-def _store() -> Any:
-    from radflow.sdk.settings import StoreSettings
+def _store(settings: StoreSettings | None) -> Any:
     from radflow.sdk.storage import ObjectStore
 
-    return ObjectStore(StoreSettings())
+    return ObjectStore(settings or StoreSettings())
 
 
-def load_jobs(url: str | None) -> list[dict[str, Any]]:
+def load_jobs(url: str | None, store: StoreSettings | None = None) -> list[dict[str, Any]]:
+    """Every job document; ``store`` (default: ``RADFLOW_S3_*``) unless ``url`` is given."""
     if url:
         return list((_fetch(url.rstrip("/") + "/jobs") or {}).get("jobs", []))
     from radflow.functions.job_tracker import service
 
-    return service.list_jobs(_store())
+    return service.list_jobs(_store(store))
 
 
-def load_job(url: str | None, job_id: str) -> dict[str, Any] | None:
+def load_job(
+    url: str | None, job_id: str, settings: StoreSettings | None = None
+) -> dict[str, Any] | None:
     if url:
         doc = _fetch(url.rstrip("/") + f"/jobs/{job_id}")
         return dict(doc) if doc else None
     from radflow.functions.job_tracker import service
 
-    store = _store()
+    store = _store(settings)
     doc = service.read_job(store, job_id)
     return service.view(store, doc) if doc else None
 

@@ -27,20 +27,21 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import web
-from prometheus_client import generate_latest
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
+from radflow.engine import runfile
 from radflow.engine.broker import BrokerRuntime
 from radflow.engine.compiler import KNATIVE_PORT, STORE_SECRET
 from radflow.engine.config import EngineConfig
 from radflow.engine.endpoints import adapter_endpoints, is_adapter
 from radflow.engine.host import IMAGING_STACK, FunctionHost, WorkloadRunner
 from radflow.engine.manifests import ManifestSet, load_manifests, name_of, namespace_of
-from radflow.engine.metrics import REGISTRY
+from radflow.engine.metrics import REGISTRY, SCRAPE_FAILURES
 from radflow.engine.ports import free_port
 from radflow.engine.seaweed import SeaweedServer
 from radflow.sdk.errors import ConfigError
 from radflow.sdk.httpserver import start_site
+from radflow.sdk.metrics import CONTENT_TYPE, exposition, relabelled
 from radflow.sdk.settings import StoreSettings
 from radflow.sdk.storage import ObjectStore
 
@@ -318,9 +319,23 @@ class Engine:
         return web.json_response(self.status())
 
     async def _metrics_handler(self, _request: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(REGISTRY), content_type="text/plain", charset="utf-8"
-        )
+        """The engine's registry and, labelled ``deployment``, each DICOM adapter's own
+        ``/metrics`` (scraped now; an adapter that does not answer is left out and counted in
+        ``radflow_metrics_scrape_failures``)."""
+        texts: dict[str, str] = {}
+        timeout = ClientTimeout(total=5)
+        async with ClientSession(timeout=timeout) as session:
+            for adapter in self._adapters():
+                try:
+                    async with session.get(adapter["rest_api"] + "/metrics") as answer:
+                        if answer.status == 200:
+                            texts[adapter["name"]] = await answer.text()
+                            continue
+                except (ClientError, TimeoutError):
+                    pass
+                SCRAPE_FAILURES.labels(adapter["name"]).inc()
+        body = await asyncio.to_thread(exposition, REGISTRY, relabelled(texts, "deployment"))
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     def status(self) -> dict[str, Any]:
         brokers = (
@@ -366,11 +381,23 @@ class Engine:
         ]
 
     def _write_state(self) -> None:
-        path = self.state_dir / "engine.json"
-        path.write_text(
-            json.dumps(
-                {"pid": os.getpid(), "control_url": self.control_url, "started_at": self.started_at}
-            )
+        """``<state>/engine.json`` and the run file every CLI command finds it by
+        (:mod:`radflow.engine.runfile`)."""
+        st = self.store_settings()
+        runfile.write(
+            self.state_dir,
+            {
+                "pid": os.getpid(),
+                "control_url": self.control_url,
+                "started_at": self.started_at,
+                "s3": {
+                    "endpoint_url": st.endpoint_url,
+                    "bucket": st.bucket,
+                    "region": st.region,
+                    "access_key_id": st.access_key_id.get_secret_value(),
+                    "secret_access_key": st.secret_access_key.get_secret_value(),
+                },
+            },
         )
 
     async def stop(self, report: Callable[[str], None] | None = None) -> None:
@@ -399,7 +426,7 @@ class Engine:
         if self.s3 is not None:
             say("stopping SeaweedFS")
             await asyncio.to_thread(self.s3.stop)
-        (self.state_dir / "engine.json").unlink(missing_ok=True)
+        runfile.remove(self.state_dir)
 
 
 def _annotations(doc: dict[str, Any]) -> dict[str, str]:

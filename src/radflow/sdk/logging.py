@@ -68,15 +68,51 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+#: keys of a JSON log line that :func:`render_line` shows in its fixed columns, not as ``k=v``
+_COLUMNS = ("time", "severity", "service", "logger", "message", "exception")
+
+
+def render_line(line: str) -> str:
+    """One JSON log line (:class:`JsonFormatter`) as text for a terminal.
+
+    ``{"time": "...T18:02:11.123+00:00", "severity": "INFO", "service": "dicom-adapter",
+    "message": "stored", "count": 12}`` becomes ``18:02:11 INFO  dicom-adapter  stored
+    (count=12)``: the local wall-clock time, the level, the service, the message and the other
+    fields as ``key=value``; an exception follows on its own lines. A line that is not a JSON
+    object (a child's own output) is returned unchanged.
+    """
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        return line
+    if not isinstance(doc, dict) or "message" not in doc:
+        return line
+    try:
+        when = _dt.datetime.fromisoformat(str(doc.get("time"))).astimezone().strftime("%H:%M:%S")
+    except ValueError:
+        when = "--:--:--"
+    text = f"{when} {str(doc.get('severity', '')):<5} {doc.get('service', '-')}  {doc['message']}"
+    fields = [f"{k}={v}" for k, v in doc.items() if k not in _COLUMNS]
+    if fields:
+        text += f" ({' '.join(fields)})"
+    if doc.get("exception"):
+        text += "\n" + str(doc["exception"])
+    return text
+
+
+class TextFormatter(JsonFormatter):
+    """The same record as :class:`JsonFormatter`, rendered by :func:`render_line`: what a
+    terminal shows (``radflow up`` in the foreground, ``log_format: text``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return render_line(super().format(record))
+
+
 def configure_logging(service: str, level: str = "INFO", fmt: str = "json") -> None:
-    """Configure the root logger once for this process (stderr, JSON lines by default)."""
+    """Configure the root logger once for this process (stderr, JSON lines by default;
+    ``fmt="text"``: :func:`render_line`'s readable lines)."""
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter(service))
-    else:
-        handler.setFormatter(
-            logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s")
-        )
+    handler.setFormatter(JsonFormatter(service) if fmt == "json" else TextFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

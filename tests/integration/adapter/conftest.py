@@ -102,6 +102,7 @@ def adapter_factory(
             rest_port=free_port(),
             sink=sink.url,
             drop_poll_seconds=overrides.pop("drop_poll_seconds", 0),
+            drop_settle_seconds=overrides.pop("drop_settle_seconds", 0),
             receivers=overrides.pop("receivers", 2),
             **overrides,
         )

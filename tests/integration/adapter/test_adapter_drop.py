@@ -67,3 +67,31 @@ def test_a_dropped_instance_with_an_invalid_uid_is_quarantined(
     ev = sink.wait_for(1)[0]
     assert ev["data"]["instance_count"] == 2
     assert [o.key for o in store.list("quarantine/")] == ["quarantine/inbox/RADFLOW/upload-2/2.dcm"]
+
+
+def test_a_study_copied_in_slowly_makes_one_job_with_every_instance(
+    adapter_factory, sink, store, tmp_path
+):
+    """Files appear one by one over several seconds while the trigger polls every 0.2 s; an
+    uploader's temporary file sits beside them meanwhile. The folder is taken once it is quiet:
+    one job, all instances, the temporary file never taken."""
+    import time
+
+    from adapter_data import wait_settled
+
+    adapter = adapter_factory(drop_poll_seconds=0.2, drop_settle_seconds=2.5)
+    study = make_study(tmp_path / "in", series=2, per_series=4)
+    for i, f in enumerate(study.files):
+        store.put_bytes(f"inbox/RADFLOW/slow/{i}.dcm.part", f.read_bytes()[:100])
+        time.sleep(0.5)  # the copy is slow: passes of the trigger run in between
+        store.put_bytes(f"inbox/RADFLOW/slow/{i}.dcm", f.read_bytes())
+        store.delete(f"inbox/RADFLOW/slow/{i}.dcm.part")
+    store.put_bytes("inbox/RADFLOW/slow/.DS_Store", b"finder")
+    ev = sink.wait_for(1, timeout=60)[0]
+    wait_settled(adapter.status)
+    assert len(sink.events) == 1
+    assert ev["data"]["instance_count"] == len(study.files)
+    manifest = StudyManifest.model_validate_json(store.get_bytes(ev["data"]["manifest_key"]))
+    assert sorted(i.sop_instance_uid for i in manifest.instances) == sorted(study.sop_uids)
+    assert [o.key for o in store.list("inbox/")] == ["inbox/RADFLOW/slow/.DS_Store"]
+    assert list(store.list("quarantine/")) == []

@@ -159,6 +159,8 @@ def test_explicit_failure_threshold_tolerates_a_minority_of_failures(
     scp = pynetdicom_scp(reject={next(iter(files)): 0xC000}).start()
     summary = logic.run(ctx, destinations=_config(("MYPACS", scp.ae_title, scp.port)))
     assert summary["sent"] == 2 and summary["failed"] == 1
+    # the engine counts these per destination (radflow_export_failures_total)
+    assert summary["failed_by_destination"] == {"MYPACS": 1}
 
 
 def test_a_non_dicom_file_is_reported_and_fails_the_task(

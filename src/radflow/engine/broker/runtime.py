@@ -12,6 +12,7 @@ Everything else (retries, dead letters, replies) is the :class:`Dispatcher`'s.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -247,6 +248,7 @@ class BrokerRuntime:
         except (TypeError, ValueError) as exc:
             raise ReplyRejected(400, f"invalid reply: {type(exc).__name__}") from None
         if not prepared.triggers:
+            _observe(prepared)
             return None, _noop
         now = self._clock()
 
@@ -256,6 +258,7 @@ class BrokerRuntime:
             )
 
         async def after(stored: Any) -> None:
+            _observe(prepared)
             self._track(broker, prepared, reply.headers, stored, now)
 
         return op, after
@@ -305,6 +308,7 @@ class BrokerRuntime:
         except Unavailable as exc:
             log.error("ingress %s could not store event id=%s: %s", broker, event.get("id"), exc)
             return self._answer(broker, 503, "broker store unavailable; retry\n")
+        _observe(prepared)
         return self._answer(broker, 202, "")
 
     @staticmethod
@@ -317,3 +321,14 @@ class BrokerRuntime:
 
 async def _noop(_: Any) -> None:
     return None
+
+
+def _observe(prepared: Prepared) -> None:
+    """Job and export metrics from an event the broker accepted (engine/metrics.py)."""
+    data = prepared.event.data
+    if isinstance(data, (bytes, str)):
+        try:
+            data = json.loads(data)
+        except ValueError:
+            data = None
+    metrics.JOB_CLOCK.observe(ev.attributes(prepared.event), data)

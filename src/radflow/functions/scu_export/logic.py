@@ -342,6 +342,10 @@ def run(ctx: StageContext, destinations: Mapping[str, Any] | None = None) -> dic
         "sent": sum(f.result in ("sent", "warning") for r in reports for f in r.files),
         "warnings": sum(f.result == "warning" for r in reports for f in r.files),
         "failed": sum(f.result == "failed" for r in reports for f in r.files) + len(unreadable),
+        # per destination, for the engine's radflow_export_failures metric (engine/metrics.py)
+        "failed_by_destination": {
+            r.name: sum(f.result == "failed" for f in r.files) for r in reports
+        },
         "attempts": {r.name: r.attempts for r in reports},
         "seconds": {r.name: r.seconds for r in reports},
         "report": f"{REPORT}/{REPORT_FILE}" if REPORT in ctx.outputs else None,

@@ -3,13 +3,17 @@
 One compile writes, deterministically (sorted, no timestamps), so that ``git diff`` shows what a
 pipeline change does to the cluster:
 
-- ``knative/broker.yaml``: Broker ``default/radflow`` (durable Kafka class; delivery retry,
-  backoff, per-attempt timeout and a dead-letter sink -> ``job-tracker``);
-- ``knative/platform/job-tracker.yaml``: the job tracker Service and its Triggers;
+- ``knative/broker.yaml``: Broker ``radflow`` (durable Kafka class; a default delivery with
+  the dead-letter sink ``job-tracker-dead-letters``);
+- ``knative/platform/job-tracker.yaml``: the job tracker Service, its Triggers, and its twin
+  ``job-tracker-dead-letters`` that no Trigger subscribes (a dead-letter sink cannot loop);
+- ``knative/platform/security.yaml``: the ServiceAccount and the NetworkPolicies;
 - ``knative/pipelines/<pipeline>/services.yaml``: one ``serving.knative.dev/v1`` Service per
   operator (``<pipeline>-<operator>``), scale-to-zero, ``containerConcurrency: 1``;
-- ``knative/pipelines/<pipeline>/triggers.yaml``: one Trigger per DAG edge, filtering on the
-  upstream stage's completion event (roots: on the job request for this pipeline);
+- ``knative/pipelines/<pipeline>/triggers.yaml``: one Trigger per DAG edge from a stage's last
+  upstreams, filtering on the upstream stage's completion event (and, for a fan-in stage, on
+  its join attribute; roots: on the job request for this pipeline), each with a delivery
+  derived from its subscriber's timeout (:func:`delivery_for`);
 - ``knative/pipelines/<pipeline>/clara-services.yaml``: Clara ``services`` (Triton) as a
   Deployment + Service, annotated ``radflow.dev/embedded`` so the engine runs its local twin;
 - ``knative/kustomization.yaml`` + ``deploy/overlays/dev-cpu/``: the same manifests for a
@@ -19,9 +23,12 @@ pipeline change does to the cluster:
 
 How each operator is served, built and sized comes from the operator registry
 (``radflow.functions.registry``); what each stage reads, writes and waits for from the pipeline.
-A stage's Service carries only its own stage (``StageSpec``), so editing one stage rolls a new
-revision of that Service only (and of the job tracker's, which holds every DAG, when the DAG
-changes). The embedded engine runs exactly these files.
+A stage's Service carries only its own stage (``StageSpec``, plus the fan-in stages it feeds),
+so editing one stage rolls a new revision of that Service only (and of the job tracker's, which
+holds every DAG, when the DAG changes). Nothing names a namespace (``kustomize namespace:`` /
+``kubectl -n`` move all of it); every pod template is Pod Security "restricted", sized, and
+writes only to size-limited emptyDirs (:func:`harden`). The embedded engine runs exactly these
+files.
 """
 
 from __future__ import annotations

@@ -529,8 +529,10 @@ class StageSpec(_Model):
 
     The compiler writes it into the stage's Knative Service; the runtime reads it once per
     process. It holds only this stage's inputs, outputs, upstream stages (its fan-in) and
-    variable names, so editing another stage leaves this Service's revision alone. The whole
-    DAG is the job tracker's (``RADFLOW_DAGS`` in its own Service).
+    variable names, so editing another stage leaves this Service's revision alone; the one
+    exception is ``joins``, the fan-in stages this one feeds and their upstream stages
+    (editing a fan-in's inputs rolls its last upstreams' revisions too). The whole DAG is the
+    job tracker's (``RADFLOW_DAGS`` in its own Service).
     """
 
     pipeline: str

@@ -244,7 +244,8 @@ class PipelineEngine:
         for t in self._triggers:
             override = (trigger_delivery or {}).get(t["spec"]["subscriber"]["ref"]["name"])
             if override is not None:
-                t["spec"]["delivery"] = {**copy.deepcopy(broker_delivery), **override}
+                own = t["spec"].get("delivery") or broker_delivery
+                t["spec"]["delivery"] = {**copy.deepcopy(own), **override}
         if twin_triggers:
             twins = copy.deepcopy(self._triggers)
             for t in twins:

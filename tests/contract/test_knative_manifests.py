@@ -19,8 +19,8 @@ import yaml
 from radflow.engine.compiler import compile_pipelines, stale_files
 from radflow.engine.manifest_validation import Validator, default_schemas_dir, required_features
 from radflow.functions import registry
-from radflow.sdk.events import EventType
-from radflow.sdk.pipeline import StageSpec, function_for_image, load_pipeline
+from radflow.sdk.events import JOIN_READY, EventType, join_attribute
+from radflow.sdk.pipeline import StageSpec, function_for_image, last_upstreams, load_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = default_schemas_dir(REPO)
@@ -158,6 +158,15 @@ def _emitted() -> list[dict[str, str]]:
                 out.append(
                     {"type": t.value, "radflowpipeline": spec.pipeline, "radflowstage": spec.stage}
                 )
+            for stage in spec.joins or {}:  # the completion that completes a fan-in's inputs
+                out.append(
+                    {
+                        "type": EventType.STAGE_COMPLETED.value,
+                        "radflowpipeline": spec.pipeline,
+                        "radflowstage": spec.stage,
+                        join_attribute(stage): JOIN_READY,
+                    }
+                )
     return out
 
 
@@ -206,7 +215,9 @@ def test_triggers_are_exactly_the_dag_edges_and_never_loop() -> None:
             for f in t["spec"]["filters"]
             if "radflowstage" in f["exact"]
         )
-        assert ups == spec.upstream, name
+        dags = json.loads(env_of(services["job-tracker"])["RADFLOW_DAGS"])
+        assert ups == last_upstreams(dags[spec.pipeline], spec.stage), name
+        assert set(ups) <= set(spec.upstream)
         own = {
             "type": EventType.STAGE_COMPLETED.value,
             "radflowpipeline": spec.pipeline,
@@ -262,6 +273,7 @@ def test_gpu_operator_compiles_to_gpu_limits_and_placement(tmp_path: Path) -> No
     pod = svc["spec"]["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"] == {
         "memory": "8192Mi",
+        "ephemeral-storage": "8704Mi",
         "nvidia.com/gpu": "1",
     }
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
@@ -336,10 +348,11 @@ def test_kustomize_renders_the_gpu_base_and_the_cpu_overlay() -> None:
         )
     )
     assert len(base) == len(docs())
-    for svc in filter(is_knative_service, base):  # the store Secret is added on clusters only
+    # the store Secret is added on clusters only, to every workload
+    for svc in [d for d in base if is_knative_service(d) or d["kind"] == "Deployment"]:
         assert svc["spec"]["template"]["spec"]["containers"][0]["envFrom"] == [
             {"secretRef": {"name": "radflow-s3"}}
-        ]
+        ], svc["metadata"]["name"]
     cpu_text = subprocess.run(
         ["kubectl", "kustomize", "deploy/overlays/dev-cpu"],
         cwd=REPO,

@@ -270,3 +270,43 @@ def test_failed_job_fixed_and_redriven_completes(
     ]
     assert len({e["id"] for e in ingest_done}) == 2
     assert len([e for e in seen if e["type"] == EventType.JOB_COMPLETED.value]) >= 1
+
+
+def test_a_failed_fan_in_stage_is_redriven_by_one_event_carrying_its_join(
+    tmp_path: Path,
+    store_settings: StoreSettings,
+    store: ObjectStore,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # join exits 3 until FIXED exists; its Triggers wait for its join attribute, so the re-drive
+    # must re-emit an upstream completion carrying it (one event: one wake-up)
+    fixed, runs = tmp_path / "fixed", tmp_path / "runs.log"
+    pipeline = fan_in_example()
+    join = next(op for op in pipeline["operators"] if op["name"] == "join")
+    command = join["container"]["command"]
+    sleep = "time.sleep(float(os.environ.get('SLEEP_SECONDS') or 0))"
+    command[2] = command[2].replace(sleep, "(os.path.exists(os.environ['FIXED']) or sys.exit(3))")
+    join["variables"]["FIXED"] = str(fixed)
+    kn = compile_to(pipeline, tmp_path / "knative")
+    with PipelineEngine(
+        kn,
+        tmp_path / "state",
+        base_env=store_env(store_settings),
+        service_env={"RUN_LOG": str(runs)},
+    ) as engine:
+        tracker = engine.host.url("job-tracker")
+        req = seed_study(store, PIPELINE, series=1, instances=1)
+        engine.publish(study_event(store, req))
+        failed = finished(engine, req.job_id)
+        assert (failed["state"], failed["failed_stage"]) == ("failed", "join"), failed
+        engine.wait_idle()
+        fixed.touch()
+        assert jobs_cli.main(["jobs", "redrive", req.job_id, "--url", tracker]) == 0
+        assert "re-driven (#1) from join: 1 event(s) published" in capsys.readouterr().out
+        done = status_once(engine, req.job_id, lambda s: s != "running", "to finish again")
+        engine.wait_idle()
+
+    assert done["state"] == "completed", done
+    counts = run_log_counts(runs)
+    assert counts["join"] == {"start": 2, "end": 1}, counts
+    assert counts["report"] == {"start": 1, "end": 1}, counts

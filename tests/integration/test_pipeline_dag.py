@@ -23,7 +23,7 @@ from pipeline_support import (
     study_event,
     wait_until,
 )
-from radflow.sdk.events import EventType
+from radflow.sdk.events import JOIN_READY, EventType, join_attribute
 from radflow.sdk.settings import StoreSettings
 from radflow.sdk.storage import Keys, ObjectStore
 
@@ -136,3 +136,37 @@ def test_function_killed_mid_run_is_redone_once_by_the_retry(
     assert len(list(store.list(Keys.stage_output(req.job_id, "report", "report")))) == 4
     assert status["state"] == "completed", status
     assert status["dead_letters"] == []
+
+
+def test_a_fan_in_stage_is_woken_once_when_its_inputs_are_complete(
+    tmp_path: Path, store_settings: StoreSettings, store: ObjectStore
+) -> None:
+    # right finishes a second after left: left's completion must not wake join (before the
+    # join attribute it did, and join answered "waiting" with a 202), right's wakes it once
+    pipeline = fan_in_example()
+    right = next(op for op in pipeline["operators"] if op["name"] == "right")
+    right["variables"]["SLEEP_SECONDS"] = "1"
+    kn = compile_to(pipeline, tmp_path / "knative")
+    runs = tmp_path / "runs.log"
+
+    def join_calls() -> float:
+        return metric_total("radflow_function_invocations_total", function=lambda f: f == JOIN)
+
+    before = join_calls()
+    with PipelineEngine(
+        kn,
+        tmp_path / "state",
+        base_env=store_env(store_settings),
+        service_env={"RUN_LOG": str(runs)},
+    ) as engine:
+        req = seed_study(store, "fan-in-example", series=1, instances=2)
+        engine.publish(study_event(store, req))
+        engine.wait_idle()
+        status = engine.job_status(req.job_id)
+        completions = engine.of_type(EventType.STAGE_COMPLETED)
+
+    assert status["state"] == "completed", status
+    assert join_calls() == before + 1  # one request to the fan-in stage's function
+    assert run_log_counts(runs)["join"] == {"start": 1, "end": 1}
+    flag = join_attribute("join")
+    assert [e["radflowstage"] for e in completions if e.get(flag) == JOIN_READY] == ["right"]

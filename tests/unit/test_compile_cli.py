@@ -95,8 +95,10 @@ def test_check_fails_when_the_registry_changes(
     )
     monkeypatch.setattr(registry, "OPERATORS", bigger)
     assert jobs_cli.main(["pipeline", "compile", "--check"]) == 1
+    # the stage's timeout, and the delivery of the Triggers that feed it (derived from it)
     assert capsys.readouterr().out.splitlines() == [
-        "out of date: knative/pipelines/brain-tumor-segmentation/services.yaml"
+        "out of date: knative/pipelines/brain-tumor-segmentation/services.yaml",
+        "out of date: knative/pipelines/brain-tumor-segmentation/triggers.yaml",
     ]
     fewer = tuple(e for e in registry.OPERATORS if e.name != "clara_operator")
     monkeypatch.setattr(registry, "OPERATORS", fewer)
@@ -156,8 +158,8 @@ def test_a_dag_edit_changes_the_stage_it_touches_and_the_tracker_only(repo_copy:
     assert edited != block
     assert changed_objects(repo_copy, (block, edited)) == {
         "Service/brain-tumor-segmentation-rtstruct-writer",
-        "Trigger/brain-tumor-segmentation-rtstruct-writer-from-dicom-parser",
         "Service/job-tracker",
+        "Service/job-tracker-dead-letters",  # the tracker's twin, the dead-letter sink
     }
 
 

@@ -126,15 +126,26 @@ def test_services_are_sized_by_the_registry_and_the_pipeline_wins(tmp_path: Path
     assert container["image"] == "radflow/sized-op"
     assert env["RADFLOW_OPERATOR"] == "sized_op" and env["THREADS"] == "2"
     assert pod["containerConcurrency"] == 2 and pod["timeoutSeconds"] == 420
+    # ephemeral storage: the stage's /tmp scratch (8 Gi) + logs, on every container
     assert container["resources"] == {
-        "requests": {"cpu": "500m", "memory": "512Mi"},
-        "limits": {"cpu": "2", "memory": "1Gi", "nvidia.com/gpu": "1"},
+        "requests": {"cpu": "500m", "memory": "512Mi", "ephemeral-storage": "1024Mi"},
+        "limits": {
+            "cpu": "2",
+            "memory": "1Gi",
+            "ephemeral-storage": "8704Mi",
+            "nvidia.com/gpu": "1",
+        },
     }
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert plain["metadata"]["annotations"]["autoscaling.knative.dev/max-scale"] == "1"  # GPU
     # the pipeline's Clara requests and timeout override the registry's defaults
     assert clara["spec"]["timeoutSeconds"] == 90
     assert clara["spec"]["containers"][0]["resources"] == {
-        "requests": {"cpu": "2000m", "memory": "1024Mi"},
-        "limits": {"cpu": "2", "memory": "1024Mi", "nvidia.com/gpu": "2"},
+        "requests": {"cpu": "2000m", "memory": "1024Mi", "ephemeral-storage": "1024Mi"},
+        "limits": {
+            "cpu": "2",
+            "memory": "1024Mi",
+            "ephemeral-storage": "8704Mi",
+            "nvidia.com/gpu": "2",
+        },
     }

@@ -89,10 +89,15 @@ def test_stage_spec_carries_only_its_own_stage(repo_root: Path) -> None:
         "variables",
         "command",
         "timeout_seconds",
+        "joins",
     }
-    # no other stage is named anywhere in it
-    text = spec.to_env()
+    # the one exception: the fan-in it feeds, which its completion may wake (docs/pipelines.md)
+    assert spec.joins == {"scu-export": ["rtstruct-writer", "seg-writer"]}
+    # no other stage is named anywhere else in it
+    text = spec.model_copy(update={"joins": None}).to_env()
     assert "scu-export" not in text and "rtstruct-writer" not in text
+    # a stage that feeds no fan-in names none
+    assert "joins" not in stage_spec(p, p.operator("triton-infer"), timeout_seconds=600).to_env()
 
 
 def test_image_mapping() -> None:

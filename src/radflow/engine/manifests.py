@@ -2,7 +2,11 @@
 
 The embedded engine runs exactly these files; there is no second routing or deployment
 configuration. Documents of kinds the engine does not act on (ConfigMaps, PVCs, k8s Services)
-are kept so that cluster DNS names and mounted configuration can be mapped to local ones.
+are kept so that cluster DNS names and mounted configuration can be mapped to local ones;
+NetworkPolicies and ServiceAccounts are cluster-only (no local effect). Pod fields that only
+harden a pod on a cluster (``securityContext``, ``serviceAccountName``, emptyDir volumes,
+``resources``) are read and left alone: a local function process runs as the engine's user
+and stages under the engine's temporary folder.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ _KINDS = {
     ("v1", "Service"): "k8s_services",
     ("v1", "ConfigMap"): "configmaps",
     ("v1", "PersistentVolumeClaim"): "volume_claims",
+    # cluster-only: nothing to do on one machine (docs/engine.md, "Cluster-only manifests")
+    ("networking.k8s.io/", "NetworkPolicy"): "cluster_only",
+    ("v1", "ServiceAccount"): "cluster_only",
 }
 
 
@@ -39,6 +46,9 @@ class ManifestSet:
     k8s_services: list[dict[str, Any]] = field(default_factory=list)
     configmaps: list[dict[str, Any]] = field(default_factory=list)
     volume_claims: list[dict[str, Any]] = field(default_factory=list)
+    #: understood, with no local effect: NetworkPolicies (every local listener is loopback-only
+    #: or authenticated), ServiceAccounts (no Kubernetes API here)
+    cluster_only: list[dict[str, Any]] = field(default_factory=list)
     ignored: list[tuple[str, str]] = field(default_factory=list)
     #: id(document) -> file it came from, for error messages
     origin: dict[int, str] = field(default_factory=dict)

@@ -48,8 +48,11 @@ from radflow.sdk.storage import ObjectStore
 log = logging.getLogger(__name__)
 
 EMBEDDED = "radflow.dev/embedded"
+#: ``svc:port`` (the manifests' namespace-free form), ``svc.ns:port``, ``svc.ns.svc:port`` or
+#: ``svc.ns.svc.cluster.local:port``; only names of Services in the manifests are rewritten
 _CLUSTER_HOST = re.compile(
-    r"(?P<scheme>[a-z+]+://)?(?P<svc>[a-z0-9-]+)\.(?P<ns>[a-z0-9-]+)(\.svc(\.cluster\.local)?)?:(?P<port>\d+)"
+    r"(?P<scheme>[a-z+]+://)?(?P<svc>[a-z0-9-]+)(\.(?P<ns>[a-z0-9-]+)(\.svc(\.cluster\.local)?)?)?"
+    r":(?P<port>\d+)"
 )
 
 
@@ -122,10 +125,12 @@ class Engine:
         return base.rstrip("/") + ("/" + uri.lstrip("/") if uri else "")
 
     def rewrite_cluster_urls(self, value: str) -> str:
-        """Replace ``svc.ns.svc.cluster.local:port`` with the local address of that workload."""
+        """Replace ``svc:port`` / ``svc.ns.svc.cluster.local:port`` with the local address of
+        that workload."""
 
         def sub(m: re.Match[str]) -> str:
-            local = self.cluster_dns.get((m["svc"], m["ns"], int(m["port"])))
+            # a short name resolves in the manifests' own namespace (unset: "default")
+            local = self.cluster_dns.get((m["svc"], m["ns"] or "default", int(m["port"])))
             return f"{m['scheme'] or ''}{local}" if local else m.group(0)
 
         return _CLUSTER_HOST.sub(sub, value)

@@ -12,6 +12,7 @@ Trigger. Extension attributes follow Knative's stricter name rule ``^[a-z][a-z0-
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import re
 import uuid
@@ -80,6 +81,21 @@ class Ext:
     STAGE = "radflowstage"
     DATAREF = "dataref"
     TRACEPARENT = "traceparent"
+
+
+def join_attribute(stage: str) -> str:
+    """The extension a stage's completion carries when it completed the inputs of fan-in
+    ``stage`` (every upstream of ``stage`` has completed): ``radflowjoin`` + 8 hex digits of
+    the stage name's SHA-256, a filter-safe name of 19 characters. The value is ``"ready"``.
+
+    A fan-in stage's Triggers filter on it, so the stage is woken once per job, when its inputs
+    are complete, not once per upstream stage (docs/pipelines.md, "Fan-in").
+    """
+    return "radflowjoin" + hashlib.sha256(stage.encode()).hexdigest()[:8]
+
+
+#: the value of a :func:`join_attribute`
+JOIN_READY = "ready"
 
 
 class InvalidEvent(InvalidInput):

@@ -551,8 +551,10 @@ class StageSpec(_Model):
 
     The compiler writes it into the stage's Knative Service; the runtime reads it once per
     process. It holds only this stage's inputs, outputs, upstream stages (its fan-in) and
-    variable names, so editing another stage leaves this Service's revision alone. The whole
-    DAG is the job tracker's (``RADFLOW_DAGS`` in its own Service).
+    variable names, so editing another stage leaves this Service's revision alone; the one
+    exception is ``joins``, the fan-in stages this one feeds and their upstream stages
+    (editing a fan-in's inputs rolls its last upstreams' revisions too). The whole DAG is the
+    job tracker's (``RADFLOW_DAGS`` in its own Service).
     """
 
     pipeline: str
@@ -566,6 +568,10 @@ class StageSpec(_Model):
     #: bring-your-own operators: the command line to run
     command: list[str] | None = None
     timeout_seconds: int = 300
+    #: fan-in stages downstream of this one -> their upstream stages: when this stage completes
+    #: and every one of them has, its completion carries that stage's join attribute
+    #: (:func:`radflow.sdk.events.join_attribute`), which the fan-in stage's Triggers filter on
+    joins: dict[str, list[str]] | None = None
 
     def to_env(self) -> str:
         return self.model_dump_json(by_alias=True, exclude_none=True)
@@ -582,4 +588,37 @@ def stage_spec(pipeline: Pipeline, op: Operator, *, timeout_seconds: int) -> Sta
         variables=sorted({*op.variables, *op.connection_names()}),
         command=op.container.command if op.is_byo else None,
         timeout_seconds=timeout_seconds,
+        joins=fan_in_joins(pipeline, op.name) or None,
     )
+
+
+def last_upstreams(dag: Mapping[str, Sequence[str]], stage: str) -> list[str]:
+    """The upstream stages of ``stage`` that can be the last to complete: those that are not an
+    ancestor of another of its upstream stages (sorted). Only their completions wake ``stage``:
+    ``dicom-parser`` -> ``triton-infer`` -> ``seg-writer`` <- ``dicom-parser`` needs only
+    ``triton-infer``'s."""
+    ups = list(dag.get(stage, ()))
+
+    def ancestors(name: str) -> set[str]:
+        seen: set[str] = set()
+        todo = list(dag.get(name, ()))
+        while todo:
+            n = todo.pop()
+            if n not in seen:
+                seen.add(n)
+                todo.extend(dag.get(n, ()))
+        return seen
+
+    hidden = set().union(*(ancestors(u) for u in ups)) if ups else set()
+    return sorted(u for u in ups if u not in hidden)
+
+
+def fan_in_joins(pipeline: Pipeline, stage: str) -> dict[str, list[str]]:
+    """The fan-in stages (two or more :func:`last_upstreams`) that ``stage`` is one of the last
+    upstreams of, each with all its upstream stages."""
+    dag = pipeline.dag()
+    return {
+        name: ups
+        for name, ups in dag.items()
+        if stage in (last := last_upstreams(dag, name)) and len(last) > 1
+    }

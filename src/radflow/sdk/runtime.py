@@ -21,7 +21,9 @@
          (the object store refusing a request at any step, StoreRefused, is permanent too:
           STAGE_FAILED with reason ``store_refused``, its marker stored if the store takes it)
       -> upload outputs under deterministic keys, write the completed marker (first writer wins)
-      -> reply STAGE_COMPLETED in binary mode (200)
+      -> reply STAGE_COMPLETED in binary mode (200), with the join attribute of each fan-in
+         stage downstream whose upstream stages have now all completed (its Triggers wait
+         for that attribute, so it is woken once, not once per upstream)
 
 The Service's environment says who the function is (written by ``radflow pipeline compile``):
 ``RADFLOW_STAGE_SPEC`` (JSON :class:`~radflow.sdk.pipeline.StageSpec`), ``RADFLOW_PIPELINE``,
@@ -286,8 +288,32 @@ class StageRuntime:
                 )
             except NotFound:
                 continue
-            return _binary(events.from_json(json.dumps(doc["event"]).encode()))
+            stored = events.from_json(json.dumps(doc["event"]).encode())
+            return _binary(self._with_joins(job, stored))
         return None
+
+    def _with_joins(self, job: _Job, event: events.CloudEvent) -> events.CloudEvent:
+        """The completion plus the join attribute of each fan-in stage downstream whose
+        upstream stages have all completed.
+
+        Called once this stage's own marker is stored, so of two upstream stages finishing
+        together the later one always sees both markers (both may: the fan-in stage's claim
+        makes a second wake-up harmless). The stored marker holds the event without them; a
+        redelivery recomputes them.
+        """
+        if event["type"] != EventType.STAGE_COMPLETED.value or not self.spec.joins:
+            return event
+        ready: dict[str, str] = {}
+        for stage, ups in sorted(self.spec.joins.items()):
+            if all(
+                up == self.spec.stage
+                or self.store.exists(Keys.stage_marker(job.job_id, up, "completed.json"))
+                for up in ups
+            ):
+                ready[events.join_attribute(stage)] = events.JOIN_READY
+        if ready:
+            logger.info("fan-in inputs complete", extra={"ready": sorted(ready)})
+        return events.with_attributes(event, **ready) if ready else event
 
     def _run(self, event: events.CloudEvent, job: _Job, logic: Logic, received: float) -> Reply:
         for up in self.spec.upstream:
@@ -442,7 +468,7 @@ class StageRuntime:
             stored = self._stored_reply(job)
             if stored is not None:
                 return stored
-        return _binary(event)
+        return _binary(self._with_joins(job, event))
 
     def _fail(self, job: _Job, exc: RadflowError, log_path: Path, handler: _StageLog) -> Reply:
         """Reply STAGE_FAILED, stored as the failed marker; a store refusing that too is logged."""

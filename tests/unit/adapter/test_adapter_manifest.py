@@ -17,7 +17,10 @@ def docs(repo_root: Path) -> dict[str, dict]:
     items = [
         d for d in yaml.safe_load_all((repo_root / "knative" / "adapter.yaml").read_text()) if d
     ]
-    return {d["kind"]: d for d in items}
+    # two Services: DICOM (``Service``) and the REST API (``Service/api``)
+    return {
+        "Service/api" if d["metadata"]["name"].endswith("-api") else d["kind"]: d for d in items
+    }
 
 
 def test_sinkbinding_matches_the_crd_schema(docs, repo_root):
@@ -45,8 +48,7 @@ def test_sinkbinding_matches_the_crd_schema(docs, repo_root):
     assert sb["spec"]["sink"]["ref"] == {
         "apiVersion": "eventing.knative.dev/v1",
         "kind": "Broker",
-        "name": "radflow",
-        "namespace": "default",
+        "name": "radflow",  # in the SinkBinding's own namespace: none is named
     }
 
 
@@ -86,5 +88,11 @@ def test_deployment_service_pvc_and_config_agree(docs, monkeypatch):
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert cfg.port == ports["dicom"] and int(env["RADFLOW_ADAPTER_REST_PORT"]) == ports["http"]
     svc_ports = {p["name"]: (p["port"], p["targetPort"]) for p in docs["Service"]["spec"]["ports"]}
-    assert svc_ports == {"dicom": (104, "dicom"), "http": (5000, "http")}
-    assert docs["Service"]["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert svc_ports == {"dicom": (104, "dicom")}  # may become a LoadBalancer: DICOM only
+    api = docs["Service/api"]["spec"]
+    assert {p["name"]: (p["port"], p["targetPort"]) for p in api["ports"]} == {
+        "http": (5000, "http")
+    }
+    assert api["type"] == "ClusterIP"  # the REST API never leaves the cluster network
+    for svc in (docs["Service"], docs["Service/api"]):
+        assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]

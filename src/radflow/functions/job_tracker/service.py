@@ -32,6 +32,7 @@ from radflow.sdk import events, http
 from radflow.sdk.errors import Unavailable
 from radflow.sdk.events import EventType, Ext
 from radflow.sdk.manifest import StudyManifest
+from radflow.sdk.pipeline import last_upstreams
 from radflow.sdk.retry import retrying
 from radflow.sdk.settings import StoreSettings
 from radflow.sdk.storage import AlreadyExists, Keys, NotFound, ObjectStore, safe_component
@@ -363,7 +364,9 @@ def redrive(store: ObjectStore, settings: TrackerSettings, job_id: str) -> Reply
 def _consumed_events(
     store: ObjectStore, doc: Mapping[str, Any], dag: Mapping[str, Any], stage: str
 ) -> list[events.CloudEvent]:
-    """The events ``stage`` consumes: the job request, or each upstream stage's completion."""
+    """The events ``stage`` consumes: the job request, or the completion of each of its last
+    upstream stages (those its Triggers subscribe; one, with its join attribute, for a fan-in
+    stage)."""
     if not dag[stage]:
         req = doc.get("request")
         if not req:
@@ -379,14 +382,22 @@ def _consumed_events(
             )
         ]
     found = []
-    for up in dag[stage]:
+    last = last_upstreams(dag, stage)
+    for up in last:
         try:
             marker = json.loads(
                 store.get_bytes(Keys.stage_marker(doc["job_id"], up, "completed.json"))
             )
         except NotFound:
             continue
-        found.append(events.from_json(json.dumps(marker["event"]).encode()))
+        event = events.from_json(json.dumps(marker["event"]).encode())
+        if len(last) > 1:
+            # a fan-in stage's Triggers wait for its join attribute (every upstream completed,
+            # as a re-driven stage's are): one completion, so it is woken once
+            return [
+                events.with_attributes(event, **{events.join_attribute(stage): events.JOIN_READY})
+            ]
+        found.append(event)
     return found
 
 

@@ -219,8 +219,13 @@ def test_the_rest_port_is_cluster_internal_and_network_policies_cover_every_pod(
     functions = next(p for p in policies if p["metadata"]["name"] == "radflow-functions")
     sources = functions["spec"]["ingress"][0]["from"][0]["namespaceSelector"]
     assert "knative-serving" in sources["matchExpressions"][0]["values"]
+    # Triton is a Knative Service: its stage reaches it through the activator / gateway, so its
+    # pods admit Knative's data plane only, and its pods carry the label the policy selects
     triton = next(p for p in policies if p["metadata"]["name"].endswith("-triton"))
-    assert (
-        triton["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["radflow.dev/stage"]
-        == "triton-infer"
+    admitted = triton["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchExpressions"]
+    assert admitted[0]["values"] == ["knative-serving", "kourier-system"]
+    selected = triton["spec"]["podSelector"]["matchLabels"]
+    server = next(
+        d for d in rendered if d["kind"] == "Service" and d["metadata"]["name"].endswith("-triton")
     )
+    assert selected.items() <= server["spec"]["template"]["metadata"]["labels"].items()

@@ -45,12 +45,16 @@ def image_config(image: str) -> dict[str, Any]:
     return dict(json.loads(out)["OCIv1"]["config"])
 
 
-def image_size(image: str) -> int:
-    """Bytes of ``image`` as buildah reports it (the sum of its uncompressed layers)."""
+_UNITS = {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}
+
+
+def image_size(image: str) -> float:
+    """Megabytes of ``image`` as buildah reports it (its uncompressed layers, 3 digits)."""
     out = subprocess.run(
         [*buildah(), "images", "--json", image], check=True, capture_output=True, text=True
     ).stdout
-    return int(json.loads(out)[0]["size"])
+    value, unit = json.loads(out)[0]["size"].split()
+    return float(value) * _UNITS[unit] / 1e6
 
 
 @contextmanager

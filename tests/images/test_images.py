@@ -267,15 +267,30 @@ def test_adapter_image_echo_store_and_event(
     config.mkdir()
     (config / "dicom-adapter.yaml").write_text(ADAPTER_CONFIG.format(port=dicom_port))
     study = make_study(tmp_path / "study", series=2, per_series=3)
+    deployment = next(
+        d
+        for d in yaml.safe_load_all((REPO / "knative/adapter.yaml").read_text())
+        if d["kind"] == "Deployment"
+    )
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    # the Deployment's env; on loopback its REST port moves to a free one, and the object store
+    # and K_SINK come in as the cluster's Secret and SinkBinding would bring them
     env = {
+        **{e["name"]: e["value"] for e in container.get("env", [])},
         **store_env(store_settings),
         "K_SINK": sink.url,
         "RADFLOW_ADAPTER_REST_PORT": str(rest_port),
-        "RADFLOW_LOG_FORMAT": "json",
     }
+    (mount,) = (m for m in container["volumeMounts"] if m["name"] == "config")
     log = tmp_path / "adapter.log"
-    # the manifest's command and config mount (knative/adapter.yaml); the spool is the image's
-    with running("radflow/dicom-adapter", env, log, volumes=[(config, "/etc/radflow")]) as proc:
+    # the Deployment's image, command and config mount; the spool is the image's own folder
+    with running(
+        container["image"],
+        env,
+        log,
+        volumes=[(config, mount["mountPath"])],
+        command=container["command"],
+    ) as proc:
         wait_ready(dicom_port, proc, log)
         tcp = {**os.environ, "TCP_NODELAY": "1"}
         echo = subprocess.run(

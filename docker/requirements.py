@@ -11,14 +11,14 @@ from __future__ import annotations
 import re
 import sys
 import tomllib
+from typing import Any
 
 SELF = re.compile(r"^radflow\[(?P<extras>[^\]]+)\]$")
 
 
-def requirements(project: dict[str, object], extras: list[str]) -> list[str]:
-    optional = project.get("optional-dependencies", {})
-    assert isinstance(optional, dict)
-    out: list[str] = list(project.get("dependencies", []))  # type: ignore[call-overload]
+def requirements(project: dict[str, Any], extras: list[str]) -> list[str]:
+    optional: dict[str, list[str]] = project.get("optional-dependencies", {})
+    out: list[str] = list(project.get("dependencies", []))
     todo, seen = list(extras), set()
     while todo:
         extra = todo.pop()

@@ -353,3 +353,4 @@ def test_job_tracker_image_serves_jobs(
             assert resp.status == 200
             jobs = json.load(resp)["jobs"]
     assert [j["job_id"] for j in jobs] == [req.job_id], log.read_text()[-2000:]
+    assert "Control server error" not in log.read_text()

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
-from containers import image_config, running
+from containers import buildah, image_config, running
 
 from adapter_data import make_study
 from pipeline_support import REPO, seed_study, store_env, study_event
@@ -64,6 +64,41 @@ def test_every_manifest_image_is_a_skaffold_artifact_built_here() -> None:
 
 
 BRAIN = yaml.safe_load((REPO / "pipelines/brain-tumor-segmentation.yaml").read_text())
+
+
+def test_an_operator_the_image_cannot_serve_fails_its_build(tmp_path: Path) -> None:
+    """The last step of docker/functions.Dockerfile imports the operator: a name missing from
+    the registry stops the build with the registry's message (the other layers are cached)."""
+    secret = []
+    ca = os.environ.get("PIP_CERT") or os.environ.get("SSL_CERT_FILE")
+    if ca and Path(ca).is_file():
+        secret = ["--secret", f"id=pip-ca,src={ca}"]
+    build = subprocess.run(
+        [
+            *buildah(),
+            "bud",
+            "--pull=never",
+            "--layers",
+            "--isolation",
+            "chroot",
+            "--network",
+            "host",
+            *secret,
+            "-f",
+            "docker/functions.Dockerfile",
+            "--build-arg",
+            "OPERATOR=no_such_operator",
+            "-t",
+            "radflow/smoke-must-not-exist",
+            ".",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert build.returncode != 0
+    assert "no operator 'no_such_operator' in the registry" in build.stderr + build.stdout
 
 
 def one_stage(image: str, tag: str | None = None, command: list[str] | None = None) -> Any:

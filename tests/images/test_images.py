@@ -79,6 +79,7 @@ def test_an_operator_the_image_cannot_serve_fails_its_build(tmp_path: Path) -> N
             "bud",
             "--pull=never",
             "--layers",
+            "--force-rm",  # no working container left behind by the failed step
             "--isolation",
             "chroot",
             "--network",

@@ -4,14 +4,14 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint images images-test constraints
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml scripts/install-system-packages
+$(VENV)/.installed: pyproject.toml constraints.txt scripts/install-system-packages
 	scripts/install-system-packages
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[all,test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[all,test]'
 	touch $@
 
 demo: setup
@@ -26,3 +26,16 @@ lint: setup
 
 test: lint
 	TCP_NODELAY=1 $(BIN)/python -m pytest
+
+# every image of skaffold.yaml, from the Dockerfiles users build, with buildah (docs/deploy.md)
+images: setup
+	PYTHON=$(BIN)/python scripts/build-images
+
+# ... then each one smoke-run against real SeaweedFS, dcmtk and CloudEvents (tests/images/)
+images-test: images
+	RADFLOW_IMAGES_TEST=1 TCP_NODELAY=1 $(BIN)/python -m pytest -p no:cacheprovider tests/images
+
+# the pins CI and the images install, after a change to pyproject.toml's dependencies
+constraints: setup
+	{ sed -n '1,2p' constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v '^#'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt

@@ -148,6 +148,8 @@ def test_writable_paths_are_size_limited_empty_dirs_and_resources_are_complete(
             mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
             assert "/tmp" in mounts, where  # the runtime stages studies under /tmp
             assert volumes[mounts["/tmp"]]["emptyDir"]["sizeLimit"], where
+            if c["image"].startswith("radflow/"):  # the images' HOME: gunicorn's control socket
+                assert volumes[mounts["/home/radflow"]]["emptyDir"]["sizeLimit"], where
             res = c["resources"]
             assert {"cpu", "memory", "ephemeral-storage"} <= set(res["requests"]), where
             assert {"memory", "ephemeral-storage"} <= set(res["limits"]), where

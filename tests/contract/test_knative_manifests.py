@@ -274,7 +274,7 @@ def test_gpu_operator_compiles_to_gpu_limits_and_placement(tmp_path: Path) -> No
     pod = svc["spec"]["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"] == {
         "memory": "8192Mi",
-        "ephemeral-storage": "8704Mi",
+        "ephemeral-storage": "8768Mi",
         "nvidia.com/gpu": "1",
     }
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
@@ -303,22 +303,47 @@ def test_manifests_are_runnable_by_the_engine_as_written() -> None:
             ), svc["metadata"]["name"]
 
 
-def test_every_function_image_has_a_skaffold_artifact_and_dockerfile() -> None:
+def test_every_image_of_a_workload_has_a_skaffold_artifact_and_dockerfile() -> None:
+    """Knative Services and the adapter's Deployment: every radflow image is built by skaffold
+    (the Clara services' own images, Triton's, are pulled, not built)."""
     config = yaml.safe_load((REPO / "skaffold.yaml").read_text())
     artifacts = {a["image"]: a for a in config["build"]["artifacts"]}
     images = {
         c["image"]
         for d in docs()
-        if is_operator_service(d)
+        if is_knative_service(d) or d["kind"] == "Deployment"
         for c in d["spec"]["template"]["spec"]["containers"]
+        if c["image"].startswith("radflow/")
     }
+    assert "radflow/dicom-adapter" in images
     for image in images:
         assert image in artifacts, f"{image} has no skaffold artifact"
         a = artifacts[image]
         assert (REPO / a["context"] / a["docker"]["dockerfile"]).is_file()
+        if image == "radflow/dicom-adapter":
+            assert a["docker"]["dockerfile"] == "docker/adapter.Dockerfile"
+            continue
         fn = a["docker"]["buildArgs"]["OPERATOR"]
         assert function_for_image(image) == fn
-    assert set(artifacts) == {e.image for e in registry.OPERATORS}
+    assert set(artifacts) == {e.image for e in registry.OPERATORS} | {"radflow/dicom-adapter"}
+
+
+def test_a_bring_your_own_operator_gets_a_wrapped_image_artifact(tmp_path: Path) -> None:
+    """A pipeline's non-radflow image runs as ``radflow/byo-<service>``: skaffold builds that
+    from the wrapper Dockerfile on the operator's own image, so the name the Service uses exists."""
+    skaffold = tmp_path / "skaffold.yaml"
+    skaffold.write_text((REPO / "skaffold.yaml").read_text())
+    example = REPO / "pipelines/examples/fan-in-example.yaml"
+    files = compile_pipelines([example], tmp_path / "knative", root=REPO, skaffold=skaffold)
+    artifacts = {a["image"]: a for a in yaml.safe_load(files[skaffold])["build"]["artifacts"]}
+    services = yaml.safe_load_all(next(t for p, t in files.items() if p.name == "services.yaml"))
+    for svc in services:
+        image = svc["spec"]["template"]["spec"]["containers"][0]["image"]
+        assert image.startswith("radflow/byo-"), image
+        docker = artifacts[image]["docker"]
+        assert docker["dockerfile"] == "docker/clara-operator-wrapper.Dockerfile"
+        annotated = svc["metadata"]["annotations"]["radflow.dev/operator-image"]
+        assert docker["buildArgs"] == {"OPERATOR_IMAGE": annotated}
 
 
 def test_every_service_runs_the_one_entry_point_for_a_registered_operator() -> None:

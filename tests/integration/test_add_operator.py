@@ -146,7 +146,7 @@ def test_adding_an_operator_by_the_guide_compiles_and_runs_end_to_end(
     assert container["image"] == "radflow/series-count"
     assert container["resources"] == {  # + the /tmp scratch's ephemeral storage
         "requests": {"cpu": "250m", "memory": "256Mi", "ephemeral-storage": "1024Mi"},
-        "limits": {"memory": "256Mi", "ephemeral-storage": "8704Mi"},
+        "limits": {"memory": "256Mi", "ephemeral-storage": "8768Mi"},
     }
     assert env_of(svc)["RADFLOW_OPERATOR"] == "series_count"
     assert env_of(svc)["FUNCTION_SOURCE"] == "src/radflow/functions/entry.py"

@@ -132,7 +132,7 @@ def test_services_are_sized_by_the_registry_and_the_pipeline_wins(tmp_path: Path
         "limits": {
             "cpu": "2",
             "memory": "1Gi",
-            "ephemeral-storage": "8704Mi",
+            "ephemeral-storage": "8768Mi",
             "nvidia.com/gpu": "1",
         },
     }
@@ -145,7 +145,7 @@ def test_services_are_sized_by_the_registry_and_the_pipeline_wins(tmp_path: Path
         "limits": {
             "cpu": "2",
             "memory": "1024Mi",
-            "ephemeral-storage": "8704Mi",
+            "ephemeral-storage": "8768Mi",
             "nvidia.com/gpu": "2",
         },
     }
